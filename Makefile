@@ -1,0 +1,33 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+# Both create .venv (Python 3.11) and install the pinned set with `pip install -e .[test]`.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= demo_run
+PYTEST_ARGS ?=
+
+.PHONY: test demo bench clean venv
+
+venv: $(STAMP)
+
+$(STAMP): setup.py
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (the pinned set is tested on Python 3.11)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -e '.[test]'
+	touch $(STAMP)
+
+# pytest exit 5 ("no tests collected") counts as a failure.
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS) tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+demo: $(STAMP)
+	$(PY) -m lasa_jax.scripts.demo --workdir=$(DEMO_DIR)
+
+bench: $(STAMP)
+	for b in bench/*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

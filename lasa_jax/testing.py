@@ -1,0 +1,198 @@
+"""Offline builders for tiny tokenizers and tiny random Hugging Face models.
+
+Used by the tests, the benchmarks and `make demo`; nothing here touches a hub. Tokenizers are byte-level BPE
+trained locally with `tokenizers` and wrapped in `transformers.PreTrainedTokenizerFast` with a chat template that
+reproduces the structure of the real family template (special tokens, headers, default system block, Qwen3
+thinking switch), so token-level code (prefix injection, EOS handling) is exercised as it would be on the real
+checkpoints.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterable, Sequence
+
+# Chat templates (jinja, as `transformers` renders them). They follow the layout of the real templates of
+# Llama-3.1-Instruct, Qwen2.5-Instruct and Qwen3, shortened (no tool calling).
+LLAMA3_CHAT_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{%- set system_message = messages[0]['content'] | trim %}"
+    "{%- set messages = messages[1:] %}"
+    "{%- else %}{%- set system_message = '' %}{%- endif %}"
+    "{{- '<|start_header_id|>system<|end_header_id|>\\n\\n' }}"
+    "{{- 'Cutting Knowledge Date: December 2023\\nToday Date: 26 Jul 2024\\n\\n' }}"
+    "{{- system_message }}{{- '<|eot_id|>' }}"
+    "{%- for message in messages %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
+)
+
+QWEN2_CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if not (message['role'] == 'system' and loop.first) %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+QWEN3_CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    "{%- endif %}"
+)
+
+_STYLES = {
+    # style: (special tokens, bos, eos, pad, chat template, add BOS when encoding raw text)
+    "llama3": (
+        ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+         "<|finetune_right_pad_id|>"],
+        "<|begin_of_text|>", "<|eot_id|>", "<|finetune_right_pad_id|>", LLAMA3_CHAT_TEMPLATE, True,
+    ),
+    "qwen2": (
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        None, "<|im_end|>", "<|endoftext|>", QWEN2_CHAT_TEMPLATE, False,
+    ),
+    "qwen3": (
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"],
+        None, "<|im_end|>", "<|endoftext|>", QWEN3_CHAT_TEMPLATE, False,
+    ),
+}
+
+# A few sentences per MultiJail language so that the byte-level BPE learns multi-byte merges for every script.
+DEFAULT_CORPUS = (
+    "How do I bake bread at home? What is the capital of France? Please explain photosynthesis simply.",
+    "Harmful query detected. I should refuse this request and provide a safe response in the user's language.",
+    "I cannot help with that request. I'm sorry, but I can't assist with this.",
+    "如何在家烤面包？法国的首都是哪里？请简单解释光合作用。我不能帮助你做这件事。",
+    "Come faccio a cuocere il pane a casa? Qual è la capitale della Francia? Non posso aiutarti.",
+    "Làm thế nào để nướng bánh mì ở nhà? Thủ đô của Pháp là gì? Tôi không thể giúp việc này.",
+    "كيف أخبز الخبز في المنزل؟ ما هي عاصمة فرنسا؟ لا أستطيع المساعدة في ذلك.",
+    "집에서 빵을 굽는 방법은? 프랑스의 수도는 어디인가요? 그 요청은 도와드릴 수 없습니다.",
+    "ฉันจะอบขนมปังที่บ้านได้อย่างไร เมืองหลวงของฝรั่งเศสคืออะไร ฉันช่วยเรื่องนี้ไม่ได้",
+    "আমি কীভাবে বাড়িতে রুটি বানাব? ফ্রান্সের রাজধানী কী? আমি এতে সাহায্য করতে পারি না।",
+    "Ninawezaje kuoka mkate nyumbani? Mji mkuu wa Ufaransa ni upi? Siwezi kusaidia na hilo.",
+    "Piye carane nggawe roti ing omah? Apa ibukutha Prancis? Aku ora bisa mbantu bab iki.",
+)
+
+
+def build_tokenizer(out_dir: str | os.PathLike, style: str = "llama3", corpus: Iterable[str] | None = None,
+                    vocab_size: int = 400) -> "transformers.PreTrainedTokenizerFast":
+    """Train a byte-level BPE tokenizer offline and save it as a Hugging Face tokenizer directory.
+
+    Args:
+      out_dir: directory to write (created).
+      style: "llama3", "qwen2" or "qwen3": special tokens, BOS/EOS/pad and chat template of that family.
+      corpus: training texts; defaults to a short multilingual corpus (all ten MultiJail languages).
+      vocab_size: target BPE size including special tokens and the 256 byte symbols.
+    Returns the loaded `PreTrainedTokenizerFast`.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if style not in _STYLES:
+        raise ValueError(f"tokenizer style must be one of {sorted(_STYLES)}, got {style!r}")
+    specials, bos, eos, pad, template, add_bos = _STYLES[style]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    texts = list(corpus) if corpus is not None else list(DEFAULT_CORPUS)
+    tok.train_from_iterator(texts * 3, trainer=trainer)
+    if add_bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))])
+    else:
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    kwargs = dict(tokenizer_object=tok, eos_token=eos, pad_token=pad, chat_template=template)
+    if bos is not None:
+        kwargs["bos_token"] = bos
+    hf_tok = PreTrainedTokenizerFast(**kwargs)
+    os.makedirs(out_dir, exist_ok=True)
+    hf_tok.save_pretrained(out_dir)
+    return hf_tok
+
+
+# Tiny configurations covering the features each family must get right (see tests/test_models.py).
+TINY_CONFIGS = {
+    # llama with llama3 rope scaling, GQA, untied, odd vocab
+    "llama": dict(model_type="llama", vocab_size=517, hidden_size=64, intermediate_size=160, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, max_position_embeddings=256,
+                  rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                                   "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                   "original_max_position_embeddings": 32},
+                  tie_word_embeddings=False),
+    # qwen2 with q/k/v bias and tied embeddings
+    "qwen2": dict(model_type="qwen2", vocab_size=411, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6, max_position_embeddings=256,
+                  rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, tie_word_embeddings=True),
+    # qwen3 with q/k RMSNorm and head_dim != hidden / heads
+    "qwen3": dict(model_type="qwen3", vocab_size=409, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=24, rms_norm_eps=1e-6,
+                  max_position_embeddings=256, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+                  tie_word_embeddings=False),
+}
+
+TOKENIZER_STYLE = {"llama": "llama3", "qwen2": "qwen2", "qwen3": "qwen3"}
+
+
+def hf_config(family: str, **overrides):
+    """A `transformers` config object for a tiny model of `family` ("llama", "qwen2", "qwen3")."""
+    from transformers import AutoConfig
+
+    if family not in TINY_CONFIGS:
+        raise ValueError(f"family must be one of {sorted(TINY_CONFIGS)}, got {family!r}")
+    kwargs = dict(TINY_CONFIGS[family])
+    kwargs.update(overrides)
+    model_type = kwargs.pop("model_type")
+    return AutoConfig.for_model(model_type, **kwargs)
+
+
+def build_tiny_hf_model(out_dir: str | os.PathLike, family: str = "llama", seed: int = 0, dtype: str = "float32",
+                        tokenizer: bool = True, corpus: Sequence[str] | None = None, max_shard_size: str | None = None,
+                        **overrides):
+    """Build a random tiny HF PyTorch model (torch needed: tests only) and `save_pretrained` it with safetensors.
+
+    The tokenizer (if requested) is trained first so that its special-token ids are set in the model config.
+    Returns the torch model (eval mode).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    os.makedirs(out_dir, exist_ok=True)
+    tok_ids = {}
+    if tokenizer:
+        tok = build_tokenizer(out_dir, TOKENIZER_STYLE[family], corpus=corpus)
+        tok_ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    config = hf_config(family, **{**tok_ids, **overrides})
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+    # HF's default init (std 0.02, unit norms) gives near-uniform logits; widen it so that tests discriminate.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+            elif name.endswith("bias"):
+                p.copy_(0.1 * torch.randn_like(p))
+            else:
+                p.copy_(torch.randn_like(p) * (0.5 / p.shape[-1] ** 0.5) * 2.0)
+    model.eval()
+    kwargs = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
+    model.save_pretrained(out_dir, **kwargs)
+    return model
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, ensure_ascii=False, indent=1)
