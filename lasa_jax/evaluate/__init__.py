@@ -1,0 +1,1 @@
+"""Evaluation: judges, attack-success-rate and over-refusal reports."""
