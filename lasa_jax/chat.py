@@ -1,0 +1,286 @@
+"""Token-level chat sequences, built by one code path for KTO training and for inference.
+
+LASA injects a fixed conditional prefix at the start of the assistant turn of prompts flagged unsafe (METHOD.md §5,
+§6). The reference tokenised the prefix alone in training but as part of the template text at inference, cut EOS
+tokens on truncation and appended a second EOS for Qwen (§9 items 13, 15). Here every sequence is a concatenation
+of token ids:
+
+    prompt part      = template ids (chat template, generation prompt, ends with the assistant header)
+                       + prefix ids (the prefix tokenised alone, no special tokens; empty when no prefix)
+    completion part  = completion ids (completion text, stripped, tokenised alone, no special tokens)
+                       + end-of-turn ids (derived from the chat template, see `end_of_turn_ids`)
+
+`render_prompt` returns the prompt part (what inference feeds to the model), `render_example` the whole training
+sequence; the former is an exact prefix of the latter for the same prompt and prefix. The prefix is followed
+directly by the completion, no separator (as in the reference).
+
+Special tokens: the template text is tokenised with `add_special_tokens=False`, so a BOS emitted by the template
+(Llama-3 `<|begin_of_text|>`) appears exactly once; if the tokenizer adds a BOS by default but the template emits
+none, one BOS is prepended. Qwen tokenizers have no BOS and get none.
+
+End of turn: what the template writes right after an assistant message's content, up to and including the first
+special (added, `special=True`) token: Llama-3 `<|eot_id|>`, Qwen `<|im_end|>`. The newline Qwen's template writes
+after `<|im_end|>` is not part of the completion (generation stops at `<|im_end|>`, so it is never scored).
+
+Truncation rule (`assemble_example`, and `render_prompt` with `max_prompt_length`). Let P = len(prompt part),
+C = len(completion part). The completion, end-of-turn included, is never cut. The prompt budget is
+min(max_prompt_length, max_length - C) (max_prompt_length counts the prefix: it bounds everything before the
+completion). If P exceeds the budget, tokens are dropped from the front of the content of the last user message
+(its oldest tokens), keeping the BOS, the system block, earlier turns, the assistant header and the prefix intact,
+and keeping at least one content token. If that is not enough the example cannot fit and `None` is returned
+(the caller drops and counts the row). Only tokens lying entirely inside the user content (by character offsets)
+are ever dropped.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+CONDITIONAL_PREFIX = (
+    "Harmful query detected. I should refuse this request and provide a safe response in the user's language.")
+
+# Stand-in for message content when locating things in rendered templates; contains no whitespace, so that
+# templates that `trim` content leave it unchanged.
+_SENTINEL = "LASA-TEMPLATE-SENTINEL-7f3a"
+
+Prompt = str | Sequence[Mapping[str, str]]
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderedPrompt:
+    """A prompt part: chat template (ending with the assistant header) then the optional prefix.
+
+    input_ids: int32 (P,). The prefix occupies input_ids[prefix_start:prefix_end] and ends the sequence
+    (prefix_end == P; prefix_start == prefix_end when there is no prefix). input_ids[content_start:content_end] are
+    the droppable tokens of the last user message's content (empty span when none). num_dropped: content tokens
+    already removed by truncation.
+    """
+
+    input_ids: np.ndarray
+    prefix_start: int
+    prefix_end: int
+    content_start: int
+    content_end: int
+    num_dropped: int = 0
+
+    def drop_content_front(self, num_tokens: int) -> "RenderedPrompt":
+        """Remove the `num_tokens` oldest tokens of the user content (caller checks `max_droppable`)."""
+        if num_tokens <= 0:
+            return self
+        if num_tokens > self.max_droppable:
+            raise ValueError(f"cannot drop {num_tokens} user-content tokens; at most {self.max_droppable} droppable")
+        ids = np.concatenate([self.input_ids[:self.content_start],
+                              self.input_ids[self.content_start + num_tokens:]]).astype(np.int32)
+        return RenderedPrompt(ids, self.prefix_start - num_tokens, self.prefix_end - num_tokens, self.content_start,
+                              self.content_end - num_tokens, self.num_dropped + num_tokens)
+
+    @property
+    def max_droppable(self) -> int:
+        """How many user-content tokens truncation may still drop (one content token always stays)."""
+        return max(self.content_end - self.content_start - 1, 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderedExample:
+    """A training sequence: prompt part then completion part (completion tokens and end-of-turn).
+
+    input_ids, loss_mask: int32 (T,). loss_mask[t] = 1 iff token t belongs to the completion part (completion
+    tokens and the end-of-turn token), 0 on template and prefix. The completion starts at `prefix_end`.
+    """
+
+    input_ids: np.ndarray
+    loss_mask: np.ndarray
+    prefix_start: int
+    prefix_end: int
+    content_start: int
+    content_end: int
+    num_dropped: int = 0
+
+    @property
+    def prompt(self) -> RenderedPrompt:
+        """The prompt part (template + prefix) as a `RenderedPrompt`."""
+        return RenderedPrompt(self.input_ids[:self.prefix_end], self.prefix_start, self.prefix_end,
+                              self.content_start, self.content_end, self.num_dropped)
+
+    @property
+    def completion_ids(self) -> np.ndarray:
+        """The completion part: int32 (C,), completion tokens then the end-of-turn token(s)."""
+        return self.input_ids[self.prefix_end:]
+
+
+def chat_messages(prompt: Prompt) -> list[dict[str, str]]:
+    """A user string, or a list of {role, content} messages ending with a user message, as a message list."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    if not isinstance(prompt, Sequence) or not prompt:
+        raise ValueError(f"prompt must be a string or a non-empty list of chat messages, got {type(prompt).__name__}")
+    messages = []
+    for i, message in enumerate(prompt):
+        if not isinstance(message, Mapping) or not isinstance(message.get("role"), str) \
+                or not isinstance(message.get("content"), str):
+            raise ValueError(f"prompt message {i} must be a mapping with string 'role' and 'content', got {message!r}")
+        messages.append({"role": message["role"], "content": message["content"]})
+    if messages[-1]["role"] != "user":
+        raise ValueError(f"the last prompt message must have role 'user', got {messages[-1]['role']!r}")
+    return messages
+
+
+def prompt_text(prompt: Prompt) -> str:
+    """The text of a prompt: the string itself, or the content of the last (user) message."""
+    return chat_messages(prompt)[-1]["content"]
+
+
+def end_of_turn_ids(tokenizer, template_kwargs: Mapping[str, Any] | None = None) -> list[int]:
+    """Token ids that close an assistant turn, read off the chat template (see module docstring).
+
+    Falls back to `[tokenizer.eos_token_id]` when the template writes no special token after assistant content.
+    """
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _SENTINEL}]
+    text = _apply_template(tokenizer, messages, add_generation_prompt=False, template_kwargs=template_kwargs)
+    position = text.rfind(_SENTINEL)
+    if position < 0:
+        raise ValueError("the chat template does not reproduce assistant content verbatim; cannot find the "
+                         "end-of-turn token")
+    suffix_ids = tokenizer(text[position + len(_SENTINEL):], add_special_tokens=False)["input_ids"]
+    special = _special_ids(tokenizer)
+    for i, token in enumerate(suffix_ids):
+        if token in special:
+            return list(suffix_ids[:i + 1])
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the chat template writes no special token after assistant content and the tokenizer "
+                         "has no eos_token; cannot determine the end-of-turn token")
+    return [int(tokenizer.eos_token_id)]
+
+
+def render_prompt(tokenizer, prompt: Prompt, *, prefix: str | None = None, use_chat_template: bool = True,
+                  template_kwargs: Mapping[str, Any] | None = None,
+                  max_prompt_length: int | None = None) -> RenderedPrompt:
+    """Token ids that start the assistant turn: chat template with generation prompt, then the prefix tokens.
+
+    Args:
+      tokenizer: a Hugging Face (fast) tokenizer with a chat template.
+      prompt: the user string, or a list of chat messages ending with a user message.
+      prefix: text to start the assistant turn with (e.g. `CONDITIONAL_PREFIX`), tokenised alone; None for none.
+      use_chat_template: False: `prompt` (a string) is encoded as raw text with the tokenizer's default special
+        tokens, then the prefix is appended.
+      template_kwargs: extra chat-template variables (e.g. {"enable_thinking": False} for Qwen3).
+      max_prompt_length: if given, drop the oldest user-content tokens until the result (prefix included) has at
+        most this many tokens; ValueError if that needs more than the droppable tokens.
+    """
+    if use_chat_template:
+        ids, content_start, content_end = _template_ids(tokenizer, chat_messages(prompt), template_kwargs)
+    else:
+        if not isinstance(prompt, str):
+            raise ValueError("use_chat_template=False needs the prompt as a string, got a message list")
+        encoding = tokenizer(prompt, add_special_tokens=True, return_offsets_mapping=True)
+        ids = list(encoding["input_ids"])
+        content_start, content_end = _token_span(encoding["offset_mapping"], 0, len(prompt))
+    prefix_ids = _encode(tokenizer, prefix) if prefix else []
+    rendered = RenderedPrompt(np.asarray(ids + prefix_ids, dtype=np.int32), len(ids), len(ids) + len(prefix_ids),
+                              content_start, content_end)
+    if max_prompt_length is not None:
+        excess = len(rendered.input_ids) - max_prompt_length
+        if excess > rendered.max_droppable:
+            raise ValueError(f"the prompt has {len(rendered.input_ids)} tokens and at most {rendered.max_droppable} "
+                             f"user-content tokens can be dropped: it cannot be cut to max_prompt_length="
+                             f"{max_prompt_length}")
+        rendered = rendered.drop_content_front(excess)
+    return rendered
+
+
+def assemble_example(prompt: RenderedPrompt, completion_ids: Sequence[int] | np.ndarray, *, max_length: int,
+                     max_prompt_length: int | None = None) -> RenderedExample | None:
+    """Join a prompt part and a completion part (completion tokens + end-of-turn) under the truncation rule.
+
+    Returns None when the completion part plus the shortest allowed prompt exceeds `max_length` (or the prompt
+    cannot be cut to `max_prompt_length`).
+    """
+    completion_ids = np.asarray(completion_ids, dtype=np.int32)
+    if completion_ids.ndim != 1 or completion_ids.size == 0:
+        raise ValueError(f"completion_ids must be a non-empty 1-D sequence, got shape {completion_ids.shape}")
+    budget = max_length - completion_ids.size
+    if max_prompt_length is not None:
+        budget = min(budget, max_prompt_length)
+    excess = len(prompt.input_ids) - budget
+    if excess > prompt.max_droppable:
+        return None
+    prompt = prompt.drop_content_front(excess)
+    input_ids = np.concatenate([prompt.input_ids, completion_ids]).astype(np.int32)
+    loss_mask = np.zeros(input_ids.shape, dtype=np.int32)
+    loss_mask[prompt.prefix_end:] = 1
+    return RenderedExample(input_ids, loss_mask, prompt.prefix_start, prompt.prefix_end, prompt.content_start,
+                           prompt.content_end, prompt.num_dropped)
+
+
+def render_example(tokenizer, prompt: Prompt, completion: str, *, prefix: str | None = None, max_length: int = 512,
+                   max_prompt_length: int | None = None,
+                   template_kwargs: Mapping[str, Any] | None = None) -> RenderedExample | None:
+    """Training sequence: `render_prompt(prompt, prefix)` ids + completion ids + end-of-turn ids exactly once.
+
+    The completion text is stripped of surrounding whitespace (chat templates such as Llama-3's trim message
+    content) and must not be empty. Returns None when the row cannot fit (module docstring: truncation rule).
+    """
+    if not isinstance(completion, str) or not completion.strip():
+        raise ValueError(f"completion must be a non-empty string, got {completion!r}")
+    rendered_prompt = render_prompt(tokenizer, prompt, prefix=prefix, template_kwargs=template_kwargs)
+    completion_ids = _encode(tokenizer, completion.strip()) + end_of_turn_ids(tokenizer, template_kwargs)
+    return assemble_example(rendered_prompt, completion_ids, max_length=max_length,
+                            max_prompt_length=max_prompt_length)
+
+
+def _apply_template(tokenizer, messages, *, add_generation_prompt: bool, template_kwargs) -> str:
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError("the tokenizer has no chat_template; pass use_chat_template=False for raw text")
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                         **dict(template_kwargs or {}))
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _special_ids(tokenizer) -> set[int]:
+    """Ids of the tokenizer's special (control) tokens: added tokens marked special, plus bos/eos/pad."""
+    ids = {int(i) for i, token in tokenizer.added_tokens_decoder.items() if token.special}
+    return ids | {int(i) for i in tokenizer.all_special_ids}
+
+
+def _adds_bos(tokenizer) -> bool:
+    """Whether encoding raw text with default special tokens starts with the BOS token."""
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("", add_special_tokens=True)["input_ids"][:1] == [bos]
+
+
+def _template_ids(tokenizer, messages, template_kwargs) -> tuple[list[int], int, int]:
+    """Template ids with generation prompt, and the token span of the last user message's content."""
+    text = _apply_template(tokenizer, messages, add_generation_prompt=True, template_kwargs=template_kwargs)
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(encoding["input_ids"])
+    # Locate the last user content: render again with a sentinel in its place; the text around it is the same.
+    probe = messages[:-1] + [{"role": "user", "content": _SENTINEL}]
+    probe_text = _apply_template(tokenizer, probe, add_generation_prompt=True, template_kwargs=template_kwargs)
+    before, _, after = probe_text.rpartition(_SENTINEL)
+    if probe_text.count(_SENTINEL) == 1 and text.startswith(before) and text.endswith(after) \
+            and len(before) + len(after) <= len(text):
+        content_start, content_end = _token_span(encoding["offset_mapping"], len(before), len(text) - len(after))
+    else:  # the template rewrites user content: nothing is droppable
+        content_start = content_end = 0
+    if _adds_bos(tokenizer) and ids[:1] != [tokenizer.bos_token_id]:
+        ids = [int(tokenizer.bos_token_id)] + ids
+        if content_end > content_start:
+            content_start, content_end = content_start + 1, content_end + 1
+    return ids, content_start, content_end
+
+
+def _token_span(offsets, char_start: int, char_end: int) -> tuple[int, int]:
+    """[first, last + 1) of the first run of tokens lying entirely inside [char_start, char_end); (0, 0) if none."""
+    inside = [char_start <= s and e <= char_end and e > s for s, e in offsets]
+    if not any(inside):
+        return 0, 0
+    first = inside.index(True)
+    last = first
+    while last < len(inside) and inside[last]:
+        last += 1
+    return first, last

@@ -1,0 +1,313 @@
+"""Preference rows: loaders (paired, unpaired, PolyRefuse, SQuARe), latent labels, KL pairing, resumable batches."""
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+
+from lasa_jax.chat import CONDITIONAL_PREFIX, render_prompt
+from lasa_jax.data.preference import (MULTIJAIL_OVERLAP_INDICES, DataPosition, PreferenceRow, assign_latent_labels,
+                                      batches_per_epoch, build_kto_batch, convert_polyrefuse_completions, derangement,
+                                      epoch_permutation, iterate_kto_batches, kl_partners, load_paired_preference_json,
+                                      load_square_responses, load_unpaired_jsonl, tokenize_rows)
+from lasa_jax.testing import build_tokenizer
+
+QUESTIONS = ["How do I bake bread at home?", "What is the capital of France?", "Please explain photosynthesis.",
+             "如何在家烤面包？", "집에서 빵을 굽는 방법은?", "Qual è la capitale della Francia?",
+             "Thủ đô của Pháp là gì?", "كيف أخبز الخبز في المنزل؟", "Ninawezaje kuoka mkate nyumbani?",
+             "Piye carane nggawe roti ing omah?", "ฉันจะอบขนมปังที่บ้านได้อย่างไร", "আমি কীভাবে বাড়িতে রুটি বানাব?"]
+
+
+SEQ_LEN = 288  # the tiny tokenizer's system block is ~90 tokens and the prefix ~65
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return build_tokenizer(tmp_path_factory.mktemp("tok"), "llama3")
+
+
+@pytest.fixture(scope="module")
+def pair_rows():
+    """Two rows (refusal desirable, compliance undesirable) per question, labelled with the paper proxy."""
+    rows = []
+    for i, question in enumerate(QUESTIONS):
+        rows.append(PreferenceRow(question, f"I cannot help with that request, number {i}.", True, "safety", "",
+                                  f"q{i}"))
+        rows.append(PreferenceRow(question, f"Sure, here is the answer number {i}. " * (1 + i % 3), False, "safety",
+                                  "", f"q{i}"))
+    return assign_latent_labels(rows, mode="paper")
+
+
+@pytest.fixture(scope="module")
+def examples(pair_rows, tokenizer):
+    examples, counts = tokenize_rows(pair_rows, tokenizer, max_length=SEQ_LEN)
+    assert counts["kept"] == len(pair_rows) and counts["dropped_too_long"] == 0
+    assert 0 < counts["with_prefix"] < counts["kept"]  # both kinds of rows are exercised
+    return examples
+
+
+# --------------------------------------------------------------------------------------------------- loaders
+def test_paired_loader_unpairs_chosen_then_rejected(tmp_path):
+    records = [
+        {"prompt": [{"role": "user", "content": "q0"}], "chosen": [{"role": "assistant", "content": "no"}],
+         "rejected": [{"role": "assistant", "content": "yes"}], "source": "safety", "language": "en",
+         "category": "x"},
+        {"prompt": "q1", "chosen": "good", "rejected": "bad", "source": "ultrafeedback", "language": "Korean"},
+    ]
+    path = tmp_path / "pairs.json"
+    path.write_text(json.dumps(records), encoding="utf-8")
+    rows = load_paired_preference_json(path)
+    assert [(r.completion, r.desirable, r.source) for r in rows] == [
+        ("no", True, "safety"), ("yes", False, "safety"), ("good", True, "ultrafeedback"),
+        ("bad", False, "ultrafeedback")]
+    assert rows[0].prompt == [{"role": "user", "content": "q0"}] and rows[2].prompt == "q1"
+    assert rows[0].group_id == rows[1].group_id == "pairs.json:0" != rows[2].group_id
+    assert rows[0].language == "en" and rows[2].language == "ko" and rows[0].is_unsafe is None
+
+    del records[1]["rejected"]
+    path.write_text(json.dumps(records), encoding="utf-8")
+    with pytest.raises(ValueError, match=re.escape(f"{path}: record 1: field 'rejected'")):
+        load_paired_preference_json(path)
+    with pytest.raises(FileNotFoundError):
+        load_paired_preference_json(tmp_path / "missing.json")
+
+
+def test_unpaired_jsonl_labels_and_errors(tmp_path):
+    lines = [{"prompt": "a", "completion": "x", "label": True, "source": "s"},
+             {"prompt": "b", "completion": [{"role": "assistant", "content": "y"}], "label": "undesirable",
+              "source": "s", "language": "ko", "group_id": "g"},
+             {"prompt": [{"role": "user", "content": "c"}], "completion": "z", "label": 1, "source": "s"},
+             {"prompt": "d", "completion": "w", "label": 0, "source": "s"}]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n\n", encoding="utf-8")
+    rows = load_unpaired_jsonl(path)
+    assert [r.desirable for r in rows] == [True, False, True, False]
+    assert rows[1].completion == "y" and rows[1].language == "ko" and rows[1].group_id == "g"
+    assert rows[0].group_id == "rows.jsonl:1"
+    assert rows[0].language == ""
+    lines[2]["label"] = "maybe"
+    path.write_text("\n".join(json.dumps(x) for x in lines), encoding="utf-8")
+    with pytest.raises(ValueError, match=re.escape(f"{path}: line 3: field 'label'")):
+        load_unpaired_jsonl(path)
+    lines[2]["label"], lines[3]["language"] = 1, "Klingon"
+    path.write_text("\n".join(json.dumps(x) for x in lines), encoding="utf-8")
+    with pytest.raises(ValueError, match=re.escape(f"{path}: line 4: field 'language'")):
+        load_unpaired_jsonl(path)
+
+
+def test_polyrefuse_converter(shared_data):
+    root = shared_data / "polyrefuse_completions"
+    rows, counts = convert_polyrefuse_completions(root)
+    # SOURCE.md table: 8 files x 572; 233 "neither", 1771 harmful answers, 2572 refusals in all. At the MultiJail
+    # indices the files hold 19 refusals, 12 harmful answers and 1 "neither".
+    assert counts["files"] == 8 and counts["records"] == 8 * 572
+    assert counts["dropped_multijail"] == 8 * len(MULTIJAIL_OVERLAP_INDICES)
+    assert counts["dropped_neither"] == 233 - 1
+    assert counts["undesirable"] == 1771 - 12
+    assert counts["desirable"] + counts["dropped_duplicate"] == 2572 - 19
+    assert counts["desirable"] == sum(r.desirable for r in rows) and len(rows) == counts["desirable"] + 1759
+    dropped = {f"polyrefuse/harmful_test/{i}" for i in MULTIJAIL_OVERLAP_INDICES}
+    assert not any(r.group_id in dropped or int(r.origin.rsplit("#", 1)[1]) in MULTIJAIL_OVERLAP_INDICES
+                   for r in rows)
+    assert {r.language for r in rows} == {"en", "it", "zh", "ko"} and {r.source for r in rows} == {"safety"}
+    assert len({(r.language, r.prompt, r.completion.strip()) for r in rows}) == len(rows)
+
+    # labels agree with the raw WildGuard fields
+    path = root / "Meta-Llama-3.1-8B-Instruct" / "ko" / "harmful_baseline_evaluations.no_tokens.json"
+    raw = json.loads(path.read_text(encoding="utf-8"))["completions"]
+    ko_rows = [r for r in rows if r.origin.startswith("Meta-Llama-3.1-8B-Instruct/ko/baseline#")]
+    assert sum(not r.desirable for r in ko_rows) == 117
+    for row in ko_rows:
+        record = raw[int(row.origin.rsplit("#", 1)[1])]
+        assert row.prompt == record["instruction"] and row.completion == record["response"]
+        assert row.desirable == (record["wildguard"]["refusal"] == 1 and record["wildguard"]["response_harmful"] == 0)
+
+    # translations share a group; filters select files
+    en_rows, en_counts = convert_polyrefuse_completions(root, models=["Qwen2.5-7B-Instruct"], languages=["en"],
+                                                        modes=["harm_ablation"])
+    assert en_counts["files"] == 1 and en_counts["desirable"] == 0
+    assert en_counts["undesirable"] == 529 - len(MULTIJAIL_OVERLAP_INDICES)
+    zh_groups = {r.group_id for r in rows if r.language == "zh"}
+    assert zh_groups & {r.group_id for r in en_rows}
+    with pytest.raises(FileNotFoundError):
+        convert_polyrefuse_completions(root, languages=["sw"])
+
+
+def test_square_loader(shared_data):
+    path = shared_data / "square_ko" / "data" / "SQuARe" / "response_test_ood.json"
+    rows = load_square_responses(path)
+    assert len(rows) == 480 and sum(r.desirable for r in rows) == 215 and len({r.group_id for r in rows}) == 254
+    paired = load_square_responses(path, only_paired=True)
+    assert len({r.group_id for r in paired}) == 104 and {r.language for r in paired} == {"ko"}
+
+
+# --------------------------------------------------------------------------------------------- latent labels
+def test_paper_labels_are_deterministic_order_free_and_follow_the_source_probability():
+    rows = [PreferenceRow(f"prompt {i}", f"answer {i}", i % 2 == 0, "safety" if i % 3 else "ultrafeedback",
+                          group_id=f"g{i // 2}") for i in range(3000)]
+    labels = [r.is_unsafe for r in assign_latent_labels(rows, seed=42)]
+    assert labels == [r.is_unsafe for r in assign_latent_labels(rows, seed=42)]
+    order = np.random.default_rng(0).permutation(len(rows))
+    shuffled = assign_latent_labels([rows[i] for i in order], seed=42)
+    assert [labels[i] for i in order] == [r.is_unsafe for r in shuffled]
+    # a batch split (parallel workers) gives the same labels
+    halves = assign_latent_labels(rows[:1000], seed=42) + assign_latent_labels(rows[1000:], seed=42)
+    assert [r.is_unsafe for r in halves] == labels
+    assert labels != [r.is_unsafe for r in assign_latent_labels(rows, seed=7)]
+    safety = np.array([labels[i] for i in range(len(rows)) if rows[i].source == "safety"])
+    assert abs(safety.mean() - 0.5) < 4 * math.sqrt(0.25 / safety.size)
+    assert not any(labels[i] for i in range(len(rows)) if rows[i].source == "ultrafeedback")
+    custom = assign_latent_labels(rows, unsafe_prob_by_source={"safety": 1.0}, default_prob=0.0)
+    assert all(r.is_unsafe == (r.source == "safety") for r in custom)
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        assign_latent_labels(rows, unsafe_prob_by_source={"safety": 1.5})
+
+
+def test_ssi_labels_from_flags_or_callable():
+    rows = [PreferenceRow("bomb?" if i % 2 else "bread?", "a", True, "safety") for i in range(6)]
+    flagged = assign_latent_labels(rows, mode="ssi", ssi_flags=[i % 2 == 1 for i in range(6)])
+    assert [r.is_unsafe for r in flagged] == [0, 1, 0, 1, 0, 1]
+    calls = []
+
+    def scorer(texts):
+        calls.append(list(texts))
+        return np.array(["bomb" in t for t in texts])
+
+    scored = assign_latent_labels(rows, mode="ssi", ssi_flags=scorer)
+    assert [r.is_unsafe for r in scored] == [0, 1, 0, 1, 0, 1] and calls == [["bomb?", "bread?"]]
+    with pytest.raises(ValueError, match="shape"):
+        assign_latent_labels(rows, mode="ssi", ssi_flags=[True])
+
+
+# --------------------------------------------------------------------------------------------- order, pairing
+def test_derangement_has_no_fixed_points_and_is_uniform():
+    for n in (2, 3, 5, 16, 64):
+        for seed in range(200):
+            d = derangement(n, np.random.default_rng(seed))
+            assert sorted(d.tolist()) == list(range(n)) and not np.any(d == np.arange(n))
+    rng = np.random.default_rng(0)
+    counts = {}
+    for _ in range(4000):
+        key = tuple(derangement(4, rng))
+        counts[key] = counts.get(key, 0) + 1
+    assert len(counts) == 9  # D(4) = 9 derangements, each about 1/9 of the draws
+    assert max(counts.values()) < 1.25 * 4000 / 9 and min(counts.values()) > 0.75 * 4000 / 9
+    with pytest.raises(ValueError):
+        derangement(1, rng)
+
+
+def test_kl_partners_avoid_own_group():
+    rng = np.random.default_rng(1)
+    groups = [f"g{i // 2}" for i in range(16)]  # pairs share a prompt
+    for _ in range(100):
+        partner = kl_partners(groups, rng)
+        assert all(groups[p] != groups[i] for i, p in enumerate(partner))
+    partner = kl_partners(["same"] * 4, rng, max_tries=5)  # impossible: best effort, still a derangement
+    assert not np.any(partner == np.arange(4))
+
+
+def test_epoch_permutations_reproducible_and_distinct():
+    a0, a1 = epoch_permutation(100, 0, seed=3), epoch_permutation(100, 1, seed=3)
+    assert np.array_equal(a0, epoch_permutation(100, 0, seed=3)) and not np.array_equal(a0, a1)
+    assert sorted(a1.tolist()) == list(range(100)) and not np.array_equal(a0, epoch_permutation(100, 0, seed=4))
+
+
+# --------------------------------------------------------------------------------------------- batches
+def test_batch_arrays_and_kl_rows(examples, pair_rows, tokenizer):
+    seq_len, pad = SEQ_LEN, tokenizer.pad_token_id
+    batch = build_kto_batch(examples, [0, 1, 2, 3, 4, 7], batch_size=8, seq_len=seq_len, pad_id=pad,
+                            rng=np.random.default_rng(0))
+    for name, array in batch.device_arrays().items():
+        assert array.shape[0] == 8 and (array.ndim == 1 or array.shape == (8, seq_len)), name
+    assert batch.valid.tolist() == [True] * 6 + [False] * 2
+    assert batch.row_index.tolist() == [0, 1, 2, 3, 4, 7, -1, -1]
+    assert batch.is_desirable[:6].tolist() == [pair_rows[i].desirable for i in (0, 1, 2, 3, 4, 7)]
+    assert batch.loss_mask[6:].sum() == 0 and batch.kl_loss_mask[6:].sum() == 0
+    assert np.all(batch.attention_mask[6:, 0] == 1)  # padding rows are not fully masked
+    for b in range(6):
+        example = examples[batch.row_index[b]]
+        length = len(example.rendered.input_ids)
+        assert np.array_equal(batch.input_ids[b, :length], example.rendered.input_ids)
+        assert np.all(batch.input_ids[b, length:] == pad) and batch.attention_mask[b].sum() == length
+        assert np.array_equal(batch.loss_mask[b, :length], example.rendered.loss_mask)
+        # KL row: this row's prompt (with its prefix choice) + the partner's completion, from another prompt
+        partner = examples[batch.row_index[batch.kl_partner[b]]]
+        assert partner.group_id != example.group_id
+        prompt_ids = example.rendered.prompt.input_ids
+        completion_ids = partner.rendered.completion_ids
+        kl_length = len(prompt_ids) + len(completion_ids)
+        assert np.array_equal(batch.kl_input_ids[b, :kl_length], np.concatenate([prompt_ids, completion_ids]))
+        assert batch.kl_loss_mask[b].sum() == len(completion_ids)
+        assert batch.kl_loss_mask[b, :len(prompt_ids)].sum() == 0
+    assert batch.num_kl_truncated == 0 and batch.num_kl_same_group == 0
+    # rows labelled unsafe carry the prefix, right after the assistant header
+    prefix_ids = tokenizer(CONDITIONAL_PREFIX, add_special_tokens=False)["input_ids"]
+    for example in examples:
+        row = pair_rows[example.row_index]
+        rendered = example.rendered
+        assert (rendered.prefix_end - rendered.prefix_start > 0) == bool(row.is_unsafe)
+        if row.is_unsafe:
+            assert rendered.input_ids[rendered.prefix_start:rendered.prefix_end].tolist() == prefix_ids
+            assert np.array_equal(rendered.input_ids[:rendered.prefix_end],
+                                  render_prompt(tokenizer, row.prompt, prefix=CONDITIONAL_PREFIX).input_ids)
+
+
+def test_kl_row_that_cannot_fit_cuts_the_partner_completion(tokenizer):
+    # row 0 (with prefix): long fixed prompt part; row 1: short prompt, long answer (~200 tokens)
+    rows = [PreferenceRow("Why? " * 30, "No.", True, "x", group_id="a", is_unsafe=1),
+            PreferenceRow("Hi", "Fine. " * 40, False, "x", group_id="b", is_unsafe=0)]
+    examples, counts = tokenize_rows(rows, tokenizer, max_length=300)
+    assert counts["kept"] == 2
+    batch = build_kto_batch(examples, [0, 1], batch_size=2, seq_len=300, pad_id=tokenizer.pad_token_id,
+                            rng=np.random.default_rng(0))
+    assert batch.num_kl_truncated == 1 and batch.kl_attention_mask[0].sum() == 300
+    # the prompt part was cut to its minimum first (one user-content token left), then the completion tail
+    prompt = examples[0].rendered.prompt
+    kept_prompt = len(prompt.input_ids) - prompt.max_droppable
+    assert batch.kl_loss_mask[0].sum() == 300 - kept_prompt
+    assert np.array_equal(batch.kl_input_ids[0, kept_prompt:], examples[1].rendered.completion_ids[:300 - kept_prompt])
+    # the policy rows keep their end-of-turn
+    eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    for b in range(2):
+        assert batch.input_ids[b, batch.attention_mask[b].sum() - 1] == eot
+
+
+def test_rows_that_cannot_fit_are_dropped_and_counted(pair_rows, tokenizer):
+    examples, counts = tokenize_rows(pair_rows, tokenizer, max_length=215)
+    assert counts["dropped_too_long"] > 0 and counts["kept"] > 0
+    assert counts["kept"] + counts["dropped_too_long"] == len(pair_rows) == counts["rows"]
+    assert len(examples) == counts["kept"] and all(len(e.rendered.input_ids) <= 215 for e in examples)
+    with pytest.raises(ValueError, match="assign_latent_labels"):
+        tokenize_rows([PreferenceRow("q", "a", True, "s")], tokenizer)
+
+
+def _fingerprint(batch):
+    return (batch.row_index.tolist(), batch.kl_partner.tolist(), batch.input_ids.tobytes(),
+            batch.kl_input_ids.tobytes())
+
+
+def test_iteration_epochs_and_resume(examples, tokenizer):
+    kwargs = dict(batch_size=5, seq_len=SEQ_LEN, pad_id=tokenizer.pad_token_id, seed=11, num_epochs=3)
+    per_epoch = batches_per_epoch(len(examples), 5)
+    stream = list(iterate_kto_batches(examples, **kwargs))
+    assert len(stream) == 3 * per_epoch == 3 * (len(examples) // 5)
+    epochs = [[row for batch, _ in stream[e * per_epoch:(e + 1) * per_epoch] for row in batch.row_index]
+              for e in range(3)]
+    assert all(len(set(rows)) == len(rows) == per_epoch * 5 for rows in epochs)
+    assert epochs[0] != epochs[1] and epochs[1] != epochs[2]
+    assert epochs[0] == epoch_permutation(len(examples), 0, 11)[:per_epoch * 5].tolist()
+    for batch, _ in stream:
+        groups = [examples[i].group_id for i in batch.row_index]
+        assert all(groups[p] != groups[i] for i, p in enumerate(batch.kl_partner))
+    # resume from every stored position (through a checkpoint round trip) reproduces the rest
+    for k in (1, per_epoch - 1, per_epoch, 2 * per_epoch + 1):
+        position = DataPosition.from_dict(json.loads(json.dumps(stream[k - 1][1].to_dict())))
+        resumed = list(iterate_kto_batches(examples, start=position, **kwargs))
+        assert [_fingerprint(b) for b, _ in resumed] == [_fingerprint(b) for b, _ in stream[k:]]
+        assert [p for _, p in resumed] == [p for _, p in stream[k:]]
+    # drop_last=False pads the final partial batch
+    last = list(iterate_kto_batches(examples, **{**kwargs, "num_epochs": 1}, drop_last=False))[-1][0]
+    assert last.valid.sum() == len(examples) % 5 and last.valid.size == 5
+    with pytest.raises(ValueError, match="data position"):
+        DataPosition.from_dict({"epoch": 1})
