@@ -1,0 +1,288 @@
+"""Held-out evaluation prompts: MultiJail (ASR), XSTest, OR-Bench-hard-test and OKTest (over-refusal).
+
+Every loader returns a list of `EvalPrompt`. `expected` says what a safe model should do with the prompt:
+"harmful" -> refuse it (attack success if it complies), "benign" -> answer it (over-refusal if it refuses).
+These sets are evaluation-only: never train on them, pick layers or tune thresholds with them.
+
+Ids are namespaced by source ("multijail:<row id>:<lang>", "xstest:<id>", "or_bench_hard_test:<index>",
+"oktest:<index>") so that rows of different sets never collide. Languages are ISO 639-1 codes.
+"""
+from __future__ import annotations
+
+import ast
+import csv
+import dataclasses
+import json
+import os
+import pathlib
+from typing import Any, Iterable, Mapping, Sequence
+
+from lasa_jax.data.languages import MULTIJAIL_LANGUAGES, normalize_language
+
+HARMFUL = "harmful"
+BENIGN = "benign"
+EXPECTED_VALUES = (HARMFUL, BENIGN)
+
+# Paths relative to the shared data root (see data/README.md there).
+MULTIJAIL_CSV = "multijail/MultiJail.csv"
+XSTEST_CSV = "xstest/xstest_prompts.csv"
+OR_BENCH_HARD_TEST_JSON = "refusal_benchmarks_en/dataset/splits/or_bench_hard_test.json"
+OKTEST_JSON = "refusal_benchmarks_en/dataset/processed/oktest.json"
+
+XSTEST_SPLITS = ("safe", "unsafe", "all")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalPrompt:
+    """One evaluation prompt.
+
+    id: unique, namespaced by source (e.g. "multijail:12:sw").
+    language: ISO 639-1 code.
+    prompt: the user message, raw text (the generator applies the chat template).
+    source: data set name ("multijail", "xstest", "or_bench_hard_test", "oktest", or the JSONL/hub source).
+    expected: "harmful" (a safe model refuses) or "benign" (a safe model answers).
+    category: data set specific category (MultiJail tags joined by "; ", XSTest type, OR-Bench category), or None.
+    """
+
+    id: str
+    language: str
+    prompt: str
+    source: str
+    expected: str
+    category: str | None = None
+
+    def __post_init__(self):
+        if self.expected not in EXPECTED_VALUES:
+            raise ValueError(f"EvalPrompt {self.id!r}: expected must be one of {EXPECTED_VALUES}, "
+                             f"got {self.expected!r}")
+        if not self.prompt.strip():
+            raise ValueError(f"EvalPrompt {self.id!r}: prompt is empty")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _require_file(path: str | os.PathLike) -> pathlib.Path:
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"evaluation file not found: {path}")
+    return path
+
+
+def _normalized_language_filter(languages: Iterable[str] | None, available: Sequence[str], what: str) -> list[str]:
+    """Normalise requested language names/codes and check that `available` has them; None -> all of `available`."""
+    if languages is None:
+        return list(available)
+    requested = [normalize_language(lang) for lang in languages]
+    missing = [lang for lang in requested if lang not in available]
+    if missing:
+        raise ValueError(f"{what} has no language(s) {missing}; available: {list(available)}")
+    return list(dict.fromkeys(requested))
+
+
+def load_multijail(path: str | os.PathLike, languages: Iterable[str] | None = None) -> list[EvalPrompt]:
+    """MultiJail CSV (UTF-8 with BOM) -> one harmful EvalPrompt per (row, language), row-major.
+
+    Args:
+      path: `multijail/MultiJail.csv` (columns id, source, tags, en, zh, it, vi, ar, ko, th, bn, sw, jv).
+      languages: subset of languages (names or codes, normalised to ISO 639-1); None = all ten.
+    Ids are "multijail:<row id>:<lang>"; category = the row's tags joined by "; ".
+    """
+    path = _require_file(path)
+    langs = _normalized_language_filter(languages, MULTIJAIL_LANGUAGES, f"MultiJail ({path})")
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f)
+        columns = ["id", "tags", *MULTIJAIL_LANGUAGES]
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {missing}; header is {reader.fieldnames}")
+        prompts = []
+        for line_number, row in enumerate(reader, start=2):
+            where = f"{path} (record starting near line {line_number}, id {row['id']!r})"
+            try:
+                tags = ast.literal_eval(row["tags"]) if row["tags"].strip() else []
+            except (ValueError, SyntaxError) as e:
+                raise ValueError(f"{where}: field 'tags' must be a list literal, got {row['tags']!r}") from e
+            if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+                raise ValueError(f"{where}: field 'tags' must be a list of strings, got {row['tags']!r}")
+            for lang in langs:
+                text = row[lang]
+                if text is None or not text.strip():
+                    raise ValueError(f"{where}: field {lang!r} is empty")
+                prompts.append(EvalPrompt(id=f"multijail:{row['id']}:{lang}", language=lang, prompt=text,
+                                          source="multijail", expected=HARMFUL,
+                                          category="; ".join(tags) if tags else None))
+    if not prompts:
+        raise ValueError(f"{path}: no rows")
+    return prompts
+
+
+def load_xstest(path: str | os.PathLike, split: str = "safe") -> list[EvalPrompt]:
+    """XSTest v2 prompts (English).
+
+    split: "safe" (250 over-refusal prompts, expected benign), "unsafe" (200 contrast prompts, expected harmful)
+    or "all". Ids are "xstest:<id>"; category = the `type` column.
+    """
+    if split not in XSTEST_SPLITS:
+        raise ValueError(f"XSTest split must be one of {XSTEST_SPLITS}, got {split!r}")
+    path = _require_file(path)
+    label_to_expected = {"safe": BENIGN, "unsafe": HARMFUL}
+    prompts = []
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in ("id", "prompt", "type", "label") if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {missing}; header is {reader.fieldnames}")
+        for row in reader:
+            label = row["label"]
+            if label not in label_to_expected:
+                raise ValueError(f"{path}: row id {row['id']!r}: field 'label' must be 'safe' or 'unsafe', "
+                                 f"got {label!r}")
+            if split != "all" and label != split:
+                continue
+            prompts.append(EvalPrompt(id=f"xstest:{row['id']}", language="en", prompt=row["prompt"], source="xstest",
+                                      expected=label_to_expected[label], category=row["type"] or None))
+    return prompts
+
+
+def load_instruction_json(path: str | os.PathLike, source: str, expected: str,
+                          language: str = "en") -> list[EvalPrompt]:
+    """A JSON list of {"instruction": str, "category": str | null} (refusal_benchmarks_en format).
+
+    Ids are "<source>:<index in the list>".
+    """
+    path = _require_file(path)
+    with open(path, encoding="utf-8") as f:
+        try:
+            records = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(records, list):
+        raise ValueError(f"{path}: expected a JSON list of objects, got {type(records).__name__}")
+    language = normalize_language(language)
+    prompts = []
+    for index, record in enumerate(records):
+        if not isinstance(record, dict) or not isinstance(record.get("instruction"), str):
+            raise ValueError(f"{path}: item {index} must be an object with a string field 'instruction'")
+        category = record.get("category")
+        if category is not None and not isinstance(category, str):
+            raise ValueError(f"{path}: item {index}: field 'category' must be a string or null, got {category!r}")
+        prompts.append(EvalPrompt(id=f"{source}:{index}", language=language, prompt=record["instruction"],
+                                  source=source, expected=expected, category=category))
+    return prompts
+
+
+def load_or_bench_hard_test(path: str | os.PathLike) -> list[EvalPrompt]:
+    """OR-Bench-Hard test split (132 English prompts that look harmful but are benign; expected benign)."""
+    return load_instruction_json(path, source="or_bench_hard_test", expected=BENIGN)
+
+
+def load_oktest(path: str | os.PathLike) -> list[EvalPrompt]:
+    """OKTest (300 benign English prompts laden with trigger words; expected benign)."""
+    return load_instruction_json(path, source="oktest", expected=BENIGN)
+
+
+def _record_to_eval_prompt(record: Mapping[str, Any], where: str, default_source: str,
+                           expected: str | None, language: str | None) -> EvalPrompt:
+    """Validate one generic record {id, language, prompt, expected[, source, category]}; `where` names it in errors."""
+    if not isinstance(record, Mapping):
+        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    values = {}
+    for field, override in (("id", None), ("prompt", None), ("language", language), ("expected", expected)):
+        value = override if override is not None else record.get(field)
+        if field == "id" and isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{where}: field {field!r} must be a non-empty string, got {value!r}")
+        values[field] = value
+    if values["expected"] not in EXPECTED_VALUES:
+        raise ValueError(f"{where}: field 'expected' must be one of {EXPECTED_VALUES}, got {values['expected']!r}")
+    try:
+        values["language"] = normalize_language(values["language"])
+    except ValueError as e:
+        raise ValueError(f"{where}: field 'language': {e}") from e
+    source = record.get("source", default_source)
+    category = record.get("category")
+    if not isinstance(source, str) or not source:
+        raise ValueError(f"{where}: field 'source' must be a non-empty string, got {source!r}")
+    if category is not None and not isinstance(category, str):
+        raise ValueError(f"{where}: field 'category' must be a string or null, got {category!r}")
+    return EvalPrompt(id=values["id"], language=values["language"], prompt=values["prompt"], source=source,
+                      expected=values["expected"], category=category)
+
+
+def _check_unique_ids(prompts: Sequence[EvalPrompt], what: str) -> None:
+    seen = set()
+    for p in prompts:
+        if p.id in seen:
+            raise ValueError(f"{what}: duplicate id {p.id!r}")
+        seen.add(p.id)
+
+
+def load_jsonl(path: str | os.PathLike, source: str | None = None) -> list[EvalPrompt]:
+    """Generic JSONL: one object per line with {id, language, prompt, expected} (+ optional source, category).
+
+    `language` may be a code or a language name (normalised to ISO 639-1); `expected` is "harmful" or "benign";
+    a line's own `source` wins over the `source` argument, which defaults to the file stem. Blank lines are skipped.
+    """
+    path = _require_file(path)
+    default_source = source or path.stem
+    prompts = []
+    with open(path, encoding="utf-8") as f:
+        for line_number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{line_number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: not valid JSON ({e})") from e
+            prompts.append(_record_to_eval_prompt(record, where, default_source, expected=None, language=None))
+    if not prompts:
+        raise ValueError(f"{path}: no records")
+    _check_unique_ids(prompts, str(path))
+    return prompts
+
+
+def load_hf_dataset(path: str, *, name: str | None = None, split: str = "test", data_files: Any = None,
+                    source: str | None = None, expected: str | None = None, language: str | None = None,
+                    field_map: Mapping[str, str] | None = None, cache_dir: str | None = None) -> list[EvalPrompt]:
+    """Rows of a `datasets.load_dataset(path, name, split=..., data_files=...)` table as EvalPrompts.
+
+    Each row needs the generic fields {id, language, prompt, expected} (+ optional source, category); `field_map`
+    renames columns to them (e.g. {"prompt": "question"}); `expected` / `language` arguments, when given, apply to
+    every row instead of a column. `path` is a hub id or a local builder such as "json" with `data_files`.
+    Missing `id` columns are not filled in: an id must identify the row. `cache_dir` goes to `load_dataset`.
+    """
+    import datasets
+
+    table = datasets.load_dataset(path, name, split=split, data_files=data_files, cache_dir=cache_dir)
+    rename = dict(field_map or {})
+    default_source = source or (path if data_files is None else f"{path}:{split}")
+    prompts = []
+    for index, row in enumerate(table):
+        record = {field: row[column] for field, column in rename.items() if column in row}
+        record.update({k: v for k, v in row.items() if k not in record and k not in rename.values()})
+        where = f"dataset {path!r} ({name or 'default'}, split {split!r}) row {index}"
+        prompts.append(_record_to_eval_prompt(record, where, default_source, expected=expected, language=language))
+    if not prompts:
+        raise ValueError(f"dataset {path!r} split {split!r} has no rows")
+    _check_unique_ids(prompts, f"dataset {path!r} split {split!r}")
+    return prompts
+
+
+def load_standard_eval_sets(data_root: str | os.PathLike,
+                            multijail_languages: Iterable[str] | None = None) -> dict[str, list[EvalPrompt]]:
+    """The held-out sets under the shared data root.
+
+    Returns {"multijail": harmful x languages, "xstest_safe": 250 benign, "xstest_unsafe": 200 harmful,
+    "or_bench_hard_test": 132 benign, "oktest": 300 benign}.
+    """
+    root = pathlib.Path(data_root)
+    return {
+        "multijail": load_multijail(root / MULTIJAIL_CSV, multijail_languages),
+        "xstest_safe": load_xstest(root / XSTEST_CSV, "safe"),
+        "xstest_unsafe": load_xstest(root / XSTEST_CSV, "unsafe"),
+        "or_bench_hard_test": load_or_bench_hard_test(root / OR_BENCH_HARD_TEST_JSON),
+        "oktest": load_oktest(root / OKTEST_JSON),
+    }

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Install lasa-jax on every worker of a TPU VM: copy this checkout (or clone --git-url), create a Python 3.11 venv
+# in REPO_DIR/.venv and `pip install -e '.[tpu]'`. Python 3.11 comes from the deadsnakes PPA when the image lacks it.
+# Usage: setup_tpu.sh NAME --zone ZONE [--repo-dir DIR] [--git-url URL [--git-ref REF]] [--project PROJECT] [--dry-run]
+# REPO_DIR (default lasa-jax) is relative to the remote home directory unless absolute.
+# --dry-run prints each command ("+ " then the shell-quoted argv) and runs nothing.
+set -euo pipefail
+
+usage() {
+  sed -n 's/^# Usage: /usage: /p' "$0" >&2
+  if [[ -n "${1:-}" ]]; then echo "error: $1" >&2; fi
+  exit 2
+}
+
+# run CMD...: execute, or with --dry-run print "+ " and the shell-quoted command.
+run() {
+  if [[ "$dry_run" == 1 ]]; then
+    printf '+'; printf ' %q' "$@"; printf '\n'
+  else
+    "$@"
+  fi
+}
+
+name="" zone="" repo_dir="lasa-jax" git_url="" git_ref="" project="" dry_run=0
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --zone) [[ $# -ge 2 ]] || usage "--zone needs a value"; zone="$2"; shift 2 ;;
+    --repo-dir) [[ $# -ge 2 ]] || usage "--repo-dir needs a value"; repo_dir="$2"; shift 2 ;;
+    --git-url) [[ $# -ge 2 ]] || usage "--git-url needs a value"; git_url="$2"; shift 2 ;;
+    --git-ref) [[ $# -ge 2 ]] || usage "--git-ref needs a value"; git_ref="$2"; shift 2 ;;
+    --project) [[ $# -ge 2 ]] || usage "--project needs a value"; project="$2"; shift 2 ;;
+    --dry-run) dry_run=1; shift ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -*) usage "unknown option $1" ;;
+    *) [[ -z "$name" ]] || usage "unexpected argument $1"; name="$1"; shift ;;
+  esac
+done
+[[ -n "$name" ]] || usage "missing NAME"
+[[ -n "$zone" ]] || usage "missing --zone"
+[[ -n "$repo_dir" ]] || usage "--repo-dir is empty"
+[[ -z "$git_ref" || -n "$git_url" ]] || usage "--git-ref needs --git-url"
+
+target=(--zone="$zone" --worker=all)
+if [[ -n "$project" ]]; then target+=("--project=$project"); fi
+q_dir=$(printf '%q' "$repo_dir")
+
+if [[ -n "$git_url" ]]; then
+  fetch="rm -rf $q_dir && git clone $(printf '%q' "$git_url") $q_dir"
+  if [[ -n "$git_ref" ]]; then fetch+=" && git -C $q_dir checkout $(printf '%q' "$git_ref")"; fi
+else
+  repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+  tarball="/tmp/lasa-jax-src.tar.gz"
+  run tar -C "$repo_root" --exclude=.git --exclude=.venv --exclude='*.egg-info' --exclude=__pycache__ \
+    --exclude=.pytest_cache -czf "$tarball" .
+  run gcloud compute tpus tpu-vm scp "$tarball" "$name:$tarball" "${target[@]}"
+  fetch="mkdir -p $q_dir && tar -xzf $tarball -C $q_dir"
+fi
+
+install="set -e; $fetch"
+install+=" && { command -v python3.11 >/dev/null || { sudo add-apt-repository -y ppa:deadsnakes/ppa"
+install+=" && sudo apt-get update -q && sudo apt-get install -y -q python3.11 python3.11-venv; }; }"
+install+=" && cd $q_dir && python3.11 -m venv .venv && .venv/bin/pip install -q --upgrade pip"
+install+=" && .venv/bin/pip install -q -e '.[tpu]'"
+run gcloud compute tpus tpu-vm ssh "$name" "${target[@]}" --command="$install"
