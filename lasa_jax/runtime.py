@@ -1,0 +1,102 @@
+"""What every entry point shares: base config fields, multi-host start-up, the mesh, the workdir, loading the model.
+
+Scripts in `lasa_jax/scripts/` parse flags, then call `start_run(config, workdir)` and a library function.
+Multi-process rule: every process runs the same program and takes part in collectives (sharded forward passes,
+checkpoint save/restore); only process 0 (`is_writer()`) writes reports, configs and HF files.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import ml_collections
+
+from lasa_jax.io_utils import atomic_write_json
+
+log = logging.getLogger("lasa_jax")
+
+DISTRIBUTED_MODES = ("auto", "on", "off")
+# environment variables that mean "this is one process of a multi-process job"
+_MULTIPROCESS_ENV = ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS",
+                     "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Fields shared by all stage configs (each `configs/<stage>.py` starts from this)."""
+    c = ml_collections.ConfigDict()
+    c.model_path = ""            # local HF directory (or hub id) of the base model
+    c.dtype = "bfloat16"         # parameter dtype: float32 | bfloat16
+    c.compute_dtype = ""         # "" = same as dtype
+    c.seed = 42
+    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))  # -1 = remaining devices
+    c.distributed = "auto"       # auto | on | off: jax.distributed.initialize() for multi-process runs
+    return c
+
+
+def is_writer() -> bool:
+    import jax
+
+    return jax.process_index() == 0
+
+
+def maybe_initialize_distributed(mode: str = "auto") -> bool:
+    """Call `jax.distributed.initialize()` for multi-process runs. Must run before any other jax call.
+
+    mode "on": always; "off": never; "auto": when the environment names a multi-process job (TPU pod worker list
+    with several hosts, an explicit coordinator address, SLURM/MPI). Returns whether it initialised.
+    """
+    if mode not in DISTRIBUTED_MODES:
+        raise ValueError(f"--config.distributed must be one of {DISTRIBUTED_MODES}, got {mode!r}")
+    if mode == "off":
+        return False
+    if mode == "auto":
+        hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+        multi = any(os.environ.get(k) for k in _MULTIPROCESS_ENV if k != "TPU_WORKER_HOSTNAMES") or "," in hosts
+        if not multi:
+            return False
+    import jax
+
+    jax.distributed.initialize()
+    log.info("jax.distributed initialised: process %d of %d", jax.process_index(), jax.process_count())
+    return True
+
+
+def mesh_from_config(mesh_config) -> Any:
+    from lasa_jax.sharding import make_mesh
+
+    return make_mesh(data=int(mesh_config.data), fsdp=int(mesh_config.fsdp), tensor=int(mesh_config.tensor))
+
+
+def start_run(config: ml_collections.ConfigDict, workdir: str, config_name: str = "config.json"):
+    """Initialise multi-host if needed, create `workdir`, write the resolved config there (process 0), build the mesh.
+
+    Returns the mesh.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    maybe_initialize_distributed(config.get("distributed", "auto"))
+    if not workdir:
+        raise ValueError("--workdir is required")
+    if is_writer():
+        os.makedirs(workdir, exist_ok=True)
+        atomic_write_json(os.path.join(workdir, config_name), json.loads(config.to_json_best_effort()))
+    return mesh_from_config(config.mesh)
+
+
+def load_model(config: ml_collections.ConfigDict, mesh=None, path: str | None = None, **kwargs):
+    """`from_pretrained` with the config's dtype fields; `path` overrides `config.model_path`."""
+    from lasa_jax.models import from_pretrained
+
+    path = path or config.model_path
+    if not path:
+        raise ValueError("--config.model_path is required (a local Hugging Face model directory or a hub id)")
+    return from_pretrained(path, dtype=config.dtype, mesh=mesh, compute_dtype=config.get("compute_dtype") or None,
+                           **kwargs)
+
+
+def load_tokenizer(path: str):
+    """The model directory's tokenizer (never `trust_remote_code`)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
