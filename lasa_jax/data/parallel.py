@@ -1,0 +1,433 @@
+"""Parallel text for Stage 1 (Locate): the same meaning written in several languages.
+
+Every loader returns a list of `ParallelText` records. A record's `group_id` identifies its meaning ("query id") and is
+always namespaced by its source (`"flores:1239"`, `"polyrefuse/harmful_train:17"`, `"multijail:12"`), so ids of two
+data sets never merge (METHOD.md §9.9). `language` is an ISO 639-1 code (`languages.normalize_language`).
+
+Loaders (paths are the dataset folders of /work/shared/data, see each folder's SOURCE.md):
+- `load_flores_sib200`: FLORES-200 sentences via SIB-200, benign (label 0), joined across languages by `index_id`.
+- `load_polyrefuse`: PolyRefuse harmful (label 1) / harmless (label 0) prompts, row-aligned within a split.
+- `load_multijail`: MultiJail, harmful (label 1). HELD OUT: evaluation only, never part of the Locate data.
+- `load_translated_safety_json`: the reference code's `safety_train_translated.json` layout.
+- `load_parallel_jsonl` / `load_parallel_hub`: generic rows `{text|prompt, language, group_id[, label, source]}`.
+`default_locate_corpus` builds the default Locate data (FLORES/SIB-200 + PolyRefuse train/val, no MultiJail).
+"""
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import json
+import os
+import pathlib
+import re
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from lasa_jax.data.languages import MULTIJAIL_LANGUAGES, normalize_language
+
+PathLike = str | os.PathLike
+
+# 0-based rows of PolyRefuse harmful_test that are MultiJail prompts (via StrongREJECT): never used.
+POLYREFUSE_MULTIJAIL_OVERLAP = frozenset({345, 405, 530, 548})
+_POLYREFUSE_ENGLISH_SPLITS = {
+    ("harmful", "train"): "harmful_train.json",
+    ("harmful", "val"): "harmful_val.json",
+    ("harmless", "train"): "harmless_train_200_sampled.json",
+    ("harmless", "val"): "harmless_val_200_sampled.json",
+}
+_FLORES_SPLITS = ("train", "dev", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class ParallelText:
+    """One text of a parallel corpus.
+
+    text: the prompt/sentence. language: ISO 639-1 code. group_id: "<source>:<id>", shared by all translations of
+    one meaning. source: data set (and split) name. label: 0 benign, 1 harmful, None when unknown.
+    """
+
+    text: str
+    language: str
+    group_id: str
+    source: str
+    label: int | None = None
+
+
+# ----------------------------------------------------------------------------------------------- shared helpers
+
+
+def _requested_languages(languages: Iterable[str] | None) -> frozenset[str] | None:
+    return None if languages is None else frozenset(normalize_language(lang) for lang in languages)
+
+
+def _language(label: Any, where: str) -> str:
+    """normalize_language with the error prefixed by where the label was found."""
+    try:
+        return normalize_language(label)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from err
+
+
+def _require_text(value: Any, where: str, field: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{where}: field {field!r} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _require_field(row: Any, field: str, where: str) -> Any:
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    if field not in row or row[field] is None:
+        raise ValueError(f"{where}: missing field {field!r}")
+    return row[field]
+
+
+def _read_json_list(path: pathlib.Path) -> list:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found")
+    with open(path, encoding="utf-8") as f:
+        try:
+            rows = json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(rows, list):
+        raise ValueError(f"{path}: expected a JSON list of records, got {type(rows).__name__}")
+    return rows
+
+
+def _no_languages_error(what: str, available: Iterable[str], requested: frozenset[str] | None) -> ValueError:
+    return ValueError(f"{what}: none of the requested languages {sorted(requested or ())} is available "
+                      f"(available: {sorted(available)})")
+
+
+# ---------------------------------------------------------------------------------------------------- loaders
+
+
+def load_multijail(path: PathLike, languages: Iterable[str] | None = MULTIJAIL_LANGUAGES) -> list[ParallelText]:
+    """MultiJail (`MultiJail.csv`, or the folder holding it): 315 harmful prompts x 10 languages, label 1.
+
+    HELD OUT for evaluation: never train on it or pick layers with it (the default Locate data excludes it).
+    group_id = "multijail:<id>". Returns records in row order, languages in column order.
+    """
+    path = pathlib.Path(path)
+    csv_path = path / "MultiJail.csv" if path.is_dir() else path
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"{csv_path} not found (expected MultiJail.csv)")
+    requested = _requested_languages(languages)
+    with open(csv_path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        if "id" not in header:
+            raise ValueError(f"{csv_path}: missing column 'id' (header: {header})")
+        language_columns = {}
+        for column in header:
+            if column in ("id", "source", "tags"):
+                continue
+            language = _language(column, f"{csv_path}: column {column!r}")
+            if requested is None or language in requested:
+                language_columns[column] = language
+        if not language_columns:
+            raise _no_languages_error(str(csv_path), [c for c in header if c not in ("id", "source", "tags")],
+                                      requested)
+        records = []
+        for line_index, row in enumerate(reader):
+            where = f"{csv_path} row {line_index + 1}"
+            row_id = _require_text(row.get("id"), where, "id").strip()
+            for column, language in language_columns.items():
+                text = _require_text(row.get(column), where, column)
+                records.append(ParallelText(text, language, f"multijail:{row_id}", "multijail", 1))
+    return records
+
+
+def load_flores_sib200(dataset_dir: PathLike, languages: Iterable[str] | None = MULTIJAIL_LANGUAGES,
+                       splits: Sequence[str] = _FLORES_SPLITS) -> list[ParallelText]:
+    """FLORES-200 via SIB-200 (`<dataset_dir>/data/annotated/<flores_code>/<split>.tsv`): benign, label 0.
+
+    group_id = "flores:<index_id>" (the FLORES sentence id, the join key across languages). Loads the requested
+    languages that exist (all of them when `languages` is None); ValueError if none does.
+    """
+    annotated = pathlib.Path(dataset_dir) / "data" / "annotated"
+    if not annotated.is_dir():
+        raise FileNotFoundError(f"{annotated} not found (expected <flores200_sib200>/data/annotated/<flores_code>/)")
+    unknown_splits = set(splits) - set(_FLORES_SPLITS)
+    if unknown_splits:
+        raise ValueError(f"unknown FLORES/SIB-200 splits {sorted(unknown_splits)}; "
+                         f"expected a subset of {_FLORES_SPLITS}")
+    requested = _requested_languages(languages)
+    folders = sorted(p for p in annotated.iterdir() if p.is_dir())
+    selected = [(p, _language(p.name, f"{annotated}: folder {p.name!r}")) for p in folders]
+    selected = [(p, lang) for p, lang in selected if requested is None or lang in requested]
+    if not selected:
+        raise _no_languages_error(str(annotated), [p.name for p in folders], requested)
+    records = []
+    for folder, language in selected:
+        for split in splits:
+            tsv = folder / f"{split}.tsv"
+            if not tsv.is_file():
+                raise FileNotFoundError(f"{tsv} not found")
+            with open(tsv, encoding="utf-8", newline="") as f:  # CSV-style quote escaping, tab-delimited
+                reader = csv.DictReader(f, delimiter="\t")
+                for field in ("index_id", "text"):
+                    if field not in (reader.fieldnames or []):
+                        raise ValueError(f"{tsv}: missing column {field!r} (header: {reader.fieldnames})")
+                for line_index, row in enumerate(reader):
+                    where = f"{tsv} line {line_index + 2}"
+                    index_id = _require_text(row["index_id"], where, "index_id").strip()
+                    text = _require_text(row["text"], where, "text")
+                    records.append(ParallelText(text, language, f"flores:{index_id}", "flores", 0))
+    return records
+
+
+def load_polyrefuse(dataset_dir: PathLike, kinds: Sequence[str] = ("harmful", "harmless"),
+                    splits: Sequence[str] = ("train", "val"),
+                    languages: Iterable[str] | None = MULTIJAIL_LANGUAGES) -> list[ParallelText]:
+    """PolyRefuse parallel prompts: harmful -> label 1, harmless -> label 0.
+
+    Files: `<dataset_dir>/PolyRefuse/<kind>_<split>_translated_<lang>.json`. Train/val files store the translated
+    text in `instruction` and English comes from `<dataset_dir>/dataset/splits/*.json`; test files store it in
+    `instruction_translated` (English original in `instruction`, checked to agree with the English file; the
+    English harmful_test file has only `instruction`). Rows are aligned by position within a split:
+    group_id = "polyrefuse/<kind>_<split>:<row>", source = "polyrefuse/<kind>_<split>". harmful_test rows
+    345, 405, 530, 548 (MultiJail prompts) are always dropped. Keep `splits` to train/val for anything that trains
+    or selects; test is the SSI's held-out test. Requested languages without a file are skipped (harmless_test
+    has no zh); ValueError if no requested language has a file at all.
+    """
+    root = pathlib.Path(dataset_dir)
+    translated_dir = root / "PolyRefuse"
+    if not translated_dir.is_dir():
+        raise FileNotFoundError(f"{translated_dir} not found (expected <polyrefuse>/PolyRefuse/*_translated_<l>.json)")
+    requested = _requested_languages(languages)
+    records = []
+    for kind in kinds:
+        if kind not in ("harmful", "harmless"):
+            raise ValueError(f"unknown PolyRefuse kind {kind!r}; expected 'harmful' or 'harmless'")
+        for split in splits:
+            if split not in ("train", "val", "test"):
+                raise ValueError(f"unknown PolyRefuse split {split!r}; expected 'train', 'val' or 'test'")
+            records.extend(_load_polyrefuse_split(root, kind, split, requested))
+    if not records:
+        raise ValueError(f"{translated_dir}: none of the requested languages {sorted(requested or ())} has a "
+                         f"file for kinds {list(kinds)} and splits {list(splits)}")
+    return records
+
+
+def _load_polyrefuse_split(root: pathlib.Path, kind: str, split: str,
+                           requested: frozenset[str] | None) -> list[ParallelText]:
+    source = f"polyrefuse/{kind}_{split}"
+    pattern = re.compile(rf"^{kind}_{split}_translated_(.+)\.json$")
+    files = {}  # ISO code -> file
+    for path in sorted((root / "PolyRefuse").iterdir()):
+        match = pattern.match(path.name)
+        if match:
+            files[_language(match.group(1), f"{path}: file-name language code")] = path
+    english_file = _POLYREFUSE_ENGLISH_SPLITS.get((kind, split))
+    if english_file is not None:
+        files["en"] = root / "dataset" / "splits" / english_file
+    selected = {lang: path for lang, path in files.items() if requested is None or lang in requested}
+    if not selected:
+        return []
+
+    english_originals = None  # test files: `instruction` must be the same English prompt in every language
+    if split == "test" and "en" in files:
+        english_originals = [_require_field(row, "instruction", f"{files['en']} record {i}")
+                             for i, row in enumerate(_read_json_list(files["en"]))]
+    rows_by_language = {}
+    for language, path in selected.items():
+        rows = _read_json_list(path)
+        texts = []
+        for i, row in enumerate(rows):
+            where = f"{path} record {i}"
+            field = "instruction_translated" if split == "test" and language != "en" else "instruction"
+            texts.append(_require_text(_require_field(row, field, where), where, field))
+            if english_originals is not None and i < len(english_originals):
+                original = _require_field(row, "instruction", where)
+                if original != english_originals[i]:
+                    raise ValueError(f"{where}: 'instruction' differs from record {i} of {files['en']}; "
+                                     f"the files are not row-aligned")
+        rows_by_language[language] = (path, texts)
+    lengths = {path.name: len(texts) for path, texts in rows_by_language.values()}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"{source}: files are not row-aligned, row counts differ: {lengths}")
+
+    label = 1 if kind == "harmful" else 0
+    dropped = POLYREFUSE_MULTIJAIL_OVERLAP if (kind, split) == ("harmful", "test") else frozenset()
+    return [ParallelText(text, language, f"{source}:{row}", source, label)
+            for language, (_, texts) in rows_by_language.items()
+            for row, text in enumerate(texts) if row not in dropped]
+
+
+def load_translated_safety_json(path: PathLike, source: str = "safety_translated",
+                                label: int | None = 1,
+                                languages: Iterable[str] | None = None) -> list[ParallelText]:
+    """The reference code's `safety_train_translated.json`: a JSON list of
+    `{"idx": id, "original_query": English text, "translations": {language name or code: text}}`.
+
+    English comes from `original_query`; translation keys go through `normalize_language` ("Javanese", "jw" -> "jv").
+    group_id = "<source>:<idx>".
+    """
+    path = pathlib.Path(path)
+    requested = _requested_languages(languages)
+    records, seen_ids = [], set()
+    for i, row in enumerate(_read_json_list(path)):
+        where = f"{path} record {i}"
+        idx = _require_field(row, "idx", where)
+        if idx in seen_ids:
+            raise ValueError(f"{where}: duplicate idx {idx!r}")
+        seen_ids.add(idx)
+        group_id = f"{source}:{idx}"
+        texts = {"en": _require_text(_require_field(row, "original_query", where), where, "original_query")}
+        translations = _require_field(row, "translations", where)
+        if not isinstance(translations, dict):
+            raise ValueError(f"{where}: field 'translations' must be an object {{language: text}}")
+        for name, text in translations.items():
+            language = _language(name, f"{where}: field 'translations'")
+            texts[language] = _require_text(text, where, f"translations.{name}")
+        records.extend(ParallelText(text, language, group_id, source, label)
+                       for language, text in texts.items() if requested is None or language in requested)
+    return records
+
+
+def _record_from_row(row: Any, where: str, default_source: str) -> ParallelText:
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    present = [field for field in ("text", "prompt") if row.get(field) is not None]
+    if len(present) != 1:
+        raise ValueError(f"{where}: expected exactly one of the fields 'text' or 'prompt' (alias), got {present}")
+    text = _require_text(row[present[0]], where, present[0])
+    language = _language(_require_field(row, "language", where), f"{where}: field 'language'")
+    raw_group = _require_field(row, "group_id", where)
+    if isinstance(raw_group, bool) or not isinstance(raw_group, (str, int)) or str(raw_group).strip() == "":
+        raise ValueError(f"{where}: field 'group_id' must be a non-empty string or an integer, got {raw_group!r}")
+    source = row.get("source") if row.get("source") is not None else default_source
+    source = _require_text(source, where, "source")
+    label = row.get("label")
+    if label is not None and (isinstance(label, bool) or label not in (0, 1)):
+        raise ValueError(f"{where}: field 'label' must be 0 (benign) or 1 (harmful), got {label!r}")
+    return ParallelText(text, language, f"{source}:{raw_group}", source, label)
+
+
+def load_parallel_jsonl(path: PathLike, source: str | None = None) -> list[ParallelText]:
+    """Generic JSON Lines file, one object per line: `{"text" (or "prompt"), "language", "group_id"}` plus optional
+    `"label"` (0/1) and `"source"`. group_id becomes "<source>:<group_id>"; source defaults to the file stem.
+    Blank lines are skipped; any bad line raises ValueError naming the file, line and field.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found")
+    default_source = source or path.stem
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line_number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path} line {line_number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{where}: not valid JSON ({err})") from err
+            records.append(_record_from_row(row, where, default_source))
+    if not records:
+        raise ValueError(f"{path}: no records")
+    return records
+
+
+def load_parallel_hub(dataset_id: str, split: str = "train", data_files: Any = None, source: str | None = None,
+                      cache_dir: str | os.PathLike | None = None) -> list[ParallelText]:
+    """Rows of the generic layout (see `load_parallel_jsonl`) through `datasets.load_dataset(dataset_id, split=...,
+    data_files=..., cache_dir=...)`: a hub data set id, or a builder name such as "json" with local `data_files`.
+    source defaults to `dataset_id` (for builder "json": the stem of the single data file).
+    """
+    import datasets  # imported lazily: only this loader needs it
+
+    if source is None:
+        source = dataset_id
+        if dataset_id == "json" and isinstance(data_files, (str, os.PathLike)):
+            source = pathlib.Path(data_files).stem
+    dataset = datasets.load_dataset(dataset_id, split=split, data_files=data_files,
+                                     cache_dir=None if cache_dir is None else os.fspath(cache_dir))
+    records = [_record_from_row(row, f"{dataset_id} ({split}) record {i}", source) for i, row in enumerate(dataset)]
+    if not records:
+        raise ValueError(f"{dataset_id} ({split}): no records")
+    return records
+
+
+# -------------------------------------------------------------------------------------- filtering and the corpus
+
+
+def filter_parallel_groups(records: Sequence[ParallelText], languages: Iterable[str] | None = None,
+                           min_languages: int = 2) -> list[ParallelText]:
+    """Keep records in `languages` (all when None) whose group has texts in >= `min_languages` of them.
+
+    Raises ValueError if fewer than 2 languages or fewer than 2 groups remain (silhouettes need both).
+    """
+    requested = _requested_languages(languages)
+    kept = [r for r in records if requested is None or r.language in requested]
+    group_languages = collections.defaultdict(set)
+    for r in kept:
+        group_languages[r.group_id].add(r.language)
+    kept = [r for r in kept if len(group_languages[r.group_id]) >= min_languages]
+    check_parallel_corpus(kept, what=f"after keeping groups with >= {min_languages} languages")
+    return kept
+
+
+def check_parallel_corpus(records: Sequence[ParallelText], what: str = "parallel corpus") -> None:
+    """ValueError unless the records span >= 2 languages and >= 2 groups."""
+    languages = sorted({r.language for r in records})
+    groups = {r.group_id for r in records}
+    if len(languages) < 2 or len(groups) < 2:
+        raise ValueError(f"{what}: need at least 2 languages and 2 groups, got {len(languages)} languages "
+                         f"{languages} and {len(groups)} groups ({len(records)} texts)")
+
+
+def subsample_groups(records: Sequence[ParallelText], max_groups_per_source: int | None,
+                     seed: int = 0) -> list[ParallelText]:
+    """Keep at most `max_groups_per_source` groups of each source, drawn uniformly without replacement with
+    `np.random.default_rng(seed)`; record order is preserved. None keeps everything."""
+    if max_groups_per_source is None:
+        return list(records)
+    if max_groups_per_source < 1:
+        raise ValueError(f"max_groups_per_source must be >= 1 or None, got {max_groups_per_source}")
+    groups_by_source = collections.defaultdict(dict)  # source -> ordered set of group ids
+    for r in records:
+        groups_by_source[r.source].setdefault(r.group_id)
+    rng = np.random.default_rng(seed)
+    kept_groups = set()
+    for source in sorted(groups_by_source):
+        group_ids = list(groups_by_source[source])
+        if len(group_ids) > max_groups_per_source:
+            chosen = rng.choice(len(group_ids), size=max_groups_per_source, replace=False)
+            group_ids = [group_ids[i] for i in chosen]
+        kept_groups.update(group_ids)
+    return [r for r in records if r.group_id in kept_groups]
+
+
+def default_locate_corpus(data_root: PathLike, languages: Iterable[str] = MULTIJAIL_LANGUAGES,
+                          max_groups_per_source: int | None = 100, seed: int = 0) -> list[ParallelText]:
+    """Default Locate data under `data_root` (the shared data folder): benign FLORES/SIB-200 (all three splits)
+    plus PolyRefuse harmful and harmless train/val (never the test split, never MultiJail), restricted to
+    `languages`, groups with >= 2 of them, then at most `max_groups_per_source` groups per source
+    (sources: flores, polyrefuse/{harmful,harmless}_{train,val}).
+
+    With the defaults: 100 FLORES groups x 10 languages + 339 PolyRefuse groups x 6 languages (en zh it ar ko th)
+    = 439 groups, 3,034 texts.
+    """
+    data_root = pathlib.Path(data_root)
+    # Load every language, then restrict: a requested language may exist in one source only (sw, jv: FLORES).
+    records = load_flores_sib200(data_root / "flores200_sib200", languages=None)
+    records += load_polyrefuse(data_root / "polyrefuse", splits=("train", "val"), languages=None)
+    records = filter_parallel_groups(records, languages=languages, min_languages=2)
+    records = subsample_groups(records, max_groups_per_source, seed=seed)
+    check_parallel_corpus(records, what=f"default Locate corpus under {data_root}")
+    return records
+
+
+def corpus_summary(records: Sequence[ParallelText]) -> dict:
+    """Counts for logs and reports: texts, groups, and texts per language / per source."""
+    return {
+        "num_texts": len(records),
+        "num_groups": len({r.group_id for r in records}),
+        "texts_per_language": dict(collections.Counter(r.language for r in records)),
+        "texts_per_source": dict(collections.Counter(r.source for r in records)),
+    }
