@@ -215,6 +215,12 @@ def test_parallel_jsonl(tmp_path):
     assert load_parallel_jsonl(path, source="x")[0].group_id == "x:1"
 
 
+def test_parallel_jsonl_accepts_equal_text_and_prompt(tmp_path):
+    path = _write_jsonl(tmp_path / "both.jsonl", [{"text": "Ciao", "prompt": "Ciao", "language": "it", "group_id": 1},
+                                                   {"text": "Hi", "prompt": "Hi", "language": "en", "group_id": 1}])
+    assert [r.text for r in load_parallel_jsonl(path)] == ["Ciao", "Hi"]
+
+
 def test_parallel_hub_loader_with_local_json_builder(tmp_path):
     path = _write_jsonl(tmp_path / "mine.jsonl", [{**row, "group_id": str(row["group_id"])} for row in GENERIC_ROWS])
     records = load_parallel_hub("json", data_files=str(path), cache_dir=tmp_path / "cache")
@@ -222,8 +228,8 @@ def test_parallel_hub_loader_with_local_json_builder(tmp_path):
 
 
 @pytest.mark.parametrize("row, message", [
-    ({"language": "en", "group_id": 1}, r"line 2: expected exactly one of the fields 'text' or 'prompt'"),
-    ({"text": "a", "prompt": "b", "language": "en", "group_id": 1}, r"line 2: expected exactly one"),
+    ({"language": "en", "group_id": 1}, r"line 2: expected the field 'text' \(or its alias 'prompt'"),
+    ({"text": "a", "prompt": "b", "language": "en", "group_id": 1}, r"line 2: .*both only if equal"),
     ({"text": "a", "group_id": 1}, r"line 2: missing field 'language'"),
     ({"text": "a", "language": "en"}, r"line 2: missing field 'group_id'"),
     ({"text": "a", "language": "Klingon", "group_id": 1}, r"line 2: field 'language'.*Klingon"),

@@ -293,8 +293,9 @@ def _record_from_row(row: Any, where: str, default_source: str) -> ParallelText:
     if not isinstance(row, dict):
         raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
     present = [field for field in ("text", "prompt") if row.get(field) is not None]
-    if len(present) != 1:
-        raise ValueError(f"{where}: expected exactly one of the fields 'text' or 'prompt' (alias), got {present}")
+    if not present or (len(present) == 2 and row["text"] != row["prompt"]):
+        raise ValueError(f"{where}: expected the field 'text' (or its alias 'prompt'; both only if equal), "
+                         f"got {present}")
     text = _require_text(row[present[0]], where, present[0])
     language = _language(_require_field(row, "language", where), f"{where}: field 'language'")
     raw_group = _require_field(row, "group_id", where)
