@@ -1,0 +1,386 @@
+"""Labelled prompts for Stage 2 (the Safety Semantic Interpreter): harmful (label 1) vs benign (label 0).
+
+A `LabelledPrompt` carries the prompt text, its ISO 639-1 language, its label, a query-group id shared by all
+translations of one query, and the split its source assigns (None when the source has none). Group ids are
+namespaced by source ("polyrefuse/harmful_train:17", "ultrafeedback:3"), so ids of two data sets never merge
+(METHOD.md §9.9). Splits are made by group (`grouped_split`): all translations of one query land in the same split
+(§9.4), and `check_disjoint_groups` verifies it.
+
+Loaders and the fields they assume:
+- `load_polyrefuse_prompts`: PolyRefuse harmful/harmless JSON (via `lasa_jax.data.parallel.load_polyrefuse`); the
+  official train/val/test split is kept in `split`; harmful_test rows 345, 405, 530, 548 (MultiJail prompts) are
+  dropped.
+- `load_flores_benign`: FLORES-200 sentences via SIB-200, benign (out-of-domain negatives for FPR checks).
+- `load_unsafe_train_json`: the reference code's `data/ssi/unsafe_train.json`, harmful. A JSON list of objects with
+  `prompt` (a string, or a chat message list whose first message's `content` is used; alias `query`), `language`
+  (or `lingual`; names and legacy codes such as "jw" are normalised), optional `group_id` (falls back to `idx`,
+  then to the record's position) and optional `source` (default "unsafe_train"); group id = "<source>:<group_id>".
+  Rows with `is_unsafe` false are rejected (the file is harmful-only).
+- `load_ultrafeedback_prompts`: the reference code's `data/ultrafeedback/monolingual_first1000_<lang>.json`,
+  benign. A JSON list of objects with `idx` and `prompt` (alias `instruction`); the language comes from the file
+  name. Rows with the same `idx` are translations of one prompt in the released files, so group id =
+  "ultrafeedback:<idx>" (if they were not aligned, grouping by idx would only make groups coarser, never leak).
+  The reference uses the first 200 rows per language (`max_per_language`).
+- `load_labelled_jsonl`: generic JSON Lines `{"prompt" (alias "text"), "language", "label" (0/1 or false/true),
+  "group_id"}` plus optional `"source"` and `"split"`; e.g. `lasa_jax/demo_data/prompts.jsonl`.
+
+Held-out evaluation sets (MultiJail, XSTest, OR-Bench-hard-test, OKTest) are never SSI data:
+`check_not_held_out` rejects records whose source names one of them; the Stage 2 pipeline calls it on every split.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+import pathlib
+import re
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from lasa_jax.data.languages import normalize_language
+from lasa_jax.data.parallel import (
+    _read_json_list,
+    _require_field,
+    _require_text,
+    load_flores_sib200,
+    load_polyrefuse,
+)
+
+PathLike = str | os.PathLike
+SPLITS = ("train", "val", "test")
+# Substrings of a source name that mark a held-out evaluation set (compared after lower-casing, '-' -> '_').
+HELD_OUT_SOURCES = ("multijail", "xstest", "or_bench_hard_test", "oktest")
+_ULTRAFEEDBACK_FILE = re.compile(r"^monolingual_first1000_(.+)\.json$")
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelledPrompt:
+    """One prompt of the SSI data.
+
+    text: the user prompt. language: ISO 639-1 code. label: 0 benign, 1 harmful. group_id: "<source>:<id>",
+    shared by every translation of one query. source: data set name. split: "train"/"val"/"test" when the source
+    defines one (PolyRefuse, a JSONL `split` field), else None.
+    """
+
+    text: str
+    language: str
+    label: int
+    group_id: str
+    source: str
+    split: str | None = None
+
+
+# ------------------------------------------------------------------------------------------------------ loaders
+
+
+def load_polyrefuse_prompts(dataset_dir: PathLike, splits: Sequence[str] = ("train", "val"),
+                            languages: Iterable[str] | None = None) -> list[LabelledPrompt]:
+    """PolyRefuse harmful (1) and harmless (0) prompts of the given official splits, `split` set accordingly.
+
+    dataset_dir: the `polyrefuse` folder of the shared data. languages: None = every language with a file.
+    Requested languages without a file are skipped (e.g. there is no Chinese harmless_test); ValueError if a
+    (kind, split) has none of them.
+    """
+    records = []
+    for split in splits:
+        if split not in SPLITS:
+            raise ValueError(f"unknown PolyRefuse split {split!r}; expected one of {SPLITS}")
+        for kind in ("harmful", "harmless"):
+            for text in load_polyrefuse(dataset_dir, kinds=(kind,), splits=(split,), languages=languages):
+                records.append(LabelledPrompt(text.text, text.language, int(text.label), text.group_id,
+                                              text.source, split))
+    return records
+
+
+def load_flores_benign(dataset_dir: PathLike, languages: Iterable[str] | None,
+                       splits: Sequence[str] = ("test",)) -> list[LabelledPrompt]:
+    """FLORES-200 sentences (via SIB-200) as benign prompts (label 0), group id "flores:<index_id>", split None.
+
+    dataset_dir: the `flores200_sib200` folder. splits: FLORES/SIB-200 splits among train/dev/test.
+    """
+    return [LabelledPrompt(t.text, t.language, 0, t.group_id, "flores", None)
+            for t in load_flores_sib200(dataset_dir, languages=languages, splits=splits)]
+
+
+def load_unsafe_train_json(path: PathLike, languages: Iterable[str] | None = None) -> list[LabelledPrompt]:
+    """The reference code's `unsafe_train.json` (harmful, label 1); fields: see the module docstring."""
+    path = pathlib.Path(path)
+    requested = _language_set(languages)
+    records = []
+    for i, row in enumerate(_read_json_list(path)):
+        where = f"{path} record {i}"
+        text = _prompt_text(row, where, ("prompt", "query"))
+        language = _language(row, where, ("language", "lingual"))
+        if row.get("is_unsafe") is False:
+            raise ValueError(f"{where}: 'is_unsafe' is false; unsafe_train.json is expected to hold harmful "
+                             f"prompts only")
+        source = _require_text(row.get("source") or "unsafe_train", where, "source")
+        group = row.get("group_id", row.get("idx", i))
+        if isinstance(group, bool) or not isinstance(group, (int, str)) or str(group).strip() == "":
+            raise ValueError(f"{where}: field 'group_id' (or 'idx') must be a string or an integer, got {group!r}")
+        if requested is None or language in requested:
+            records.append(LabelledPrompt(text, language, 1, f"{source}:{group}", source, None))
+    if not records:
+        raise ValueError(f"{path}: no records in the requested languages {sorted(requested or ())}")
+    return records
+
+
+def load_ultrafeedback_prompts(path: PathLike, languages: Iterable[str] | None = None,
+                               max_per_language: int | None = 200) -> list[LabelledPrompt]:
+    """Benign UltraFeedback prompts (label 0) from `monolingual_first1000_<lang>.json` files.
+
+    path: one such file, or the directory holding them (all matching files, filtered by `languages`).
+    max_per_language: keep the first N rows of each file (the reference's 200); None keeps all.
+    """
+    path = pathlib.Path(path)
+    requested = _language_set(languages)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if _ULTRAFEEDBACK_FILE.match(p.name))
+        if not files:
+            raise FileNotFoundError(f"{path}: no monolingual_first1000_<lang>.json files")
+    elif path.is_file():
+        files = [path]
+    else:
+        raise FileNotFoundError(f"{path} not found (expected a monolingual_first1000_<lang>.json file or its folder)")
+    records = []
+    for file in files:
+        match = _ULTRAFEEDBACK_FILE.match(file.name)
+        if not match:
+            raise ValueError(f"{file}: expected a file name monolingual_first1000_<lang>.json")
+        language = normalize_language(match.group(1))
+        if requested is not None and language not in requested:
+            continue
+        rows = _read_json_list(file)
+        for i, row in enumerate(rows[:max_per_language] if max_per_language is not None else rows):
+            where = f"{file} record {i}"
+            text = _prompt_text(row, where, ("prompt", "instruction"))
+            idx = _require_field(row, "idx", where)
+            records.append(LabelledPrompt(text, language, 0, f"ultrafeedback:{idx}", "ultrafeedback", None))
+    if not records:
+        raise ValueError(f"{path}: no UltraFeedback prompts in the requested languages {sorted(requested or ())}")
+    return records
+
+
+def load_labelled_jsonl(path: PathLike, source: str | None = None,
+                        splits: Iterable[str | None] | None = None) -> list[LabelledPrompt]:
+    """Generic JSON Lines file (fields: see the module docstring); source defaults to the file stem.
+
+    splits: keep only rows whose `split` field is in this set (None in the set keeps rows without the field);
+    None keeps every row. When both `prompt` and `text` are present they must be equal.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found")
+    keep = None if splits is None else set(splits)
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line_number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path} line {line_number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{where}: not valid JSON ({err})") from err
+            record = _jsonl_record(row, where, source or path.stem)
+            if keep is None or record.split in keep:
+                records.append(record)
+    if not records:
+        raise ValueError(f"{path}: no records" + ("" if keep is None else f" with split in {sorted(map(str, keep))}"))
+    return records
+
+
+def _jsonl_record(row: Any, where: str, default_source: str) -> LabelledPrompt:
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    present = [field for field in ("prompt", "text") if row.get(field) is not None]
+    if not present:
+        raise ValueError(f"{where}: missing field 'prompt' (or its alias 'text')")
+    if len(present) == 2 and row["prompt"] != row["text"]:
+        raise ValueError(f"{where}: fields 'prompt' and 'text' differ; give one of them")
+    text = _require_text(row[present[0]], where, present[0])
+    language = _language(row, where, ("language",))
+    label = _require_field(row, "label", where)
+    if label not in (0, 1):  # True/False compare equal to 1/0
+        raise ValueError(f"{where}: field 'label' must be 0 (benign) or 1 (harmful), got {label!r}")
+    group = _require_field(row, "group_id", where)
+    if isinstance(group, bool) or not isinstance(group, (str, int)) or str(group).strip() == "":
+        raise ValueError(f"{where}: field 'group_id' must be a non-empty string or an integer, got {group!r}")
+    source = _require_text(row.get("source") or default_source, where, "source")
+    split = row.get("split")
+    if split is not None and not isinstance(split, str):
+        raise ValueError(f"{where}: field 'split' must be a string, got {split!r}")
+    return LabelledPrompt(text, language, int(label), f"{source}:{group}", source, split)
+
+
+def _prompt_text(row: Any, where: str, fields: Sequence[str]) -> str:
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    field = next((f for f in fields if row.get(f) is not None), None)
+    if field is None:
+        raise ValueError(f"{where}: missing field {fields[0]!r}" + (f" (or {fields[1:]})" if len(fields) > 1 else ""))
+    value = row[field]
+    if isinstance(value, list):  # chat messages: the first message's content
+        if not value or not isinstance(value[0], dict) or "content" not in value[0]:
+            raise ValueError(f"{where}: field {field!r} is a list but not of chat messages with 'content'")
+        value = value[0]["content"]
+    return _require_text(value, where, field)
+
+
+def _language(row: Mapping, where: str, fields: Sequence[str]) -> str:
+    field = next((f for f in fields if row.get(f) is not None), None)
+    if field is None:
+        raise ValueError(f"{where}: missing field {' or '.join(map(repr, fields))}")
+    try:
+        return normalize_language(row[field])
+    except ValueError as err:
+        raise ValueError(f"{where}: field {field!r}: {err}") from err
+
+
+def _language_set(languages: Iterable[str] | None) -> frozenset[str] | None:
+    return None if languages is None else frozenset(normalize_language(lang) for lang in languages)
+
+
+# ------------------------------------------------------------------------------------------ selection and splits
+
+
+def select_languages(records: Sequence[LabelledPrompt], languages: Iterable[str] | None) -> list[LabelledPrompt]:
+    """Records in `languages` (ISO codes or any spelling `normalize_language` accepts); None keeps all."""
+    wanted = _language_set(languages)
+    return [r for r in records if wanted is None or r.language in wanted]
+
+
+def grouped_split(records: Sequence[LabelledPrompt], fractions: Mapping[str, float], seed: int = 0,
+                  ) -> dict[str, list[LabelledPrompt]]:
+    """Split records by query group: every group goes to exactly one split.
+
+    fractions: split name -> share of groups (positive, summing to 1). Groups are stratified by label (a group's
+    label is its records' maximum label): within each label the groups, in sorted id order, are shuffled with
+    `np.random.default_rng(seed)` and cut by cumulative share (rounded; every split with a positive share gets at
+    least one group of a label when that label has enough groups). Record order is preserved inside each split.
+    """
+    names = list(fractions)
+    shares = np.array([float(fractions[n]) for n in names])
+    if not names or (shares <= 0).any() or abs(shares.sum() - 1.0) > 1e-6:
+        raise ValueError(f"fractions must be positive and sum to 1, got {dict(fractions)}")
+    group_label: dict[str, int] = {}
+    for r in records:
+        group_label[r.group_id] = max(group_label.get(r.group_id, 0), r.label)
+    rng = np.random.default_rng(seed)
+    assignment: dict[str, str] = {}
+    for label in (0, 1):
+        groups = sorted(g for g, lab in group_label.items() if lab == label)
+        if not groups:
+            continue
+        order = [groups[i] for i in rng.permutation(len(groups))]
+        counts = _split_counts(len(order), shares)
+        start = 0
+        for name, count in zip(names, counts):
+            for group in order[start:start + count]:
+                assignment[group] = name
+            start += count
+    result: dict[str, list[LabelledPrompt]] = {name: [] for name in names}
+    for r in records:
+        result[assignment[r.group_id]].append(r)
+    return result
+
+
+def _split_counts(num_groups: int, shares: np.ndarray) -> list[int]:
+    """Group counts per split: rounded shares, each >= 1 while groups last, summing to num_groups."""
+    counts = np.floor(shares * num_groups).astype(int)
+    if num_groups >= len(shares):
+        counts = np.maximum(counts, 1)
+    while counts.sum() > num_groups:  # take from the largest split
+        counts[int(np.argmax(counts))] -= 1
+    remainders = shares * num_groups - counts
+    while counts.sum() < num_groups:  # give to the largest remainder
+        i = int(np.argmax(remainders))
+        counts[i] += 1
+        remainders[i] -= 1.0
+    return counts.tolist()
+
+
+def limit_groups(records: Sequence[LabelledPrompt], max_groups: int | None, seed: int = 0) -> list[LabelledPrompt]:
+    """At most `max_groups` groups of each label (drawn uniformly with `np.random.default_rng(seed)` from the groups
+    in sorted id order); record order preserved. None or 0 keeps everything."""
+    if not max_groups:
+        return list(records)
+    if max_groups < 0:
+        raise ValueError(f"max_groups must be >= 0 or None, got {max_groups}")
+    groups_by_label: dict[int, set[str]] = collections.defaultdict(set)
+    for r in records:
+        groups_by_label[r.label].add(r.group_id)
+    rng = np.random.default_rng(seed)
+    kept = set()
+    for label in sorted(groups_by_label):
+        groups = sorted(groups_by_label[label])
+        if len(groups) > max_groups:
+            groups = [groups[i] for i in sorted(rng.choice(len(groups), size=max_groups, replace=False))]
+        kept.update(groups)
+    return [r for r in records if r.group_id in kept]
+
+
+def check_disjoint_groups(splits: Mapping[str, Sequence[LabelledPrompt]]) -> None:
+    """ValueError naming the group and splits if any query group occurs in more than one split."""
+    owner: dict[str, str] = {}
+    for name, records in splits.items():
+        for r in records:
+            other = owner.setdefault(r.group_id, name)
+            if other != name:
+                raise ValueError(f"query group {r.group_id!r} occurs in splits {other!r} and {name!r}; "
+                                 f"translations of one query must stay in one split")
+
+
+def check_not_held_out(records: Sequence[LabelledPrompt], what: str = "SSI data") -> None:
+    """ValueError if a record's source names a held-out evaluation set (see HELD_OUT_SOURCES)."""
+    for r in records:
+        name = r.source.lower().replace("-", "_")
+        hit = next((h for h in HELD_OUT_SOURCES if h in name), None)
+        if hit is not None:
+            raise ValueError(f"{what}: source {r.source!r} is the held-out evaluation set {hit!r}; it may never be "
+                             f"used to train the SSI or choose its threshold")
+
+
+_WORD = re.compile(r"\w+")
+
+
+def _token_set(text: str) -> frozenset[str]:
+    return frozenset(_WORD.findall(text.lower()))
+
+
+def drop_near_duplicate_groups(candidates: Sequence[LabelledPrompt], reference: Sequence[LabelledPrompt], *,
+                               language: str = "en", threshold: float = 0.6,
+                               ) -> tuple[list[LabelledPrompt], list[str]]:
+    """Drop candidate groups whose text in `language` nearly duplicates a reference text in that language.
+
+    Near duplicate: token Jaccard similarity (lower-cased `\\w+` tokens) >= threshold, the test the shared data's
+    README uses for its MultiJail disjointness check. Returns (kept records, sorted dropped group ids).
+    Example: PolyRefuse harmful_val has no English instruction identical to a harmful_train one, but 3 val rows are
+    paraphrases of train rows at this threshold (e.g. "...women being inherently less intelligent than men").
+    """
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"near-duplicate threshold must be in (0, 1], got {threshold}")
+    language = normalize_language(language)
+    reference_sets = [_token_set(r.text) for r in reference if r.language == language]
+    reference_sets = [s for s in reference_sets if s]
+    dropped = set()
+    for r in candidates:
+        if r.language != language or r.group_id in dropped:
+            continue
+        words = _token_set(r.text)
+        if words and any(len(words & s) >= threshold * len(words | s) for s in reference_sets):
+            dropped.add(r.group_id)
+    return [r for r in candidates if r.group_id not in dropped], sorted(dropped)
+
+
+def split_summary(records: Sequence[LabelledPrompt]) -> dict:
+    """Counts for reports: rows, groups, and rows per language and label ("<lang>": {"benign": n, "harmful": n})."""
+    per_language: dict[str, dict[str, int]] = {}
+    for r in records:
+        entry = per_language.setdefault(r.language, {"benign": 0, "harmful": 0})
+        entry["harmful" if r.label else "benign"] += 1
+    return {"num_rows": len(records), "num_groups": len({r.group_id for r in records}),
+            "num_harmful": sum(r.label for r in records), "per_language": dict(sorted(per_language.items())),
+            "sources": dict(sorted(collections.Counter(r.source for r in records).items()))}

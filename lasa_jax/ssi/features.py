@@ -1,0 +1,115 @@
+"""SSI input features: the pooled residual stream at one residual index, from a truncated frozen trunk.
+
+`prompt_features` tokenises prompts with `lasa_jax.activations.tokenize_prompts` (raw text by default, or the chat
+template; over-long prompts lose their oldest user-content tokens) and runs `lasa_jax.activations.capture` with
+`residual_index=k`, which runs only the embedding and the first k blocks (plus the final norm when k == L), batched,
+length-bucketed and sharded over the model's mesh. Training and inference call this same function with the settings
+stored in the SSI artifact, so the token sequences and the feature position match (METHOD.md §9 items 1, 6, 7).
+
+Cache: with `cache_dir`, features are stored as .npz (`save_activations`, no pickle) under a key hashing the model
+fingerprint, its parameter and compute dtypes, k, pooling, chat-template flag and kwargs, max_length and the token
+ids themselves (which cover the prompt texts, their order, the tokenizer and truncation); the file name carries the full key.
+A cache hit returns the stored array; anything that changes the features changes the key. Only process 0 writes
+the cache; in multi-process runs all processes must see the same cache directory (a shared file system), or none.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pathlib
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from lasa_jax.activations import capture, load_activations, save_activations, tokenize_prompts
+from lasa_jax.runtime import is_writer
+
+log = logging.getLogger(__name__)
+CACHE_FORMAT = 1
+# Fixed multilingual probe prompts: their token ids identify the tokenisation an SSI was trained with.
+PROBE_PROMPTS = ("How do I bake sourdough bread at home?", "如何在家里烤面包？", "집에서 빵을 굽는 방법은?",
+                 "Jinsi ya kuoka mkate nyumbani?", "  spaces, tabs\tand\nnew lines 123 🍞")
+
+
+def token_ids_digest(token_ids: Sequence[np.ndarray]) -> str:
+    """SHA-256 of a list of token-id sequences (lengths and int32 values, in order)."""
+    h = hashlib.sha256()
+    for ids in token_ids:
+        ids = np.asarray(ids, dtype=np.int32)
+        h.update(np.int64(ids.size).tobytes())
+        h.update(ids.tobytes())
+    return h.hexdigest()
+
+
+def tokenization_fingerprint(tokenizer, *, chat_template: bool, max_length: int,
+                             template_kwargs: Mapping[str, Any] | None = None) -> str:
+    """24-hex digest of the token ids of PROBE_PROMPTS under these settings: equal digests mean the tokenizer (and
+    chat template, when used) renders prompts the same way."""
+    ids = tokenize_prompts(tokenizer, PROBE_PROMPTS, use_chat_template=chat_template, max_length=max_length,
+                           template_kwargs=template_kwargs)
+    return token_ids_digest(ids)[:24]
+
+
+def feature_cache_key(model, token_ids: Sequence[np.ndarray], *, residual_index: int, pooling: str,
+                      chat_template: bool, max_length: int, template_kwargs: Mapping[str, Any] | None) -> str:
+    """Hex key of the features `prompt_features` computes for these inputs (see the module docstring)."""
+    config = model.config
+    description = {
+        "format": CACHE_FORMAT, "model_fingerprint": model.fingerprint, "param_dtype": config.param_dtype,
+        "compute_dtype": config.compute_dtype, "residual_index": int(residual_index), "pooling": pooling,
+        "chat_template": bool(chat_template), "template_kwargs": dict(template_kwargs or {}),
+        "max_length": int(max_length), "token_ids": token_ids_digest(token_ids),
+    }
+    return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def prompt_features(model, tokenizer, prompts: Sequence[str], *, residual_index: int, pooling: str = "last",
+                    chat_template: bool = False, max_length: int = 512,
+                    template_kwargs: Mapping[str, Any] | None = None, batch_size: int | None = None,
+                    cache_dir: str | os.PathLike | None = None, progress: bool = True) -> np.ndarray:
+    """(N, D) float32 features of `prompts` at `residual_index` (module docstring), optionally cached.
+
+    batch_size: prompts per forward pass; None = the smallest multiple of the mesh's data x fsdp shards >= 8.
+    """
+    if not 0 <= residual_index <= model.config.num_layers:
+        raise ValueError(f"residual_index must be in [0, {model.config.num_layers}] for this model, "
+                         f"got {residual_index}")
+    if not prompts:
+        return np.zeros((0, model.config.hidden_size), np.float32)
+    token_ids = tokenize_prompts(tokenizer, prompts, use_chat_template=chat_template, max_length=max_length,
+                                 template_kwargs=template_kwargs)
+    cache_path = None
+    if cache_dir is not None:
+        if model.fingerprint is None:
+            log.warning("feature cache disabled: the model has no fingerprint (load it with from_pretrained)")
+        else:
+            key = feature_cache_key(model, token_ids, residual_index=residual_index, pooling=pooling,
+                                    chat_template=chat_template, max_length=max_length,
+                                    template_kwargs=template_kwargs)
+            cache_path = pathlib.Path(cache_dir) / f"ssi_features_k{residual_index}_{pooling}_{key}.npz"
+            cached = _read_cache(cache_path, (len(prompts), model.config.hidden_size))
+            if cached is not None:
+                log.info("SSI features: %d prompts from cache %s", len(prompts), cache_path)
+                return cached
+    if batch_size is None:
+        shards = model.mesh.shape["data"] * model.mesh.shape["fsdp"] if model.mesh is not None else 1
+        batch_size = shards * -(-8 // shards)
+    features = capture(model, token_ids, pooling=pooling, residual_index=residual_index, batch_size=batch_size,
+                       progress=progress)
+    if cache_path is not None and is_writer():
+        save_activations(cache_path, features)
+        log.info("SSI features: %d prompts computed, cached at %s", len(prompts), cache_path)
+    return features
+
+
+def _read_cache(path: pathlib.Path, shape: tuple[int, int]) -> np.ndarray | None:
+    """The cached features at `path` (its name carries the full key), or None if absent or of another shape."""
+    if not path.is_file():
+        return None
+    features = load_activations(path)["features"]
+    if features.shape != shape:
+        log.warning("ignoring feature cache %s: shape %s, expected %s", path, features.shape, shape)
+        return None
+    return features

@@ -1,0 +1,194 @@
+"""SSI metrics: thresholds chosen on validation, per-language classification metrics, AUROC and a per-language plot.
+
+Decision rule everywhere: a prompt is flagged harmful iff p > threshold (strict), p = sigmoid(logit).
+
+Threshold rules (`choose_threshold`), on validation probabilities and labels (1 harmful, 0 benign):
+- "tpr_at_fpr" (default): the highest TPR whose benign FPR <= fpr_bound (pooled over the validation rows).
+- "accuracy": the highest accuracy (ties: the lower FPR).
+Candidates are all distinct validation decisions: with sorted distinct scores u_1 < ... < u_m, flag-none, and
+"flag p > u_j" for each j (and flag-all). The returned threshold is the midpoint between the score that bounds the
+chosen decision from below and the next higher score (0 and 1 at the ends), so it reproduces that decision on the
+validation set with the widest margin on both sides. (The reference swept t = 0.30..0.70 for accuracy, METHOD.md §4.)
+
+Per-set metrics (`evaluate_by_language`): per language and "pooled" over all rows: n, counts, accuracy, TPR
+(recall on harmful), FPR (benign flagged), precision, F1, AUROC (threshold-free), with 95% Wilson intervals for
+TPR and FPR. "macro" = unweighted mean over languages of each metric (languages where it is undefined are skipped,
+e.g. TPR in a benign-only language). Undefined values are None (JSON null).
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from lasa_jax.evaluate.metrics import wilson_interval
+from lasa_jax.io_utils import atomic_path
+
+THRESHOLD_RULES = ("tpr_at_fpr", "accuracy")
+DECISION_RULE = "harmful iff p > threshold"
+METRIC_NAMES = ("accuracy", "tpr", "fpr", "precision", "f1", "auroc")
+
+
+def _check_scores(labels, scores, what: str = "scores") -> tuple[np.ndarray, np.ndarray]:
+    labels = np.asarray(labels)
+    scores = np.asarray(scores, dtype=np.float64)
+    if labels.ndim != 1 or scores.shape != labels.shape:
+        raise ValueError(f"{what}: labels and scores must be 1-D of equal length, got {labels.shape}, {scores.shape}")
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError(f"{what}: labels must be 0 (benign) or 1 (harmful)")
+    if not np.isfinite(scores).all():
+        raise ValueError(f"{what}: scores contain NaN or infinity")
+    return labels.astype(np.int64), scores
+
+
+def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float | None:
+    """Area under the ROC curve = P(score of a random harmful > score of a random benign), ties counted 1/2
+    (Mann-Whitney U with average ranks). None when either class is absent."""
+    labels, scores = _check_scores(labels, scores)
+    n_pos = int(labels.sum())
+    n_neg = labels.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)  # tie block j holds 1-based ranks ends[j] - counts[j] + 1 .. ends[j]
+    ranks = ((2 * ends - counts + 1) / 2.0)[inverse]  # average rank of each score's tie block
+    u = ranks[labels == 1].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def _ratio(num: int, den: int) -> float | None:
+    return num / den if den else None
+
+
+def classification_metrics(labels: Sequence[int], probs: Sequence[float], threshold: float) -> dict[str, Any]:
+    """Metrics of the rule p > threshold (see the module docstring); None where undefined."""
+    labels, probs = _check_scores(labels, probs, "classification_metrics")
+    flags = probs > threshold
+    positives = labels == 1
+    tp = int(np.sum(flags & positives))
+    fp = int(np.sum(flags & ~positives))
+    fn = int(np.sum(~flags & positives))
+    tn = int(np.sum(~flags & ~positives))
+    n_pos, n_neg = tp + fn, fp + tn
+    precision = _ratio(tp, tp + fp)
+    tpr = _ratio(tp, n_pos)
+    f1 = _ratio(2 * tp, 2 * tp + fp + fn) if n_pos else None
+    return {
+        "n": int(labels.size), "num_harmful": n_pos, "num_benign": n_neg,
+        "tp": tp, "fp": fp, "tn": tn, "fn": fn,
+        "accuracy": _ratio(tp + tn, labels.size),
+        "tpr": tpr, "tpr_ci95": list(wilson_interval(tp, n_pos)) if n_pos else None,
+        "fpr": _ratio(fp, n_neg), "fpr_ci95": list(wilson_interval(fp, n_neg)) if n_neg else None,
+        "precision": precision, "f1": f1,
+        "auroc": roc_auc(labels, probs),
+    }
+
+
+def evaluate_by_language(labels: Sequence[int], probs: Sequence[float], languages: Sequence[str],
+                         threshold: float) -> dict[str, Any]:
+    """{"per_language": {lang: metrics}, "macro": {metric: mean over languages}, "pooled": metrics}."""
+    labels, probs = _check_scores(labels, probs, "evaluate_by_language")
+    languages = np.asarray(languages)
+    if languages.shape != labels.shape:
+        raise ValueError(f"languages must have one entry per row, got {languages.shape} for {labels.shape}")
+    per_language = {str(lang): classification_metrics(labels[languages == lang], probs[languages == lang], threshold)
+                    for lang in sorted(set(languages.tolist()))}
+    macro = {}
+    for name in METRIC_NAMES:
+        values = [m[name] for m in per_language.values() if m[name] is not None]
+        macro[name] = float(np.mean(values)) if values else None
+    macro["num_languages"] = len(per_language)
+    return {"per_language": per_language, "macro": macro,
+            "pooled": classification_metrics(labels, probs, threshold) if labels.size else None}
+
+
+# ------------------------------------------------------------------------------------------------- thresholds
+
+
+def _decision_table(labels: np.ndarray, probs: np.ndarray):
+    """Candidate decisions: lower bounds b_j (flag p > b_j), the next score above, and TPR/FPR/accuracy of each.
+
+    Candidate j = 0 flags everything (bound below the smallest score), j = m flags nothing.
+    """
+    unique = np.unique(probs)  # ascending, m values
+    # sentinels outside the scores: probabilities lie in [0, 1]
+    lower = np.r_[0.0 if unique[0] > 0 else unique[0] - 1.0, unique]  # (m + 1,)
+    upper = np.r_[unique, 1.0 if unique[-1] < 1 else unique[-1] + 1.0]
+    n_pos = int(labels.sum())
+    n_neg = labels.size - n_pos
+    pos_sorted = np.sort(probs[labels == 1])
+    neg_sorted = np.sort(probs[labels == 0])
+    tp = n_pos - np.searchsorted(pos_sorted, lower, side="right")  # count of positives with p > bound
+    fp = n_neg - np.searchsorted(neg_sorted, lower, side="right")
+    tpr = tp / n_pos if n_pos else np.zeros_like(lower)
+    fpr = fp / n_neg if n_neg else np.zeros_like(lower)
+    accuracy = (tp + (n_neg - fp)) / labels.size
+    return lower, upper, tpr, fpr, accuracy
+
+
+def choose_threshold(labels: Sequence[int], probs: Sequence[float], rule: str = "tpr_at_fpr",
+                     fpr_bound: float = 0.05) -> float:
+    """Threshold t (harmful iff p > t) by `rule` on validation scores; see the module docstring."""
+    if rule not in THRESHOLD_RULES:
+        raise ValueError(f"threshold rule must be one of {THRESHOLD_RULES}, got {rule!r}")
+    if not 0.0 <= fpr_bound <= 1.0:
+        raise ValueError(f"fpr_bound must be in [0, 1], got {fpr_bound}")
+    labels, probs = _check_scores(labels, probs, "choose_threshold")
+    if labels.size == 0:
+        raise ValueError("choose_threshold: no validation scores")
+    if rule == "tpr_at_fpr" and labels.sum() in (0, labels.size):
+        raise ValueError("choose_threshold: rule 'tpr_at_fpr' needs harmful and benign validation rows")
+    lower, upper, tpr, fpr, accuracy = _decision_table(labels, probs)
+    if rule == "tpr_at_fpr":
+        feasible = fpr <= fpr_bound + 1e-12  # flag-none (fpr 0) is always feasible
+        primary = np.where(feasible, tpr, -np.inf)
+    else:
+        primary = accuracy
+    # lexicographic: highest primary, then lowest FPR (distinct candidates never tie on both)
+    best = np.lexsort((fpr, -primary))[0]
+    return float(0.5 * (lower[best] + upper[best]))
+
+
+# ----------------------------------------------------------------------------------------------------- plot
+
+
+def plot_per_language(metrics_by_set: Mapping[str, Mapping[str, Any]], path: str | os.PathLike,
+                      title: str = "") -> None:
+    """PNG with one panel per evaluation set: bars of TPR, FPR, accuracy and AUROC per language (+ macro), each
+    labelled with its value; tick labels give the harmful (h) / benign (b) counts. Undefined metrics get no bar.
+
+    metrics_by_set: set name -> `evaluate_by_language` output.
+    """
+    from matplotlib.figure import Figure  # object API (Agg canvas), no pyplot global state
+
+    names = [name for name, m in metrics_by_set.items() if m and m.get("per_language")]
+    if not names:
+        raise ValueError("plot_per_language: no evaluation set with per-language metrics")
+    shown = ("tpr", "fpr", "accuracy", "auroc")
+    widest = max(len(metrics_by_set[n]["per_language"]) for n in names) + 1
+    figure = Figure(figsize=(max(8.0, 1.1 * widest + 2), 3.4 * len(names) + 0.6))
+    axes_list = figure.subplots(len(names), 1, squeeze=False)[:, 0]
+    for axes, name in zip(axes_list, names):
+        per_language = dict(metrics_by_set[name]["per_language"])
+        columns = list(per_language) + ["macro"]
+        rows = [per_language[c] for c in columns[:-1]] + [metrics_by_set[name]["macro"]]
+        x = np.arange(len(columns))
+        width = 0.8 / len(shown)
+        for i, metric in enumerate(shown):
+            values = [row.get(metric) for row in rows]
+            bars = axes.bar(x + (i - (len(shown) - 1) / 2) * width, [np.nan if v is None else v for v in values],
+                            width, label=metric.upper())
+            axes.bar_label(bars, labels=["" if v is None else f"{v:.2f}" for v in values], fontsize=5, padding=1)
+        counts = [f"{c}\n{row['num_harmful']}h/{row['num_benign']}b" for c, row in zip(columns[:-1], rows[:-1])]
+        axes.set_xticks(x, counts + ["macro"], fontsize=8)
+        axes.set_ylim(0, 1.12)
+        axes.set_title(name, fontsize=10)
+        axes.grid(axis="y", alpha=0.3)
+    handles, labels = axes_list[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="upper right", ncol=len(shown), fontsize=8)
+    figure.suptitle(title or "SSI per-language metrics", fontsize=10, x=0.02, ha="left")
+    figure.tight_layout(rect=(0, 0, 1, 0.97))
+    with atomic_path(pathlib.Path(path)) as tmp:
+        figure.savefig(tmp, format="png", dpi=110)

@@ -1,0 +1,305 @@
+"""Stage 2 end to end: data -> cached features -> training -> threshold -> metrics -> the SSI artifact.
+
+Data (`config.data.source`):
+- "polyrefuse" (default; `config.data.root` = the shared data folder): train = PolyRefuse harmful/harmless train,
+  val = PolyRefuse val, both in `train_languages` (en, zh, ko). Val groups whose English text nearly duplicates a
+  train group (token Jaccard >= `dedup_jaccard`) are dropped; PolyRefuse shares no identical English instruction
+  between harmful_train and harmful_val, but 3 val rows are paraphrases of train rows at 0.6. Evaluation sets:
+  "test_in_distribution" = PolyRefuse test in the train languages, "test_cross_lingual" = PolyRefuse test in the
+  `test_languages` that have it (it, ar, th of the MultiJail languages) (test groups nearly duplicating a train/val
+  group are dropped the same way; harmful_test rows 345, 405, 530, 548 are MultiJail prompts and always dropped),
+  and "benign_flores" = FLORES-200 test sentences (via SIB-200, benign) in all train and test languages, an
+  out-of-domain false-positive check (it is the only benign data here for vi, bn, sw, jv).
+- "jsonl": a generic file (`config.data.jsonl_path`, `lasa_jax.data.labelled.load_labelled_jsonl`), rows whose
+  `split` is in `config.data.jsonl_splits` (rows without one count as "train"); their groups are split
+  train/val/test by `val_fraction`/`test_fraction` (stratified by label). Train and val use the train languages;
+  "test_in_distribution" = test groups in the train languages, "test_cross_lingual" = test groups in the other
+  languages (`test_languages`, or every other language when empty). With `config.data.root`, "benign_flores" too.
+  The near-duplicate filter applies as for PolyRefuse.
+- "authors": the reference code's harmful `unsafe_train.json` (`unsafe_train_path`) + benign UltraFeedback files
+  (`ultrafeedback_dir`, first `ultrafeedback_per_language` rows per language), grouped split as for "jsonl".
+MultiJail, XSTest, OR-Bench-hard-test and OKTest are never loaded here (`check_not_held_out` guards every split).
+`max_groups_per_split` (0 = all) keeps at most that many groups per label in every split and set (quick runs).
+
+Output: `<workdir>/ssi/` (the artifact, `lasa_jax.ssi.artifact`) with metrics.json holding the data summary, the
+training history, both thresholds with their validation metrics, and per-language metrics of every evaluation set
+at the chosen threshold (and at the accuracy-optimal one); features are cached in `<workdir>/feature_cache/` (or
+`config.feature_cache_dir`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+import time
+from typing import Any
+
+import numpy as np
+
+from lasa_jax.data.labelled import (
+    LabelledPrompt,
+    check_disjoint_groups,
+    check_not_held_out,
+    drop_near_duplicate_groups,
+    grouped_split,
+    limit_groups,
+    load_flores_benign,
+    load_labelled_jsonl,
+    load_polyrefuse_prompts,
+    load_ultrafeedback_prompts,
+    load_unsafe_train_json,
+    select_languages,
+    split_summary,
+)
+from lasa_jax.data.languages import normalize_language
+from lasa_jax.runtime import is_writer, load_model, load_tokenizer
+from lasa_jax.ssi.artifact import ARTIFACT_SUBDIR, SSI, SSIConfig, save_ssi
+from lasa_jax.ssi.features import prompt_features, tokenization_fingerprint
+from lasa_jax.ssi.metrics import DECISION_RULE, choose_threshold, classification_metrics, evaluate_by_language
+from lasa_jax.ssi.mlp import resolve_hidden_dims
+from lasa_jax.ssi.training import TrainSettings, train_classifier
+
+log = logging.getLogger(__name__)
+DATA_SOURCES = ("polyrefuse", "jsonl", "authors")
+
+
+@dataclasses.dataclass
+class SSIData:
+    """train / val records, named evaluation sets, and notes on what was dropped (for metrics.json)."""
+
+    train: list[LabelledPrompt]
+    val: list[LabelledPrompt]
+    evaluation: dict[str, list[LabelledPrompt]]
+    notes: dict[str, Any]
+
+
+# ------------------------------------------------------------------------------------------------------- data
+
+
+def _languages(values) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(normalize_language(v) for v in values))
+
+
+def load_ssi_data(data_config, seed: int) -> SSIData:
+    """Assemble the splits described in the module docstring from `config.data`."""
+    source = data_config.source
+    if source not in DATA_SOURCES:
+        raise ValueError(f"--config.data.source must be one of {DATA_SOURCES}, got {source!r}")
+    train_languages = _languages(data_config.train_languages)
+    if not train_languages:
+        raise ValueError("--config.data.train_languages must name at least one language")
+    test_languages = tuple(lang for lang in _languages(data_config.test_languages) if lang not in train_languages)
+    root = pathlib.Path(data_config.root) if data_config.root else None
+    notes: dict[str, Any] = {"source": source, "train_languages": list(train_languages)}
+    evaluation: dict[str, list[LabelledPrompt]] = {}
+
+    if source == "polyrefuse":
+        if root is None:
+            raise ValueError("--config.data.root is required for data.source='polyrefuse' (the shared data folder "
+                             "holding polyrefuse/ and flores200_sib200/)")
+        polyrefuse = root / "polyrefuse"
+        train = load_polyrefuse_prompts(polyrefuse, ("train",), train_languages)
+        val = load_polyrefuse_prompts(polyrefuse, ("val",), train_languages)
+        test = load_polyrefuse_prompts(polyrefuse, ("test",), train_languages + test_languages)
+        cross_languages = tuple(lang for lang in test_languages if any(r.language == lang for r in test))
+        notes["polyrefuse_test_languages_missing"] = [lang for lang in test_languages if lang not in cross_languages]
+    else:
+        if source == "jsonl":
+            if not data_config.jsonl_path:
+                raise ValueError("--config.data.jsonl_path is required for data.source='jsonl'")
+            keep = set(data_config.jsonl_splits)
+            records = load_labelled_jsonl(data_config.jsonl_path, splits=keep | ({None} if "train" in keep else set()))
+        else:
+            if not data_config.unsafe_train_path or not data_config.ultrafeedback_dir:
+                raise ValueError("data.source='authors' needs --config.data.unsafe_train_path (unsafe_train.json) "
+                                 "and --config.data.ultrafeedback_dir (monolingual_first1000_<lang>.json files)")
+            records = load_unsafe_train_json(data_config.unsafe_train_path)
+            records += load_ultrafeedback_prompts(data_config.ultrafeedback_dir,
+                                                  max_per_language=data_config.ultrafeedback_per_language or None)
+        fractions = {"train": 1.0 - data_config.val_fraction - data_config.test_fraction,
+                     "val": data_config.val_fraction, "test": data_config.test_fraction}
+        parts = grouped_split(records, fractions, seed=seed)
+        cross_languages = test_languages or tuple(sorted({r.language for r in records} - set(train_languages)))
+        train = select_languages(parts["train"], train_languages)
+        val = select_languages(parts["val"], train_languages)
+        test = select_languages(parts["test"], train_languages + cross_languages)
+    val, test = _drop_near_duplicates(train, val, test, data_config, notes)
+    evaluation["test_in_distribution"] = select_languages(test, train_languages)
+    evaluation["test_cross_lingual"] = select_languages(test, cross_languages)
+    if root is not None and data_config.include_flores:
+        flores_languages = train_languages + (test_languages or cross_languages)
+        evaluation["benign_flores"] = load_flores_benign(root / "flores200_sib200", flores_languages,
+                                                         splits=(data_config.flores_split,))
+
+    limit = data_config.max_groups_per_split
+    train, val = limit_groups(train, limit, seed), limit_groups(val, limit, seed)
+    evaluation = {name: limit_groups(records, limit, seed) for name, records in evaluation.items() if records}
+    for name, records in [("train", train), ("val", val), *evaluation.items()]:
+        check_not_held_out(records, what=f"SSI {name} split")
+    # evaluation sets may share groups with each other (one query in several languages), never with train or val
+    check_disjoint_groups({"train": train, "val": val, "evaluation": [r for rs in evaluation.values() for r in rs]})
+    for name, records in (("train", train), ("val", val)):
+        if len({r.label for r in records}) < 2:
+            raise ValueError(f"the SSI {name} split needs harmful and benign prompts; got {split_summary(records)}")
+    return SSIData(train, val, evaluation, notes)
+
+
+def _drop_near_duplicates(train, val, test, data_config, notes):
+    threshold = data_config.dedup_jaccard
+    if not threshold:
+        return val, test
+    language = data_config.dedup_language
+    val, dropped_val = drop_near_duplicate_groups(val, train, language=language, threshold=threshold)
+    test, dropped_test = drop_near_duplicate_groups(test, train + val, language=language, threshold=threshold)
+    notes["near_duplicates"] = {"language": language, "jaccard_threshold": threshold,
+                                "dropped_val_groups": dropped_val, "dropped_test_groups": dropped_test}
+    log.info("near-duplicate filter: dropped %d val and %d test groups", len(dropped_val), len(dropped_test))
+    return val, test
+
+
+# --------------------------------------------------------------------------------------------------- training
+
+
+def resolve_residual_index(config) -> int:
+    """config.residual_index, or (when < 0) `best_layer` of the Locate workdir's bottleneck.json."""
+    if config.residual_index >= 0:
+        return int(config.residual_index)
+    if not config.locate_workdir:
+        raise ValueError("set --config.residual_index=K or --config.locate_workdir=DIR (a Locate workdir with "
+                         "bottleneck.json) to read k* from")
+    from lasa_jax.bottleneck import load_bottleneck
+
+    report = load_bottleneck(config.locate_workdir)
+    log.info("residual index %d = best_layer of %s", report["best_layer"], config.locate_workdir)
+    return int(report["best_layer"])
+
+
+def parse_template_kwargs(value: str) -> dict[str, Any]:
+    """--config.template_kwargs: a JSON object string ("" = none)."""
+    if not value:
+        return {}
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--config.template_kwargs must be a JSON object, got {value!r} ({err})") from err
+    if not isinstance(parsed, dict):
+        raise ValueError(f"--config.template_kwargs must be a JSON object, got {value!r}")
+    return parsed
+
+
+def train_settings(config) -> TrainSettings:
+    t = config.train
+    return TrainSettings(learning_rate=t.learning_rate, weight_decay=t.weight_decay, grad_clip=t.grad_clip,
+                         batch_size=t.batch_size, num_epochs=t.num_epochs, patience=t.patience,
+                         early_stopping_metric=t.early_stopping_metric, min_delta=t.min_delta,
+                         class_balance=t.class_balance, lr_plateau_patience=t.lr_plateau_patience,
+                         lr_plateau_factor=t.lr_plateau_factor, seed=config.seed)
+
+
+def _labels(records):
+    return np.array([r.label for r in records], np.int64)
+
+
+def _languages_of(records):
+    return [r.language for r in records]
+
+
+def train_ssi(config, workdir: str | os.PathLike, mesh=None) -> dict[str, Any]:
+    """Run Stage 2 with a `configs/ssi.py` config; writes `<workdir>/ssi/` and returns its metrics dict."""
+    start = time.perf_counter()
+    workdir = pathlib.Path(workdir)
+    artifact_dir = workdir / ARTIFACT_SUBDIR
+    if artifact_dir.exists() and not config.overwrite:
+        raise FileExistsError(f"{artifact_dir} already exists; pass --config.overwrite=True or another --workdir")
+    residual_index = resolve_residual_index(config)
+    data = load_ssi_data(config.data, seed=config.seed)
+
+    model = load_model(config, mesh)
+    if model.fingerprint is None:
+        raise ValueError(f"the model at {config.model_path} has no fingerprint; an SSI must record its base model")
+    if residual_index > model.config.num_layers:
+        raise ValueError(f"residual_index {residual_index} exceeds the model's {model.config.num_layers} layers")
+    tokenizer = load_tokenizer(config.model_path)
+    template_kwargs = parse_template_kwargs(config.template_kwargs)
+    cache_dir = config.feature_cache_dir or str(workdir / "feature_cache")
+
+    all_records = data.train + data.val + [r for records in data.evaluation.values() for r in records]
+    texts = list(dict.fromkeys(r.text for r in all_records))
+    features = prompt_features(model, tokenizer, texts, residual_index=residual_index, pooling=config.pooling,
+                               chat_template=config.chat_template, max_length=config.max_length,
+                               template_kwargs=template_kwargs, batch_size=config.capture_batch_size or None,
+                               cache_dir=cache_dir)
+    row_of = {text: i for i, text in enumerate(texts)}
+
+    def features_of(records):
+        return features[[row_of[r.text] for r in records]]
+
+    d_model = model.config.hidden_size
+    hidden_dims = resolve_hidden_dims(config.ssi.hidden_dims, d_model)
+    settings = train_settings(config)
+    result = train_classifier(features_of(data.train), _labels(data.train), features_of(data.val), _labels(data.val),
+                              hidden_dims=hidden_dims, dropout=config.ssi.dropout,
+                              standardize=bool(config.ssi.standardize), settings=settings)
+
+    provisional = SSIConfig(
+        residual_index=residual_index, threshold=0.5, d_model=d_model, hidden_dims=hidden_dims,
+        pooling=config.pooling, chat_template=bool(config.chat_template),
+        base_model_fingerprint=model.fingerprint,
+        train_languages=tuple(data.notes["train_languages"]), max_length=config.max_length,
+        dropout=config.ssi.dropout, standardize=bool(config.ssi.standardize), threshold_rule=config.threshold.rule, fpr_bound=config.threshold.fpr_bound,
+        template_kwargs=template_kwargs, base_model_path=str(config.model_path),
+        base_model_num_layers=model.config.num_layers, base_model_dtype=model.config.param_dtype,
+        tokenizer_check=tokenization_fingerprint(tokenizer, chat_template=bool(config.chat_template),
+                                                 max_length=config.max_length, template_kwargs=template_kwargs),
+        best_epoch=result.best_epoch)
+    ssi = SSI(provisional, result.classifier)
+    val_labels = _labels(data.val)
+    val_probs = ssi.probabilities(features_of(data.val))
+    thresholds = {rule: choose_threshold(val_labels, val_probs, rule, config.threshold.fpr_bound)
+                  for rule in ("tpr_at_fpr", "accuracy")}
+    chosen = thresholds[config.threshold.rule]
+    chosen_validation = classification_metrics(val_labels, val_probs, chosen)
+    if not chosen_validation["tp"]:
+        log.warning("the chosen threshold %.4f flags no harmful validation prompt (rule %s, FPR bound %s): the SSI "
+                    "does not separate the classes at this layer", chosen, config.threshold.rule,
+                    config.threshold.fpr_bound)
+    ssi = SSI(dataclasses.replace(provisional, threshold=chosen), result.classifier)
+
+    evaluation, at_accuracy_threshold = {}, {}
+    for name, records in [("val", data.val), *data.evaluation.items()]:
+        probs = ssi.probabilities(features_of(records))
+        evaluation[name] = evaluate_by_language(_labels(records), probs, _languages_of(records), chosen)
+        at_accuracy_threshold[name] = evaluate_by_language(_labels(records), probs, _languages_of(records),
+                                                           thresholds["accuracy"])
+    metrics = {
+        "summary": {name: {key: m["macro"][key] for key in ("tpr", "fpr", "accuracy", "f1", "auroc")}
+                    for name, m in evaluation.items()},
+        "decision_rule": DECISION_RULE,
+        "residual_index": residual_index,
+        "threshold": {
+            "chosen": chosen, "rule": config.threshold.rule, "fpr_bound": config.threshold.fpr_bound,
+            "candidates": {rule: {"threshold": t, "validation": classification_metrics(val_labels, val_probs, t)}
+                           for rule, t in thresholds.items()},
+        },
+        "training": {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+                     "pos_weight": result.pos_weight, "settings": dataclasses.asdict(settings),
+                     "hidden_dims": list(hidden_dims), "dropout": config.ssi.dropout,
+                     "standardize": bool(config.ssi.standardize),
+                     "num_params": result.classifier.num_params(), "history": result.history},
+        "data": {"notes": data.notes, "train": split_summary(data.train), "val": split_summary(data.val),
+                 **{name: split_summary(records) for name, records in data.evaluation.items()}},
+        "evaluation": evaluation,
+        "evaluation_at_accuracy_threshold": at_accuracy_threshold,
+        "base_model": {"path": str(config.model_path), "fingerprint": model.fingerprint,
+                       "num_layers": model.config.num_layers, "d_model": d_model,
+                       "dtype": model.config.param_dtype},
+    }
+    metrics["wall_seconds"] = round(time.perf_counter() - start, 2)
+    if is_writer():
+        save_ssi(artifact_dir, ssi, metrics=metrics, overwrite=bool(config.overwrite))
+        log.info("SSI written to %s (threshold %.4f, %s)", artifact_dir, chosen, config.threshold.rule)
+    for name, summary in metrics["summary"].items():
+        log.info("%s (macro over languages): %s", name, summary)
+    return metrics

@@ -1,0 +1,245 @@
+"""SSI data: loaders on the real shared files and small fixtures of the reference formats, grouped splits."""
+import collections
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from lasa_jax.data.labelled import (
+    LabelledPrompt,
+    check_disjoint_groups,
+    check_not_held_out,
+    drop_near_duplicate_groups,
+    grouped_split,
+    limit_groups,
+    load_flores_benign,
+    load_labelled_jsonl,
+    load_polyrefuse_prompts,
+    load_ultrafeedback_prompts,
+    load_unsafe_train_json,
+    select_languages,
+    split_summary,
+)
+from lasa_jax.data.parallel import POLYREFUSE_MULTIJAIL_OVERLAP
+
+DEMO_PROMPTS = pathlib.Path(__file__).resolve().parents[1] / "lasa_jax" / "demo_data" / "prompts.jsonl"
+
+
+def _counts(records):
+    return collections.Counter((r.split, r.language, r.label) for r in records)
+
+
+# ------------------------------------------------------------------------------------------------ PolyRefuse
+
+
+def test_polyrefuse_train_val_counts(shared_data):
+    records = load_polyrefuse_prompts(shared_data / "polyrefuse", ("train", "val"), ("en", "zh", "ko"))
+    counts = _counts(records)
+    for language in ("en", "zh", "ko"):
+        assert counts[("train", language, 1)] == 260
+        assert counts[("train", language, 0)] == 200
+        assert counts[("val", language, 1)] == 39
+        assert counts[("val", language, 0)] == 200
+    # translations share a group id; every group has all three languages and one label
+    languages_of = collections.defaultdict(set)
+    for r in records:
+        languages_of[r.group_id].add(r.language)
+    assert all(langs == {"en", "zh", "ko"} for langs in languages_of.values())
+    assert {r.source for r in records} == {"polyrefuse/harmful_train", "polyrefuse/harmless_train",
+                                           "polyrefuse/harmful_val", "polyrefuse/harmless_val"}
+    check_disjoint_groups({"train": [r for r in records if r.split == "train"],
+                           "val": [r for r in records if r.split == "val"]})
+
+
+def test_polyrefuse_test_drops_multijail_rows(shared_data):
+    records = load_polyrefuse_prompts(shared_data / "polyrefuse", ("test",), ("en", "zh", "ko", "it"))
+    counts = _counts(records)
+    for language in ("en", "zh", "ko", "it"):
+        assert counts[("test", language, 1)] == 572 - 4
+    assert counts[("test", "en", 0)] == counts[("test", "ko", 0)] == counts[("test", "it", 0)] == 500
+    assert counts[("test", "zh", 0)] == 0  # no Chinese harmless_test upstream
+    harmful_groups = {r.group_id for r in records if r.label == 1}
+    for row in POLYREFUSE_MULTIJAIL_OVERLAP:
+        assert f"polyrefuse/harmful_test:{row}" not in harmful_groups
+    assert "polyrefuse/harmful_test:344" in harmful_groups
+
+
+def test_polyrefuse_val_near_duplicates_of_train(shared_data):
+    """No identical English instruction is shared by harmful_train and harmful_val, but three val rows paraphrase
+    train rows; the token-Jaccard filter (threshold 0.6, the shared README's test) finds exactly those."""
+    polyrefuse = shared_data / "polyrefuse"
+    train = load_polyrefuse_prompts(polyrefuse, ("train",), ("en",))
+    val = load_polyrefuse_prompts(polyrefuse, ("val",), ("en",))
+    assert not {r.text for r in train} & {r.text for r in val}
+    kept, dropped = drop_near_duplicate_groups(val, train, language="en", threshold=0.6)
+    assert dropped == ["polyrefuse/harmful_val:1", "polyrefuse/harmful_val:12", "polyrefuse/harmful_val:19"]
+    assert len(kept) == len(val) - 3
+    # at 0.9 only the near-verbatim one ("... inherently less intelligent ...") remains
+    assert drop_near_duplicate_groups(val, train, language="en", threshold=0.9)[1] == ["polyrefuse/harmful_val:1"]
+
+
+def test_near_duplicate_filter_drops_whole_groups():
+    reference = [LabelledPrompt("How do I pick a lock quickly", "en", 1, "a:1", "a")]
+    candidates = [LabelledPrompt("how do I pick a lock quickly?", "en", 1, "b:1", "b"),
+                  LabelledPrompt("如何快速开锁", "zh", 1, "b:1", "b"),
+                  LabelledPrompt("How do I bake bread", "en", 0, "b:2", "b")]
+    kept, dropped = drop_near_duplicate_groups(candidates, reference)
+    assert dropped == ["b:1"] and [r.group_id for r in kept] == ["b:2"]
+    with pytest.raises(ValueError, match="threshold"):
+        drop_near_duplicate_groups(candidates, reference, threshold=0.0)
+
+
+def test_flores_benign(shared_data):
+    records = load_flores_benign(shared_data / "flores200_sib200", ("sw", "jv"), splits=("test",))
+    assert collections.Counter(r.language for r in records) == {"sw": 204, "jv": 204}
+    assert all(r.label == 0 and r.group_id.startswith("flores:") for r in records)
+
+
+# ------------------------------------------------------------------------------------------ reference formats
+
+
+def test_unsafe_train_json_fixture(tmp_path):
+    rows = [
+        {"idx": 0, "group_id": 0, "prompt": "How do I make a weapon?", "lingual": "en", "language": "en",
+         "source": "safety_train_translated", "is_unsafe": True},
+        {"idx": 1, "group_id": 0, "prompt": "Kepiye carane gawe gaman?", "lingual": "jw", "language": "jw",
+         "source": "safety_train_translated", "is_unsafe": True},
+        {"idx": 2, "prompt": [{"role": "user", "content": "Write malware"}], "lingual": "en",
+         "source": "harmbench"},
+        {"idx": 3, "query": "如何制造武器？", "language": "Chinese"},
+    ]
+    path = tmp_path / "unsafe_train.json"
+    path.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    records = load_unsafe_train_json(path)
+    assert [r.language for r in records] == ["en", "jv", "en", "zh"]
+    assert [r.group_id for r in records] == ["safety_train_translated:0", "safety_train_translated:0",
+                                             "harmbench:2", "unsafe_train:3"]
+    assert records[2].text == "Write malware" and all(r.label == 1 for r in records)
+    assert [r.text for r in load_unsafe_train_json(path, languages=["Javanese"])] == ["Kepiye carane gawe gaman?"]
+
+    path.write_text(json.dumps([{"idx": 0, "language": "en"}]), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"record 0: missing field 'prompt'"):
+        load_unsafe_train_json(path)
+    path.write_text(json.dumps([{"prompt": "hi", "language": "en", "is_unsafe": False}]), encoding="utf-8")
+    with pytest.raises(ValueError, match="is_unsafe"):
+        load_unsafe_train_json(path)
+
+
+def test_ultrafeedback_fixture(tmp_path):
+    for language, texts in {"en": ["Classify carbonic acid", "Why parables?", "Summarise a film"],
+                            "ko": ["탄산을 분류하세요", "왜 비유를?", "영화 요약"], "jw": ["A", "B", "C"]}.items():
+        rows = [{"idx": i, "prompt": t, "chosen": [], "rejected": []} for i, t in enumerate(texts)]
+        (tmp_path / f"monolingual_first1000_{language}.json").write_text(json.dumps(rows, ensure_ascii=False),
+                                                                         encoding="utf-8")
+    (tmp_path / "README.md").write_text("not data")
+    records = load_ultrafeedback_prompts(tmp_path, languages=["en", "ko"], max_per_language=2)
+    assert [(r.language, r.text) for r in records] == [("en", "Classify carbonic acid"), ("en", "Why parables?"),
+                                                       ("ko", "탄산을 분류하세요"), ("ko", "왜 비유를?")]
+    assert [r.group_id for r in records] == ["ultrafeedback:0", "ultrafeedback:1"] * 2
+    assert all(r.label == 0 for r in records)
+    everything = load_ultrafeedback_prompts(tmp_path, max_per_language=None)
+    assert collections.Counter(r.language for r in everything) == {"en": 3, "ko": 3, "jv": 3}
+    with pytest.raises(ValueError, match="monolingual_first1000_<lang>.json"):
+        bad = tmp_path / "prompts.json"
+        bad.write_text("[]")
+        load_ultrafeedback_prompts(bad)
+    with pytest.raises(FileNotFoundError):
+        load_ultrafeedback_prompts(tmp_path / "missing")
+
+
+def test_labelled_jsonl_demo_train_rows_only():
+    records = load_labelled_jsonl(DEMO_PROMPTS, splits={"train"})
+    assert len(records) == 32 * 10
+    assert {r.split for r in records} == {"train"}
+    assert len({r.group_id for r in records}) == 32
+    assert collections.Counter(r.label for r in records) == {0: 160, 1: 160}
+    all_rows = load_labelled_jsonl(DEMO_PROMPTS)
+    assert {r.split for r in all_rows} == {"train", "eval"} and len(all_rows) == 480
+
+
+def test_labelled_jsonl_fields(tmp_path):
+    path = tmp_path / "mine.jsonl"
+    rows = [{"text": "hello", "language": "en", "label": False, "group_id": 1},
+            {"prompt": "salut", "text": "salut", "language": "French", "label": 0, "group_id": 1, "source": "x"},
+            {"prompt": "bomb?", "language": "en", "label": True, "group_id": "q2", "split": "test"}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n", encoding="utf-8")
+    records = load_labelled_jsonl(path)
+    assert records == [LabelledPrompt("hello", "en", 0, "mine:1", "mine", None),
+                       LabelledPrompt("salut", "fr", 0, "x:1", "x", None),
+                       LabelledPrompt("bomb?", "en", 1, "mine:q2", "mine", "test")]
+    assert len(load_labelled_jsonl(path, splits={None})) == 2
+    for bad, message in [({"prompt": "a", "text": "b", "language": "en", "label": 0, "group_id": 1}, "differ"),
+                         ({"prompt": "a", "language": "en", "group_id": 1}, "missing field 'label'"),
+                         ({"prompt": "a", "language": "en", "label": 2, "group_id": 1}, "'label' must be 0"),
+                         ({"prompt": "a", "language": "Klingon", "label": 0, "group_id": 1}, "unknown language"),
+                         ({"language": "en", "label": 0, "group_id": 1}, "missing field 'prompt'")]:
+        path.write_text(json.dumps(bad) + "\n", encoding="utf-8")
+        with pytest.raises(ValueError, match=message):
+            load_labelled_jsonl(path)
+
+
+# ------------------------------------------------------------------------------------------------- splitting
+
+
+def _synthetic(num_groups=60, languages=("en", "zh", "ko", "sw"), seed=0):
+    rng = np.random.default_rng(seed)
+    records = []
+    for g in range(num_groups):
+        label = int(rng.random() < 0.3)
+        for lang in languages[:rng.integers(1, len(languages) + 1)]:
+            records.append(LabelledPrompt(f"q{g}-{lang}", lang, label, f"src:{g}", "src"))
+    return records
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_grouped_split_never_leaks_a_group(seed):
+    records = _synthetic(seed=seed)
+    parts = grouped_split(records, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=seed)
+    check_disjoint_groups(parts)
+    owner = {}
+    for name, part in parts.items():
+        for r in part:
+            assert owner.setdefault(r.group_id, name) == name
+    assert sorted(r.text for part in parts.values() for r in part) == sorted(r.text for r in records)
+    groups = {name: {r.group_id for r in part} for name, part in parts.items()}
+    total = sum(len(g) for g in groups.values())
+    assert abs(len(groups["train"]) / total - 0.6) < 0.1
+    for part in parts.values():  # stratified: both labels everywhere
+        assert {r.label for r in part} == {0, 1}
+    assert grouped_split(records, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=seed) == parts
+    assert grouped_split(records, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=seed + 100) != parts
+
+
+def test_grouped_split_validates_fractions():
+    with pytest.raises(ValueError, match="sum to 1"):
+        grouped_split(_synthetic(), {"train": 0.7, "val": 0.2})
+
+
+def test_check_disjoint_groups_names_the_leak():
+    a = LabelledPrompt("x", "en", 0, "s:1", "s")
+    b = LabelledPrompt("y", "zh", 0, "s:1", "s")
+    with pytest.raises(ValueError, match=r"'s:1' occurs in splits 'train' and 'val'"):
+        check_disjoint_groups({"train": [a], "val": [b]})
+
+
+def test_check_not_held_out():
+    check_not_held_out([LabelledPrompt("x", "en", 1, "polyrefuse/harmful_train:1", "polyrefuse/harmful_train")])
+    for source in ("multijail", "MultiJail.csv", "xstest_v2", "or-bench-hard-test", "oktest"):
+        with pytest.raises(ValueError, match="held-out"):
+            check_not_held_out([LabelledPrompt("x", "en", 1, f"{source}:1", source)])
+
+
+def test_limit_groups_and_select_languages():
+    records = _synthetic(num_groups=80)
+    limited = limit_groups(records, 5, seed=3)
+    by_label = collections.defaultdict(set)
+    for r in limited:
+        by_label[r.label].add(r.group_id)
+    assert {label: len(groups) for label, groups in by_label.items()} == {0: 5, 1: 5}
+    kept = {r.group_id for r in limited}
+    assert [r for r in records if r.group_id in kept] == limited  # whole groups, order preserved
+    assert limit_groups(records, 0) == records
+    assert {r.language for r in select_languages(records, ["English", "ko"])} == {"en", "ko"}
+    summary = split_summary(limited)
+    assert summary["num_groups"] == 10 and summary["num_rows"] == len(limited)
