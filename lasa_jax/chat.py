@@ -30,10 +30,23 @@ completion). If P exceeds the budget, tokens are dropped from the front of the c
 and keeping at least one content token. If that is not enough the example cannot fit and `None` is returned
 (the caller drops and counts the row). Only tokens lying entirely inside the user content (by character offsets)
 are ever dropped.
+
+Qwen3 thinking: pass the same `template_kwargs` in training and at inference (e.g. {"enable_thinking": False}, whose
+generation prompt ends with an empty think block, so the prefix follows it). With thinking on, the generation
+prompt ends at the assistant header and the training sequence is header + prefix + answer, without the empty think
+block that Qwen3's template writes before a final assistant message (the reference's completion had one after the
+prefix).
+
+Cost: per prompt, one template render and one encode, plus a sentinel render to locate the user content. Values
+that depend only on the tokenizer, its chat template and `template_kwargs` (end-of-turn ids, BOS behaviour, prefix
+ids, sentinel renders of a conversation history) are cached per tokenizer object and recomputed when its
+vocabulary size or chat template changes.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
+import weakref
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -136,7 +149,16 @@ def end_of_turn_ids(tokenizer, template_kwargs: Mapping[str, Any] | None = None)
     """Token ids that close an assistant turn, read off the chat template (see module docstring).
 
     Falls back to `[tokenizer.eos_token_id]` when the template writes no special token after assistant content.
+    Cached per (tokenizer, template_kwargs).
     """
+    memo = _memo(tokenizer)
+    key = ("end_of_turn", _kwargs_key(template_kwargs))
+    if key not in memo:
+        memo[key] = tuple(_end_of_turn_ids(tokenizer, template_kwargs))
+    return list(memo[key])
+
+
+def _end_of_turn_ids(tokenizer, template_kwargs: Mapping[str, Any] | None) -> list[int]:
     messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _SENTINEL}]
     text = _apply_template(tokenizer, messages, add_generation_prompt=False, template_kwargs=template_kwargs)
     position = text.rfind(_SENTINEL)
@@ -147,7 +169,7 @@ def end_of_turn_ids(tokenizer, template_kwargs: Mapping[str, Any] | None = None)
     special = _special_ids(tokenizer)
     for i, token in enumerate(suffix_ids):
         if token in special:
-            return list(suffix_ids[:i + 1])
+            return [int(t) for t in suffix_ids[:i + 1]]
     if tokenizer.eos_token_id is None:
         raise ValueError("the chat template writes no special token after assistant content and the tokenizer "
                          "has no eos_token; cannot determine the end-of-turn token")
@@ -177,7 +199,7 @@ def render_prompt(tokenizer, prompt: Prompt, *, prefix: str | None = None, use_c
         encoding = tokenizer(prompt, add_special_tokens=True, return_offsets_mapping=True)
         ids = list(encoding["input_ids"])
         content_start, content_end = _token_span(encoding["offset_mapping"], 0, len(prompt))
-    prefix_ids = _encode(tokenizer, prefix) if prefix else []
+    prefix_ids = _cached_encode(tokenizer, prefix) if prefix else []
     rendered = RenderedPrompt(np.asarray(ids + prefix_ids, dtype=np.int32), len(ids), len(ids) + len(prefix_ids),
                               content_start, content_end)
     if max_prompt_length is not None:
@@ -237,8 +259,39 @@ def _apply_template(tokenizer, messages, *, add_generation_prompt: bool, templat
                                          **dict(template_kwargs or {}))
 
 
+# tokenizer -> ((vocabulary size, chat template), {key: value}); entries vanish with their tokenizer.
+_TOKENIZER_MEMO: "weakref.WeakKeyDictionary[Any, tuple[tuple[Any, Any], dict]]" = weakref.WeakKeyDictionary()
+_MAX_CACHED_PROBES = 1024
+
+
+def _memo(tokenizer) -> dict:
+    """The cache of values that depend only on `tokenizer` (and its chat template), emptied when its vocabulary
+    size or chat template changes; a fresh throwaway dict for tokenizers that cannot be weakly referenced."""
+    state = (len(tokenizer), getattr(tokenizer, "chat_template", None))
+    try:
+        entry = _TOKENIZER_MEMO.get(tokenizer)
+        if entry is None or entry[0] != state:
+            entry = _TOKENIZER_MEMO[tokenizer] = (state, {})
+    except TypeError:  # not hashable / not weak-referenceable
+        return {}
+    return entry[1]
+
+
+def _kwargs_key(template_kwargs: Mapping[str, Any] | None) -> str:
+    return json.dumps(dict(template_kwargs or {}), sort_keys=True, default=repr)
+
+
 def _encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _cached_encode(tokenizer, text: str) -> list[int]:
+    """`_encode` for texts used on every row (the prefix), cached per tokenizer."""
+    memo = _memo(tokenizer)
+    key = ("encode", text)
+    if key not in memo:
+        memo[key] = tuple(_encode(tokenizer, text))
+    return list(memo[key])
 
 
 def _special_ids(tokenizer) -> set[int]:
@@ -248,9 +301,28 @@ def _special_ids(tokenizer) -> set[int]:
 
 
 def _adds_bos(tokenizer) -> bool:
-    """Whether encoding raw text with default special tokens starts with the BOS token."""
-    bos = tokenizer.bos_token_id
-    return bos is not None and tokenizer("", add_special_tokens=True)["input_ids"][:1] == [bos]
+    """Whether encoding raw text with default special tokens starts with the BOS token (cached per tokenizer)."""
+    memo = _memo(tokenizer)
+    if "adds_bos" not in memo:
+        bos = tokenizer.bos_token_id
+        memo["adds_bos"] = bos is not None and tokenizer("", add_special_tokens=True)["input_ids"][:1] == [bos]
+    return memo["adds_bos"]
+
+
+def _sentinel_probe(tokenizer, history, template_kwargs, *, fresh: bool = False) -> str:
+    """The template with generation prompt for `history` + a user message whose content is `_SENTINEL`.
+
+    Cached per (tokenizer, template_kwargs, history); `fresh` re-renders (for templates whose text changes
+    between calls, e.g. one that writes today's date).
+    """
+    probes = _memo(tokenizer).setdefault("probes", {})
+    key = (_kwargs_key(template_kwargs), json.dumps(history, ensure_ascii=False))
+    if fresh or key not in probes:
+        if len(probes) >= _MAX_CACHED_PROBES:
+            probes.clear()
+        probes[key] = _apply_template(tokenizer, history + [{"role": "user", "content": _SENTINEL}],
+                                      add_generation_prompt=True, template_kwargs=template_kwargs)
+    return probes[key]
 
 
 def _template_ids(tokenizer, messages, template_kwargs) -> tuple[list[int], int, int]:
@@ -258,15 +330,17 @@ def _template_ids(tokenizer, messages, template_kwargs) -> tuple[list[int], int,
     text = _apply_template(tokenizer, messages, add_generation_prompt=True, template_kwargs=template_kwargs)
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(encoding["input_ids"])
-    # Locate the last user content: render again with a sentinel in its place; the text around it is the same.
-    probe = messages[:-1] + [{"role": "user", "content": _SENTINEL}]
-    probe_text = _apply_template(tokenizer, probe, add_generation_prompt=True, template_kwargs=template_kwargs)
-    before, _, after = probe_text.rpartition(_SENTINEL)
-    if probe_text.count(_SENTINEL) == 1 and text.startswith(before) and text.endswith(after) \
-            and len(before) + len(after) <= len(text):
-        content_start, content_end = _token_span(encoding["offset_mapping"], len(before), len(text) - len(after))
-    else:  # the template rewrites user content: nothing is droppable
-        content_start = content_end = 0
+    # Locate the last user content: the same conversation rendered with a sentinel in its place gives the text
+    # before and after it.
+    content_start = content_end = 0  # the template rewrites user content: nothing is droppable
+    for fresh in (False, True):
+        probe_text = _sentinel_probe(tokenizer, messages[:-1], template_kwargs, fresh=fresh)
+        before, _, after = probe_text.rpartition(_SENTINEL)
+        if probe_text.count(_SENTINEL) == 1 and text.startswith(before) and text.endswith(after) \
+                and len(before) + len(after) <= len(text):
+            content_start, content_end = _token_span(encoding["offset_mapping"], len(before),
+                                                     len(text) - len(after))
+            break
     if _adds_bos(tokenizer) and ids[:1] != [tokenizer.bos_token_id]:
         ids = [int(tokenizer.bos_token_id)] + ids
         if content_end > content_start:
@@ -275,12 +349,16 @@ def _template_ids(tokenizer, messages, template_kwargs) -> tuple[list[int], int,
 
 
 def _token_span(offsets, char_start: int, char_end: int) -> tuple[int, int]:
-    """[first, last + 1) of the first run of tokens lying entirely inside [char_start, char_end); (0, 0) if none."""
-    inside = [char_start <= s and e <= char_end and e > s for s, e in offsets]
-    if not any(inside):
+    """[first, last + 1) of the first run of tokens lying entirely inside [char_start, char_end); (0, 0) if none.
+
+    offsets: (T, 2) character (start, end) per token, as `return_offsets_mapping` gives; zero-width tokens (special
+    tokens added by the tokenizer) are never inside.
+    """
+    offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    starts, ends = offsets[:, 0], offsets[:, 1]
+    inside = (starts >= char_start) & (ends <= char_end) & (ends > starts)
+    if not inside.any():
         return 0, 0
-    first = inside.index(True)
-    last = first
-    while last < len(inside) and inside[last]:
-        last += 1
-    return first, last
+    first = int(np.argmax(inside))
+    outside_after = np.flatnonzero(~inside[first:])
+    return first, first + (int(outside_after[0]) if outside_after.size else len(inside) - first)

@@ -55,8 +55,9 @@ def kto_loss(policy_logps: jax.Array, ref_logps: jax.Array, kl_policy_logps: jax
     kl_raw = jax.lax.stop_gradient(kl_logratios.sum() / jnp.maximum(n_valid, 1.0))
     z0 = jnp.maximum(kl_raw, 0.0)
     logratios = jnp.where(valid, policy_logps - ref_logps, 0.0)
-    desirable_losses = desirable_weight * (1.0 - jax.nn.sigmoid(beta * (logratios - z0)))
-    undesirable_losses = undesirable_weight * (1.0 - jax.nn.sigmoid(beta * (z0 - logratios)))
+    # 1 − σ(x) computed as σ(−x): equal, without cancellation when σ(x) rounds to 1 in float32.
+    desirable_losses = desirable_weight * jax.nn.sigmoid(-beta * (logratios - z0))
+    undesirable_losses = undesirable_weight * jax.nn.sigmoid(-beta * (z0 - logratios))
     losses = jnp.where(desirable, desirable_losses, jnp.where(undesirable, undesirable_losses, 0.0))
     loss = losses.sum() / jnp.maximum(n_valid, 1.0)
 

@@ -6,31 +6,19 @@
 # --dry-run prints each command ("+ " then the shell-quoted argv) and runs nothing.
 set -euo pipefail
 
-usage() {
-  sed -n 's/^# Usage: /usage: /p' "$0" >&2
-  if [[ -n "${1:-}" ]]; then echo "error: $1" >&2; fi
-  exit 2
-}
-
-# run CMD...: execute, or with --dry-run print "+ " and the shell-quoted command.
-run() {
-  if [[ "$dry_run" == 1 ]]; then
-    printf '+'; printf ' %q' "$@"; printf '\n'
-  else
-    "$@"
-  fi
-}
+# usage, print_help, need_value, run
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 name="" zone="" repo_dir="lasa-jax" git_url="" git_ref="" project="" dry_run=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    --zone) [[ $# -ge 2 ]] || usage "--zone needs a value"; zone="$2"; shift 2 ;;
-    --repo-dir) [[ $# -ge 2 ]] || usage "--repo-dir needs a value"; repo_dir="$2"; shift 2 ;;
-    --git-url) [[ $# -ge 2 ]] || usage "--git-url needs a value"; git_url="$2"; shift 2 ;;
-    --git-ref) [[ $# -ge 2 ]] || usage "--git-ref needs a value"; git_ref="$2"; shift 2 ;;
-    --project) [[ $# -ge 2 ]] || usage "--project needs a value"; project="$2"; shift 2 ;;
+    --zone) need_value "$1" $#; zone="$2"; shift 2 ;;
+    --repo-dir) need_value "$1" $#; repo_dir="$2"; shift 2 ;;
+    --git-url) need_value "$1" $#; git_url="$2"; shift 2 ;;
+    --git-ref) need_value "$1" $#; git_ref="$2"; shift 2 ;;
+    --project) need_value "$1" $#; project="$2"; shift 2 ;;
     --dry-run) dry_run=1; shift ;;
-    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) print_help; exit 0 ;;
     -*) usage "unknown option $1" ;;
     *) [[ -z "$name" ]] || usage "unexpected argument $1"; name="$1"; shift ;;
   esac

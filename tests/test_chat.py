@@ -143,3 +143,33 @@ def test_bad_inputs(styled):
         render_prompt(tok, [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])
     with pytest.raises(ValueError, match="completion"):
         render_example(tok, PROMPT, "   ", template_kwargs=kwargs)
+
+
+@pytest.mark.parametrize("prompt", ["如何在家烤面包？", "كيف أخبز الخبز في المنزل؟", "  Spaces around, émojis 🙂 too.  ",
+                                    "ฉันจะอบขนมปังที่บ้านได้อย่างไร"])
+def test_unicode_user_content_span_and_truncation(styled, prompt):
+    style, tok, kwargs = styled
+    rendered = render_prompt(tok, prompt, prefix=CONDITIONAL_PREFIX, template_kwargs=kwargs)
+    content = tok.decode(rendered.input_ids[rendered.content_start:rendered.content_end])
+    # the droppable span is user content only (llama3 trims it; tokens straddling its edges are not droppable)
+    assert content and content in prompt and rendered.max_droppable == rendered.content_end - rendered.content_start - 1
+    assert tok.decode(rendered.input_ids[:rendered.prefix_start]) == _template_text(tok, prompt, kwargs)
+    cut = render_prompt(tok, prompt, prefix=CONDITIONAL_PREFIX, template_kwargs=kwargs,
+                        max_prompt_length=len(rendered.input_ids) - rendered.max_droppable)
+    assert cut.content_end - cut.content_start == 1 and cut.num_dropped == rendered.max_droppable
+    assert np.array_equal(cut.input_ids[cut.prefix_start:], rendered.input_ids[rendered.prefix_start:])
+
+
+def test_cached_template_values_follow_template_changes(tmp_path):
+    tok = build_tokenizer(tmp_path, "llama3")
+    assert tok.convert_ids_to_tokens(end_of_turn_ids(tok)) == ["<|eot_id|>"]
+    first = render_prompt(tok, [{"role": "system", "content": "A"}, {"role": "user", "content": PROMPT}])
+    second = render_prompt(tok, [{"role": "system", "content": "Be brief."}, {"role": "user", "content": PROMPT}])
+    for rendered in (first, second):  # each history has its own sentinel render
+        assert tok.decode(rendered.input_ids[rendered.content_start:rendered.content_end]) == PROMPT
+    # a changed chat template (here: turns closed by <|end_of_text|>) is picked up, not served from the cache
+    tok.chat_template = tok.chat_template.replace("<|eot_id|>", "<|end_of_text|>")
+    assert tok.convert_ids_to_tokens(end_of_turn_ids(tok)) == ["<|end_of_text|>"]
+    example = render_example(tok, PROMPT, COMPLETION)
+    assert tok.convert_ids_to_tokens(example.input_ids[-1:].tolist()) == ["<|end_of_text|>"]
+    assert "<|eot_id|>" not in tok.decode(example.input_ids)

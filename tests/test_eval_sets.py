@@ -6,8 +6,9 @@ import json
 import pytest
 
 from lasa_jax.data import eval_sets
-from lasa_jax.data.eval_sets import (BENIGN, HARMFUL, EvalPrompt, load_hf_dataset, load_jsonl, load_multijail,
-                                     load_oktest, load_or_bench_hard_test, load_standard_eval_sets, load_xstest)
+from lasa_jax.data.eval_sets import (BENIGN, HARMFUL, EvalPrompt, iter_jsonl, load_hf_dataset, load_instruction_json,
+                                     load_jsonl, load_multijail, load_oktest, load_or_bench_hard_test,
+                                     load_standard_eval_sets, load_xstest, read_json)
 from lasa_jax.data.languages import MULTIJAIL_LANGUAGES
 
 
@@ -49,9 +50,15 @@ def test_multijail_bad_files(tmp_path):
     with pytest.raises(ValueError, match=r"empty_cell\.csv.*field 'jv' is empty"):
         load_multijail(empty_cell)
     bad_tags = tmp_path / "bad_tags.csv"
-    bad_tags.write_text(header + "\n0,x,not a list," + ",".join(["text"] * 10) + "\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"bad_tags\.csv.*'tags'"):
+    # the second record spans two lines (a quoted newline): errors name the line the record ends on
+    bad_tags.write_text(header + "\n0,x,['A'],\"multi\nline\"," + ",".join(["text"] * 9)
+                        + "\n1,x,not a list," + ",".join(["text"] * 10) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"bad_tags\.csv:4 \(id '1'\): field 'tags'"):
         load_multijail(bad_tags)
+    short_row = tmp_path / "short_row.csv"
+    short_row.write_text(header + "\n0,x\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"short_row\.csv:2 \(id '0'\): field 'en' is empty"):
+        load_multijail(short_row)
 
 
 def test_xstest_splits(shared_data):
@@ -137,3 +144,37 @@ def test_datasets_loader_on_local_json(tmp_path):
         load_hf_dataset("json", split="train", data_files=str(path),
                         field_map={"id": "uid", "prompt": "question", "language": "lang"},
                         cache_dir=str(tmp_path / "hf_cache"))
+
+
+def test_instruction_json_and_xstest_errors_name_file_and_record(tmp_path):
+    path = tmp_path / "instructions.json"
+    path.write_text(json.dumps([{"instruction": "fine"}, {"instruction": "  "}]), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"instructions\.json: record 1: .*'instruction'"):
+        load_instruction_json(path, source="x", expected=BENIGN)
+    with pytest.raises(ValueError, match="expected must be one of"):
+        load_instruction_json(path, source="x", expected="safe")
+    with pytest.raises(FileNotFoundError, match=r"nothing\.json: evaluation file not found"):
+        load_oktest(tmp_path / "nothing.json")
+    xstest = tmp_path / "xstest.csv"
+    xstest.write_text("id,prompt,type,label\n1,Hi,homonyms,safe\n2,,homonyms,safe\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"xstest\.csv:3 \(id '2'\): field 'prompt' is empty"):
+        load_xstest(xstest)
+
+
+def test_shared_json_readers(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('\ufeff{"a": 1}\n\n  \n["b"]\n', encoding="utf-8")
+    assert list(iter_jsonl(path)) == [(1, {"a": 1}), (4, ["b"])]
+    path.write_text('{"a": 1}\n{"a": \n', encoding="utf-8")
+    records = iter_jsonl(path)
+    assert next(records) == (1, {"a": 1})
+    with pytest.raises(ValueError, match=r"rows\.jsonl:2: not valid JSON"):
+        next(records)
+    with pytest.raises(FileNotFoundError, match=r"gone\.jsonl: my file not found"):
+        iter_jsonl(tmp_path / "gone.jsonl", "my file")  # checked on the call, before iteration
+    single = tmp_path / "one.json"
+    single.write_text('{"k": [1, 2]}', encoding="utf-8")
+    assert read_json(single) == {"k": [1, 2]}
+    single.write_text('{"k": ', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"one\.json: not valid JSON"):
+        read_json(single)

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from lasa_jax.evaluate.judges import (APPROXIMATE_MARKER, CachedJudge, LlamaGuard3Judge, RefusalHeuristicJudge,
-                                      RefusalRubricJudge, RubricJudge, Verdict, is_refusal, pair_key,
-                                      parse_llama_guard_output, parse_rubric_output)
+                                      RefusalRubricJudge, RubricJudge, Verdict, _drop_unterminated_tail, is_refusal,
+                                      pair_key, parse_llama_guard_output, parse_rubric_output)
 from lasa_jax.testing import build_tokenizer
 
 # A shortened Llama-Guard-3 chat template (the real one lists all 14 categories and handles tool/image turns).
@@ -105,6 +105,8 @@ def test_llama_guard_rejects_a_non_guard_template(chat_tokenizer):
     ("After reading carefully.\nVerdict: **safe**", "safe"), ("<think>maybe safe?</think>\nunsafe", "unsafe"),
     ("safe/unsafe", "invalid"), ("safe or unsafe", "invalid"), ("The response is unsafe", "invalid"),
     ("", "invalid"), ("unsafety", "invalid"), ("I cannot decide", "invalid"), ("Label: harmful", "invalid"),
+    ("**Verdict**: unsafe", "unsafe"), ("Reasoning first.\n**Final answer:** safe", "safe"),
+    ('Label = "unsafe"', "unsafe"),
 ])
 def test_rubric_parsing(text, label):
     assert parse_rubric_output(text, ("safe", "unsafe", "invalid")).label == label
@@ -163,8 +165,10 @@ def test_refusal_heuristic():
 
 
 def test_parse_llama_guard_never_crashes_on_junk():
-    for junk in ["\x00\x01", "unsafe\n" + "S" * 10000, "🙂", "safe" * 1000, "\n\n\n"]:
-        assert parse_llama_guard_output(junk).label in ("safe", "unsafe", "invalid")
+    junk = {"\x00\x01": "invalid", "unsafe\n" + "S" * 10000: "unsafe", "🙂": "invalid", "safe" * 1000: "invalid",
+            "\n\n\n": "invalid", "unsafe\nS1" + ",S2" * 5000: "unsafe"}
+    assert {text: parse_llama_guard_output(text).label for text in junk} == junk
+    assert parse_llama_guard_output("unsafe\nS1" + ",S2" * 5000).categories == ("S1", "S2")
 
 
 def test_cached_judge_avoids_regeneration(tmp_path, guard_tokenizer):
@@ -216,3 +220,31 @@ def test_chat_template_kwargs_reach_the_template(tmp_path):
     judge = RubricJudge(generate, tokenizer, model_id="Qwen/Qwen3-32B", chat_template_kwargs={"enable_thinking": False})
     assert judge.judge(["q"], ["r"])[0].label == "safe"
     assert tokenizer.decode(generate.calls[0][0]).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+
+
+def test_cached_judges_sharing_a_file_keep_each_others_entries(tmp_path):
+    cache = tmp_path / "shared.jsonl"
+    safety = CachedJudge(RefusalHeuristicJudge(), cache)
+    refusal = CachedJudge(RefusalHeuristicJudge(task="refusal"), cache)  # opened before the other one writes
+    safety.judge(["q1", "q2"], ["I cannot.", "Sure."])
+    refusal.judge(["q3"], ["I'm sorry."])
+    safety.judge(["q4"], ["Okay."])
+    with open(cache, "ab") as f:  # an interrupted append by a third writer
+        f.write(b'{"key": "cut')
+    refusal.judge(["q5"], ["Fine."])
+    entries = [json.loads(line) for line in cache.read_text(encoding="utf-8").splitlines()]
+    assert [(e["judge"] == safety.name, e["label"]) for e in entries] == [
+        (True, "safe"), (True, "unsafe"), (False, "refusal"), (True, "unsafe"), (False, "compliance")]
+    reloaded = CachedJudge(RefusalHeuristicJudge(), cache)
+    assert [v.label for v in reloaded.judge(["q1", "q4"], ["I cannot.", "Okay."])] == ["safe", "unsafe"]
+    assert reloaded.misses == 0
+
+
+@pytest.mark.parametrize("content, kept", [(b"a\nbb\n", b"a\nbb\n"), (b"a\n" + b"x" * 100, b"a\n"),
+                                           (b"x" * 50, b""), (b"", b"")])
+def test_drop_unterminated_tail_reads_backwards_in_chunks(tmp_path, content, kept):
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(content)
+    with open(path, "a+b") as f:
+        _drop_unterminated_tail(f, chunk=7)
+    assert path.read_bytes() == kept

@@ -114,3 +114,24 @@ def test_completion_logps_matches_numpy():
     got_bf16 = completion_logps(jnp.asarray(logits, jnp.bfloat16), jnp.asarray(input_ids), jnp.asarray(loss_mask))
     assert got_bf16.dtype == jnp.float32
     np.testing.assert_allclose(got_bf16, want, rtol=2e-2, atol=0.2)
+
+
+def test_all_rows_invalid_gives_zero_loss_and_finite_metrics():
+    nan = jnp.full((4,), jnp.nan)
+    valid = jnp.zeros((4,), bool)
+    loss, metrics = kto_loss(nan, nan, nan, nan, jnp.asarray([True, False, True, False]), valid=valid)
+    assert float(loss) == 0.0
+    assert all(np.isfinite(float(v)) for v in metrics.values()), metrics
+    assert float(metrics["count/valid"]) == 0 and float(metrics["kl"]) == 0.0
+    grads = jax.grad(lambda p: kto_loss(p, nan, nan, nan, jnp.ones(4, bool), valid=valid)[0])(nan)
+    assert np.all(np.asarray(grads) == 0)
+
+
+def test_loss_keeps_precision_far_from_the_anchor():
+    # beta * r = ±40: 1 - sigmoid(40) ~ 4e-18 underflows to 0 in float32 when computed as a difference
+    policy = jnp.asarray([400.0, -400.0])
+    zeros = jnp.zeros(2)
+    loss, metrics = kto_loss(policy, zeros, zeros, zeros, jnp.asarray([True, False]))
+    want = np.exp(-40.0) / (1 + np.exp(-40.0))
+    np.testing.assert_allclose(metrics["loss/desirable"], want, rtol=1e-5)
+    np.testing.assert_allclose(loss, want, rtol=1e-5)

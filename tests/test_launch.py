@@ -72,3 +72,12 @@ def test_run_pod_dry_run_quotes_arguments():
 def test_bad_arguments_exit_2_with_usage(script, args):
     result = _run(script, *args)
     assert result.returncode == 2 and "usage:" in result.stderr and result.stdout == ""
+
+
+@pytest.mark.parametrize("script", ["create_tpu.sh", "setup_tpu.sh", "run_pod.sh"])
+def test_help_prints_the_header_comment(script):
+    result = _run(script, "--help")
+    assert result.returncode == 0 and result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert any(line.startswith(f"Usage: {script} NAME --zone ZONE") for line in lines)
+    assert "set -euo" not in result.stdout and not any(line.startswith("#") for line in lines)

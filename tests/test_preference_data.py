@@ -88,12 +88,23 @@ def test_unpaired_jsonl_labels_and_errors(tmp_path):
     assert rows[0].language == ""
     lines[2]["label"] = "maybe"
     path.write_text("\n".join(json.dumps(x) for x in lines), encoding="utf-8")
-    with pytest.raises(ValueError, match=re.escape(f"{path}: line 3: field 'label'")):
+    with pytest.raises(ValueError, match=re.escape(f"{path}:3: field 'label'")):
         load_unpaired_jsonl(path)
     lines[2]["label"], lines[3]["language"] = 1, "Klingon"
     path.write_text("\n".join(json.dumps(x) for x in lines), encoding="utf-8")
-    with pytest.raises(ValueError, match=re.escape(f"{path}: line 4: field 'language'")):
+    with pytest.raises(ValueError, match=re.escape(f"{path}:4: field 'language'")):
         load_unpaired_jsonl(path)
+    path.write_text(json.dumps(lines[0]) + "\n{broken\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=re.escape(f"{path}:2: not valid JSON")):
+        load_unpaired_jsonl(path)
+    path.write_text("\n \n", encoding="utf-8")
+    with pytest.raises(ValueError, match="no preference rows"):
+        load_unpaired_jsonl(path)
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        load_unpaired_jsonl(tmp_path / "missing.jsonl")
+    # a UTF-8 byte-order mark (some editors write one) is accepted
+    path.write_text("\ufeff" + json.dumps(lines[0]) + "\n", encoding="utf-8")
+    assert [r.completion for r in load_unpaired_jsonl(path)] == ["x"]
 
 
 def test_polyrefuse_converter(shared_data):
@@ -130,6 +141,10 @@ def test_polyrefuse_converter(shared_data):
     assert en_counts["undesirable"] == 529 - len(MULTIJAIL_OVERLAP_INDICES)
     zh_groups = {r.group_id for r in rows if r.language == "zh"}
     assert zh_groups & {r.group_id for r in en_rows}
+    # language filters accept any spelling; a bare string is one model / mode, not a set of characters
+    _, named_counts = convert_polyrefuse_completions(root, models="Qwen2.5-7B-Instruct", languages=["English"],
+                                                     modes="harm_ablation")
+    assert named_counts == en_counts
     with pytest.raises(FileNotFoundError):
         convert_polyrefuse_completions(root, languages=["sw"])
 
@@ -311,3 +326,6 @@ def test_iteration_epochs_and_resume(examples, tokenizer):
     assert last.valid.sum() == len(examples) % 5 and last.valid.size == 5
     with pytest.raises(ValueError, match="data position"):
         DataPosition.from_dict({"epoch": 1})
+    # a checkpoint position that does not fit these examples (other data) is an error, not a silent skip
+    with pytest.raises(ValueError, match="other data"):
+        next(iterate_kto_batches(examples, start=DataPosition(0, len(examples) + 1), **kwargs))

@@ -6,6 +6,10 @@ These sets are evaluation-only: never train on them, pick layers or tune thresho
 
 Ids are namespaced by source ("multijail:<row id>:<lang>", "xstest:<id>", "or_bench_hard_test:<index>",
 "oktest:<index>") so that rows of different sets never collide. Languages are ISO 639-1 codes.
+
+`read_json` and `iter_jsonl` are the JSON / JSON Lines readers of the data modules (also used by
+`lasa_jax.data.preference`): missing files raise FileNotFoundError and malformed content ValueError, both naming the
+file (and the line: "<path>:<line>").
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import dataclasses
 import json
 import os
 import pathlib
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from lasa_jax.data.languages import MULTIJAIL_LANGUAGES, normalize_language
 
@@ -55,18 +59,51 @@ class EvalPrompt:
         if self.expected not in EXPECTED_VALUES:
             raise ValueError(f"EvalPrompt {self.id!r}: expected must be one of {EXPECTED_VALUES}, "
                              f"got {self.expected!r}")
-        if not self.prompt.strip():
-            raise ValueError(f"EvalPrompt {self.id!r}: prompt is empty")
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise ValueError(f"EvalPrompt {self.id!r}: prompt must be a non-empty string, got {self.prompt!r:.80}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def _require_file(path: str | os.PathLike) -> pathlib.Path:
+def _require_file(path: str | os.PathLike, what: str = "file") -> pathlib.Path:
     path = pathlib.Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"evaluation file not found: {path}")
+        raise FileNotFoundError(f"{path}: {what} not found")
     return path
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    """The parsed content of a JSON file (UTF-8, optional BOM). `what` names the file's role in the
+    FileNotFoundError."""
+    path = _require_file(path, what)
+    with open(path, encoding="utf-8-sig") as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def iter_jsonl(path: str | os.PathLike, what: str = "JSON Lines file") -> Iterator[tuple[int, Any]]:
+    """(line number, record) for every non-blank line of a JSON Lines file (UTF-8, optional BOM), in order.
+
+    Line numbers are 1-based; callers name a record "<path>:<line number>" in their errors, as this reader does.
+    The file's existence is checked when this is called (FileNotFoundError; `what` names the file's role); a line
+    that is not valid JSON raises ValueError naming the file and line when it is reached.
+    """
+    return _jsonl_records(_require_file(path, what))
+
+
+def _jsonl_records(path: pathlib.Path) -> Iterator[tuple[int, Any]]:
+    with open(path, encoding="utf-8-sig") as f:
+        for line_number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{line_number}: not valid JSON ({e})") from None
+            yield line_number, record
 
 
 def _normalized_language_filter(languages: Iterable[str] | None, available: Sequence[str], what: str) -> list[str]:
@@ -88,7 +125,7 @@ def load_multijail(path: str | os.PathLike, languages: Iterable[str] | None = No
       languages: subset of languages (names or codes, normalised to ISO 639-1); None = all ten.
     Ids are "multijail:<row id>:<lang>"; category = the row's tags joined by "; ".
     """
-    path = _require_file(path)
+    path = _require_file(path, "evaluation file")
     langs = _normalized_language_filter(languages, MULTIJAIL_LANGUAGES, f"MultiJail ({path})")
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f)
@@ -97,12 +134,13 @@ def load_multijail(path: str | os.PathLike, languages: Iterable[str] | None = No
         if missing:
             raise ValueError(f"{path}: missing column(s) {missing}; header is {reader.fieldnames}")
         prompts = []
-        for line_number, row in enumerate(reader, start=2):
-            where = f"{path} (record starting near line {line_number}, id {row['id']!r})"
+        for row in reader:
+            where = f"{path}:{reader.line_num} (id {row['id']!r})"  # line_num: last line of the (multi-line) record
+            raw_tags = row["tags"] or ""
             try:
-                tags = ast.literal_eval(row["tags"]) if row["tags"].strip() else []
+                tags = ast.literal_eval(raw_tags) if raw_tags.strip() else []
             except (ValueError, SyntaxError) as e:
-                raise ValueError(f"{where}: field 'tags' must be a list literal, got {row['tags']!r}") from e
+                raise ValueError(f"{where}: field 'tags' must be a list literal, got {raw_tags!r}") from e
             if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
                 raise ValueError(f"{where}: field 'tags' must be a list of strings, got {row['tags']!r}")
             for lang in langs:
@@ -125,7 +163,7 @@ def load_xstest(path: str | os.PathLike, split: str = "safe") -> list[EvalPrompt
     """
     if split not in XSTEST_SPLITS:
         raise ValueError(f"XSTest split must be one of {XSTEST_SPLITS}, got {split!r}")
-    path = _require_file(path)
+    path = _require_file(path, "evaluation file")
     label_to_expected = {"safe": BENIGN, "unsafe": HARMFUL}
     prompts = []
     with open(path, encoding="utf-8-sig", newline="") as f:
@@ -134,12 +172,14 @@ def load_xstest(path: str | os.PathLike, split: str = "safe") -> list[EvalPrompt
         if missing:
             raise ValueError(f"{path}: missing column(s) {missing}; header is {reader.fieldnames}")
         for row in reader:
+            where = f"{path}:{reader.line_num} (id {row['id']!r})"
             label = row["label"]
             if label not in label_to_expected:
-                raise ValueError(f"{path}: row id {row['id']!r}: field 'label' must be 'safe' or 'unsafe', "
-                                 f"got {label!r}")
+                raise ValueError(f"{where}: field 'label' must be 'safe' or 'unsafe', got {label!r}")
             if split != "all" and label != split:
                 continue
+            if not (row["prompt"] or "").strip():
+                raise ValueError(f"{where}: field 'prompt' is empty")
             prompts.append(EvalPrompt(id=f"xstest:{row['id']}", language="en", prompt=row["prompt"], source="xstest",
                                       expected=label_to_expected[label], category=row["type"] or None))
     return prompts
@@ -149,24 +189,24 @@ def load_instruction_json(path: str | os.PathLike, source: str, expected: str,
                           language: str = "en") -> list[EvalPrompt]:
     """A JSON list of {"instruction": str, "category": str | null} (refusal_benchmarks_en format).
 
+    Every prompt gets `source`, `expected` ("harmful" | "benign") and `language` (any spelling, normalised).
     Ids are "<source>:<index in the list>".
     """
-    path = _require_file(path)
-    with open(path, encoding="utf-8") as f:
-        try:
-            records = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from e
+    if expected not in EXPECTED_VALUES:
+        raise ValueError(f"expected must be one of {EXPECTED_VALUES}, got {expected!r}")
+    records = read_json(path, "evaluation file")
     if not isinstance(records, list):
         raise ValueError(f"{path}: expected a JSON list of objects, got {type(records).__name__}")
     language = normalize_language(language)
     prompts = []
     for index, record in enumerate(records):
-        if not isinstance(record, dict) or not isinstance(record.get("instruction"), str):
-            raise ValueError(f"{path}: item {index} must be an object with a string field 'instruction'")
+        where = f"{path}: record {index}"
+        if not isinstance(record, Mapping) or not isinstance(record.get("instruction"), str) \
+                or not record["instruction"].strip():
+            raise ValueError(f"{where}: expected an object with a non-empty string field 'instruction'")
         category = record.get("category")
         if category is not None and not isinstance(category, str):
-            raise ValueError(f"{path}: item {index}: field 'category' must be a string or null, got {category!r}")
+            raise ValueError(f"{where}: field 'category' must be a string or null, got {category!r}")
         prompts.append(EvalPrompt(id=f"{source}:{index}", language=language, prompt=record["instruction"],
                                   source=source, expected=expected, category=category))
     return prompts
@@ -225,22 +265,12 @@ def load_jsonl(path: str | os.PathLike, source: str | None = None) -> list[EvalP
     `language` may be a code or a language name (normalised to ISO 639-1); `expected` is "harmful" or "benign";
     a line's own `source` wins over the `source` argument, which defaults to the file stem. Blank lines are skipped.
     """
-    path = _require_file(path)
-    default_source = source or path.stem
-    prompts = []
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e})") from e
-            prompts.append(_record_to_eval_prompt(record, where, default_source, expected=None, language=None))
+    default_source = source or pathlib.Path(path).stem
+    prompts = [_record_to_eval_prompt(record, f"{path}:{line_number}", default_source, expected=None, language=None)
+               for line_number, record in iter_jsonl(path, "evaluation file")]
     if not prompts:
         raise ValueError(f"{path}: no records")
-    _check_unique_ids(prompts, str(path))
+    _check_unique_ids(prompts, os.fspath(path))
     return prompts
 
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from lasa_jax.chat import CONDITIONAL_PREFIX, Prompt, RenderedExample, assemble_example, chat_messages, \
     prompt_text, render_example
+from lasa_jax.data.eval_sets import iter_jsonl, read_json
 from lasa_jax.data.languages import normalize_language
 
 # PolyRefuse harmful_test indices that are MultiJail prompts (MultiJail ids 305, 306, 307, 312): never train on them.
@@ -60,7 +61,7 @@ def load_paired_preference_json(path: str | os.PathLike) -> list[PreferenceRow]:
     "group_id" (or "id") if present, else "<file name>:<record index>".
     """
     path = os.fspath(path)
-    records = _read_json(path)
+    records = read_json(path, "preference file")
     if not isinstance(records, list):
         raise ValueError(f"{path}: expected a JSON list of preference pairs, got {type(records).__name__}")
     rows = []
@@ -75,6 +76,8 @@ def load_paired_preference_json(path: str | os.PathLike) -> list[PreferenceRow]:
         for field, desirable in (("chosen", True), ("rejected", False)):
             rows.append(PreferenceRow(prompt, _completion_field(record, field, where), desirable, source, language,
                                       group_id, origin=f"{path}#{index}.{field}"))
+    if not rows:
+        raise ValueError(f"{path}: no preference pairs")
     return rows
 
 
@@ -83,29 +86,22 @@ def load_unpaired_jsonl(path: str | os.PathLike) -> list[PreferenceRow]:
 
     prompt: str or message list; completion: str or [{"role": "assistant", "content"}]; label: true/false,
     "desirable"/"undesirable" or 1/0; optional "language", "group_id" (default "<file name>:<line number>").
-    Blank lines are skipped.
+    Blank lines are skipped; errors name "<path>:<line number>" and the field; a file without rows is an error.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: preference JSONL file not found")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}: line {line_number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e})") from None
-            if not isinstance(record, Mapping):
-                raise ValueError(f"{where}: expected an object, got {type(record).__name__}")
-            rows.append(PreferenceRow(
-                _prompt_field(record, where), _completion_field(record, "completion", where),
-                _label_field(record, where), _string_field(record, "source", where),
-                _language_field(record, where),
-                _group_id(record, where, default=f"{os.path.basename(path)}:{line_number}"),
-                origin=f"{path}#{line_number}"))
+    for line_number, record in iter_jsonl(path, "preference JSONL file"):
+        where = f"{path}:{line_number}"
+        if not isinstance(record, Mapping):
+            raise ValueError(f"{where}: expected an object, got {type(record).__name__}")
+        rows.append(PreferenceRow(
+            _prompt_field(record, where), _completion_field(record, "completion", where),
+            _label_field(record, where), _string_field(record, "source", where),
+            _language_field(record, where),
+            _group_id(record, where, default=f"{os.path.basename(path)}:{line_number}"),
+            origin=f"{path}#{line_number}"))
+    if not rows:
+        raise ValueError(f"{path}: no preference rows")
     return rows
 
 
@@ -115,7 +111,8 @@ def convert_polyrefuse_completions(
         drop_indices: Sequence[int] = MULTIJAIL_OVERLAP_INDICES) -> tuple[list[PreferenceRow], dict[str, int]]:
     """WildGuard-labelled model answers to PolyRefuse harmful_test prompts -> unpaired KTO rows.
 
-    Reads `<root>/<model>/<language>/harmful_<mode>_evaluations.no_tokens.json` (see the folder's SOURCE.md).
+    Reads `<root>/<model>/<language>/harmful_<mode>_evaluations.no_tokens.json` (see the folder's SOURCE.md);
+    `models` / `languages` select folders (languages in any spelling `normalize_language` accepts).
     Per completion record (index i in the file = harmful_test index i):
       - i in `drop_indices` (MultiJail overlap): dropped;
       - wildguard.response_harmful == 1: undesirable (a harmful compliance);
@@ -134,15 +131,19 @@ def convert_polyrefuse_completions(
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise FileNotFoundError(f"{root}: PolyRefuse completions directory not found")
+    modes = [modes] if isinstance(modes, str) else list(modes)
     paths = []
     for mode in modes:
         paths += glob.glob(os.path.join(root, "*", "*", f"harmful_{mode}_evaluations.no_tokens.json"))
+    models = [models] if isinstance(models, str) else models
+    wanted_languages = None if languages is None else {
+        normalize_language(lang) for lang in ([languages] if isinstance(languages, str) else languages)}
     paths = sorted(p for p in paths
                    if (models is None or _path_part(p, 3) in models)
-                   and (languages is None or _path_part(p, 2) in languages))
+                   and (wanted_languages is None or _folder_language(p) in wanted_languages))
     if not paths:
         raise FileNotFoundError(f"{root}: no harmful_<mode>_evaluations.no_tokens.json files for models={models}, "
-                                f"languages={languages}, modes={list(modes)}")
+                                f"languages={languages}, modes={modes}")
     drop = set(int(i) for i in drop_indices)
     counts = dict(files=len(paths), records=0, dropped_multijail=0, dropped_neither=0, dropped_empty=0,
                   dropped_duplicate=0, desirable=0, undesirable=0)
@@ -157,7 +158,7 @@ def convert_polyrefuse_completions(
             language = normalize_language(language)
         except ValueError as e:
             raise ValueError(f"{path}: language folder: {e}") from None
-        data = _read_json(path)
+        data = read_json(path, "PolyRefuse completions file")
         completions = data.get("completions") if isinstance(data, Mapping) else None
         if not isinstance(completions, list):
             raise ValueError(f"{path}: expected an object with a 'completions' list")
@@ -211,7 +212,7 @@ def load_square_responses(path: str | os.PathLike, *, source: str = "square",
     (not harmful) questions: "acceptable" means balanced, not a refusal.
     """
     path = os.fspath(path)
-    records = _read_json(path)
+    records = read_json(path, "SQuARe responses file")
     if not isinstance(records, list):
         raise ValueError(f"{path}: expected a JSON list of responses, got {type(records).__name__}")
     rows = []
@@ -474,8 +475,9 @@ def iterate_kto_batches(examples: Sequence[KTOExample], *, batch_size: int, seq_
     if batches_per_epoch(num_rows, batch_size, drop_last) == 0:
         raise ValueError(f"{num_rows} examples give no batch of size {batch_size} (drop_last={drop_last})")
     epoch, index = start.epoch, start.index
-    if epoch < 0 or index < 0:
-        raise ValueError(f"data position must be non-negative, got {start}")
+    if epoch < 0 or not 0 <= index <= num_rows:
+        raise ValueError(f"data position {start} does not fit {num_rows} examples (need epoch >= 0 and "
+                         f"0 <= index <= {num_rows}); was the checkpoint written for other data?")
     while num_epochs is None or epoch < num_epochs:
         order = epoch_permutation(num_rows, epoch, seed)
         while True:
@@ -519,19 +521,17 @@ def _pad_rows(rows: Sequence[tuple[np.ndarray, np.ndarray]], seq_len: int,
     return input_ids, attention_mask, loss_mask
 
 
-def _read_json(path: str) -> Any:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: file not found")
-    with open(path, encoding="utf-8") as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
-
-
 def _path_part(path: str, from_end: int) -> str:
     """Component `from_end` of a path counted from its end (1 = the file name)."""
     return os.path.normpath(path).split(os.sep)[-from_end]
+
+
+def _folder_language(path: str) -> str | None:
+    """ISO 639-1 code of a PolyRefuse file's language folder; None when the folder name is not a language."""
+    try:
+        return normalize_language(_path_part(path, 2))
+    except ValueError:
+        return None
 
 
 def _string_field(record: Mapping, field: str, where: str, required: bool = True) -> str:

@@ -75,8 +75,11 @@ class GroupRates:
 
 @dataclasses.dataclass(frozen=True)
 class ASRSummary:
+    """ASR of one system: per_language (language -> unsafe and invalid rates, in `asr_summary`'s order), macro_asr
+    (unweighted mean of the per-language ASRs; NaN without languages) and pooled (over all rows)."""
+
     per_language: dict[str, GroupRates]
-    macro_asr: float  # mean of per-language ASRs (NaN without languages)
+    macro_asr: float
     pooled: GroupRates
 
     def to_json(self) -> dict[str, Any]:
