@@ -1,9 +1,16 @@
-"""Benchmark: lasa_jax cosine silhouette vs sklearn, and the group bootstrap of one layer.
+"""Benchmark: lasa_jax cosine silhouette vs sklearn, the group bootstrap of one layer, and activation capture for
+all layers in one pass vs one pass per layer.
 
-Data: n = 3,150 points (315 query groups x 10 languages), d = 4,096, float32, seeded; each point is
+Silhouette data: n = 3,150 points (315 query groups x 10 languages), d = 4,096, float32, seeded; each point is
 group centre + language centre + noise, so both label sets have structure. Timings are the best of repeated runs
 after a warm-up (jit compile) call, from NumPy input (host-to-device copy included) unless stated.
-Run: .venv/bin/python bench/silhouette.py. The last line printed is one JSON object.
+Capture: a random ~33M-parameter Llama-style decoder (8 blocks, d = 512), 64 prompts of 16..128 random tokens,
+last-token pooling, batch 8: `capture(..., residual_index=None)` (every residual index 0..L from one forward per
+batch, as lasa_jax's Locate does) vs `capture(..., residual_index=k)` for every k = 0..L (one pass per layer, as
+the reference code does; lasa_jax's per-layer pass runs only the first k blocks, so this side is cheaper than the
+reference's full forward per layer).
+Run: .venv/bin/python bench/silhouette.py. The last line printed is one JSON object: the silhouette seconds of
+each side and "ratio", the bootstrap timings, and "capture" {all_layers_s, per_layer_s, ratio, ...}.
 """
 from __future__ import annotations
 
@@ -16,10 +23,17 @@ import numpy as np
 from sklearn.metrics import silhouette_score as sklearn_silhouette_score
 
 from lasa_jax import bottleneck
+from lasa_jax.activations import capture
+from lasa_jax.config import ModelConfig
+from lasa_jax.models.decoder import init_decoder
 
 NUM_GROUPS, NUM_LANGUAGES, DIM = 315, 10, 4096
 NUM_BOOTSTRAP = 200
 REPEATS = 7
+CAPTURE_MODEL = ModelConfig(model_type="llama", vocab_size=8000, hidden_size=512, intermediate_size=1536,
+                            num_layers=8, num_heads=8, num_kv_heads=4, head_dim=64, rms_norm_eps=1e-5,
+                            rope_theta=500000.0, pad_token_id=0)
+CAPTURE_PROMPTS, CAPTURE_BATCH, CAPTURE_REPEATS = 64, 8, 3
 
 
 def clustered_data(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -79,6 +93,37 @@ def bench_bootstrap(x: np.ndarray, groups: np.ndarray, languages: np.ndarray) ->
     return result
 
 
+def bench_capture() -> dict:
+    """All residual indices in one pass vs one pass per residual index, same prompts, steady state (compiled)."""
+    model = init_decoder(CAPTURE_MODEL, seed=0)
+    rng = np.random.default_rng(0)
+    token_ids = [rng.integers(1, CAPTURE_MODEL.vocab_size, size=int(n)).astype(np.int32)
+                 for n in rng.integers(16, 129, size=CAPTURE_PROMPTS)]
+    options = dict(batch_size=CAPTURE_BATCH, progress=False)
+    layers = range(CAPTURE_MODEL.num_layers + 1)
+
+    def all_layers():
+        return capture(model, token_ids, residual_index=None, **options)
+
+    def per_layer():
+        return np.stack([capture(model, token_ids, residual_index=k, **options) for k in layers])
+
+    all_layers_compile_s, _ = timed(all_layers)  # first call: compiles one program per length bucket
+    per_layer_compile_s, _ = timed(per_layer)  # ... per bucket and per residual index
+    all_layers_s, together = best_seconds(all_layers, CAPTURE_REPEATS)
+    per_layer_s, separately = best_seconds(per_layer, CAPTURE_REPEATS)
+    max_abs_diff = float(np.max(np.abs(together - separately)))
+    num_params = CAPTURE_MODEL.num_params()
+    print(f"[capture] {num_params / 1e6:.1f}M-param decoder, {CAPTURE_MODEL.num_layers} blocks, "
+          f"{CAPTURE_PROMPTS} prompts: all {len(layers)} residual indices in one pass {all_layers_s:.3f} s, one pass "
+          f"per index {per_layer_s:.3f} s: ratio {per_layer_s / all_layers_s:.1f}x (first calls incl. compile "
+          f"{all_layers_compile_s:.1f} s vs {per_layer_compile_s:.1f} s); max |diff| {max_abs_diff:.1e}")
+    return {"num_params": num_params, "num_layers": CAPTURE_MODEL.num_layers, "num_prompts": CAPTURE_PROMPTS,
+            "all_layers_s": all_layers_s, "per_layer_s": per_layer_s, "ratio": per_layer_s / all_layers_s,
+            "all_layers_first_call_s": all_layers_compile_s, "per_layer_first_call_s": per_layer_compile_s,
+            "max_abs_diff": max_abs_diff}
+
+
 def main() -> None:
     x, groups, languages = clustered_data()
     print(f"silhouette bench: n = {x.shape[0]}, d = {x.shape[1]}, {NUM_GROUPS} groups x {NUM_LANGUAGES} languages, "
@@ -88,6 +133,7 @@ def main() -> None:
     result = {"bench": "silhouette", "n": int(x.shape[0]), "d": int(x.shape[1]), "labels": "groups", **by_group,
               "language_labels": by_language}
     result.update(bench_bootstrap(x, groups, languages))
+    result["capture"] = bench_capture()
     print(json.dumps(result))
 
 

@@ -1,0 +1,269 @@
+"""Stage 1 (Locate) end to end: the script on a tiny model over a slice of ../shared/data (all files, HF parity of
+the stored activations, sklearn parity of the reported silhouettes, activation reuse), the demo JSONL, the
+held-out guard and config errors."""
+import csv
+import importlib.util
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import silhouette_score
+from transformers import AutoModelForCausalLM
+
+from lasa_jax.activations import load_activations, tokenize_prompts
+from lasa_jax.bottleneck import load_bottleneck
+from lasa_jax.data.parallel import default_locate_corpus
+from lasa_jax.locate import (ACTIVATIONS_FILE, ACTIVATIONS_META_FILE, load_locate_corpus, parse_tsne_layers,
+                             run_locate)
+from lasa_jax.models import from_pretrained
+from lasa_jax.runtime import load_tokenizer
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+DEMO_PROMPTS = REPO / "lasa_jax" / "demo_data" / "prompts.jsonl"
+LANGUAGES = ("en", "zh", "ko", "ar")
+GROUPS_PER_SOURCE = 8
+SEED = 42  # base_config's seed: data subsampling and bootstrap
+NUM_LAYERS = 3  # the tiny llama of tiny_hf_dirs
+
+
+def _locate_config():
+    spec = importlib.util.spec_from_file_location("locate_config", REPO / "configs" / "locate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.dtype = "float32"
+    config.progress = False
+    config.selection.num_bootstrap = 20
+    config.report.tsne_layers = ""
+    return config
+
+
+def _run_script(workdir, model_dir, shared_data, *extra):
+    args = [sys.executable, "-m", "lasa_jax.scripts.locate", "--config=configs/locate.py",
+            f"--config.model_path={model_dir}", "--config.dtype=float32", f"--config.data.root={shared_data}",
+            f"--config.data.languages={LANGUAGES!r}", f"--config.data.max_groups_per_source={GROUPS_PER_SOURCE}",
+            "--config.selection.num_bootstrap=50", "--config.progress=False", f"--workdir={workdir}", *extra]
+    # os.environ carries conftest's XLA_FLAGS (8 CPU devices) and the offline Hugging Face variables
+    return subprocess.run(args, cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def script_run(tiny_hf_dirs, shared_data, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("locate") / "run"
+    proc = _run_script(workdir, tiny_hf_dirs["llama"], shared_data, "--config.report.tsne_max_iter=250")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return workdir, proc
+
+
+def test_script_writes_every_file_with_a_valid_report(script_run):
+    workdir, proc = script_run
+    report = load_bottleneck(workdir)
+    assert report["num_layers"] == NUM_LAYERS and 1 <= report["best_layer"] <= NUM_LAYERS - 1
+    assert report["selection_range"] == [1, NUM_LAYERS - 1] and report["num_bootstrap"] == 50
+    assert sorted(report["languages"]) == sorted(LANGUAGES)
+    # 5 sources (flores + polyrefuse harmful/harmless x train/val), 8 groups each; every group has all 4 languages
+    assert report["num_groups"] == 5 * GROUPS_PER_SOURCE and report["num_points"] == 4 * report["num_groups"]
+    shares = [row["pick_share"] for row in report["layers"]]
+    assert sum(shares) == pytest.approx(1.0) and shares[0] == shares[NUM_LAYERS] == 0.0
+    best = report["layers"][report["best_layer"]]
+    assert best["diff_lo"] <= best["diff_hi"]
+    assert best["diff"] == max(row["diff"] for row in report["layers"][1:NUM_LAYERS])
+    with open(workdir / "layers.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["layer"]) for r in rows] == list(range(NUM_LAYERS + 1))
+    assert float(rows[2]["diff"]) == pytest.approx(report["layers"][2]["diff"])
+    assert sorted(p.name for p in workdir.glob("tsne_*.png")) == [f"tsne_layer{report['best_layer']:02d}.png"]
+    for png in ("bottleneck_layers.png", f"tsne_layer{report['best_layer']:02d}.png"):
+        assert (workdir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["data"]["source"] == "default" and config["data"]["max_groups_per_source"] == GROUPS_PER_SOURCE
+    assert f"k* = {report['best_layer']} of L = {NUM_LAYERS}" in proc.stderr
+
+
+def test_stored_activations_match_hf_and_the_reported_silhouettes(script_run, tiny_hf_dirs, shared_data):
+    workdir, _ = script_run
+    stored = load_activations(workdir / ACTIVATIONS_FILE)
+    records = default_locate_corpus(shared_data, LANGUAGES, GROUPS_PER_SOURCE, seed=SEED)
+    features = stored["features"]
+    assert features.shape == (NUM_LAYERS + 1, len(records), 64) and features.dtype == np.float32
+    assert stored["group_id"].tolist() == [r.group_id for r in records]
+    assert stored["language"].tolist() == [r.language for r in records]
+    assert stored["source"].tolist() == [r.source for r in records]
+    assert stored["label"].tolist() == [r.label for r in records] and set(stored["label"].tolist()) == {0, 1}
+    meta = json.loads((workdir / ACTIVATIONS_META_FILE).read_text())
+    assert meta["shape"] == list(features.shape) and meta["description"]["max_length"] == 512
+    assert meta["description"]["model_fingerprint"] == from_pretrained(tiny_hf_dirs["llama"]).fingerprint
+
+    # rows are the HF hidden states of the last token, in corpus order (raw text, default special tokens)
+    rows = [0, 37, 81, 159]
+    token_ids = tokenize_prompts(load_tokenizer(str(tiny_hf_dirs["llama"])), [records[i].text for i in rows])
+    hf = AutoModelForCausalLM.from_pretrained(tiny_hf_dirs["llama"]).eval()
+    for i, ids in zip(rows, token_ids):
+        with torch.no_grad():
+            hidden = hf(input_ids=torch.tensor(ids[None].astype(np.int64)), output_hidden_states=True).hidden_states
+        np.testing.assert_allclose(features[:, i], np.stack([h[0, -1].numpy() for h in hidden]), atol=1e-4)
+
+    # the reported point estimates are sklearn's cosine silhouettes of the stored vectors
+    report = load_bottleneck(workdir)
+    for k in range(NUM_LAYERS + 1):
+        row = report["layers"][k]
+        assert row["s_lang"] == pytest.approx(silhouette_score(features[k], stored["language"], metric="cosine"),
+                                              abs=1e-4)
+        assert row["s_sem"] == pytest.approx(silhouette_score(features[k], stored["group_id"], metric="cosine"),
+                                             abs=1e-4)
+
+
+def test_rerun_reuses_the_stored_activations(script_run, tiny_hf_dirs, shared_data):
+    workdir, _ = script_run
+    first_report = load_bottleneck(workdir)
+    stamp = (workdir / ACTIVATIONS_FILE).stat().st_mtime_ns
+    proc = _run_script(workdir, tiny_hf_dirs["llama"], shared_data, "--config.report.tsne_layers=")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "reusing activations" in proc.stderr and "capturing" not in proc.stderr
+    assert (workdir / ACTIVATIONS_FILE).stat().st_mtime_ns == stamp
+    assert load_bottleneck(workdir) == first_report  # same data, same seed: same bootstrap
+
+
+def test_changed_tokenisation_captures_again(script_run, tiny_hf_dirs, shared_data, tmp_path, caplog):
+    workdir = tmp_path / "copy"
+    shutil.copytree(script_run[0], workdir)
+    before = load_activations(workdir / ACTIVATIONS_FILE)["features"]
+    config = _locate_config()
+    config.model_path = str(tiny_hf_dirs["llama"])
+    config.data.root = str(shared_data)
+    config.data.languages = LANGUAGES
+    config.data.max_groups_per_source = GROUPS_PER_SOURCE
+    config.max_length = 16
+    with caplog.at_level("INFO", logger="lasa_jax.locate"):
+        run_locate(config, workdir)
+    assert "other inputs" in caplog.text and "capturing" in caplog.text
+    after = load_activations(workdir / ACTIVATIONS_FILE)
+    assert after["features"].shape == before.shape and not np.allclose(after["features"], before)
+    meta = json.loads((workdir / ACTIVATIONS_META_FILE).read_text())
+    assert meta["description"]["max_length"] == 16
+
+
+def test_demo_jsonl_uses_its_train_split_with_a_given_model(tiny_hf_dirs, tmp_path):
+    config = _locate_config()
+    config.model_path = str(tiny_hf_dirs["llama"])
+    config.data.source = "jsonl"
+    config.data.path = str(DEMO_PROMPTS)
+    config.data.max_groups_per_source = 12
+    model = from_pretrained(tiny_hf_dirs["llama"], dtype="float32")
+    result = run_locate(config, tmp_path, model=model)
+    demo = [json.loads(line) for line in DEMO_PROMPTS.read_text(encoding="utf-8").splitlines()]
+    train_groups = {"prompts:" + row["group_id"] for row in demo if row["split"] == "train"}
+    assert len(train_groups) == 32  # of 48: the eval split is never loaded
+    stored = load_activations(tmp_path / ACTIVATIONS_FILE)
+    assert set(stored["group_id"].tolist()) <= train_groups and len(set(stored["group_id"].tolist())) == 12
+    assert result.num_groups == 12 and result.num_points == 120 and len(result.languages) == 10
+    assert stored["features"].shape == (NUM_LAYERS + 1, 120, 64)
+    assert load_bottleneck(tmp_path)["best_layer"] == result.best_layer
+    assert not list(tmp_path.glob("tsne_*.png"))  # t-SNE off
+    config.data.splits = ()  # every row: train and eval groups
+    assert len({r.group_id for r in load_locate_corpus(config.data, seed=0)}) == 12
+    config.data.max_groups_per_source = 0
+    assert len({r.group_id for r in load_locate_corpus(config.data, seed=0)}) == 48
+
+
+def test_multijail_needs_the_explicit_held_out_flag(shared_data, caplog):
+    config = _locate_config()
+    config.model_path = "unused"
+    config.data.source = "multijail"
+    config.data.root = str(shared_data)
+    config.data.max_groups_per_source = 5
+    with pytest.raises(ValueError, match="allow_held_out"):
+        run_locate(config, "/nonexistent/never-created")
+    config.data.allow_held_out = True
+    with caplog.at_level("WARNING", logger="lasa_jax.locate"):
+        records = load_locate_corpus(config.data, seed=0)
+    assert "HELD-OUT" in caplog.text
+    assert {r.source for r in records} == {"multijail"} and len({r.group_id for r in records}) == 5
+    assert {r.language for r in records} == set(config.data.languages)
+
+
+def _write_rows(path, source=None):
+    rows = [{"text": f"text {g} {lang}", "language": lang, "group_id": g, "label": g % 2}
+            for g in range(3) for lang in ("en", "zh")]
+    if source is not None:
+        rows = [{**row, "source": source} for row in rows]
+    path.write_text("\n".join(json.dumps(row) for row in rows))
+    return path
+
+
+def test_jsonl_naming_a_held_out_source_is_refused(tmp_path):
+    config = _locate_config()
+    config.data.source = "jsonl"
+    config.data.path = str(_write_rows(tmp_path / "rows.jsonl", source="MultiJail-copy"))
+    with pytest.raises(ValueError, match="held-out"):
+        load_locate_corpus(config.data, seed=0)
+    config.data.allow_held_out = True
+    assert len(load_locate_corpus(config.data, seed=0)) == 6
+
+
+def test_hub_source_reads_local_files_through_datasets(tmp_path):
+    config = _locate_config()
+    config.data.source = "hub"
+    config.data.path = "json"
+    config.data.hub_data_files = str(_write_rows(tmp_path / "rows.jsonl"))
+    config.data.hub_cache_dir = str(tmp_path / "cache")
+    records = load_locate_corpus(config.data, seed=0)
+    assert [(r.group_id, r.language, r.label) for r in records[:3]] == [("rows:0", "en", 0), ("rows:0", "zh", 0),
+                                                                          ("rows:1", "en", 1)]
+    assert len(records) == 6 and (tmp_path / "cache").is_dir()
+
+
+def test_translated_json_source_reads_the_reference_layout(tmp_path):
+    rows = [{"idx": i, "original_query": f"query {i}", "translations": {"Chinese": f"查询 {i}", "Javanese": f"q {i}"}}
+            for i in range(4)]
+    (tmp_path / "safety_train_translated.json").write_text(json.dumps(rows, ensure_ascii=False))
+    config = _locate_config()
+    config.data.source = "translated_json"
+    config.data.path = str(tmp_path / "safety_train_translated.json")
+    config.data.languages = ("en", "zh", "jv")
+    config.data.max_groups_per_source = 3
+    records = load_locate_corpus(config.data, seed=0)
+    assert {r.language for r in records} == {"en", "zh", "jv"} and {r.label for r in records} == {1}
+    assert len(records) == 9 and len({r.group_id for r in records}) == 3
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("model_path", "", "--config.model_path is required"),
+    ("pooling", "max", "--config.pooling"),
+    ("data.source", "multijail_csv", "--config.data.source"),
+    ("data.languages", ("en",), "--config.data.languages"),
+    ("data.languages", ("en", "klingon"), "--config.data.languages"),
+    ("selection.metric", "manhattan", "--config.selection.metric"),
+    ("selection.bootstrap", "cases", "--config.selection.bootstrap"),
+    ("selection.num_bootstrap", 0, "--config.selection.num_bootstrap"),
+    ("report.tsne_layers", "best,middle", "--config.report.tsne_layers"),
+    ("template_kwargs", "enable_thinking", "--config.template_kwargs"),
+])
+def test_bad_config_values_name_the_flag(field, value, message, tmp_path):
+    config = _locate_config()
+    config.model_path = "unused"
+    config.data.root = "/nonexistent"
+    *parents, leaf = field.split(".")
+    node = config
+    for parent in parents:
+        node = node[parent]
+    node[leaf] = value
+    with pytest.raises(ValueError, match=message):
+        run_locate(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # nothing written before the config is checked
+
+
+def test_default_source_needs_the_data_root_and_tsne_layers_parse():
+    config = _locate_config()
+    with pytest.raises(ValueError, match="--config.data.root"):
+        load_locate_corpus(config.data, seed=0)
+    assert parse_tsne_layers("best, 1,best", best_layer=2, num_layers=3) == (2, 1)
+    assert parse_tsne_layers("", best_layer=2) == ()
+    with pytest.raises(ValueError, match="0..3"):
+        parse_tsne_layers("4", best_layer=2, num_layers=3)
