@@ -10,7 +10,8 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any, Iterator
+import pathlib
+from typing import Any, Iterator, Mapping, Sequence
 
 
 def _umask() -> int:
@@ -82,3 +83,52 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
                 break
             h.update(block)
     return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------- JSON readers
+def require_file(path: str | os.PathLike, what: str = "file") -> pathlib.Path:
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what} not found")
+    return path
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    """The parsed content of a JSON file (UTF-8, optional BOM). `what` names the file's role in the
+    FileNotFoundError."""
+    path = require_file(path, what)
+    with open(path, encoding="utf-8-sig") as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def iter_jsonl(path: str | os.PathLike, what: str = "JSON Lines file") -> Iterator[tuple[int, Any]]:
+    """(line number, record) for every non-blank line of a JSON Lines file (UTF-8, optional BOM), in order.
+
+    Line numbers are 1-based; callers name a record "<path>:<line number>" in their errors, as this reader does.
+    The file's existence is checked when this is called (FileNotFoundError; `what` names the file's role); a line
+    that is not valid JSON raises ValueError naming the file and line when it is reached.
+    """
+    return _jsonl_records(require_file(path, what))
+
+
+def _jsonl_records(path: pathlib.Path) -> Iterator[tuple[int, Any]]:
+    with open(path, encoding="utf-8-sig") as f:
+        for line_number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{line_number}: not valid JSON ({e})") from None
+            yield line_number, record
+
+
+def write_jsonl(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Write one JSON object per line, atomically."""
+    with atomic_path(path, suffix=".jsonl") as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")

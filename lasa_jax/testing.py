@@ -87,7 +87,7 @@ DEFAULT_CORPUS = (
 
 
 def build_tokenizer(out_dir: str | os.PathLike, style: str = "llama3", corpus: Iterable[str] | None = None,
-                    vocab_size: int = 400) -> "transformers.PreTrainedTokenizerFast":
+                    vocab_size: int = 400) -> "PreTrainedTokenizerFast":  # noqa: F821
     """Train a byte-level BPE tokenizer offline and save it as a Hugging Face tokenizer directory.
 
     Args:

@@ -7,21 +7,20 @@ These sets are evaluation-only: never train on them, pick layers or tune thresho
 Ids are namespaced by source ("multijail:<row id>:<lang>", "xstest:<id>", "or_bench_hard_test:<index>",
 "oktest:<index>") so that rows of different sets never collide. Languages are ISO 639-1 codes.
 
-`read_json` and `iter_jsonl` are the JSON / JSON Lines readers of the data modules (also used by
-`lasa_jax.data.preference`): missing files raise FileNotFoundError and malformed content ValueError, both naming the
-file (and the line: "<path>:<line>").
+Files are read with `lasa_jax.io_utils.read_json` / `iter_jsonl`: missing files raise FileNotFoundError and
+malformed content ValueError, both naming the file (and the line: "<path>:<line>").
 """
 from __future__ import annotations
 
 import ast
 import csv
 import dataclasses
-import json
 import os
 import pathlib
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from lasa_jax.data.languages import MULTIJAIL_LANGUAGES, normalize_language
+from lasa_jax.io_utils import iter_jsonl, read_json, require_file
 
 HARMFUL = "harmful"
 BENIGN = "benign"
@@ -66,46 +65,6 @@ class EvalPrompt:
         return dataclasses.asdict(self)
 
 
-def _require_file(path: str | os.PathLike, what: str = "file") -> pathlib.Path:
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: {what} not found")
-    return path
-
-
-def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
-    """The parsed content of a JSON file (UTF-8, optional BOM). `what` names the file's role in the
-    FileNotFoundError."""
-    path = _require_file(path, what)
-    with open(path, encoding="utf-8-sig") as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
-
-
-def iter_jsonl(path: str | os.PathLike, what: str = "JSON Lines file") -> Iterator[tuple[int, Any]]:
-    """(line number, record) for every non-blank line of a JSON Lines file (UTF-8, optional BOM), in order.
-
-    Line numbers are 1-based; callers name a record "<path>:<line number>" in their errors, as this reader does.
-    The file's existence is checked when this is called (FileNotFoundError; `what` names the file's role); a line
-    that is not valid JSON raises ValueError naming the file and line when it is reached.
-    """
-    return _jsonl_records(_require_file(path, what))
-
-
-def _jsonl_records(path: pathlib.Path) -> Iterator[tuple[int, Any]]:
-    with open(path, encoding="utf-8-sig") as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_number}: not valid JSON ({e})") from None
-            yield line_number, record
-
-
 def _normalized_language_filter(languages: Iterable[str] | None, available: Sequence[str], what: str) -> list[str]:
     """Normalise requested language names/codes and check that `available` has them; None -> all of `available`."""
     if languages is None:
@@ -125,7 +84,7 @@ def load_multijail(path: str | os.PathLike, languages: Iterable[str] | None = No
       languages: subset of languages (names or codes, normalised to ISO 639-1); None = all ten.
     Ids are "multijail:<row id>:<lang>"; category = the row's tags joined by "; ".
     """
-    path = _require_file(path, "evaluation file")
+    path = require_file(path, "evaluation file")
     langs = _normalized_language_filter(languages, MULTIJAIL_LANGUAGES, f"MultiJail ({path})")
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f)
@@ -163,7 +122,7 @@ def load_xstest(path: str | os.PathLike, split: str = "safe") -> list[EvalPrompt
     """
     if split not in XSTEST_SPLITS:
         raise ValueError(f"XSTest split must be one of {XSTEST_SPLITS}, got {split!r}")
-    path = _require_file(path, "evaluation file")
+    path = require_file(path, "evaluation file")
     label_to_expected = {"safe": BENIGN, "unsafe": HARMFUL}
     prompts = []
     with open(path, encoding="utf-8-sig", newline="") as f:

@@ -22,7 +22,7 @@ import numpy as np
 
 from lasa_jax.chat import CONDITIONAL_PREFIX, Prompt, RenderedExample, assemble_example, chat_messages, \
     prompt_text, render_example
-from lasa_jax.data.eval_sets import iter_jsonl, read_json
+from lasa_jax.io_utils import iter_jsonl, read_json
 from lasa_jax.data.languages import normalize_language
 
 # PolyRefuse harmful_test indices that are MultiJail prompts (MultiJail ids 305, 306, 307, 312): never train on them.

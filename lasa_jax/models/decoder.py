@@ -21,8 +21,6 @@ in `compute_dtype`; RMSNorm statistics, RoPE angles, attention softmax and logit
 """
 from __future__ import annotations
 
-import dataclasses
-import functools
 from typing import Any, Callable
 
 import jax

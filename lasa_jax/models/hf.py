@@ -27,7 +27,7 @@ import jax
 import ml_dtypes
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, SingleDeviceSharding
+from jax.sharding import Mesh, SingleDeviceSharding
 
 from lasa_jax.config import ModelConfig
 from lasa_jax.io_utils import atomic_directory
