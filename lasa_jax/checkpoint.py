@@ -1,0 +1,187 @@
+"""Training checkpoints: the one orbax module of lasa_jax.
+
+A checkpoint is one step directory `<directory>/<step>/` written by `orbax.checkpoint.CheckpointManager` with two
+items:
+  "state": a pytree of arrays (for KTO: params, optimizer state, step counter, RNG key), saved with
+    `ocp.args.StandardSave` and restored onto an abstract target whose leaves carry the shardings to restore onto
+    (`abstract_target`), so every array comes back directly on its shards;
+  "meta": a JSON object (data position, run identity, anything the caller needs to resume), `ocp.args.JsonSave`.
+
+Atomicity: orbax writes each step into `<step>.orbax-checkpoint-tmp-<timestamp>` and renames it to `<step>` only
+once every item of every process is written (on GCS it writes a commit marker instead). A save interrupted at any
+point (kill -9, lost host) leaves no `<step>` directory: `latest_step` never returns it, and the leftover temporary
+directory is deleted the next time a `Checkpointer` opens the directory.
+
+Multi-process: every process constructs the `Checkpointer` and calls `save` / `restore` with its own shards; orbax
+coordinates the writes (process 0 writes the JSON and finalises the directory). Saves are asynchronous by default:
+`save` returns once the arrays are copied off the accelerator, the files are written in the background, and
+`wait_until_finished` (also called by `close`) blocks until the checkpoint is final.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Mapping
+
+import jax
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+STATE_ITEM = "state"
+META_ITEM = "meta"
+
+
+def abstract_target(tree: Any) -> Any:
+    """`jax.ShapeDtypeStruct` (shape, dtype, sharding) for every array leaf of `tree` (arrays or ShapeDtypeStructs).
+
+    Restoring onto it places every array on the sharding it carries.
+    """
+    def leaf(x):
+        sharding = getattr(x, "sharding", None)
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+    return jax.tree.map(leaf, tree)
+
+
+class Checkpointer:
+    """Save and restore (state pytree, JSON meta) pairs under `directory`, keeping the last `max_to_keep` steps.
+
+    Args:
+      directory: local path or an fsspec/`etils.epath` URL (e.g. gs://bucket/run/checkpoints); created if missing.
+      max_to_keep: number of most recent step directories kept (None keeps all).
+      async_save: write files in a background thread (see module docstring).
+    """
+
+    def __init__(self, directory: str | os.PathLike, *, max_to_keep: int | None = 3, async_save: bool = True):
+        if max_to_keep is not None and max_to_keep < 1:
+            raise ValueError(f"max_to_keep must be >= 1 or None, got {max_to_keep}")
+        self.directory = os.fspath(directory)
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
+                                               enable_async_checkpointing=async_save)
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers={
+            STATE_ITEM: ocp.StandardCheckpointHandler(), META_ITEM: ocp.JsonCheckpointHandler()})
+
+    # ------------------------------------------------------------------------------------------------ queries
+    def latest_step(self) -> int | None:
+        """The newest complete checkpoint's step, or None when there is none."""
+        self._manager.reload()
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        """Steps of all complete checkpoints, ascending."""
+        self._manager.reload()
+        return sorted(self._manager.all_steps())
+
+    # ------------------------------------------------------------------------------------------------ save
+    def save(self, step: int, state: Any, meta: Mapping[str, Any]) -> bool:
+        """Save `state` (pytree of jax arrays) and `meta` (JSON-serialisable) as checkpoint `step`.
+
+        Returns False (and saves nothing) when checkpoint `step` already exists. Waits for a previous asynchronous
+        save to finish first. The arrays may be donated or overwritten once this returns.
+        """
+        step = int(step)
+        if step in self._manager.all_steps():
+            return False
+        try:
+            meta = json.loads(json.dumps(dict(meta)))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"checkpoint meta must be JSON-serialisable: {e}") from None
+        saved = self._manager.save(step, args=ocp.args.Composite(**{
+            STATE_ITEM: ocp.args.StandardSave(state), META_ITEM: ocp.args.JsonSave(meta)}), force=True)
+        log.info("checkpoint step %d: %s", step, "writing" if saved else "skipped by orbax")
+        return bool(saved)
+
+    def wait_until_finished(self) -> None:
+        """Block until every started save is complete on disk."""
+        self._manager.wait_until_finished()
+
+    # ------------------------------------------------------------------------------------------------ restore
+    def restore_meta(self, step: int) -> dict[str, Any]:
+        """The JSON meta of checkpoint `step` (reads no arrays)."""
+        self._check_step(step)
+        restored = self._manager.restore(int(step), args=ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore()}))
+        return dict(restored[META_ITEM])
+
+    def restore(self, step: int, target: Any) -> tuple[Any, dict[str, Any]]:
+        """(state, meta) of checkpoint `step`.
+
+        `target`: the state's structure with a `jax.ShapeDtypeStruct` carrying the wanted sharding at every leaf
+        (see `abstract_target`; concrete arrays are accepted and only their shape/dtype/sharding are used). A
+        checkpoint whose array paths, shapes or dtypes differ from `target` raises ValueError (checked from the
+        checkpoint's metadata before anything is read).
+        """
+        self._check_step(step)
+        target = abstract_target(target)
+        self._check_structure(step, target)
+        restored = self._manager.restore(int(step), args=ocp.args.Composite(**{
+            STATE_ITEM: ocp.args.StandardRestore(target), META_ITEM: ocp.args.JsonRestore()}))
+        return restored[STATE_ITEM], dict(restored[META_ITEM])
+
+    def _check_structure(self, step: int, target: Any) -> None:
+        """ValueError naming every array whose path, shape or dtype differs between checkpoint and target (read
+        from the checkpoint's metadata, before any array is loaded)."""
+        saved = _leaf_specs(self._manager.item_metadata(int(step))[STATE_ITEM].tree)
+        wanted = _leaf_specs(target)
+        problems = [f"{path}: missing from the checkpoint" for path in sorted(set(wanted) - set(saved))]
+        problems += [f"{path}: in the checkpoint, not expected" for path in sorted(set(saved) - set(wanted))]
+        problems += [f"{path}: checkpoint {saved[path][0]} {saved[path][1]}, expected {wanted[path][0]} "
+                     f"{wanted[path][1]}" for path in sorted(set(saved) & set(wanted)) if saved[path] != wanted[path]]
+        if problems:
+            raise ValueError(f"{self.directory}: checkpoint step {step} does not match the expected state "
+                             f"({len(problems)} problems):\n  " + "\n  ".join(problems[:20]))
+
+    def _check_step(self, step: int) -> None:
+        if int(step) not in self.all_steps():
+            raise FileNotFoundError(f"{self.directory}: no complete checkpoint for step {step} "
+                                    f"(available: {self.all_steps()})")
+
+    # ------------------------------------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        """Wait for pending saves and release the manager's resources."""
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+    def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def check_run_identity(saved: Mapping[str, Any], current: Mapping[str, Any], where: str) -> None:
+    """Raise ValueError listing every field whose value differs between a checkpoint's run identity and the
+    current run's (both flat-or-nested JSON mappings). `where` names the checkpoint in the message."""
+    saved_flat, current_flat = _flatten(saved), _flatten(current)
+    differences = [f"{key}: checkpoint has {saved_flat.get(key, '<absent>')!r}, this run has "
+                   f"{current_flat.get(key, '<absent>')!r}"
+                   for key in sorted(set(saved_flat) | set(current_flat))
+                   if saved_flat.get(key, "<absent>") != current_flat.get(key, "<absent>")]
+    if differences:
+        raise ValueError(f"{where} was written by a different run; cannot resume it with this configuration:\n  "
+                         + "\n  ".join(differences)
+                         + "\nUse a new --workdir, or restore the configuration the checkpoint was written with.")
+
+
+def _leaf_specs(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+    """{"a/b/0": (shape, dtype name)} for the array leaves of a pytree or an orbax metadata tree."""
+    def name(key) -> str:
+        for attribute in ("key", "name", "idx"):
+            if hasattr(key, attribute):
+                return str(getattr(key, attribute))
+        return str(key)
+
+    return {"/".join(name(k) for k in path): (tuple(leaf.shape), str(leaf.dtype))
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = json.loads(json.dumps(value))  # tuples -> lists, as they come back from JSON
+    return flat

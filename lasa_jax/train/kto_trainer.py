@@ -1,0 +1,581 @@
+"""Latent KTO training run (METHOD.md §5 with the fixes of §9): `train_kto(config, workdir, mesh)`.
+
+Pipeline:
+  rows (`data.format`) -> latent labels (`labels.mode`: "paper" source-based proxy, or "ssi": the SSI's
+  prediction on each prompt, scored with the frozen base model) -> token-level examples (`tokenize_rows`: the
+  conditional prefix after the assistant header iff unsafe) -> fixed-shape global batches (`iterate_kto_batches`:
+  seeded shuffle per epoch, KL rows paired by a derangement) -> jit-compiled steps (`kto_step.train_step`) ->
+  orbax checkpoints -> Hugging Face export of the policy.
+
+Models. `model_path` is the base model: tokenizer, frozen reference (`reference.dtype`, computing in the policy's
+compute dtype so that reference and policy agree at step 0 up to float rounding), SSI trunk, and the policy's initial weights
+unless `init_from` names another HF directory of the same architecture. Policy and reference are sharded on the
+mesh by the logical-axis rules (FSDP by default). `reference.mode`:
+  "online": the reference runs inside every step (about 6 forward-equivalents per row, ANCHORS.md);
+  "precomputed": before training, one pass along the run's own deterministic batch sequence computes the
+    reference log-probs of every policy row (once per row) and of every KL row the run will use (keyed by
+    (row, partner row), since KL pairs are drawn per batch), stores them in `<workdir>/reference_logps.npz` and
+    frees the reference; steps then read them from the table. Same numbers as online up to float reassociation.
+
+Resume. Checkpoints live in `<workdir>/checkpoints` (`lasa_jax.checkpoint`): params, optimizer state, step, RNG key
+and the data position. A rerun with the same workdir restores the newest complete checkpoint onto the same
+shardings and continues with exactly the batches that followed it. The result is bit-identical to an uninterrupted
+run when the kernels are deterministic: TPU by default; CPU with XLA_FLAGS=--xla_cpu_multi_thread_eigen=false
+(with multi-threaded Eigen, repeated CPU runs differed in the last bits); GPU with --xla_gpu_deterministic_ops=true. The
+checkpoint records the run's identity (model and init weights fingerprints,
+architecture, data fingerprint (tokens, labels, prefix), seed, batch, sequence length, optimizer and loss
+hyperparameters, dtypes); resuming with a different identity is a ValueError listing the differences. Reference
+mode, remat, chunking, logging and checkpoint settings may change between runs.
+
+Stops. SIGTERM: the current step finishes, a checkpoint is saved, `TrainResult.status` is "preempted" (the script
+exits with `EXIT_PREEMPTED` = 75, EX_TEMPFAIL: rerun to resume). A NaN/inf loss or gradient norm raises
+`NonFiniteLossError` naming the step; the bad state is never saved, the last good checkpoint stays.
+
+Workdir files: config.json (`start_run`), data_summary.json, metrics.jsonl + tensorboard/ (`MetricWriter`),
+checkpoints/, reference_logps.npz (precomputed mode), hf_export/ (or `export.path`), run_summary.json.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from lasa_jax.activations import _to_host
+from lasa_jax.checkpoint import Checkpointer, check_run_identity
+from lasa_jax.config import ModelConfig
+from lasa_jax.data.preference import (DataPosition, KTOBatch, KTOExample, PreferenceRow, assign_latent_labels,
+                                      batches_per_epoch, convert_polyrefuse_completions, iterate_kto_batches,
+                                      load_paired_preference_json, load_unpaired_jsonl, tokenize_rows)
+from lasa_jax.io_utils import atomic_path, atomic_write_json
+from lasa_jax.models import from_pretrained, model_fingerprint, save_pretrained
+from lasa_jax.models.decoder import Decoder, abstract_decoder, param_shardings
+from lasa_jax.models.hf import resolve_model_path
+from lasa_jax.runtime import is_writer, load_tokenizer
+from lasa_jax.sharding import put_batch
+from lasa_jax.train import kto_step
+from lasa_jax.train.metric_writer import MetricWriter
+
+log = logging.getLogger(__name__)
+
+EXIT_PREEMPTED = 75
+DATA_FORMATS = ("paired_json", "unpaired_jsonl", "polyrefuse_completions")
+LABEL_MODES = ("paper", "ssi")
+REFERENCE_MODES = ("online", "precomputed")
+CHECKPOINT_DIR = "checkpoints"
+REFERENCE_TABLE_FILE = "reference_logps.npz"
+DATA_SUMMARY_FILE = "data_summary.json"
+RUN_SUMMARY_FILE = "run_summary.json"
+EXPORT_DIR = "hf_export"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or gradient norm of update `step` was NaN/inf; the run stopped without saving that state."""
+
+    def __init__(self, step: int, last_checkpoint_step: int | None, metrics: Mapping[str, float]):
+        self.step = step
+        self.last_checkpoint_step = last_checkpoint_step
+        super().__init__(f"non-finite KTO loss at step {step} (loss={metrics.get('loss')}, grad_norm="
+                         f"{metrics.get('grad_norm')}); training stopped. Last good checkpoint: "
+                         f"{'none' if last_checkpoint_step is None else f'step {last_checkpoint_step}'}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """status "completed" (all steps done, policy exported) or "preempted" (SIGTERM, checkpoint saved)."""
+
+    status: str
+    step: int
+    total_steps: int
+    resumed_from: int | None
+    export_dir: str | None
+
+
+# ----------------------------------------------------------------------------------------------- data
+def load_rows(data: ml_collections.ConfigDict) -> tuple[list[PreferenceRow], dict[str, Any]]:
+    """Rows of `data.path` (comma-separated paths are concatenated) read as `data.format`, and loader counts."""
+    if data.format not in DATA_FORMATS:
+        raise ValueError(f"--config.data.format must be one of {DATA_FORMATS}, got {data.format!r}")
+    paths = [p.strip() for p in str(data.path).split(",") if p.strip()]
+    if not paths:
+        raise ValueError("--config.data.path is required (a preference file, or the PolyRefuse completions root)")
+    rows: list[PreferenceRow] = []
+    counts: dict[str, Any] = {}
+    for path in paths:
+        if data.format == "paired_json":
+            loaded = load_paired_preference_json(path)
+        elif data.format == "unpaired_jsonl":
+            loaded = load_unpaired_jsonl(path)
+        else:
+            pr = data.polyrefuse
+            loaded, counts[path] = convert_polyrefuse_completions(
+                path, models=_csv(pr.models) or None, languages=_csv(pr.languages) or None,
+                modes=_csv(pr.modes), source=pr.source)
+        rows += loaded
+    counts["rows"] = len(rows)
+    return rows, counts
+
+
+def parse_unsafe_probs(spec: str) -> dict[str, float]:
+    """"safety=0.5,ultrafeedback=0" -> {"safety": 0.5, "ultrafeedback": 0.0} (`labels.unsafe_prob_by_source`)."""
+    probs = {}
+    for item in _csv(spec):
+        name, sep, value = item.partition("=")
+        try:
+            if not sep or not name.strip():
+                raise ValueError
+            probs[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"--config.labels.unsafe_prob_by_source: expected 'source=prob,...', got {spec!r}") \
+                from None
+    return probs
+
+
+def template_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """`--config.template_kwargs`: a JSON object of chat-template variables (e.g. '{"enable_thinking": false}'),
+    or "" for none."""
+    if not config.template_kwargs:
+        return {}
+    try:
+        value = json.loads(config.template_kwargs)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--config.template_kwargs must be a JSON object, got {config.template_kwargs!r} ({e})") \
+            from None
+    if not isinstance(value, dict):
+        raise ValueError(f"--config.template_kwargs must be a JSON object, got {config.template_kwargs!r}")
+    return value
+
+
+def label_rows(rows: Sequence[PreferenceRow], config: ml_collections.ConfigDict,
+               base_model: Callable[[], Decoder]) -> list[PreferenceRow]:
+    """Latent labels by `labels.mode`. "ssi" scores each distinct prompt text with the SSI on `base_model()` (the
+    frozen base model, not the policy)."""
+    labels = config.labels
+    if labels.mode not in LABEL_MODES:
+        raise ValueError(f"--config.labels.mode must be one of {LABEL_MODES}, got {labels.mode!r}")
+    if labels.mode == "paper":
+        return assign_latent_labels(rows, "paper", unsafe_prob_by_source=parse_unsafe_probs(
+            labels.unsafe_prob_by_source), default_prob=labels.default_prob, seed=labels.seed)
+    if not labels.ssi_dir:
+        raise ValueError("--config.labels.ssi_dir is required with labels.mode='ssi' (a trained SSI directory)")
+    from lasa_jax.ssi import SSIScorer, load_ssi
+
+    model = base_model()
+    shards = model.mesh.shape["data"] * model.mesh.shape["fsdp"] if model.mesh is not None else 1
+    scorer = SSIScorer(model, load_ssi(labels.ssi_dir), batch_size=shards * -(-8 // shards))
+    return assign_latent_labels(rows, "ssi", ssi_flags=scorer)
+
+
+def data_fingerprint(examples: Sequence[KTOExample]) -> str:
+    """SHA-256 (24 hex) of the token-level training data: ids, loss masks, desirability and KL groups, in order."""
+    h = hashlib.sha256()
+    for e in examples:
+        h.update(np.asarray(e.rendered.input_ids, np.int32).tobytes())
+        h.update(np.asarray(e.rendered.loss_mask, np.int8).tobytes())
+        h.update(f"|{int(e.desirable)}|{e.group_id}|{e.row_index}\n".encode("utf-8"))
+    return h.hexdigest()[:24]
+
+
+# ----------------------------------------------------------------------------------------------- reference table
+class ReferenceTable:
+    """Precomputed reference log-probs: policy rows by row index, KL rows by (row index, partner row index)."""
+
+    def __init__(self, policy: dict[int, float], kl: dict[tuple[int, int], float]):
+        self.policy = policy
+        self.kl = kl
+
+    @classmethod
+    def compute(cls, ref_params: Any, ref_config: ModelConfig, mesh, batches: Iterator[KTOBatch], num_batches: int,
+                chunk_size: int, progress: bool = True) -> "ReferenceTable":
+        """Run the reference over the KL rows of every batch and the policy rows of batches with unseen rows."""
+        policy: dict[int, float] = {}
+        kl: dict[tuple[int, int], float] = {}
+        bar = None
+        if progress and is_writer():
+            from tqdm import tqdm
+
+            bar = tqdm(total=num_batches, desc="reference log-probs", unit="batch", dynamic_ncols=True)
+        for _ in range(num_batches):
+            batch = next(batches)
+            valid = np.flatnonzero(batch.valid)
+            rows = batch.row_index
+            if any(int(rows[i]) not in policy for i in valid):
+                logps = cls._logps(ref_params, ref_config, mesh, chunk_size, batch.input_ids,
+                                   batch.attention_mask, batch.loss_mask)
+                for i in valid:
+                    policy.setdefault(int(rows[i]), float(logps[i]))
+            logps = cls._logps(ref_params, ref_config, mesh, chunk_size, batch.kl_input_ids,
+                               batch.kl_attention_mask, batch.kl_loss_mask)
+            for i in valid:
+                kl[(int(rows[i]), int(rows[batch.kl_partner[i]]))] = float(logps[i])
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        return cls(policy, kl)
+
+    @staticmethod
+    def _logps(ref_params, ref_config, mesh, chunk_size, *host_arrays) -> np.ndarray:
+        arrays = put_batch(mesh, *host_arrays)
+        return _to_host(kto_step.batch_logps(ref_params, ref_config, *arrays, mesh=mesh, chunk_size=chunk_size))
+
+    def lookup(self, batch: KTOBatch) -> dict[str, np.ndarray]:
+        """(B,) float32 `ref_logps` and `kl_ref_logps` for a batch (0 on padding rows)."""
+        ref = np.zeros(len(batch.valid), np.float32)
+        kl_ref = np.zeros(len(batch.valid), np.float32)
+        rows = batch.row_index
+        for i in np.flatnonzero(batch.valid):
+            ref[i] = self.policy[int(rows[i])]
+            kl_ref[i] = self.kl[(int(rows[i]), int(rows[batch.kl_partner[i]]))]
+        return {"ref_logps": ref, "kl_ref_logps": kl_ref}
+
+    def save(self, path: str, identity: Mapping[str, Any]) -> None:
+        """Write the table and the identity of the run it belongs to (.npz, atomic, process 0 only)."""
+        if not is_writer():
+            return
+        policy_rows = np.array(sorted(self.policy), np.int64)
+        kl_pairs = np.array(sorted(self.kl), np.int64).reshape(-1, 2)
+        with atomic_path(path, suffix=".npz") as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, identity=np.array(json.dumps(identity, sort_keys=True)), policy_rows=policy_rows,
+                         policy_logps=np.array([self.policy[int(r)] for r in policy_rows], np.float32),
+                         kl_pairs=kl_pairs,
+                         kl_logps=np.array([self.kl[(int(a), int(b))] for a, b in kl_pairs], np.float32))
+
+    @classmethod
+    def load(cls, path: str, identity: Mapping[str, Any]) -> "ReferenceTable | None":
+        """The table at `path` if it exists and belongs to a run with this identity, else None."""
+        if not os.path.isfile(path):
+            return None
+        with np.load(path, allow_pickle=False) as data:
+            if str(data["identity"]) != json.dumps(identity, sort_keys=True):
+                log.warning("%s belongs to another configuration; recomputing the reference log-probs", path)
+                return None
+            policy = dict(zip(data["policy_rows"].tolist(), data["policy_logps"].astype(np.float32).tolist()))
+            kl = {(int(a), int(b)): float(v) for (a, b), v in zip(data["kl_pairs"], data["kl_logps"])}
+        return cls(policy, kl)
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+class _PreemptionSignal:
+    """Context manager: SIGTERM sets `received` instead of killing the process (main thread only; the handler only
+    sets the flag, the training loop acts on it)."""
+
+    def __init__(self):
+        self.received = False
+        self._installed = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        self.received = True
+
+    def __enter__(self) -> "_PreemptionSignal":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._installed:
+            signal.signal(signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL)
+
+    def any_process(self) -> bool:
+        """Whether any process received SIGTERM (all processes must save the same step together)."""
+        if jax.process_count() == 1:
+            return self.received
+        from jax.experimental import multihost_utils
+
+        return bool(np.any(multihost_utils.process_allgather(np.int32(self.received))))
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in str(value or "").split(",") if v.strip()]
+
+
+def _decoder_from_params(config: ModelConfig, params: Any, mesh, source_path: str) -> Decoder:
+    """A `Decoder` holding `params` (for `save_pretrained`)."""
+    graphdef, state = nnx.split(abstract_decoder(config, mesh))
+    model = nnx.merge(graphdef, state)
+    model.set_params(params)
+    model.source_path = source_path
+    return model
+
+
+def _validate(config: ml_collections.ConfigDict, mesh) -> None:
+    t = config.train
+    if config.reference.mode not in REFERENCE_MODES:
+        raise ValueError(f"--config.reference.mode must be one of {REFERENCE_MODES}, got {config.reference.mode!r}")
+    if t.batch_size < 2:
+        raise ValueError(f"--config.train.batch_size must be >= 2 (KL rows need a partner), got {t.batch_size}")
+    if t.grad_accum_steps < 1 or t.batch_size % t.grad_accum_steps:
+        raise ValueError(f"--config.train.batch_size ({t.batch_size}) must be a multiple of "
+                         f"--config.train.grad_accum_steps ({t.grad_accum_steps})")
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if (t.batch_size // t.grad_accum_steps) % shards:
+        raise ValueError(f"the micro-batch (--config.train.batch_size / grad_accum_steps = "
+                         f"{t.batch_size // t.grad_accum_steps}) must be a multiple of the mesh's data x fsdp = "
+                         f"{shards} devices")
+    if t.num_steps < 0 or (t.num_steps == 0 and t.num_epochs < 1):
+        raise ValueError(f"need --config.train.num_steps > 0 or --config.train.num_epochs >= 1, got "
+                         f"num_steps={t.num_steps}, num_epochs={t.num_epochs}")
+    if t.log_every_steps < 1:
+        raise ValueError(f"--config.train.log_every_steps must be >= 1, got {t.log_every_steps}")
+    if not config.model_path:
+        raise ValueError("--config.model_path is required (the base model: a local Hugging Face directory)")
+
+
+def _batch_stats(batch: KTOBatch, position: DataPosition, num_examples: int, policy_config: ModelConfig,
+                 online_reference: bool) -> dict[str, float]:
+    valid = batch.valid
+    policy_lengths = batch.attention_mask.sum(axis=1)[valid]
+    kl_lengths = batch.kl_attention_mask.sum(axis=1)[valid]
+    useful, total = kto_step.step_flops(policy_config, policy_lengths, kl_lengths, online_reference)
+    return {"tokens": float(policy_lengths.sum()), "flops_policy": useful, "flops_total": total,
+            "kl_truncated": float(batch.num_kl_truncated), "kl_same_group": float(batch.num_kl_same_group),
+            "epoch": position.epoch + position.index / num_examples}
+
+
+# ----------------------------------------------------------------------------------------------- the run
+def prepare_examples(config: ml_collections.ConfigDict, tokenizer,
+                     base_model: Callable[[], Decoder]) -> tuple[list[KTOExample], dict[str, Any]]:
+    """Rows -> latent labels -> token-level examples; returns (examples, summary counts)."""
+    rows, load_counts = load_rows(config.data)
+    rows = label_rows(rows, config, base_model)
+    examples, token_counts = tokenize_rows(
+        rows, tokenizer, prefix=config.prefix, max_length=config.data.max_length,
+        max_prompt_length=config.data.max_prompt_length or None, template_kwargs=template_kwargs(config))
+    summary = {"load": load_counts, "tokenize": token_counts, "examples": len(examples),
+               "desirable": sum(e.desirable for e in examples), "data_fingerprint": data_fingerprint(examples)}
+    return examples, summary
+
+
+def run_identity(config: ml_collections.ConfigDict, model_dir: str, policy_config: ModelConfig,
+                 data_summary: Mapping[str, Any], optimizer_config: kto_step.OptimizerConfig) -> dict[str, Any]:
+    """What a checkpoint must share with a run that resumes it (module docstring)."""
+    t = config.train
+    return {
+        "model": {"fingerprint": model_fingerprint(model_dir), "architecture": policy_config.to_hf_dict()},
+        "policy_init": model_fingerprint(resolve_model_path(config.init_from)) if config.init_from else "model_path",
+        "data": {"fingerprint": data_summary["data_fingerprint"], "examples": data_summary["examples"]},
+        "seed": config.seed,
+        "dtypes": {"params": policy_config.param_dtype, "compute": policy_config.compute_dtype,
+                   "reference": config.reference.dtype or config.dtype},
+        "batch": {"batch_size": t.batch_size, "grad_accum_steps": t.grad_accum_steps,
+                  "seq_len": config.data.max_length, "drop_last": t.drop_last,
+                  "total_steps": optimizer_config.total_steps},
+        "optimizer": dataclasses.asdict(optimizer_config),
+        "loss": {"beta": t.beta, "desirable_weight": t.desirable_weight, "undesirable_weight": t.undesirable_weight},
+    }
+
+
+def train_kto(config: ml_collections.ConfigDict, workdir: str, mesh) -> TrainResult:
+    """Train (or resume) the Latent KTO run described by `config` (configs/kto.py) in `workdir` on `mesh`."""
+    _validate(config, mesh)
+    t = config.train
+    online = config.reference.mode == "online"
+    model_dir = resolve_model_path(config.model_path)
+    compute_dtype = config.compute_dtype or config.dtype
+    reference_dtype = config.reference.dtype or config.dtype
+    policy_config = ModelConfig.from_pretrained(model_dir, param_dtype=config.dtype, compute_dtype=compute_dtype,
+                                                scan_layers=config.scan_layers, remat_policy=config.remat_policy)
+    ref_config = policy_config.replace(param_dtype=reference_dtype, remat_policy="none")
+    base: list[Decoder] = []  # the frozen base model, loaded at most once, dropped once no longer needed
+
+    def base_model() -> Decoder:
+        if not base:
+            base.append(from_pretrained(model_dir, dtype=reference_dtype, mesh=mesh, compute_dtype=compute_dtype,
+                                        scan_layers=config.scan_layers))
+        return base[0]
+
+    # data
+    tokenizer = load_tokenizer(model_dir)
+    examples, data_summary = prepare_examples(config, tokenizer, base_model)
+    per_epoch = batches_per_epoch(len(examples), t.batch_size, t.drop_last)
+    if per_epoch == 0:
+        raise ValueError(f"{len(examples)} training examples give no batch of --config.train.batch_size="
+                         f"{t.batch_size}")
+    total_steps = t.num_steps if t.num_steps > 0 else t.num_epochs * per_epoch
+    pad_id = policy_config.pad_token_id if policy_config.pad_token_id is not None else (tokenizer.pad_token_id or 0)
+    data_summary.update(batches_per_epoch=per_epoch, total_steps=total_steps)
+    if is_writer():
+        os.makedirs(workdir, exist_ok=True)
+        atomic_write_json(os.path.join(workdir, DATA_SUMMARY_FILE), data_summary)
+    log.info("KTO data: %d examples (%s), %d batches per epoch, %d steps", len(examples), data_summary["tokenize"],
+             per_epoch, total_steps)
+
+    def batches(start: DataPosition) -> Iterator[tuple[KTOBatch, DataPosition]]:
+        return iterate_kto_batches(examples, batch_size=t.batch_size, seq_len=config.data.max_length,
+                                   pad_id=pad_id, seed=config.seed, start=start,
+                                   num_epochs=None if t.num_steps > 0 else t.num_epochs, drop_last=t.drop_last)
+
+    # optimizer, identity, shardings
+    optimizer_config = kto_step.OptimizerConfig(
+        learning_rate=t.learning_rate, total_steps=total_steps, warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay, b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps, max_grad_norm=t.max_grad_norm)
+    step_config = kto_step.KTOStepConfig(beta=t.beta, desirable_weight=t.desirable_weight,
+                                         undesirable_weight=t.undesirable_weight,
+                                         grad_accum_steps=t.grad_accum_steps, logits_chunk_size=t.logits_chunk_size)
+    identity = run_identity(config, model_dir, policy_config, data_summary, optimizer_config)
+    optimizer = kto_step.make_optimizer(optimizer_config)
+    abstract_model = abstract_decoder(policy_config, mesh)
+    abstract_params = abstract_model.params()
+    shardings = kto_step.state_shardings(optimizer, abstract_params, param_shardings(abstract_model, mesh), mesh)
+    checkpointer = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), max_to_keep=config.checkpoint.max_to_keep,
+                                async_save=config.checkpoint.async_save)
+    try:
+        resumed_from = checkpointer.latest_step()
+        if resumed_from is not None:
+            check_run_identity(checkpointer.restore_meta(resumed_from).get("identity", {}), identity,
+                               f"checkpoint {checkpointer.directory}/{resumed_from}")
+
+        # reference: its parameters (online), or the precomputed table (then the base model is dropped)
+        ref_params, table = None, None
+        if online:
+            ref_params = base_model().params()
+        else:
+            table_identity = {key: identity[key] for key in ("model", "data", "seed", "dtypes", "batch")}
+            table_identity["logits_chunk_size"] = t.logits_chunk_size
+            table_path = os.path.join(workdir, REFERENCE_TABLE_FILE)
+            table = ReferenceTable.load(table_path, table_identity)
+            if table is None:
+                table = ReferenceTable.compute(base_model().params(), ref_config, mesh,
+                                               (b for b, _ in batches(DataPosition())), total_steps,
+                                               t.logits_chunk_size, progress=config.progress_bar)
+                table.save(table_path, table_identity)
+        base.clear()
+
+        # policy state: restored onto its shardings, or initialised from init_from / model_path
+        if resumed_from is not None:
+            state, meta = checkpointer.restore(resumed_from, kto_step.abstract_state(optimizer, abstract_params,
+                                                                                     shardings))
+            position = DataPosition.from_dict(meta["data_position"])
+            log.info("resumed from checkpoint step %d (data position %s)", resumed_from, position)
+        else:
+            init_dir = resolve_model_path(config.init_from) if config.init_from else model_dir
+            policy = from_pretrained(init_dir, dtype=config.dtype, mesh=mesh, compute_dtype=compute_dtype,
+                                     scan_layers=config.scan_layers, remat_policy=config.remat_policy)
+            if policy.config.to_hf_dict() != policy_config.to_hf_dict():
+                raise ValueError(f"--config.init_from={config.init_from}: architecture differs from "
+                                 f"--config.model_path={config.model_path}")
+            state = kto_step.init_train_state(policy.params(), optimizer, config.seed, shardings,
+                                              donate_params=True)
+            del policy
+            position = DataPosition()
+
+        step_fn = kto_step.make_train_step(policy_config=policy_config, ref_config=ref_config if online else None,
+                                           optimizer_config=optimizer_config, step_config=step_config, mesh=mesh,
+                                           shardings=shardings)
+        status, state, step = _loop(config, workdir, mesh, step_fn, state, ref_params, table, checkpointer,
+                                    batches(position), identity=identity, start_step=int(resumed_from or 0),
+                                    total_steps=total_steps, num_examples=len(examples),
+                                    policy_config=policy_config, online=online)
+        checkpointer.wait_until_finished()
+        export_dir = None
+        if status == "completed" and config.export.enabled:
+            export_dir = config.export.path or os.path.join(workdir, EXPORT_DIR)
+            save_pretrained(_decoder_from_params(policy_config, state["params"], mesh, model_dir), export_dir,
+                            dtype=config.export.dtype or config.dtype, overwrite=True, tokenizer_source=model_dir)
+            log.info("exported the policy to %s", export_dir)
+    finally:
+        checkpointer.close()
+    result = TrainResult(status, step, total_steps, resumed_from, export_dir)
+    if is_writer():
+        atomic_write_json(os.path.join(workdir, RUN_SUMMARY_FILE), dataclasses.asdict(result))
+    return result
+
+
+def _loop(config, workdir, mesh, step_fn, state, ref_params, table, checkpointer, batch_iter, *, identity,
+          start_step, total_steps, num_examples, policy_config, online) -> tuple[str, Any, int]:
+    """Run steps start_step + 1 .. total_steps. Returns (status, final state, last step).
+
+    Metrics of step s are read after step s + 1 is dispatched (the device never waits for the host), except at
+    checkpoint steps, where the step's loss is checked before its state is saved.
+    """
+    t = config.train
+    every = config.checkpoint.every_steps
+    writer = MetricWriter(workdir, start_step=start_step, total_steps=total_steps,
+                          tensorboard=config.tensorboard, progress_bar=config.progress_bar)
+    num_devices = mesh.devices.size
+    window: list[tuple[dict, dict, float | None]] = []  # (device metrics, host stats, seconds) since the last log
+    timer = {"last": None}
+
+    def finish(step: int, metrics, stats) -> None:
+        """Fetch step `step`'s metrics, stop on NaN, log every `log_every_steps`."""
+        host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        now = time.perf_counter()
+        seconds = None if timer["last"] is None else now - timer["last"]
+        timer["last"] = now
+        window.append((host, stats, seconds))
+        if host["finite"] != 1.0:
+            writer.write(step, host)
+            checkpointer.wait_until_finished()
+            raise NonFiniteLossError(step, checkpointer.latest_step(), host)
+        writer.advance()
+        if step % t.log_every_steps == 0 or step == total_steps or step == start_step + 1:
+            writer.write(step, _window_record(window, num_devices, t.peak_flops_per_device))
+            window.clear()
+
+    def save(step: int, position: DataPosition) -> None:
+        checkpointer.save(step, state, {"step": step, "data_position": position.to_dict(), "identity": identity,
+                                        "total_steps": total_steps, "time": time.time()})
+        timer["last"] = None  # the save is not part of any step's time
+
+    pending = None
+    step = start_step
+    try:
+        with _PreemptionSignal() as preemption:
+            for step in range(start_step + 1, total_steps + 1):
+                batch, position = next(batch_iter)
+                arrays = batch.device_arrays()
+                if table is not None:
+                    arrays.update(table.lookup(batch))
+                device_batch = dict(zip(arrays, put_batch(mesh, *arrays.values())))
+                state, metrics = step_fn(state, device_batch, ref_params)
+                if pending is not None:
+                    finish(*pending)
+                pending = (step, metrics, _batch_stats(batch, position, num_examples, policy_config, online))
+                preempted = preemption.any_process()
+                if (every > 0 and step % every == 0) or step == total_steps or preempted:
+                    finish(*pending)
+                    pending = None
+                    save(step, position)
+                if preempted:
+                    log.warning("SIGTERM: saved checkpoint step %d; rerun with the same workdir to resume", step)
+                    return "preempted", state, step
+            if pending is not None:
+                finish(*pending)
+    finally:
+        writer.close()
+    return "completed", state, step
+
+
+def _window_record(window, num_devices: int, peak_flops_per_device: float | None) -> dict[str, float | None]:
+    """Mean of each device metric over the window; throughput over its timed steps."""
+    record: dict[str, float | None] = {}
+    for name in window[0][0]:
+        if name != "finite":
+            record[name] = float(np.mean([host[name] for host, _, _ in window]))
+    record["learning_rate"] = window[-1][0]["learning_rate"]
+    record["epoch"] = window[-1][1]["epoch"]
+    record["kl_rows_truncated"] = float(sum(stats["kl_truncated"] for _, stats, _ in window))
+    record["kl_rows_same_group"] = float(sum(stats["kl_same_group"] for _, stats, _ in window))
+    timed = [(stats, seconds) for _, stats, seconds in window if seconds is not None]
+    if timed:
+        seconds = sum(s for _, s in timed)
+        record["step_time_s"] = seconds / len(timed)
+        record["tokens_per_s"] = sum(stats["tokens"] for stats, _ in timed) / seconds
+        for kind in ("policy", "total"):
+            flops_per_s = sum(stats[f"flops_{kind}"] for stats, _ in timed) / seconds
+            record[f"flops_per_s_{kind}"] = flops_per_s
+            record[f"mfu_{kind}"] = kto_step.model_flops_utilisation(flops_per_s, peak_flops_per_device, num_devices)
+    return record
