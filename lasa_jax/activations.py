@@ -16,6 +16,7 @@ every batch has the same number of rows, so a data set compiles one program per 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import time
@@ -29,7 +30,7 @@ from jax.sharding import Mesh
 from lasa_jax.chat import render_prompt
 from lasa_jax.io_utils import atomic_path
 from lasa_jax.models.decoder import Decoder, forward
-from lasa_jax.sharding import put_batch
+from lasa_jax.sharding import put_batch, to_host
 
 log = logging.getLogger(__name__)
 POOLINGS = ("last", "mean")
@@ -136,22 +137,32 @@ def _capture_step(params, config, mesh, input_ids, attention_mask, *, pooling: s
 capture_step = jax.jit(_capture_step, static_argnames=("config", "mesh", "pooling", "residual_index"))
 
 
-def _to_host(x: jax.Array) -> np.ndarray:
-    if jax.process_count() > 1 and not x.is_fully_addressable:
-        from jax.experimental import multihost_utils
+def default_batch_size(model: Decoder, requested: int | None = None) -> int:
+    """`requested` if set (> 0), else the smallest multiple of the mesh's data x fsdp shards that is >= 8."""
+    if requested:
+        return int(requested)
+    shards = model.mesh.shape["data"] * model.mesh.shape["fsdp"] if model.mesh is not None else 1
+    return shards * -(-8 // shards)
 
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(x)
+
+def token_ids_digest(token_ids: Sequence[np.ndarray]) -> str:
+    """SHA-256 of a list of token-id sequences (lengths and int32 values, in order): a cache key of tokenised data."""
+    h = hashlib.sha256()
+    for ids in token_ids:
+        ids = np.asarray(ids, dtype=np.int32)
+        h.update(np.int64(ids.size).tobytes())
+        h.update(ids.tobytes())
+    return h.hexdigest()
 
 
 def capture(model: Decoder, token_ids: Sequence[np.ndarray], *, pooling: str = "last",
-            residual_index: int | None = None, batch_size: int = 8, padding_side: str = "right",
+            residual_index: int | None = None, batch_size: int | None = None, padding_side: str = "right",
             pad_id: int | None = None, progress: bool = True, mesh: Mesh | None = None) -> np.ndarray:
     """Pooled hidden states of every prompt.
 
     Args:
       model: the decoder (its mesh, if any, shards each batch over `data` x `fsdp`; `batch_size` must be a
-        multiple of that product).
+        multiple of that product; None = `default_batch_size(model)`).
       token_ids: per-prompt int token ids (e.g. from `tokenize_prompts`).
       residual_index: None -> all residual indices, output (L+1, N, D); k -> output (N, D) computed by running
         only the embedding and the first k blocks (plus the final norm when k == L).
@@ -163,6 +174,7 @@ def capture(model: Decoder, token_ids: Sequence[np.ndarray], *, pooling: str = "
     if residual_index is not None and not 0 <= residual_index <= config.num_layers:
         raise ValueError(f"residual_index must be in [0, {config.num_layers}], got {residual_index}")
     mesh = mesh if mesh is not None else model.mesh
+    batch_size = default_batch_size(model, batch_size)
     if mesh is not None:
         shards = mesh.shape["data"] * mesh.shape["fsdp"]
         if batch_size % shards:
@@ -179,7 +191,7 @@ def capture(model: Decoder, token_ids: Sequence[np.ndarray], *, pooling: str = "
     done = 0
     for batch in bucketed_batches(token_ids, batch_size, pad_id=pad_id, padding_side=padding_side):
         ids, mask = put_batch(mesh, batch.input_ids, batch.attention_mask)
-        pooled = _to_host(capture_step(params, config, mesh, ids, mask, pooling=pooling,
+        pooled = to_host(capture_step(params, config, mesh, ids, mask, pooling=pooling,
                                        residual_index=residual_index))
         real = batch.rows >= 0
         if residual_index is None:

@@ -45,7 +45,8 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from lasa_jax.activations import POOLINGS, capture, load_activations, save_activations, tokenize_prompts
+from lasa_jax.activations import (POOLINGS, capture, default_batch_size, load_activations, save_activations,
+                                  token_ids_digest, tokenize_prompts)
 from lasa_jax.bottleneck import (BOOTSTRAP_MODES, METRICS, BottleneckResult, select_bottleneck_layer,
                                  write_bottleneck_report)
 from lasa_jax.data.labelled import check_not_held_out
@@ -54,9 +55,7 @@ from lasa_jax.data.parallel import (ParallelText, _record_from_row, check_parall
                                     default_locate_corpus, filter_parallel_groups, load_multijail,
                                     load_parallel_hub, load_translated_safety_json, subsample_groups)
 from lasa_jax.io_utils import atomic_write_json
-from lasa_jax.runtime import is_writer, load_model, load_tokenizer
-from lasa_jax.ssi.features import token_ids_digest
-from lasa_jax.ssi.pipeline import parse_template_kwargs
+from lasa_jax.runtime import is_writer, load_model, load_tokenizer, template_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +84,7 @@ def check_locate_config(config, model_given: bool = False) -> None:
         raise _fail("max_length", "a positive number of tokens", config.max_length)
     if config.capture_batch_size < 0:
         raise _fail("capture_batch_size", "0 (auto) or a positive number of prompts", config.capture_batch_size)
-    parse_template_kwargs(config.template_kwargs)
+    template_kwargs(config)
     data = config.data
     if data.source not in DATA_SOURCES:
         raise _fail("data.source", f"one of {DATA_SOURCES}", data.source)
@@ -289,24 +288,16 @@ def _all_processes_agree(flag: bool) -> bool:
     return bool(np.min(multihost_utils.process_allgather(np.array(flag, np.int32))))
 
 
-def _capture_batch_size(model, requested: int) -> int:
-    """requested, or (0) the smallest multiple of the mesh's data x fsdp shards >= 8."""
-    if requested:
-        return requested
-    shards = model.mesh.shape["data"] * model.mesh.shape["fsdp"] if model.mesh is not None else 1
-    return shards * -(-8 // shards)
-
-
 def locate_activations(config, workdir: pathlib.Path, model, tokenizer,
                        records: Sequence[ParallelText]) -> np.ndarray:
     """(L+1, N, D) float32 pooled features of `records` (module docstring, steps 2-3), reused from `workdir` when
     the stored key matches, else captured and stored (process 0)."""
-    template_kwargs = parse_template_kwargs(config.template_kwargs)
+    chat_kwargs = template_kwargs(config)
     token_ids = tokenize_prompts(tokenizer, [r.text for r in records], use_chat_template=config.chat_template,
-                                 max_length=config.max_length, template_kwargs=template_kwargs)
+                                 max_length=config.max_length, template_kwargs=chat_kwargs)
     description = activation_key_description(model, token_ids, records, pooling=config.pooling,
                                              chat_template=config.chat_template, max_length=config.max_length,
-                                             template_kwargs=template_kwargs)
+                                             template_kwargs=chat_kwargs)
     key = _key_of(description)
     columns = _columns(records)
     shape = (model.config.num_layers + 1, len(records), model.config.hidden_size)
@@ -327,7 +318,7 @@ def locate_activations(config, workdir: pathlib.Path, model, tokenizer,
     log.info("capturing %d residual indices for %d texts (tokens per text: median %d, max %d, max_length %d)",
              shape[0], shape[1], int(np.median(lengths)), int(lengths.max()), config.max_length)
     features = capture(model, token_ids, pooling=config.pooling, residual_index=None,
-                       batch_size=_capture_batch_size(model, config.capture_batch_size), progress=config.progress)
+                       batch_size=default_batch_size(model, config.capture_batch_size), progress=config.progress)
     if is_writer():
         meta_path = workdir / ACTIVATIONS_META_FILE
         meta_path.unlink(missing_ok=True)  # never a stale key next to new features

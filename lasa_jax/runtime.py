@@ -35,6 +35,27 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def template_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """`--config.template_kwargs`: a JSON object of chat-template variables (e.g. '{"enable_thinking": false}' for
+    Qwen3), or "" for none. One field, parsed here, for every stage that renders chat templates, so training and
+    inference render identically."""
+    value = config.get("template_kwargs", "")
+    if not value:
+        return {}
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--config.template_kwargs must be a JSON object, got {value!r} ({e})") from None
+    if not isinstance(parsed, dict):
+        raise ValueError(f"--config.template_kwargs must be a JSON object, got {value!r}")
+    return parsed
+
+
+def comma_list(value: str) -> list[str]:
+    """"a, b,,c" -> ["a", "b", "c"] (config fields holding lists as comma-separated strings)."""
+    return [item.strip() for item in str(value or "").split(",") if item.strip()]
+
+
 def is_writer() -> bool:
     import jax
 

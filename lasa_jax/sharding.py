@@ -126,6 +126,17 @@ def put_batch(mesh: Mesh | None, *arrays: np.ndarray) -> tuple:
     return tuple(out)
 
 
+def to_host(x: jax.Array) -> np.ndarray:
+    """The full value of a (possibly sharded, possibly multi-process) array as host numpy.
+
+    On a multi-process run every process must call this (it gathers collectively)."""
+    if jax.process_count() > 1 and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+
+
 def check_replicated(named_shapes: Iterable[tuple[str, Sequence[int], PartitionSpec, int]],
                      threshold_bytes: int = 64 * 2**20) -> list[str]:
     """Warn about parameters of at least `threshold_bytes` whose PartitionSpec shards nothing.

@@ -33,10 +33,9 @@ def compute(model_dir: str, mesh, export_dir: str) -> dict[str, np.ndarray]:
     """Forward (logits, all hidden states), one KTO step, export; every result gathered to host numpy."""
     import jax
 
-    from lasa_jax.activations import _to_host
     from lasa_jax.models import from_pretrained, save_pretrained
     from lasa_jax.models.decoder import param_shardings
-    from lasa_jax.sharding import put_batch
+    from lasa_jax.sharding import put_batch, to_host
     from lasa_jax.train import kto_step
 
     model = from_pretrained(model_dir, mesh=mesh)
@@ -46,7 +45,7 @@ def compute(model_dir: str, mesh, export_dir: str) -> dict[str, np.ndarray]:
     mask[1, :5] = 0  # left padding
     mask[2, 11:] = 0  # right padding
     out = model(ids, attention_mask=mask, output_hidden_states=True)
-    result = {"logits": _to_host(out.logits), "hidden_states": _to_host(out.hidden_states)}
+    result = {"logits": to_host(out.logits), "hidden_states": to_host(out.hidden_states)}
 
     optimizer_config = kto_step.OptimizerConfig(learning_rate=1e-3, total_steps=10, warmup_steps=0)
     optimizer = kto_step.make_optimizer(optimizer_config)
@@ -59,10 +58,10 @@ def compute(model_dir: str, mesh, export_dir: str) -> dict[str, np.ndarray]:
     batch = kto_batch(model.config.vocab_size)
     global_batch = dict(zip(batch, put_batch(mesh, *batch.values())))
     state, metrics = step_fn(state, global_batch, ref_params)
-    result["kto_loss"] = np.asarray(_to_host(metrics["loss"]))
-    result["kto_grad_norm"] = np.asarray(_to_host(metrics["grad_norm"]))
+    result["kto_loss"] = np.asarray(to_host(metrics["loss"]))
+    result["kto_grad_norm"] = np.asarray(to_host(metrics["grad_norm"]))
     for name in ("gate_kernel", "q_kernel"):
-        result[f"updated_{name}"] = _to_host(state["params"]["layers"][name])
+        result[f"updated_{name}"] = to_host(state["params"]["layers"][name])
     written = save_pretrained(model, export_dir, overwrite=True)
     result["export_written"] = np.asarray(written is not None)
     return result

@@ -32,7 +32,7 @@ from jax.sharding import Mesh, SingleDeviceSharding
 from lasa_jax.config import ModelConfig
 from lasa_jax.io_utils import atomic_directory
 from lasa_jax.models.decoder import Decoder, abstract_decoder, param_shardings
-from lasa_jax.sharding import check_replicated, logical_to_spec
+from lasa_jax.sharding import check_replicated, logical_to_spec, to_host
 
 log = logging.getLogger(__name__)
 
@@ -398,14 +398,6 @@ def _parse_size(size: int | str) -> int:
     return int(float(m.group(1)) * mult)
 
 
-def _to_host(x: jax.Array) -> np.ndarray:
-    if jax.process_count() > 1 and not x.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(jax.device_get(x))
-
-
 def iter_hf_tensors(model: Decoder, dtype: str | None = None) -> Iterator[tuple[str, np.ndarray]]:
     """(HF name, host array in HF layout) one tensor at a time; stacked parameters are gathered layer by layer."""
     target = NP_DTYPES[dtype or model.config.param_dtype]
@@ -416,13 +408,13 @@ def iter_hf_tensors(model: Decoder, dtype: str | None = None) -> Iterator[tuple[
     stacked = [m for m in mappings if m.stacked]
     for m in top:
         if m.path == ("embed",):
-            yield m.hf_names[0], to_hf_layout(m.kind, _to_host(_get(params, m.path))).astype(target)
+            yield m.hf_names[0], to_hf_layout(m.kind, to_host(_get(params, m.path))).astype(target)
     for i in range(model.config.num_layers):
         for m in stacked:
-            yield m.hf_names[i], to_hf_layout(m.kind, _to_host(_get(params, m.path)[i])).astype(target)
+            yield m.hf_names[i], to_hf_layout(m.kind, to_host(_get(params, m.path)[i])).astype(target)
     for m in top:
         if m.path != ("embed",):
-            yield m.hf_names[0], to_hf_layout(m.kind, _to_host(_get(params, m.path))).astype(target)
+            yield m.hf_names[0], to_hf_layout(m.kind, to_host(_get(params, m.path))).astype(target)
 
 
 def save_pretrained(model: Decoder, out_dir: str | os.PathLike, *, dtype: str | None = None,

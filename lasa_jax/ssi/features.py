@@ -23,7 +23,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from lasa_jax.activations import capture, load_activations, save_activations, tokenize_prompts
+from lasa_jax.activations import (capture, load_activations, save_activations, token_ids_digest,
+                                  tokenize_prompts)
 from lasa_jax.runtime import is_writer
 
 log = logging.getLogger(__name__)
@@ -31,16 +32,6 @@ CACHE_FORMAT = 1
 # Fixed multilingual probe prompts: their token ids identify the tokenisation an SSI was trained with.
 PROBE_PROMPTS = ("How do I bake sourdough bread at home?", "如何在家里烤面包？", "집에서 빵을 굽는 방법은?",
                  "Jinsi ya kuoka mkate nyumbani?", "  spaces, tabs\tand\nnew lines 123 🍞")
-
-
-def token_ids_digest(token_ids: Sequence[np.ndarray]) -> str:
-    """SHA-256 of a list of token-id sequences (lengths and int32 values, in order)."""
-    h = hashlib.sha256()
-    for ids in token_ids:
-        ids = np.asarray(ids, dtype=np.int32)
-        h.update(np.int64(ids.size).tobytes())
-        h.update(ids.tobytes())
-    return h.hexdigest()
 
 
 def tokenization_fingerprint(tokenizer, *, chat_template: bool, max_length: int,
@@ -93,9 +84,6 @@ def prompt_features(model, tokenizer, prompts: Sequence[str], *, residual_index:
             if cached is not None:
                 log.info("SSI features: %d prompts from cache %s", len(prompts), cache_path)
                 return cached
-    if batch_size is None:
-        shards = model.mesh.shape["data"] * model.mesh.shape["fsdp"] if model.mesh is not None else 1
-        batch_size = shards * -(-8 // shards)
     features = capture(model, token_ids, pooling=pooling, residual_index=residual_index, batch_size=batch_size,
                        progress=progress)
     if cache_path is not None and is_writer():

@@ -29,7 +29,6 @@ at the chosen threshold (and at the accuracy-optimal one); features are cached i
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import pathlib
@@ -55,6 +54,7 @@ from lasa_jax.data.labelled import (
 )
 from lasa_jax.data.languages import normalize_language
 from lasa_jax.runtime import is_writer, load_model, load_tokenizer
+from lasa_jax.runtime import template_kwargs as runtime_template_kwargs
 from lasa_jax.ssi.artifact import ARTIFACT_SUBDIR, SSI, SSIConfig, save_ssi
 from lasa_jax.ssi.features import prompt_features, tokenization_fingerprint
 from lasa_jax.ssi.metrics import DECISION_RULE, choose_threshold, classification_metrics, evaluate_by_language
@@ -176,19 +176,6 @@ def resolve_residual_index(config) -> int:
     return int(report["best_layer"])
 
 
-def parse_template_kwargs(value: str) -> dict[str, Any]:
-    """--config.template_kwargs: a JSON object string ("" = none)."""
-    if not value:
-        return {}
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"--config.template_kwargs must be a JSON object, got {value!r} ({err})") from err
-    if not isinstance(parsed, dict):
-        raise ValueError(f"--config.template_kwargs must be a JSON object, got {value!r}")
-    return parsed
-
-
 def train_settings(config) -> TrainSettings:
     t = config.train
     return TrainSettings(learning_rate=t.learning_rate, weight_decay=t.weight_decay, grad_clip=t.grad_clip,
@@ -222,7 +209,7 @@ def train_ssi(config, workdir: str | os.PathLike, mesh=None) -> dict[str, Any]:
     if residual_index > model.config.num_layers:
         raise ValueError(f"residual_index {residual_index} exceeds the model's {model.config.num_layers} layers")
     tokenizer = load_tokenizer(config.model_path)
-    template_kwargs = parse_template_kwargs(config.template_kwargs)
+    template_kwargs = runtime_template_kwargs(config)
     cache_dir = config.feature_cache_dir or str(workdir / "feature_cache")
 
     all_records = data.train + data.val + [r for records in data.evaluation.values() for r in records]

@@ -51,7 +51,6 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from lasa_jax.activations import _to_host
 from lasa_jax.checkpoint import Checkpointer, check_run_identity
 from lasa_jax.config import ModelConfig
 from lasa_jax.data.preference import (DataPosition, KTOBatch, KTOExample, PreferenceRow, assign_latent_labels,
@@ -61,8 +60,8 @@ from lasa_jax.io_utils import atomic_path, atomic_write_json
 from lasa_jax.models import from_pretrained, model_fingerprint, save_pretrained
 from lasa_jax.models.decoder import Decoder, abstract_decoder, param_shardings
 from lasa_jax.models.hf import resolve_model_path
-from lasa_jax.runtime import is_writer, load_tokenizer
-from lasa_jax.sharding import put_batch
+from lasa_jax.runtime import comma_list, is_writer, load_tokenizer, template_kwargs
+from lasa_jax.sharding import put_batch, to_host
 from lasa_jax.train import kto_step
 from lasa_jax.train.metric_writer import MetricWriter
 
@@ -119,8 +118,8 @@ def load_rows(data: ml_collections.ConfigDict) -> tuple[list[PreferenceRow], dic
         else:
             pr = data.polyrefuse
             loaded, counts[path] = convert_polyrefuse_completions(
-                path, models=_csv(pr.models) or None, languages=_csv(pr.languages) or None,
-                modes=_csv(pr.modes), source=pr.source)
+                path, models=comma_list(pr.models) or None, languages=comma_list(pr.languages) or None,
+                modes=comma_list(pr.modes), source=pr.source)
         rows += loaded
     counts["rows"] = len(rows)
     return rows, counts
@@ -129,7 +128,7 @@ def load_rows(data: ml_collections.ConfigDict) -> tuple[list[PreferenceRow], dic
 def parse_unsafe_probs(spec: str) -> dict[str, float]:
     """"safety=0.5,ultrafeedback=0" -> {"safety": 0.5, "ultrafeedback": 0.0} (`labels.unsafe_prob_by_source`)."""
     probs = {}
-    for item in _csv(spec):
+    for item in comma_list(spec):
         name, sep, value = item.partition("=")
         try:
             if not sep or not name.strip():
@@ -139,21 +138,6 @@ def parse_unsafe_probs(spec: str) -> dict[str, float]:
             raise ValueError(f"--config.labels.unsafe_prob_by_source: expected 'source=prob,...', got {spec!r}") \
                 from None
     return probs
-
-
-def template_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """`--config.template_kwargs`: a JSON object of chat-template variables (e.g. '{"enable_thinking": false}'),
-    or "" for none."""
-    if not config.template_kwargs:
-        return {}
-    try:
-        value = json.loads(config.template_kwargs)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--config.template_kwargs must be a JSON object, got {config.template_kwargs!r} ({e})") \
-            from None
-    if not isinstance(value, dict):
-        raise ValueError(f"--config.template_kwargs must be a JSON object, got {config.template_kwargs!r}")
-    return value
 
 
 def label_rows(rows: Sequence[PreferenceRow], config: ml_collections.ConfigDict,
@@ -227,7 +211,7 @@ class ReferenceTable:
     @staticmethod
     def _logps(ref_params, ref_config, mesh, chunk_size, *host_arrays) -> np.ndarray:
         arrays = put_batch(mesh, *host_arrays)
-        return _to_host(kto_step.batch_logps(ref_params, ref_config, *arrays, mesh=mesh, chunk_size=chunk_size))
+        return to_host(kto_step.batch_logps(ref_params, ref_config, *arrays, mesh=mesh, chunk_size=chunk_size))
 
     def lookup(self, batch: KTOBatch) -> dict[str, np.ndarray]:
         """(B,) float32 `ref_logps` and `kl_ref_logps` for a batch (0 on padding rows)."""
@@ -296,10 +280,6 @@ class _PreemptionSignal:
         from jax.experimental import multihost_utils
 
         return bool(np.any(multihost_utils.process_allgather(np.int32(self.received))))
-
-
-def _csv(value: str) -> list[str]:
-    return [v.strip() for v in str(value or "").split(",") if v.strip()]
 
 
 def _decoder_from_params(config: ModelConfig, params: Any, mesh, source_path: str) -> Decoder:
