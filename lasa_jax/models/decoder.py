@@ -237,6 +237,13 @@ def _remat(fn, policy: str):
     return jax.checkpoint(fn, prevent_cse=False, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
 
 
+def split_layers(params: Params) -> Params:
+    """`params` with the stacked block parameters split into a tuple of L per-layer dicts (see `forward`)."""
+    layers = params["layers"]
+    num_layers = jax.tree.leaves(layers)[0].shape[0]
+    return {**params, "layers": tuple(jax.tree.map(lambda a: a[i], layers) for i in range(num_layers))}
+
+
 def init_cache(config: ModelConfig, batch_size: int, max_length: int, dtype=None) -> dict:
     """Empty KV cache: {"k", "v"} of shape (L, B, S_max, K, hd) in the compute dtype."""
     dtype = dtype or jnp_dtype(config.compute_dtype)
@@ -275,6 +282,9 @@ def forward(params: Params, config: ModelConfig, input_ids: jax.Array, attention
         module-level function (it is a static jit argument).
       num_blocks: run only the first n blocks (the truncated trunk for residual index n); default L.
       compute_logits: compute the (B, T, V) logits (only when all L blocks run).
+      params["layers"] may also be a tuple of L per-layer dicts (`split_layers`) with `config.scan_layers` False:
+        the unrolled loop then uses them as they are, instead of slicing the stacked arrays on every call (what a
+        decode loop wants: the split happens once, outside the loop).
       cache / cache_index / kv_mask: KV-cache mode for generation. `cache` from `init_cache` (S_max slots); this
         call's T tokens are written at slots [cache_index, cache_index + T) of every row; `kv_mask` (B, S_max) marks
         slots holding real tokens (after this call's write). Query t attends to slots s <= cache_index + t with
@@ -305,11 +315,14 @@ def forward(params: Params, config: ModelConfig, input_ids: jax.Array, attention
     if output_hidden_states:
         collect = (lambda x: x) if hidden_state_fn is None else (lambda x: hidden_state_fn(x, attention_mask))
     layers = params["layers"]
+    pre_split = isinstance(layers, (list, tuple))
+    if pre_split and c.scan_layers:
+        raise ValueError("per-layer parameters (a tuple of layer dicts) need config.scan_layers=False")
 
     def body(carry, xs):
         h, cache_k, cache_v = carry
         p, i = xs
-        if n < c.num_layers:  # truncated trunk: index into the full stack instead of slicing (no weight copy)
+        if p is None:  # truncated scanned trunk: index into the full stack instead of slicing (no weight copy)
             p = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), layers)
         kv_update = None
         if cache_k is not None:
@@ -328,13 +341,13 @@ def forward(params: Params, config: ModelConfig, input_ids: jax.Array, attention
     cache_k = cache["k"] if cache is not None else None
     cache_v = cache["v"] if cache is not None else None
     index = jnp.arange(n, dtype=jnp.int32)
-    per_layer = layers if n == c.num_layers else None
     if c.scan_layers:
+        per_layer = layers if n == c.num_layers else None
         (h, cache_k, cache_v), collected = jax.lax.scan(body, (h, cache_k, cache_v), (per_layer, index), length=n)
     else:
         outs = []
         for i in range(n):
-            p_i = jax.tree.map(lambda a: a[i], per_layer) if per_layer is not None else None
+            p_i = layers[i] if pre_split else jax.tree.map(lambda a: a[i], layers)
             (h, cache_k, cache_v), y = body((h, cache_k, cache_v), (p_i, jnp.int32(i)))
             outs.append(y)
         collected = jax.tree.map(lambda *ys: jnp.stack(ys), *outs) if (collect and outs) else None

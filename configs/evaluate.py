@@ -1,0 +1,37 @@
+"""Evaluate stage: judge baseline and LASA generations, write report.md / report.json / ASR chart.
+
+    python -m lasa_jax.scripts.evaluate --config=configs/evaluate.py --workdir=runs/eval \
+        --config.baseline_generations=runs/baseline/generations.jsonl \
+        --config.lasa_generations=runs/lasa/generations.jsonl \
+        --config.judge.safety=llama_guard --config.judge.model_path=/models/Llama-Guard-3-8B
+
+The default judge is the approximate refusal-phrase heuristic (no model; the report flags it as approximate).
+The dtype / compute_dtype / mesh fields of the base config apply to the judge models (model_path is not used:
+judge.model_path names the judge).
+"""
+from ml_collections import config_dict
+
+from lasa_jax.runtime import base_config
+
+
+def get_config():
+    c = base_config()
+    c.baseline_generations = ""        # generation JSONL of the baseline system ("" = none)
+    c.lasa_generations = ""            # generation JSONL of the LASA system ("" = none)
+    c.asr_sources = "multijail"        # comma-separated sources whose harmful prompts give the per-language ASR
+    c.refusal_sources = "xstest,or_bench_hard_test,oktest"  # sources judged for (over-)refusal
+    c.paired = True                    # compare systems on the ids present in all of them
+    c.z = 1.96                         # Wilson interval normal quantile (1.96 = 95%)
+    c.progress = True
+    c.judge = config_dict.ConfigDict(dict(
+        safety="heuristic",            # heuristic | llama_guard | rubric (MultiJail safe/unsafe/invalid rubric)
+        refusal="heuristic",           # heuristic | rubric (XSTest-style refusal rubric) | none
+        model_path="",                 # judge model for llama_guard / rubric (local HF directory)
+        refusal_model_path="",         # refusal rubric model ("" = model_path)
+        batch_size=8,
+        max_new_tokens=32,
+        template_kwargs="",            # judge chat-template variables, JSON, e.g. '{"enable_thinking": false}'
+        cache_dir="",                  # verdict caches judge_cache_{safety,refusal}.jsonl ("" = workdir)
+        cache_batch_size=64,           # pairs per judge call between cache appends
+    ))
+    return c

@@ -1,0 +1,43 @@
+"""Generate stage: LASA (SSI-gated conditional prefix) or baseline responses to evaluation prompts.
+
+    python -m lasa_jax.scripts.generate --config=configs/generate.py --workdir=runs/lasa \
+        --config.mode=lasa --config.model_path=ALIGNED --config.base_model_path=BASE --config.ssi_dir=SSI_DIR
+    python -m lasa_jax.scripts.generate --config=configs/generate.py --workdir=runs/baseline \
+        --config.mode=baseline --config.model_path=BASE_OR_INSTRUCT
+
+Output: <workdir>/generations.jsonl (+ .meta.json); see lasa_jax/inference.py for the record format.
+"""
+from ml_collections import config_dict
+
+from lasa_jax.chat import CONDITIONAL_PREFIX
+from lasa_jax.runtime import base_config
+
+
+def get_config():
+    c = base_config()
+    # model_path: the model that generates (the ALIGNED / KTO model for LASA; the model under test for baseline)
+    c.tokenizer_path = ""              # "" = model_path
+    c.mode = "lasa"                    # lasa | baseline
+    c.base_model_path = ""             # frozen base model the SSI was trained on (lasa mode)
+    c.ssi_dir = ""                     # SSI artifact directory (lasa mode; in baseline mode: scores recorded only)
+    c.prefix = CONDITIONAL_PREFIX      # injected after the assistant header when the SSI flags a prompt
+    # chat-template variables as a JSON object, e.g. '{"enable_thinking": false}' for Qwen3 ("" = none); applied
+    # identically in both modes (and by KTO training, through the pipeline config)
+    c.template_kwargs = ""
+    c.max_prompt_length = 0            # 0 = no cut; else drop the oldest user-content tokens (chat.render_prompt)
+    # evaluation prompts: comma-separated multijail, xstest_safe, xstest_unsafe, xstest, or_bench_hard_test,
+    # oktest, jsonl:<path>, hub:<dataset id>
+    c.eval_sets = "multijail,xstest_safe,or_bench_hard_test,oktest"
+    c.data_root = "../shared/data"     # shared data layout (data/README.md there)
+    c.languages = ""                   # MultiJail languages, comma-separated ("" = all ten)
+    c.max_per_language = 0             # first n prompts per (set, language); 0 = all
+    c.hub = config_dict.ConfigDict(dict(name="", split="test", expected="", language="",
+                                        field_map=""))  # field_map: JSON object {field: column}
+    c.decoding = config_dict.ConfigDict(dict(max_new_tokens=512, temperature=0.0, top_p=1.0, top_k=0,
+                                             batch_size=8))  # temperature 0 = greedy; sampling seed = c.seed
+    c.eos_token_ids = ""               # comma-separated override; "" = model eos ids + template end-of-turn
+    c.output = "generations.jsonl"
+    c.chunk_size = 256                 # prompts per resumable chunk (appended to <output>.partial)
+    c.resume = True                    # continue from <output>.partial if present
+    c.progress = True
+    return c

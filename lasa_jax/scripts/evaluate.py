@@ -1,0 +1,25 @@
+"""Judge generations and write the baseline-vs-LASA report (see configs/evaluate.py, lasa_jax/evaluate/runner.py).
+
+    python -m lasa_jax.scripts.evaluate --config=configs/evaluate.py --workdir=DIR \
+        --config.baseline_generations=B.jsonl --config.lasa_generations=L.jsonl
+"""
+from absl import app, flags
+from ml_collections import config_flags
+
+from lasa_jax.evaluate.runner import run_evaluation
+from lasa_jax.runtime import start_run
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/evaluate.py", "evaluate stage config")
+_WORKDIR = flags.DEFINE_string("workdir", "", "output directory (report files, judge cache)")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    mesh = start_run(config, _WORKDIR.value, config_name="evaluate_config.json")
+    run_evaluation(config, _WORKDIR.value, mesh)
+
+
+if __name__ == "__main__":
+    app.run(main)
