@@ -1,0 +1,254 @@
+"""The whole method in one run: locate -> SSI -> KTO (+ HF export) -> generate (baseline, LASA) -> evaluate.
+
+Each stage runs the same library function as its own script, with a stage config derived from the pipeline config
+(`configs/pipeline.py`), in its own subdirectory of the workdir:
+
+    <workdir>/locate/             bottleneck.json, layers.csv, plots, activations.npz
+    <workdir>/ssi/ssi/            the SSI artifact (config.json, params.safetensors, metrics.json)
+    <workdir>/kto/                checkpoints/, metrics.jsonl, hf_export/ (the aligned model)
+    <workdir>/generate_baseline/  generations.jsonl of the base model, no prefix
+    <workdir>/generate_lasa/      generations.jsonl of the aligned model with SSI-gated prefix
+    <workdir>/evaluate/           report.md, report.json, asr_by_language.png
+    <workdir>/report.md           summary linking every artifact
+
+A stage that finished writes `<stage dir>/stage_done.json` (with a hash of its stage config) and is skipped on the
+next run; a crashed stage simply runs again (KTO resumes from its last checkpoint, generation from its partial
+file). Rerunning with a changed stage config is refused unless the stage is listed in `--config.rerun`, which
+clears that stage's directory first. Every process runs every stage; only process 0 writes markers and reports.
+"""
+from __future__ import annotations
+
+import copy
+import datetime
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from typing import Any, Callable
+
+import ml_collections
+
+from lasa_jax.io_utils import atomic_write_json, atomic_write_text
+from lasa_jax.runtime import is_writer
+
+log = logging.getLogger(__name__)
+
+STAGES = ("locate", "ssi", "kto", "generate_baseline", "generate_lasa", "evaluate")
+DONE_FILE = "stage_done.json"
+SHARED_FIELDS = ("model_path", "mesh", "seed", "distributed")
+
+
+def _comma(value: str) -> list[str]:
+    return [v.strip() for v in str(value).split(",") if v.strip()]
+
+
+def _stage_dir(workdir: str, stage: str) -> str:
+    return os.path.join(workdir, stage)
+
+
+def stage_configs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, ml_collections.ConfigDict]:
+    """The stage configs of a pipeline config: shared fields copied in, paths between stages wired up."""
+    out: dict[str, ml_collections.ConfigDict] = {}
+    for stage, key in (("locate", "locate"), ("ssi", "ssi"), ("kto", "kto"), ("generate_baseline", "generate"),
+                       ("generate_lasa", "generate"), ("evaluate", "evaluate")):
+        c = copy.deepcopy(config[key])
+        with c.unlocked():
+            for field in SHARED_FIELDS:
+                c[field] = copy.deepcopy(config[field])
+            if "template_kwargs" in c:
+                c.template_kwargs = config.template_kwargs
+        out[stage] = c
+    base, d = config.model_path, lambda s: _stage_dir(workdir, s)
+    with out["locate"].unlocked():
+        if out["locate"].data.source == "default" and not out["locate"].data.root:
+            out["locate"].data.root = config.data_root
+    with out["ssi"].unlocked():
+        out["ssi"].residual_index = int(config.residual_index)
+        out["ssi"].locate_workdir = d("locate") if config.residual_index < 0 else ""
+        if not out["ssi"].data.root:
+            out["ssi"].data.root = config.data_root
+    ssi_dir = os.path.join(d("ssi"), "ssi")
+    kto_export = os.path.join(d("kto"), "hf_export")
+    with out["kto"].unlocked():
+        out["kto"].export.enabled = True
+        out["kto"].export.path = kto_export
+        if out["kto"].labels.mode == "ssi":
+            out["kto"].labels.ssi_dir = ssi_dir
+        if out["kto"].data.format == "polyrefuse_completions" and not out["kto"].data.path:
+            out["kto"].data.path = os.path.join(config.data_root, "polyrefuse_completions")
+    for stage, mode in (("generate_baseline", "baseline"), ("generate_lasa", "lasa")):
+        g = out[stage]
+        with g.unlocked():
+            g.mode = mode
+            g.data_root = g.data_root if g.data_root and g.data_root != "../shared/data" else config.data_root
+            if mode == "lasa":
+                g.model_path, g.base_model_path, g.ssi_dir, g.tokenizer_path = kto_export, base, ssi_dir, base
+            else:  # the baseline also records the SSI score of each prompt (no prefix is used)
+                g.base_model_path, g.ssi_dir = base, ssi_dir
+    with out["evaluate"].unlocked():
+        out["evaluate"].baseline_generations = os.path.join(d("generate_baseline"), out["generate_baseline"].output)
+        out["evaluate"].lasa_generations = os.path.join(d("generate_lasa"), out["generate_lasa"].output)
+    return out
+
+
+def config_hash(config: ml_collections.ConfigDict) -> str:
+    return hashlib.sha256(config.to_json_best_effort(sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _stage_functions() -> dict[str, Callable]:
+    from lasa_jax.evaluate.runner import run_evaluation
+    from lasa_jax.inference import run_generation
+    from lasa_jax.locate import run_locate
+    from lasa_jax.ssi.pipeline import train_ssi
+    from lasa_jax.train.kto_trainer import train_kto
+
+    return {"locate": lambda c, w, m: run_locate(c, w, mesh=m), "ssi": train_ssi, "kto": train_kto,
+            "generate_baseline": run_generation, "generate_lasa": run_generation, "evaluate": run_evaluation}
+
+
+def stage_status(workdir: str, stage: str) -> dict | None:
+    path = os.path.join(_stage_dir(workdir, stage), DONE_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def run_pipeline(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> dict[str, Any]:
+    """Run (or continue) every stage in `config.stages`; returns {stage: "done" | "skipped"}."""
+    stages = _comma(config.stages)
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown or not stages:
+        raise ValueError(f"--config.stages: unknown stage(s) {unknown}; expected a comma-separated subset of {STAGES}")
+    rerun = _comma(config.rerun)
+    if [s for s in rerun if s not in STAGES]:
+        raise ValueError(f"--config.rerun: expected a comma-separated subset of {STAGES}, got {config.rerun!r}")
+    if not config.model_path:
+        raise ValueError("--config.model_path is required (the base model: a local Hugging Face directory or hub id)")
+    configs = stage_configs(config, workdir)
+    if "kto" in stages:
+        _warn_if_kto_does_not_fit(config)
+    functions = _stage_functions()
+    outcome: dict[str, Any] = {}
+    for stage in STAGES:
+        if stage not in stages:
+            continue
+        stage_dir, stage_config = _stage_dir(workdir, stage), configs[stage]
+        digest = config_hash(stage_config)
+        status = stage_status(workdir, stage)
+        if stage in rerun and os.path.isdir(stage_dir):
+            log.info("pipeline: --config.rerun clears %s", stage_dir)
+            if is_writer():
+                shutil.rmtree(stage_dir)
+            status = None
+        if status is not None:
+            if status.get("config_hash") != digest:
+                raise ValueError(f"pipeline stage {stage!r} already finished in {stage_dir} with a different "
+                                 f"configuration (hash {status.get('config_hash')} != {digest}); add it to "
+                                 f"--config.rerun to run it again (its directory is cleared) or use another workdir")
+            log.info("pipeline: %s already done (%s), skipped", stage, status.get("finished_at"))
+            outcome[stage] = "skipped"
+            continue
+        log.info("pipeline: running %s in %s", stage, stage_dir)
+        if is_writer():
+            os.makedirs(stage_dir, exist_ok=True)
+            atomic_write_json(os.path.join(stage_dir, "config.json"), json.loads(stage_config.to_json_best_effort()))
+        start = time.perf_counter()
+        result = functions[stage](stage_config, stage_dir, mesh)
+        if stage == "kto" and result.status != "completed":
+            log.warning("pipeline: kto stopped (%s) at step %d; rerun the same command to continue from its last "
+                        "checkpoint", result.status, result.step)
+            outcome[stage] = result.status
+            break
+        if is_writer():
+            atomic_write_json(os.path.join(stage_dir, DONE_FILE), {
+                "stage": stage, "config_hash": digest, "seconds": round(time.perf_counter() - start, 1),
+                "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+        outcome[stage] = "done"
+    if is_writer():
+        write_summary(workdir, config)
+    return outcome
+
+
+def _warn_if_kto_does_not_fit(config: ml_collections.ConfigDict) -> None:
+    """Log a warning when the preset's HBM cannot hold the KTO state of the model (lasa_jax.presets.kto_fits)."""
+    from lasa_jax.config import ModelConfig
+    from lasa_jax.presets import PAPER_MODELS, TPU_PRESETS, kto_fits
+
+    preset = TPU_PRESETS.get(config.get("preset", ""))
+    if preset is None:
+        return
+    if os.path.isfile(os.path.join(config.model_path, "config.json")):
+        model_config = ModelConfig.from_pretrained(config.model_path)
+    elif config.get("paper_model") in PAPER_MODELS:
+        model_config = PAPER_MODELS[config.paper_model].model_config()
+    else:
+        return
+    fits, line = kto_fits(model_config, preset, config.kto.reference.mode == "precomputed")
+    log.log(logging.INFO if fits else logging.WARNING, "pipeline: %s%s", line,
+            "" if fits else ": likely out of memory; use a larger preset (v5p-8 for 8B-14B, a pod slice for 32B)")
+
+
+def _read_json(path: str) -> Any:
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def write_summary(workdir: str, config: ml_collections.ConfigDict) -> str:
+    """`<workdir>/report.md`: what each stage produced, with links (relative paths) and headline numbers."""
+    lines = ["# LASA pipeline report", "", f"Base model: `{config.model_path}`", ""]
+
+    def link(rel: str, text: str | None = None) -> str:
+        return f"[{text or rel}]({rel})" if os.path.exists(os.path.join(workdir, rel)) else f"{text or rel} (missing)"
+
+    for stage in STAGES:
+        status = stage_status(workdir, stage)
+        lines.append(f"## {stage}: {'done in %.0f s' % status['seconds'] if status else 'not run'}")
+        if stage == "locate":
+            b = _read_json(os.path.join(workdir, "locate", "bottleneck.json"))
+            if b:
+                best = next(r for r in b["layers"] if r["layer"] == b["best_layer"])
+                lines.append(f"Semantic bottleneck k* = {b['best_layer']} of L = {b['num_layers']} (S_sem - S_lang = "
+                             f"{best['diff']:.3f}, 95% interval [{best['diff_lo']:.3f}, {best['diff_hi']:.3f}], "
+                             f"picked in {100 * best['pick_share']:.0f}% of resamples); {b['num_points']} texts, "
+                             f"{b['num_groups']} groups, languages {', '.join(b['languages'])}.")
+            lines += [f"- {link('locate/bottleneck.json')}, {link('locate/layers.csv')}, "
+                      f"{link('locate/bottleneck_layers.png')}"]
+        elif stage == "ssi":
+            ssi_config = _read_json(os.path.join(workdir, "ssi", "ssi", "config.json"))
+            if ssi_config:
+                lines.append(f"SSI at residual index {ssi_config['residual_index']}, threshold "
+                             f"{ssi_config['threshold']:.4f} ({ssi_config.get('threshold_rule', '')}), hidden dims "
+                             f"{ssi_config['hidden_dims']}, trained on {', '.join(ssi_config['train_languages'])}.")
+            lines += [f"- {link('ssi/ssi/config.json')}, {link('ssi/ssi/metrics.json')}, "
+                      f"{link('ssi/ssi/metrics_per_language.png')}"]
+        elif stage == "kto":
+            run = _read_json(os.path.join(workdir, "kto", "run_summary.json"))
+            if run:
+                lines.append(f"KTO {run.get('status')} at step {run.get('step')} of {run.get('total_steps')}.")
+            lines += [f"- {link('kto/metrics.jsonl')}, aligned model {link('kto/hf_export')}"]
+        elif stage.startswith("generate"):
+            lines += [f"- {link(stage + '/generations.jsonl')}"]
+        elif stage == "evaluate":
+            report = _read_json(os.path.join(workdir, "evaluate", "report.json"))
+            if report:
+                lines.append(_asr_line(report))
+            lines += [f"- {link('evaluate/report.md')}, {link('evaluate/report.json')}, "
+                      f"{link('evaluate/asr_by_language.png')}"]
+        lines.append("")
+    path = os.path.join(workdir, "report.md")
+    atomic_write_text(path, "\n".join(lines))
+    return path
+
+
+def _asr_line(report: dict) -> str:
+    parts = []
+    for system, summary in report.get("asr", {}).get("systems", {}).items():
+        macro = summary.get("macro_asr")
+        if macro is not None:
+            parts.append(f"{system} {100 * macro:.1f}%")
+    return ("Average ASR over languages: " + ", ".join(parts) + "." if parts else "")

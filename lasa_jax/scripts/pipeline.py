@@ -1,0 +1,34 @@
+"""The whole LASA method in one command: locate -> SSI -> KTO -> generate (baseline, LASA) -> evaluate.
+
+    python -m lasa_jax.scripts.pipeline --config=configs/pipeline.py:llama31_8b,v5p-8 \
+        --config.model_path=/models/Llama-3.1-8B-Instruct --config.data_root=/data/shared --workdir=runs/llama
+
+Rerunning the same command continues where it stopped (finished stages are skipped, KTO resumes from its last
+checkpoint). Exit code 75: KTO was stopped by SIGTERM after saving a checkpoint (rerun to continue).
+"""
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from lasa_jax.runtime import start_run
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Pipeline config (configs/pipeline.py:<model>,<preset>).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory; one subdirectory per stage.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from lasa_jax.pipeline import run_pipeline
+    from lasa_jax.train.kto_trainer import EXIT_PREEMPTED
+
+    mesh = start_run(_CONFIG.value, _WORKDIR.value, config_name="pipeline_config.json")
+    outcome = run_pipeline(_CONFIG.value, _WORKDIR.value, mesh)
+    if outcome.get("kto") == "preempted":
+        sys.exit(EXIT_PREEMPTED)
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)

@@ -1,0 +1,131 @@
+"""The whole pipeline: the demo end to end with an interruption and resume, stage bookkeeping, paper presets."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import ml_collections
+import pytest
+
+from lasa_jax.pipeline import STAGES, run_pipeline, stage_configs
+from lasa_jax.presets import PAPER_MODELS, TPU_PRESETS, kto_fits
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"test_configs_{name}", os.path.join(ROOT, "configs", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config() if arg is None else module.get_config(arg)
+
+
+def _checkpoint_steps(directory) -> list[int]:
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+
+
+@pytest.mark.slow
+def test_demo_runs_every_stage_and_resumes_after_sigterm(tmp_path):
+    workdir = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "lasa_jax.scripts.demo", f"--workdir={workdir}", "--config.kto.train.num_steps=60",
+           "--config.kto.checkpoint.every_steps=10"]
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 600
+    while not _checkpoint_steps(workdir / "kto" / "checkpoints") and first.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+    first.send_signal(signal.SIGTERM)
+    out = first.communicate(timeout=300)[0].decode(errors="replace")
+    assert first.returncode == 75, out[-3000:]  # KTO saved a checkpoint and asked to be rerun
+    done_before = {s: (workdir / s / "stage_done.json").stat().st_mtime_ns
+                   for s in ("locate", "ssi") if (workdir / s / "stage_done.json").exists()}
+    assert set(done_before) == {"locate", "ssi"} and not (workdir / "kto" / "stage_done.json").exists()
+
+    second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
+    assert "locate skipped" in second.stdout and "kto done" in second.stdout
+    for stage, mtime in done_before.items():  # finished stages were not run again
+        assert (workdir / stage / "stage_done.json").stat().st_mtime_ns == mtime
+    run = json.loads((workdir / "kto" / "run_summary.json").read_text())
+    assert run["status"] == "completed" and run["step"] == 60 and run["resumed_from"] is not None
+    for stage in STAGES:
+        assert (workdir / stage / "stage_done.json").exists(), stage
+    bottleneck = json.loads((workdir / "locate" / "bottleneck.json").read_text())
+    ssi_config = json.loads((workdir / "ssi" / "ssi" / "config.json").read_text())
+    assert ssi_config["residual_index"] == bottleneck["best_layer"]  # the demo uses the located layer
+    lasa = [json.loads(line) for line in open(workdir / "generate_lasa" / "generations.jsonl")]
+    assert len(lasa) == 160 and {"id", "language", "prompt", "response", "ssi_score", "prefix_used"} <= set(lasa[0])
+    report = json.loads((workdir / "evaluate" / "report.json").read_text())
+    assert report["systems"] == ["baseline", "lasa"] and len(report["asr"]["languages"]) == 10
+    summary = (workdir / "report.md").read_text()
+    assert "Semantic bottleneck k* =" in summary and "(missing)" not in summary
+
+    third = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0 and all(f"{s} skipped" in third.stdout for s in STAGES), third.stdout[-2000:]
+
+
+def test_finished_stage_with_changed_config_is_refused(tmp_path, tiny_hf_dirs):
+    config = _load_config("demo")
+    config.model_path = str(tiny_hf_dirs["llama"])
+    config.stages = "locate"
+    (tmp_path / "locate").mkdir()
+    (tmp_path / "locate" / "stage_done.json").write_text(json.dumps({"stage": "locate", "config_hash": "0" * 16}))
+    with pytest.raises(ValueError, match="already finished .* different configuration.*--config.rerun"):
+        run_pipeline(config, str(tmp_path))
+    config.stages = "locate,sft"
+    with pytest.raises(ValueError, match=r"unknown stage\(s\) \['sft'\]"):
+        run_pipeline(config, str(tmp_path))
+    config.stages, config.model_path = "locate", ""
+    with pytest.raises(ValueError, match="model_path is required"):
+        run_pipeline(config, str(tmp_path))
+
+
+@pytest.mark.parametrize("model", sorted(PAPER_MODELS))
+def test_paper_model_configs_resolve_for_every_preset(model):
+    paper = PAPER_MODELS[model]
+    model_config = paper.model_config()
+    L = model_config.num_layers
+    assert 1 <= paper.bottleneck_residual_index < L
+    expected_billions = {"llama31_8b": 8.03, "qwen25_7b": 7.62, "qwen25_14b": 14.77, "qwen25_32b": 32.76,
+                         "qwen3_8b": 8.19, "qwen3_14b": 14.77, "qwen3_32b": 32.76}[model]
+    assert abs(model_config.num_params() / 1e9 - expected_billions) < 0.01
+    for preset in TPU_PRESETS:
+        config = _load_config(model, preset)
+        assert config.model_path == paper.hub_id and config.residual_index == paper.bottleneck_residual_index
+        assert config.kto.train.batch_size == TPU_PRESETS[preset].kto_batch_size
+        stages = stage_configs(config, "/runs/x")
+        assert stages["ssi"].residual_index == paper.bottleneck_residual_index and not stages["ssi"].locate_workdir
+        assert stages["generate_lasa"].model_path == "/runs/x/kto/hf_export"
+        assert stages["generate_lasa"].ssi_dir == stages["kto"].labels.ssi_dir or stages["kto"].labels.mode == "paper"
+        assert stages["evaluate"].lasa_generations == "/runs/x/generate_lasa/generations.jsonl"
+        thinking = '{"enable_thinking": false}' if model.startswith("qwen3") else ""
+        assert all(stages[s].template_kwargs == thinking for s in ("kto", "generate_baseline", "generate_lasa"))
+    # the KTO state of every paper model fits a v5p pod slice; 32B models do not fit one v5p-8 VM
+    assert kto_fits(model_config, TPU_PRESETS["v5p-64"])[0]
+    assert kto_fits(model_config, TPU_PRESETS["v5p-8"])[0] == (expected_billions < 20)
+
+
+def test_abstract_shapes_of_a_paper_model_on_a_simulated_mesh():
+    """Shapes only: the Llama-3.1-8B decoder built abstractly (no weights) and its shardings on 8 devices."""
+    import jax
+
+    from lasa_jax.models.decoder import abstract_decoder, param_shardings
+    from lasa_jax.sharding import make_mesh
+
+    config = PAPER_MODELS["llama31_8b"].model_config(param_dtype="bfloat16")
+    mesh = make_mesh(data=1, fsdp=-1, tensor=1)
+    model = abstract_decoder(config, mesh)
+    params = model.params()
+    assert params["layers"]["q_kernel"].shape == (32, 4096, 32, 128)
+    assert params["layers"]["k_kernel"].shape == (32, 4096, 8, 128)
+    assert params["lm_head"].shape == (4096, 128256)
+    shardings = param_shardings(model, mesh)
+    assert shardings["layers"]["gate_kernel"].spec == jax.sharding.PartitionSpec(None, "fsdp")
+    total = sum(x.size for x in jax.tree.leaves(params))
+    assert total == config.num_params()
