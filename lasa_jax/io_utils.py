@@ -20,6 +20,11 @@ def _umask() -> int:
     return mask
 
 
+def set_default_permissions(path: str | os.PathLike) -> None:
+    """Give a file the permissions `open()` would (0666 minus the umask): for writers that create 0600 files."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
     """Yield a temporary file path next to `path`; rename it onto `path` when the block exits without error."""
@@ -30,7 +35,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the permissions open() would
+        set_default_permissions(tmp)  # mkstemp creates 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -38,8 +38,15 @@ if [[ -n "$git_url" ]]; then
 else
   repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
   tarball="/tmp/lasa-jax-src.tar.gz"
-  run tar -C "$repo_root" --exclude=.git --exclude=.venv --exclude='*.egg-info' --exclude=__pycache__ \
-    --exclude=.pytest_cache -czf "$tarball" .
+  filelist="/tmp/lasa-jax-files.txt"
+  if git -C "$repo_root" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    # only the sources: tracked and new files, not what .gitignore excludes (.venv/, demo_run/, runs/, caches)
+    run bash -c "git -C $(printf '%q' "$repo_root") ls-files -z --cached --others --exclude-standard > $filelist"
+    run tar -C "$repo_root" --null -T "$filelist" -czf "$tarball"
+  else
+    run tar -C "$repo_root" --exclude=.venv --exclude='*.egg-info' --exclude=__pycache__ --exclude=.pytest_cache \
+      --exclude=demo_run --exclude=runs -czf "$tarball" .
+  fi
   run gcloud compute tpus tpu-vm scp "$tarball" "$name:$tarball" "${target[@]}"
   fetch="mkdir -p $q_dir && tar -xzf $tarball -C $q_dir"
 fi

@@ -31,9 +31,10 @@ def test_create_tpu_dry_run():
 
 
 def test_setup_tpu_dry_run_copies_and_installs():
-    copy, scp, ssh = _commands(_run("setup_tpu.sh", "lasa-v5p", "--zone", "europe-west4-b", "--repo-dir",
+    listing, copy, scp, ssh = _commands(_run("setup_tpu.sh", "lasa-v5p", "--zone", "europe-west4-b", "--repo-dir",
                                     "work dir", "--dry-run"))
-    assert copy[0] == "tar" and str(LAUNCH.parent) in copy and "--exclude=.venv" in copy
+    assert listing[:2] == ["bash", "-c"] and "ls-files -z --cached --others --exclude-standard" in listing[2]
+    assert copy[0] == "tar" and str(LAUNCH.parent) in copy and copy[-2:] == ["-czf", "/tmp/lasa-jax-src.tar.gz"]
     assert scp[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "scp"] and "--worker=all" in scp
     assert ssh[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "lasa-v5p"]
     assert "--worker=all" in ssh and "--zone=europe-west4-b" in ssh

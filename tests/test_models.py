@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 
 import jax
 import jax.numpy as jnp
@@ -209,6 +210,9 @@ def test_export_reloads_in_transformers_and_round_trips_bit_exact(tiny_hf_dirs, 
     assert len(shards) > 1 and all(f"-of-{len(shards):05d}" in s for s in shards)
     assert {"config.json", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json"} <= set(files)
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".")], "temporary directory left behind"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {oct(stat.S_IMODE((out_dir / f).stat().st_mode)) for f in files} == {oct(0o666 & ~umask)}
     index = json.loads((out_dir / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"].values()) == set(shards)
     original = AutoModelForCausalLM.from_pretrained(directory).eval()

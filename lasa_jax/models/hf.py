@@ -30,7 +30,7 @@ from flax import nnx
 from jax.sharding import Mesh, SingleDeviceSharding
 
 from lasa_jax.config import ModelConfig
-from lasa_jax.io_utils import atomic_directory
+from lasa_jax.io_utils import atomic_directory, set_default_permissions
 from lasa_jax.models.decoder import Decoder, abstract_decoder, param_shardings
 from lasa_jax.sharding import check_replicated, logical_to_spec, to_host
 
@@ -486,4 +486,6 @@ def save_pretrained(model: Decoder, out_dir: str | os.PathLike, *, dtype: str | 
 
 
 def _write_shard(save_file, directory: str, k: int, tensors: dict[str, np.ndarray]) -> None:
-    save_file(tensors, os.path.join(directory, f"shard-{k:05d}.tmp"), metadata={"format": "pt"})
+    path = os.path.join(directory, f"shard-{k:05d}.tmp")
+    save_file(tensors, path, metadata={"format": "pt"})
+    set_default_permissions(path)  # safetensors writes owner-only files

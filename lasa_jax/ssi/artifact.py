@@ -31,7 +31,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from lasa_jax.io_utils import atomic_directory, atomic_write_json
+from lasa_jax.io_utils import atomic_directory, atomic_write_json, set_default_permissions
 from lasa_jax.ssi.features import prompt_features, tokenization_fingerprint
 from lasa_jax.ssi.metrics import DECISION_RULE, THRESHOLD_RULES, plot_per_language
 from lasa_jax.ssi.mlp import SSIClassifier, flatten_params, new_classifier, unflatten_params
@@ -178,6 +178,7 @@ def save_ssi(path: str | os.PathLike, ssi: SSI, *, metrics: Mapping[str, Any] | 
         atomic_write_json(os.path.join(tmp, CONFIG_FILE), ssi.config.to_json_dict())
         save_file(flatten_params(ssi.classifier), os.path.join(tmp, PARAMS_FILE),
                   metadata={"format": FORMAT, "schema_version": str(SCHEMA_VERSION)})
+        set_default_permissions(os.path.join(tmp, PARAMS_FILE))  # safetensors writes owner-only files
         if metrics is not None:
             atomic_write_json(os.path.join(tmp, METRICS_FILE), dict(metrics))
             if metrics.get("evaluation"):
