@@ -2,7 +2,9 @@
 
 Import reads safetensors files through a memory map of each file: every device shard of every parameter is built
 by `jax.make_array_from_callback` from exactly the slice of the HF tensor it holds, converted to the parameter
-dtype on the fly. No full host copy of the model (or of a stacked parameter) is ever built. Pickle checkpoints
+dtype on the fly. Stacked block parameters are assembled on the device layer by layer (into a donated buffer), so
+the host holds at most one layer's slice of one tensor at a time: no host copy of the model, nor of a stacked
+parameter, is ever built. Pickle checkpoints
 (`*.bin`, `*.pt`) are refused; nothing runs `trust_remote_code`.
 
 Export gathers one HF tensor (one layer of one stacked parameter) at a time, writes `model-0000k-of-0000N.safetensors`
@@ -12,6 +14,7 @@ that is renamed at the end.
 """
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import json
@@ -21,13 +24,14 @@ import re
 import shutil
 import struct
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Iterator
 
 import jax
+import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, SingleDeviceSharding
+from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 
 from lasa_jax.config import ModelConfig
 from lasa_jax.io_utils import atomic_directory, set_default_permissions
@@ -321,8 +325,7 @@ def from_pretrained(path: str | os.PathLike, dtype: str = "float32", mesh: Mesh 
     params: dict = {}
     for m in mappings:
         sharding = _get(shardings, m.path) if shardings is not None else device
-        array = jax.make_array_from_callback(m.shape, sharding, _reader_callback(reader, m, target))
-        _put(params, m.path, array)
+        _put(params, m.path, _load_param(reader, m, target, sharding))
     if mesh is not None:
         check_replicated(((".".join(m.path), m.shape, logical_to_spec(m.axes, m.shape, mesh), target.itemsize)
                           for m in mappings), replicated_warning_bytes)
@@ -334,14 +337,40 @@ def from_pretrained(path: str | os.PathLike, dtype: str = "float32", mesh: Mesh 
     return model
 
 
-def _reader_callback(reader: SafetensorsReader, m: ParamMapping, target: np.dtype) -> Callable:
-    def callback(index: tuple[slice, ...]) -> np.ndarray:
-        if not m.stacked:
-            return read_hf_slice(reader.array(m.hf_names[0]), m.kind, m.shape, index).astype(target)
-        layers = range(*index[0].indices(m.shape[0]))
-        return np.stack([read_hf_slice(reader.array(m.hf_names[i]), m.kind, m.shape[1:], index[1:]).astype(target)
-                         for i in layers])
-    return callback
+def _load_param(reader: SafetensorsReader, m: ParamMapping, target: np.dtype, sharding) -> jax.Array:
+    """One parameter on `sharding`, read shard by shard from the memory-mapped HF tensors.
+
+    A stacked parameter is built on the device one layer at a time: each HF layer tensor goes to its shards, then is
+    written into a donated (L, ...) buffer, so the host never holds more than one layer's slice.
+    """
+    if not m.stacked:
+        return jax.make_array_from_callback(
+            m.shape, sharding, lambda index: read_hf_slice(reader.array(m.hf_names[0]), m.kind, m.shape,
+                                                           index).astype(target))
+    layer_shape = m.shape[1:]
+    if isinstance(sharding, NamedSharding):
+        spec = tuple(sharding.spec) + (None,) * (len(m.shape) - len(sharding.spec))
+        if spec[0] is not None:
+            raise ValueError(f"{'.'.join(m.path)}: the layers axis must not be sharded, got {sharding.spec}")
+        layer_sharding = NamedSharding(sharding.mesh, PartitionSpec(*spec[1:]))
+    else:
+        layer_sharding = sharding
+    buffer = _zeros(m.shape, target, sharding)
+    for i, name in enumerate(m.hf_names):
+        layer = jax.make_array_from_callback(
+            layer_shape, layer_sharding,
+            lambda index, name=name: read_hf_slice(reader.array(name), m.kind, layer_shape, index).astype(target))
+        buffer = _write_layer(buffer, layer, np.int32(i))
+    return buffer
+
+
+def _zeros(shape, dtype, sharding) -> jax.Array:
+    return jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)()
+
+
+@functools.partial(jax.jit, donate_argnums=(0,))
+def _write_layer(buffer: jax.Array, layer: jax.Array, index: jax.Array) -> jax.Array:
+    return jax.lax.dynamic_update_index_in_dim(buffer, layer.astype(buffer.dtype), index, axis=0)
 
 
 def _get(tree: dict, path: tuple[str, ...]):
