@@ -26,7 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "default"      # default | jsonl | hub | translated_json | multijail (held out: allow_held_out)
-    c.data.root = ""               # shared data folder (flores200_sib200/, polyrefuse/); required for "default"
+    c.data.root = "../shared/data"  # shared data folder (flores200_sib200/, polyrefuse/), used by source "default"
     c.data.path = ""               # jsonl / translated_json file, MultiJail.csv, or the hub data set id ("hub")
     c.data.languages = MULTIJAIL_LANGUAGES  # ISO 639-1 codes analysed (a group needs >= min_languages of them)
     c.data.min_languages = 2

@@ -26,7 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "polyrefuse"   # polyrefuse | jsonl | authors
-    c.data.root = ""               # shared data folder (polyrefuse/, flores200_sib200/); required for polyrefuse
+    c.data.root = "../shared/data"  # shared data folder (polyrefuse/, flores200_sib200/), used by source polyrefuse
     c.data.train_languages = ("en", "zh", "ko")
     c.data.test_languages = tuple(lang for lang in MULTIJAIL_LANGUAGES if lang not in ("en", "zh", "ko"))
     c.data.include_flores = True   # FLORES-200 test sentences as benign FPR check (needs data.root)

@@ -386,7 +386,8 @@ def run_locate(config, workdir: str | os.PathLike, model=None, mesh=None) -> Bot
         tsne_layers = parse_tsne_layers(tsne_layers_value, result.best_layer, model.config.num_layers)
         paths = write_bottleneck_report(result, workdir, features=features if tsne_layers else None,
                                         languages=languages, group_ids=group_ids, tsne_layers=tsne_layers,
-                                        tsne_max_iter=config.report.tsne_max_iter)
+                                        tsne_max_iter=config.report.tsne_max_iter,
+                                        metadata={"model": model.identity()})
         log.info("wrote %s", ", ".join(sorted(paths.values())))
     log.info("Locate: %s", summary_line(result))
     return result

@@ -99,6 +99,8 @@ def test_stored_activations_match_hf_and_the_reported_silhouettes(script_run, ti
     meta = json.loads((workdir / ACTIVATIONS_META_FILE).read_text())
     assert meta["shape"] == list(features.shape) and meta["description"]["max_length"] == 512
     assert meta["description"]["model_fingerprint"] == from_pretrained(tiny_hf_dirs["llama"]).fingerprint
+    report = json.loads((workdir / "bottleneck.json").read_text())
+    assert report["model"] == from_pretrained(tiny_hf_dirs["llama"]).identity()  # k* records its model
 
     # rows are the HF hidden states of the last token, in corpus order (raw text, default special tokens)
     rows = [0, 37, 81, 159]
@@ -261,6 +263,7 @@ def test_bad_config_values_name_the_flag(field, value, message, tmp_path):
 
 def test_default_source_needs_the_data_root_and_tsne_layers_parse():
     config = _locate_config()
+    config.data.root = ""
     with pytest.raises(ValueError, match="--config.data.root"):
         load_locate_corpus(config.data, seed=0)
     assert parse_tsne_layers("best, 1,best", best_layer=2, num_layers=3) == (2, 1)

@@ -190,6 +190,10 @@ def test_config_flags_per_family():
     ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}}, "rope type 'yarn'"),
     ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 1e4, "factor": 8.0}}, "low_freq_factor"),
     ({"hidden_act": "gelu"}, "hidden_act"),
+    ({"mlp_bias": True}, "mlp_bias=true is not supported"),
+    ({"use_sliding_window": True}, "use_sliding_window=true is not supported"),
+    ({"rope_parameters": [10000.0]}, "rope_parameters must be an object"),
+    ({"num_key_value_heads": 3}, "must be a multiple of num_key_value_heads"),
 ])
 def test_config_errors(change, message):
     hf = hf_config("llama").to_dict()
@@ -298,6 +302,35 @@ def test_import_refuses_pickle_and_missing_files(tiny_hf_dirs, tmp_path):
         from_pretrained(empty)
     with pytest.raises(FileNotFoundError, match="no such model directory"):
         from_pretrained(tmp_path / "does-not-exist")
+
+
+def test_import_errors_for_broken_shard_files(tiny_hf_dirs, tmp_path):
+    indexed = _copy_checkpoint(tiny_hf_dirs["llama"], tmp_path / "indexed")
+    (indexed / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {"model.embed_tokens.weight": "model-00001-of-00002.safetensors"}}))
+    with pytest.raises(FileNotFoundError, match="lists shard files that do not exist"):
+        from_pretrained(indexed)
+    (indexed / "model.safetensors.index.json").write_text("{not json")
+    with pytest.raises(ValueError, match="expected a JSON object with a 'weight_map'"):
+        from_pretrained(indexed)
+    truncated = _copy_checkpoint(tiny_hf_dirs["llama"], tmp_path / "truncated")
+    (truncated / "model.safetensors").write_bytes(b"\x10\x00")
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        from_pretrained(truncated)
+    garbled = _copy_checkpoint(tiny_hf_dirs["llama"], tmp_path / "garbled")
+    (garbled / "model.safetensors").write_bytes((20).to_bytes(8, "little") + b"{broken header......")
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        from_pretrained(garbled)
+
+
+def test_fingerprint_changes_when_every_weight_changes_slightly(tiny_hf_dirs, tmp_path):
+    """A fine-tune (small change everywhere) gets a new fingerprint; re-saving the same weights does not."""
+    changed = _copy_checkpoint(tiny_hf_dirs["llama"], tmp_path / "changed")
+    original = from_pretrained(tiny_hf_dirs["llama"]).fingerprint
+    _rewrite_tensors(changed, lambda t: None)
+    assert from_pretrained(changed).fingerprint == original
+    _rewrite_tensors(changed, lambda t: t.update({k: v + np.float32(1e-6) for k, v in t.items()}))
+    assert from_pretrained(changed).fingerprint != original
 
 
 def test_tied_checkpoint_with_stored_head_is_accepted(tiny_hf_dirs, tmp_path):

@@ -402,6 +402,7 @@ def test_demo_jsonl_data_uses_the_train_split_only():
     config.data.source = "jsonl"
     config.data.jsonl_path = str(DEMO_PROMPTS)
     config.data.test_languages = ()
+    config.data.include_flores = False
     data = load_ssi_data(config.data, seed=0)
     demo = [json.loads(line) for line in DEMO_PROMPTS.read_text(encoding="utf-8").splitlines()]
     train_split_texts = {row["prompt"] for row in demo if row["split"] == "train"}
@@ -416,7 +417,7 @@ def test_demo_jsonl_data_uses_the_train_split_only():
     test_groups = {r.group_id for r in data.evaluation["test_in_distribution"]}
     assert {r.group_id for r in data.evaluation["test_cross_lingual"]} == test_groups
     assert not test_groups & {r.group_id for r in data.train + data.val}
-    config.data.source = "polyrefuse"
+    config.data.source, config.data.root = "polyrefuse", ""
     with pytest.raises(ValueError, match="data.root"):
         load_ssi_data(config.data, seed=0)
 
@@ -428,6 +429,7 @@ def test_train_ssi_on_demo_jsonl(tiny_hf_dirs, tmp_path):
     config.residual_index = 1
     config.data.source = "jsonl"
     config.data.jsonl_path = str(DEMO_PROMPTS)
+    config.data.include_flores = False
     config.ssi.hidden_dims = "256,128"  # the authors' DeepMLP
     config.ssi.dropout = 0.2
     config.train.num_epochs = 3
@@ -441,3 +443,32 @@ def test_train_ssi_on_demo_jsonl(tiny_hf_dirs, tmp_path):
     assert ssi.config.residual_index == 1 and metrics["training"]["settings"]["class_balance"] == "balanced_batches"
     with pytest.raises(FileExistsError, match="overwrite"):  # before any work is done
         train_ssi(config, tmp_path)
+
+
+def test_located_layer_of_another_model_is_refused(tmp_path, tiny_hf_dirs):
+    """k* read from a Locate workdir must come from the same model (layer count and fingerprint)."""
+    import json
+
+    import ml_collections
+
+    from lasa_jax.models import from_pretrained
+    from lasa_jax.ssi.pipeline import resolve_residual_index
+
+    model = from_pretrained(tiny_hf_dirs["llama"])
+    def write(num_layers):
+        report = {"best_layer": 1, "num_layers": num_layers, "layers": [
+            {"layer": k, "s_lang": 0.0, "s_sem": 0.0, "diff": 0.0, "diff_lo": 0.0, "diff_hi": 0.0, "pick_share": 0.0}
+            for k in range(num_layers + 1)], "languages": ["en", "zh"], "num_groups": 2, "num_points": 4,
+            "model": model.identity()}
+        (tmp_path / "bottleneck.json").write_text(json.dumps(report))
+
+    write(model.config.num_layers)
+    config = ml_collections.ConfigDict(dict(residual_index=-1, locate_workdir=str(tmp_path),
+                                            model_path=str(tiny_hf_dirs["llama"])))
+    assert resolve_residual_index(config, model) == 1
+    other = from_pretrained(tiny_hf_dirs["qwen3"])  # same number of layers, different weights
+    with pytest.raises(ValueError, match="was located on model"):
+        resolve_residual_index(config, other)
+    write(32)
+    with pytest.raises(ValueError, match="located on a model with 32 layers"):
+        resolve_residual_index(config, model)

@@ -18,6 +18,11 @@ Residual-index convention (used by every LASA stage; identical to Hugging Face `
 Shapes: B batch, T query length, S key length (T, or the KV-cache length), D hidden size, H query heads,
 K key/value heads, hd head_dim, F MLP width, V vocabulary. Numerics: parameters stored in `param_dtype`, matmuls
 in `compute_dtype`; RMSNorm statistics, RoPE angles, attention softmax and logits in float32.
+
+Agreement with Hugging Face PyTorch (tests/test_models.py, tiny random models of the three families, left- and
+right-padded batches): float32 logits and every hidden state within 1e-4 (measured ~3e-6). bfloat16 (parameters
+and compute): logit error against the float32 reference at most 2x the error of HF's own bfloat16 model and below
+4% of the largest logit (measured 0.065-0.11 on logits of magnitude ~4-5, the same as HF bfloat16's 0.066-0.10).
 """
 from __future__ import annotations
 
@@ -119,6 +124,12 @@ class Decoder(nnx.Module):
         if not config.tie_word_embeddings:
             self.lm_head = nnx.Param((jax.random.normal(rngs.params(), (D, V), jnp.float32) * D ** -0.5
                                       ).astype(dtype), axes=("embed", "vocab"))
+
+    def identity(self) -> dict[str, Any]:
+        """What an artifact derived from this model records about it (to refuse being used with another model)."""
+        c = self.config
+        return {"fingerprint": self.fingerprint, "path": self.source_path, "model_type": c.model_type,
+                "num_layers": c.num_layers, "hidden_size": c.hidden_size, "param_dtype": c.param_dtype}
 
     def params(self) -> Params:
         """Pure nested dict of the parameter arrays (the input of `forward`)."""

@@ -386,11 +386,13 @@ def _put(tree: dict, path: tuple[str, ...], value) -> None:
 
 
 def model_fingerprint(path: str | os.PathLike, windows_per_tensor: int = 3, window_bytes: int = 4096) -> str:
-    """Content hash identifying a checkpoint's weights, independent of how they are split into files.
+    """Sampled content hash identifying a checkpoint's weights, independent of how they are split into files.
 
     Hashes the architecture from config.json and, for every tensor in name order, its name, dtype, shape and up to
-    `windows_per_tensor` byte windows (start, middle, end). Cheap for large checkpoints (~12 KiB read per tensor)
-    while telling a fine-tuned model from its base; an exported copy of a model has the same fingerprint.
+    `windows_per_tensor` byte windows (start, middle, end). Cheap for large checkpoints (~12 KiB read per tensor).
+    A full fine-tune changes every window, so it tells a fine-tuned model from its base; an edit confined to bytes
+    outside the sampled windows would go unnoticed (it is a guard against mix-ups, not a cryptographic digest).
+    An exported copy of a model (same dtype) has the same fingerprint.
     """
     directory = os.fspath(path)
     h = hashlib.sha256()

@@ -162,8 +162,12 @@ def _drop_near_duplicates(train, val, test, data_config, notes):
 # --------------------------------------------------------------------------------------------------- training
 
 
-def resolve_residual_index(config) -> int:
-    """config.residual_index, or (when < 0) `best_layer` of the Locate workdir's bottleneck.json."""
+def resolve_residual_index(config, model=None) -> int:
+    """config.residual_index, or (when < 0) `best_layer` of the Locate workdir's bottleneck.json.
+
+    With `model`, a located layer must come from that model: the report's number of layers and (when recorded)
+    model fingerprint must match, else ValueError naming both values.
+    """
     if config.residual_index >= 0:
         return int(config.residual_index)
     if not config.locate_workdir:
@@ -172,6 +176,15 @@ def resolve_residual_index(config) -> int:
     from lasa_jax.bottleneck import load_bottleneck
 
     report = load_bottleneck(config.locate_workdir)
+    if model is not None:
+        where = f"{config.locate_workdir}/bottleneck.json"
+        if report["num_layers"] != model.config.num_layers:
+            raise ValueError(f"{where} was located on a model with {report['num_layers']} layers, but "
+                             f"--config.model_path has {model.config.num_layers}")
+        located_on = (report.get("model") or {}).get("fingerprint")
+        if located_on and model.fingerprint and located_on != model.fingerprint:
+            raise ValueError(f"{where} was located on model {located_on} ({report['model'].get('path')}), but "
+                             f"--config.model_path={config.model_path} is model {model.fingerprint}")
     log.info("residual index %d = best_layer of %s", report["best_layer"], config.locate_workdir)
     return int(report["best_layer"])
 
@@ -200,10 +213,9 @@ def train_ssi(config, workdir: str | os.PathLike, mesh=None) -> dict[str, Any]:
     artifact_dir = workdir / ARTIFACT_SUBDIR
     if artifact_dir.exists() and not config.overwrite:
         raise FileExistsError(f"{artifact_dir} already exists; pass --config.overwrite=True or another --workdir")
-    residual_index = resolve_residual_index(config)
     data = load_ssi_data(config.data, seed=config.seed)
-
     model = load_model(config, mesh)
+    residual_index = resolve_residual_index(config, model)
     if model.fingerprint is None:
         raise ValueError(f"the model at {config.model_path} has no fingerprint; an SSI must record its base model")
     if residual_index > model.config.num_layers:
