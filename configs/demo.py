@@ -34,6 +34,9 @@ def get_config():
     c.ssi.data.jsonl_path = os.path.join(DEMO_DATA, "prompts.jsonl")
     c.ssi.data.jsonl_splits = ("train",)
     c.ssi.data.include_flores = False
+    c.ssi.data.train_languages = ("en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv")  # the demo's own data
+    c.ssi.data.test_languages = ()
+    c.ssi.threshold.rule = "accuracy"         # a random model's SSI is weak: the FPR-bounded rule would flag nothing
     c.ssi.train.num_epochs = 30
 
     c.kto.data.format = "unpaired_jsonl"

@@ -55,6 +55,8 @@ def build(model: str = "", preset: str = "cpu") -> ml_collections.ConfigDict:
     c.kto = stage_config("kto")
     c.kto.train.batch_size = p.kto_batch_size
     c.kto.train.grad_accum_steps = p.kto_micro_batches
+    if p.peak_flops_per_device:
+        c.kto.train.peak_flops_per_device = p.peak_flops_per_device  # MFU columns in metrics.jsonl
     c.kto.data.format = "polyrefuse_completions"   # WildGuard-labelled refusals / compliances (shared data)
     c.generate = stage_config("generate")
     c.generate.decoding.batch_size = p.generate_batch_size

@@ -11,10 +11,12 @@ Each stage runs the same library function as its own script, with a stage config
     <workdir>/evaluate/           report.md, report.json, asr_by_language.png
     <workdir>/report.md           summary linking every artifact
 
-A stage that finished writes `<stage dir>/stage_done.json` (with a hash of its stage config) and is skipped on the
-next run; a crashed stage simply runs again (KTO resumes from its last checkpoint, generation from its partial
-file). Rerunning with a changed stage config is refused unless the stage is listed in `--config.rerun`, which
-clears that stage's directory first. Every process runs every stage; only process 0 writes markers and reports.
+A stage that finished writes `<stage dir>/stage_done.json` (a hash of its stage config, a run id, and the run ids of
+the stages whose outputs it consumed) and is skipped on the next run; a crashed stage simply runs again (KTO
+resumes from its last checkpoint, generation from its partial file). Rerunning with a changed stage config is
+refused unless the stage is listed in `--config.rerun`, which clears that stage's directory first. When a stage
+runs again, every later stage that consumed its output runs again too (`stage_inputs`), so a report never mixes a
+new SSI with old generations. Every process runs every stage; only process 0 writes markers and reports.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import logging
 import os
 import shutil
 import time
+import uuid
 from typing import Any, Callable
 
 import ml_collections
@@ -93,6 +96,28 @@ def stage_configs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
     return out
 
 
+def stage_inputs(config: ml_collections.ConfigDict) -> dict[str, tuple[str, ...]]:
+    """For each stage, the earlier stages whose outputs it reads (under this pipeline config)."""
+    return {
+        "locate": (),
+        "ssi": ("locate",) if config.residual_index < 0 else (),
+        "kto": ("ssi",) if config.kto.labels.mode == "ssi" else (),
+        "generate_baseline": ("ssi",),  # the baseline records each prompt's SSI score
+        "generate_lasa": ("ssi", "kto"),
+        "evaluate": ("generate_baseline", "generate_lasa"),
+    }
+
+
+def _barrier(name: str) -> None:
+    """All processes reach this point before any goes on (markers written by process 0 are then visible)."""
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def config_hash(config: ml_collections.ConfigDict) -> str:
     return hashlib.sha256(config.to_json_best_effort(sort_keys=True).encode()).hexdigest()[:16]
 
@@ -116,6 +141,28 @@ def stage_status(workdir: str, stage: str) -> dict | None:
         return json.load(f)
 
 
+def stage_decision(workdir: str, stage: str, digest: str, consumed: dict[str, str | None],
+                   rerun: bool) -> tuple[str, str]:
+    """("skip" | "run" | "clear", reason) for `stage`: skip a finished stage whose config hash and consumed input
+    run ids are unchanged; clear and run it again when asked (`rerun`) or when an input stage ran again since; run
+    it (continuing whatever it left) when it has not finished. A finished stage with another config -> ValueError.
+    """
+    status = stage_status(workdir, stage)
+    if rerun:
+        return "clear", f"--config.rerun={stage}"
+    if status is None:
+        return "run", "not finished"
+    if status.get("config_hash") != digest:
+        raise ValueError(f"pipeline stage {stage!r} already finished in {_stage_dir(workdir, stage)} with a "
+                         f"different configuration (hash {status.get('config_hash')} != {digest}); add it to "
+                         f"--config.rerun to run it again (its directory is cleared) or use another workdir")
+    recorded = status.get("inputs", {})
+    changed = [up for up in consumed if recorded.get(up) != consumed[up]]
+    if changed:
+        return "clear", f"{stage}'s input stage(s) {', '.join(changed)} ran again"
+    return "skip", f"already done ({status.get('finished_at')})"
+
+
 def run_pipeline(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> dict[str, Any]:
     """Run (or continue) every stage in `config.stages`; returns {stage: "done" | "skipped"}."""
     stages = _comma(config.stages)
@@ -128,6 +175,7 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> 
     if not config.model_path:
         raise ValueError("--config.model_path is required (the base model: a local Hugging Face directory or hub id)")
     configs = stage_configs(config, workdir)
+    inputs = stage_inputs(config)
     if "kto" in stages:
         _warn_if_kto_does_not_fit(config)
     functions = _stage_functions()
@@ -137,18 +185,15 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> 
             continue
         stage_dir, stage_config = _stage_dir(workdir, stage), configs[stage]
         digest = config_hash(stage_config)
-        status = stage_status(workdir, stage)
-        if stage in rerun and os.path.isdir(stage_dir):
-            log.info("pipeline: --config.rerun clears %s", stage_dir)
+        consumed = {up: (stage_status(workdir, up) or {}).get("run_id") for up in inputs[stage]}
+        action, reason = stage_decision(workdir, stage, digest, consumed, stage in rerun)
+        if action == "clear" and os.path.isdir(stage_dir):
+            log.info("pipeline: %s: clearing %s", reason, stage_dir)
             if is_writer():
                 shutil.rmtree(stage_dir)
-            status = None
-        if status is not None:
-            if status.get("config_hash") != digest:
-                raise ValueError(f"pipeline stage {stage!r} already finished in {stage_dir} with a different "
-                                 f"configuration (hash {status.get('config_hash')} != {digest}); add it to "
-                                 f"--config.rerun to run it again (its directory is cleared) or use another workdir")
-            log.info("pipeline: %s already done (%s), skipped", stage, status.get("finished_at"))
+        _barrier(f"pipeline-{stage}-start")
+        if action == "skip":
+            log.info("pipeline: %s %s, skipped", stage, reason)
             outcome[stage] = "skipped"
             continue
         log.info("pipeline: running %s in %s", stage, stage_dir)
@@ -164,8 +209,10 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> 
             break
         if is_writer():
             atomic_write_json(os.path.join(stage_dir, DONE_FILE), {
-                "stage": stage, "config_hash": digest, "seconds": round(time.perf_counter() - start, 1),
+                "stage": stage, "config_hash": digest, "run_id": uuid.uuid4().hex, "inputs": consumed,
+                "seconds": round(time.perf_counter() - start, 1),
                 "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+        _barrier(f"pipeline-{stage}-done")
         outcome[stage] = "done"
     if is_writer():
         write_summary(workdir, config)
@@ -232,6 +279,13 @@ def write_summary(workdir: str, config: ml_collections.ConfigDict) -> str:
                 lines.append(f"KTO {run.get('status')} at step {run.get('step')} of {run.get('total_steps')}.")
             lines += [f"- {link('kto/metrics.jsonl')}, aligned model {link('kto/hf_export')}"]
         elif stage.startswith("generate"):
+            meta = _read_json(os.path.join(workdir, stage, "generations.jsonl.meta.json"))
+            if meta and meta.get("summary"):
+                s = meta["summary"]
+                lines.append(f"{s['prompts']} prompts, conditional prefix used on {s['prefix_used']}"
+                             + (f" (SSI threshold {meta['ssi_threshold']:.4f} at residual index "
+                                f"{meta['ssi_residual_index']})" if meta.get("ssi_threshold") is not None else "")
+                             + f"; {s['finished_at_eos']} finished at EOS.")
             lines += [f"- {link(stage + '/generations.jsonl')}"]
         elif stage == "evaluate":
             report = _read_json(os.path.join(workdir, "evaluate", "report.json"))

@@ -71,21 +71,33 @@ class TPUPreset:
     kto_batch_size: int       # KTO rows per step (global; the paper: 16)
     kto_micro_batches: int    # gradient accumulation steps per KTO step
     generate_batch_size: int  # generation (global)
+    peak_flops_per_device: float | None = None  # dense bf16 peak FLOP/s per chip (for MFU); None = unknown
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 GIB = 2**30
+# dense bf16 peak FLOP/s per chip, by `jax.Device.device_kind` (public TPU specifications)
+PEAK_FLOPS_BY_DEVICE_KIND = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
+                             "TPU v5": 459e12, "TPU v6 lite": 918e12, "TPU v6e": 918e12}
+_FSDP = dict(data=1, fsdp=-1, tensor=1)
 TPU_PRESETS: dict[str, TPUPreset] = {
-    # single TPU VMs (one host)
-    "v4-8": TPUPreset("v4-8", 4, 1, 32 * GIB, dict(data=1, fsdp=-1, tensor=1), 32, 16, 2, 32),
-    "v5e-8": TPUPreset("v5litepod-8", 8, 1, 16 * GIB, dict(data=1, fsdp=-1, tensor=1), 32, 16, 2, 32),
-    "v5p-8": TPUPreset("v5p-8", 4, 1, 95 * GIB, dict(data=1, fsdp=-1, tensor=1), 32, 16, 1, 32),
-    # pod slices (several hosts; jax.distributed.initialize() is called by the scripts)
-    "v5p-64": TPUPreset("v5p-64", 32, 8, 95 * GIB, dict(data=1, fsdp=-1, tensor=1), 128, 64, 1, 128),
-    "v4-64": TPUPreset("v4-64", 32, 8, 32 * GIB, dict(data=1, fsdp=-1, tensor=1), 128, 64, 1, 128),
+    # single TPU VMs (one host). kto_batch_size 16 = the paper's rows per update
+    "v4-8": TPUPreset("v4-8", 4, 1, 32 * GIB, _FSDP, 32, 16, 2, 32, 275e12),
+    "v5e-8": TPUPreset("v5litepod-8", 8, 1, 16 * GIB, _FSDP, 32, 16, 2, 32, 197e12),
+    "v5p-8": TPUPreset("v5p-8", 4, 1, 95 * GIB, _FSDP, 32, 16, 1, 32, 459e12),
+    # pod slices (several hosts; jax.distributed.initialize() is called by the scripts). The KTO batch grows to 64
+    # rows so every chip holds 2 rows; the learning rate is not rescaled (set --config.kto.train.batch_size=16 to
+    # keep the paper's batch, or scale --config.kto.train.learning_rate yourself)
+    "v5p-64": TPUPreset("v5p-64", 32, 8, 95 * GIB, _FSDP, 128, 64, 1, 128, 459e12),
+    "v4-64": TPUPreset("v4-64", 32, 8, 32 * GIB, _FSDP, 128, 64, 1, 128, 275e12),
 }
+
+
+def device_peak_flops(device_kind: str) -> float | None:
+    """Dense bf16 peak FLOP/s of one chip of this `device_kind`, or None when unknown (CPU, GPU, new chips)."""
+    return PEAK_FLOPS_BY_DEVICE_KIND.get(device_kind)
 CPU_PRESET = TPUPreset("cpu", 1, 1, 16 * GIB, dict(data=1, fsdp=-1, tensor=1), 8, 4, 1, 8)
 
 # bytes per parameter held during a KTO step: float32 policy (4), its float32 gradient (4), AdamW moments (8) and

@@ -65,8 +65,9 @@ def is_writer() -> bool:
 def maybe_initialize_distributed(mode: str = "auto") -> bool:
     """Call `jax.distributed.initialize()` for multi-process runs. Must run before any other jax call.
 
-    mode "on": always; "off": never; "auto": when the environment names a multi-process job (TPU pod worker list
-    with several hosts, an explicit coordinator address, SLURM/MPI). Returns whether it initialised.
+    mode "on": always; "off": never; "auto": on a Cloud TPU VM (where `initialize()` discovers the pod's hosts
+    itself, and is harmless on a single host), or when the environment names a multi-process job (coordinator
+    address, SLURM/MPI). Returns whether it initialised.
     """
     if mode not in DISTRIBUTED_MODES:
         raise ValueError(f"--config.distributed must be one of {DISTRIBUTED_MODES}, got {mode!r}")
@@ -75,13 +76,23 @@ def maybe_initialize_distributed(mode: str = "auto") -> bool:
     if mode == "auto":
         hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
         multi = any(os.environ.get(k) for k in _MULTIPROCESS_ENV if k != "TPU_WORKER_HOSTNAMES") or "," in hosts
-        if not multi:
+        if not (multi or on_cloud_tpu_vm()):
             return False
     import jax
 
     jax.distributed.initialize()
     log.info("jax.distributed initialised: process %d of %d", jax.process_index(), jax.process_count())
     return True
+
+
+def on_cloud_tpu_vm() -> bool:
+    """A Cloud TPU VM: TPU chips exposed to this host (/dev/accel* on v2-v4, /dev/vfio on v5e/v5p/v6e) and the
+    TPU runtime (libtpu) installed. Checked without initialising any jax backend."""
+    import glob
+    import importlib.util
+
+    chips = glob.glob("/dev/accel*") or [p for p in glob.glob("/dev/vfio/*") if not p.endswith("/vfio")]
+    return bool(chips) and importlib.util.find_spec("libtpu") is not None
 
 
 def mesh_from_config(mesh_config) -> Any:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run one Python module on every worker of a TPU VM (JAX multi-host: the same command on all hosts).
 # Usage: run_pod.sh NAME --zone ZONE [--repo-dir DIR] [--project PROJECT] [--dry-run] -- MODULE [ARGS...]
-# Example: run_pod.sh lasa-v5p --zone us-east5-a -- lasa_jax.scripts.train_kto --workdir=gs://bucket/run1
+# Example: run_pod.sh lasa-v5p --zone us-east5-a -- lasa_jax.scripts.pipeline --config=configs/llama31_8b.py:v5p-64 --workdir=/mnt/shared/run1
 # Runs `cd DIR && .venv/bin/python -m MODULE ARGS` remotely; every argument is shell-quoted (printf %q).
 # --dry-run prints the command ("+ " then the shell-quoted argv) and runs nothing.
 set -euo pipefail

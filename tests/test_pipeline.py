@@ -9,7 +9,7 @@ import time
 import ml_collections
 import pytest
 
-from lasa_jax.pipeline import STAGES, run_pipeline, stage_configs
+from lasa_jax.pipeline import STAGES, run_pipeline, stage_configs, stage_inputs
 from lasa_jax.presets import PAPER_MODELS, TPU_PRESETS, kto_fits
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -129,3 +129,26 @@ def test_abstract_shapes_of_a_paper_model_on_a_simulated_mesh():
     assert shardings["layers"]["gate_kernel"].spec == jax.sharding.PartitionSpec(None, "fsdp")
     total = sum(x.size for x in jax.tree.leaves(params))
     assert total == config.num_params()
+
+
+def test_a_stage_reruns_when_a_stage_it_consumed_ran_again(tmp_path):
+    from lasa_jax.pipeline import stage_decision
+
+    def mark(stage, **fields):
+        (tmp_path / stage).mkdir(exist_ok=True)
+        (tmp_path / stage / "stage_done.json").write_text(json.dumps({"stage": stage, **fields}))
+
+    assert stage_decision(str(tmp_path), "generate_lasa", "h", {"ssi": "a"}, rerun=False)[0] == "run"
+    mark("generate_lasa", config_hash="h", run_id="g1", inputs={"ssi": "a", "kto": "k"})
+    assert stage_decision(str(tmp_path), "generate_lasa", "h", {"ssi": "a", "kto": "k"}, False)[0] == "skip"
+    action, reason = stage_decision(str(tmp_path), "generate_lasa", "h", {"ssi": "b", "kto": "k"}, False)
+    assert action == "clear" and "ssi ran again" in reason
+    assert stage_decision(str(tmp_path), "generate_lasa", "h", {"ssi": "a", "kto": "k"}, True)[0] == "clear"
+    with pytest.raises(ValueError, match="different configuration"):
+        stage_decision(str(tmp_path), "generate_lasa", "other", {"ssi": "a", "kto": "k"}, False)
+    config = _load_config("demo")
+    inputs = stage_inputs(config)
+    assert inputs["evaluate"] == ("generate_baseline", "generate_lasa") and "ssi" in inputs["generate_lasa"]
+    assert inputs["ssi"] == ("locate",)  # the demo reads k* from its own Locate stage
+    config.residual_index = 14
+    assert stage_inputs(config)["ssi"] == ()
