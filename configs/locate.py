@@ -35,7 +35,14 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.hub_split = "train"     # hub: datasets split
     c.data.hub_data_files = ""     # hub: data_files (e.g. with data.path="json")
     c.data.hub_cache_dir = ""      # hub: datasets cache folder ("" = the datasets default)
-    c.data.allow_held_out = False  # permit MultiJail / held-out sources (analysis only; never for the real k*)
+    c.data.allow_held_out = False  # permit MultiJail / held-out sources (analysis only; never for the real k*);
+    #                                False also drops jsonl/hub/translated_json groups holding a MultiJail prompt
+    #                                (when <root>/multijail/MultiJail.csv exists)
+    # Source confound: in the default corpus vi, bn, sw, jv come only from FLORES (benign news) while the other six
+    # languages also come from PolyRefuse (requests), so S_lang partly measures source/domain. True keeps only the
+    # sources present in every requested language (all ten: FLORES only); per-source counts per language are in
+    # activations.json and bottleneck.json ("corpus").
+    c.data.common_sources_only = False
 
     c.selection = ml_collections.ConfigDict()
     c.selection.metric = "cosine"  # silhouette distance: cosine (the paper) | euclidean (on unit vectors)

@@ -13,10 +13,19 @@ Steps:
      data_files=data.hub_data_files, cache_dir=data.hub_cache_dir)` (e.g. data.path="json" with local files);
    - "translated_json": the reference code's `safety_train_translated.json` at `data.path` (harmful, label 1);
    - "multijail": MultiJail (`data.path`, default `<data.root>/multijail`). A held-out evaluation set: refused
-     unless `data.allow_held_out=True`, and then loudly warned about. Non-default sources are also checked for
-     held-out source names (`check_not_held_out`) unless `data.allow_held_out` is set.
-   Then: languages in `data.languages`, groups with >= `data.min_languages` of them, at most
-   `data.max_groups_per_source` groups per source (0 = all), drawn with `config.seed`.
+     unless `data.allow_held_out=True`, and then loudly warned about.
+   Unless `data.allow_held_out` is set, the non-default sources (jsonl, hub, translated_json) are checked for
+   held-out source names (`check_not_held_out`), and, when `<data.root>/multijail/MultiJail.csv` exists, their
+   groups holding a MultiJail prompt under any source name are dropped, counted and warned about
+   (`guard_held_out_content`: English token Jaccard >= 0.6, or an exact text match).
+   Then: languages in `data.languages`, groups with >= `data.min_languages` of them, with
+   `data.common_sources_only` only the sources present in every requested language (`keep_common_sources`), at
+   most `data.max_groups_per_source` groups per source (0 = all), drawn with `config.seed`.
+   Source confound: in the default corpus vi, bn, sw and jv come only from FLORES (benign news) while the other
+   six languages also come from PolyRefuse (harmful/harmless requests), so S_lang partly measures source/domain
+   (a language cluster is also a domain cluster) and S_sem mixes two kinds of groups. `data.common_sources_only`
+   (default False, the paper's mixed data) removes the confound at the price of data (all ten languages: FLORES
+   only). The texts per source and language are reported in activations.json and bottleneck.json ("corpus").
 2. Tokenisation (`tokenize_prompts`): raw text with the tokenizer's default special tokens (the paper), or the chat
    template (`chat_template`, `template_kwargs` JSON); at most `max_length` tokens.
 3. Capture: `capture(..., residual_index=None)`, every residual index 0..L in one forward pass per batch, pooled
@@ -27,8 +36,9 @@ Steps:
    whose key matches loads the file instead of running the model (`reuse_activations`).
 4. Selection (`select_bottleneck_layer`, `config.selection`): argmax over residual indices of S_sem - S_lang on
    L2-normalised vectors, with a group bootstrap (interval and pick share per layer), seeded by `config.seed`.
-5. Report (`write_bottleneck_report`): bottleneck.json, layers.csv, bottleneck_layers.png, and
-   tsne_layer<k>.png for each of `report.tsne_layers`.
+5. Report (`write_bottleneck_report`): bottleneck.json (with "model", the model's identity, and "corpus", the
+   corpus summary and data notes), layers.csv, bottleneck_layers.png, and tsne_layer<k>.png for each of
+   `report.tsne_layers`.
 
 Multi-process runs: every process loads the data, runs the (sharded) capture and the selection; only process 0
 writes files. The activation file is reused only if every process can read a matching one (a shared workdir).
@@ -49,11 +59,12 @@ from lasa_jax.activations import (POOLINGS, capture, default_batch_size, load_ac
                                   token_ids_digest, tokenize_prompts)
 from lasa_jax.bottleneck import (BOOTSTRAP_MODES, METRICS, BottleneckResult, select_bottleneck_layer,
                                  write_bottleneck_report)
-from lasa_jax.data.labelled import check_not_held_out
+from lasa_jax.data.labelled import check_not_held_out, guard_held_out_content
 from lasa_jax.data.languages import normalize_language
 from lasa_jax.data.parallel import (ParallelText, _record_from_row, check_parallel_corpus, corpus_summary,
-                                    default_locate_corpus, filter_parallel_groups, load_multijail,
-                                    load_parallel_hub, load_translated_safety_json, subsample_groups)
+                                    default_locate_corpus, filter_parallel_groups, keep_common_sources,
+                                    load_multijail, load_parallel_hub, load_translated_safety_json,
+                                    subsample_groups)
 from lasa_jax.io_utils import atomic_write_json
 from lasa_jax.runtime import is_writer, load_model, load_tokenizer, template_kwargs
 
@@ -180,20 +191,30 @@ def load_parallel_jsonl_split(path: str | os.PathLike, splits: Sequence[str] = (
 
 def load_locate_corpus(data_config, seed: int) -> list[ParallelText]:
     """The Locate texts described by `config.data` (module docstring, step 1)."""
+    return locate_corpus_with_notes(data_config, seed)[0]
+
+
+def locate_corpus_with_notes(data_config, seed: int) -> tuple[list[ParallelText], dict[str, Any]]:
+    """(`load_locate_corpus`'s texts, notes for the report: "source", "common_sources_only" and
+    "held_out_content", what the held-out content guard checked and dropped)."""
     source = data_config.source
     if source not in DATA_SOURCES:
         raise _fail("data.source", f"one of {DATA_SOURCES}", source)
     languages = _requested_languages(data_config.languages)
     max_groups = data_config.max_groups_per_source or None
+    common_sources_only = bool(data_config.common_sources_only)
     root = pathlib.Path(data_config.root) if data_config.root else None
     path = data_config.path
+    notes: dict[str, Any] = {"source": source, "common_sources_only": common_sources_only}
 
     if source == "default":
         if root is None:
             raise ValueError("--config.data.root is required for data.source='default' (the shared data folder "
                              "holding flores200_sib200/ and polyrefuse/)")
-        records = default_locate_corpus(root, languages=languages, max_groups_per_source=max_groups, seed=seed)
-        return filter_parallel_groups(records, languages, min_languages=data_config.min_languages)
+        notes["held_out_content"] = "not applied: the default corpus is FLORES/SIB-200 + PolyRefuse train/val"
+        records = default_locate_corpus(root, languages=languages, max_groups_per_source=max_groups, seed=seed,
+                                        common_sources_only=common_sources_only)
+        return filter_parallel_groups(records, languages, min_languages=data_config.min_languages), notes
 
     if source == "multijail":
         if not data_config.allow_held_out:
@@ -204,6 +225,7 @@ def load_locate_corpus(data_config, seed: int) -> list[ParallelText]:
             raise ValueError("data.source='multijail' needs --config.data.path (MultiJail.csv) or --config.data.root")
         log.warning("!!! Locate runs on MultiJail, a HELD-OUT EVALUATION SET (--config.data.allow_held_out=True). "
                     "A layer chosen this way must not be used for results evaluated on MultiJail. !!!")
+        notes["held_out_content"] = "not applied: data.source='multijail' (data.allow_held_out=True)"
         records = load_multijail(path or root / "multijail", languages=languages)
     else:
         if not path:
@@ -216,12 +238,21 @@ def load_locate_corpus(data_config, seed: int) -> list[ParallelText]:
                                         cache_dir=data_config.hub_cache_dir or None)
         else:
             records = load_translated_safety_json(path, label=1)
-        if not data_config.allow_held_out:
-            check_not_held_out(records, what=f"Locate data ({source} {path})")
+        if data_config.allow_held_out:
+            notes["held_out_content"] = "not applied: data.allow_held_out=True"
+        else:
+            what = f"Locate data ({source} {path})"
+            check_not_held_out(records, what=what)
+            guarded, notes["held_out_content"] = guard_held_out_content({"corpus": records}, root, what)
+            records = guarded["corpus"]
     records = filter_parallel_groups(records, languages, min_languages=data_config.min_languages)
+    if common_sources_only:
+        records, notes["dropped_sources"] = keep_common_sources(records, languages)
+        log.info("data.common_sources_only: dropped sources without texts in every language (their languages): %s",
+                 notes["dropped_sources"])
     records = subsample_groups(records, max_groups, seed=seed)
     check_parallel_corpus(records, what=f"Locate data ({source}) after subsampling")
-    return records
+    return records, notes
 
 
 # -------------------------------------------------------------------------------------------------- activations
@@ -353,11 +384,11 @@ def run_locate(config, workdir: str | os.PathLike, model=None, mesh=None) -> Bot
     """
     check_locate_config(config, model_given=model is not None)
     workdir = pathlib.Path(workdir)
-    records = load_locate_corpus(config.data, seed=config.seed)
+    records, notes = locate_corpus_with_notes(config.data, seed=config.seed)
     summary = corpus_summary(records)
-    log.info("Locate data (%s): %d texts, %d groups; texts per language %s; per source %s", config.data.source,
-             summary["num_texts"], summary["num_groups"], summary["texts_per_language"],
-             summary["texts_per_source"])
+    log.info("Locate data (%s): %d texts, %d groups; texts per language %s; per source and language %s",
+             config.data.source, summary["num_texts"], summary["num_groups"], summary["texts_per_language"],
+             summary["texts_per_source_language"])
 
     if model is None:
         model = load_model(config, mesh)
@@ -387,7 +418,7 @@ def run_locate(config, workdir: str | os.PathLike, model=None, mesh=None) -> Bot
         paths = write_bottleneck_report(result, workdir, features=features if tsne_layers else None,
                                         languages=languages, group_ids=group_ids, tsne_layers=tsne_layers,
                                         tsne_max_iter=config.report.tsne_max_iter,
-                                        metadata={"model": model.identity()})
+                                        metadata={"model": model.identity(), "corpus": {**summary, "notes": notes}})
         log.info("wrote %s", ", ".join(sorted(paths.values())))
     log.info("Locate: %s", summary_line(result))
     return result

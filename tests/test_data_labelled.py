@@ -1,6 +1,7 @@
 """SSI data: loaders on the real shared files and small fixtures of the reference formats, grouped splits."""
 import collections
 import json
+import logging
 import pathlib
 
 import numpy as np
@@ -10,11 +11,14 @@ from lasa_jax.data.labelled import (
     LabelledPrompt,
     check_disjoint_groups,
     check_not_held_out,
+    drop_held_out_content,
     drop_near_duplicate_groups,
     grouped_split,
+    guard_held_out_content,
     limit_groups,
     load_flores_benign,
     load_labelled_jsonl,
+    load_multijail_prompts,
     load_polyrefuse_prompts,
     load_ultrafeedback_prompts,
     load_unsafe_train_json,
@@ -243,3 +247,58 @@ def test_limit_groups_and_select_languages():
     assert {r.language for r in select_languages(records, ["English", "ko"])} == {"en", "ko"}
     summary = split_summary(limited)
     assert summary["num_groups"] == 10 and summary["num_rows"] == len(limited)
+
+
+# ------------------------------------------------------------------------------------------ held-out content
+
+
+def test_content_guard_finds_the_readme_multijail_overlaps(shared_data):
+    """The shared README's disjointness check, reproduced: of the PolyRefuse harmful_test English instructions
+    (read raw, before the loader drops them) exactly rows 345, 405, 530 and 548 are MultiJail prompts, and
+    PolyRefuse train/val (all three SSI training languages) hold none."""
+    multijail = load_multijail_prompts(shared_data / "multijail")
+    assert len(multijail) == 3150 and {r.label for r in multijail} == {1} and {r.split for r in multijail} == {"test"}
+    raw = json.loads((shared_data / "polyrefuse/PolyRefuse/harmful_test_translated_it.json").read_text("utf-8"))
+    english = [LabelledPrompt(row["instruction"], "en", 1, f"t:{i}", "t") for i, row in enumerate(raw)]
+    kept, dropped = drop_held_out_content(english, multijail)
+    assert dropped == sorted(f"t:{i}" for i in POLYREFUSE_MULTIJAIL_OVERLAP)
+    assert len(kept) == len(english) - 4
+    train_val = load_polyrefuse_prompts(shared_data / "polyrefuse", ("train", "val"), ("en", "zh", "ko"))
+    assert drop_held_out_content(train_val, multijail)[1] == []
+
+
+def test_content_guard_drops_multijail_prompts_under_other_names(shared_data, caplog):
+    multijail = {(r.group_id, r.language): r.text for r in load_multijail_prompts(shared_data / "multijail")}
+    english = multijail[("multijail:7", "en")]
+    paraphrase = english.rstrip("?.!") + " please"  # one token more: Jaccard still >= 0.6
+    records = [
+        LabelledPrompt(paraphrase, "en", 1, "mine:a", "mine"),
+        LabelledPrompt("How do I bake bread?", "en", 0, "mine:b", "mine"),
+        LabelledPrompt("如何烤面包？", "zh", 0, "mine:b", "mine"),
+        # a translation only: exact match (whitespace and case ignored) with MultiJail's Korean column
+        LabelledPrompt("  " + multijail[("multijail:12", "ko")].replace(" ", "  ") + " ", "ko", 1, "mine:c", "mine"),
+        # filed under the wrong language: MultiJail's Swahili text labelled Javanese
+        LabelledPrompt(multijail[("multijail:20", "sw")].upper(), "jv", 1, "mine:d", "mine"),
+        LabelledPrompt("Nyanyi lagu", "jv", 0, "mine:e", "mine"),
+    ]
+    with caplog.at_level(logging.WARNING, logger="lasa_jax.data.labelled"):
+        guarded, notes = guard_held_out_content({"train": records, "val": records[1:3]}, shared_data, "fixture")
+    assert [r.group_id for r in guarded["train"]] == ["mine:b", "mine:b", "mine:e"]
+    assert guarded["val"] == records[1:3]
+    assert notes["checked"] and notes["jaccard_threshold"] == 0.6
+    assert notes["dropped"] == {"train": {"groups": ["mine:a", "mine:c", "mine:d"], "rows": 3},
+                                "val": {"groups": [], "rows": 0}}
+    assert "fixture, train: dropped 3 groups (3 rows) holding a MultiJail prompt" in caplog.text
+    # the README's test: a different prompt sharing a few words is not a near duplicate
+    unrelated = LabelledPrompt(" ".join(english.split()[:2]) + " cook pasta for dinner tonight", "en", 0, "x:1", "x")
+    assert drop_held_out_content([unrelated], list(load_multijail_prompts(shared_data / "multijail", ["en"])))[1] == []
+
+
+def test_content_guard_without_multijail_warns_and_keeps_everything(tmp_path, caplog):
+    records = [LabelledPrompt("anything", "en", 1, "mine:a", "mine")]
+    with caplog.at_level(logging.WARNING, logger="lasa_jax.data.labelled"):
+        guarded, notes = guard_held_out_content({"train": records}, tmp_path, "fixture")
+    assert guarded == {"train": records} and notes["checked"] is False
+    assert "MultiJail.csv not found" in notes["reason"] and "content guard skipped" in caplog.text
+    assert guard_held_out_content({"train": records}, None, "fixture")[1] == {"checked": False,
+                                                                             "reason": "no data root given"}

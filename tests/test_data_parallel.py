@@ -13,6 +13,7 @@ from lasa_jax.data.parallel import (
     corpus_summary,
     default_locate_corpus,
     filter_parallel_groups,
+    keep_common_sources,
     load_flores_sib200,
     load_multijail,
     load_parallel_hub,
@@ -152,6 +153,36 @@ def test_default_locate_corpus(shared_data):
 
     sw_jv = default_locate_corpus(shared_data, languages=["sw", "jv"], max_groups_per_source=None)
     assert {r.source for r in sw_jv} == {"flores"} and len(sw_jv) == 2 * 1004
+
+    # the source confound, visible in the summary: vi, bn, sw, jv have FLORES texts only
+    per_source_language = summary["texts_per_source_language"]
+    assert per_source_language["flores"] == {lang: 100 for lang in sorted(MULTIJAIL_LANGUAGES)}
+    for source in ("polyrefuse/harmful_train", "polyrefuse/harmless_train", "polyrefuse/harmful_val",
+                   "polyrefuse/harmless_val"):
+        assert set(per_source_language[source]) == POLYREFUSE_IN_MULTIJAIL
+    assert sum(sum(counts.values()) for counts in per_source_language.values()) == summary["num_texts"]
+
+
+def test_default_locate_corpus_common_sources_only(shared_data):
+    common = default_locate_corpus(shared_data, common_sources_only=True)
+    summary = corpus_summary(common)
+    assert summary["texts_per_source_language"] == {"flores": {lang: 100 for lang in sorted(MULTIJAIL_LANGUAGES)}}
+    assert summary["num_groups"] == 100 and summary["num_texts"] == 1000
+    # languages all sources cover: nothing to drop, the same corpus as without the option
+    six = sorted(POLYREFUSE_IN_MULTIJAIL)
+    assert default_locate_corpus(shared_data, six, common_sources_only=True) == default_locate_corpus(shared_data, six)
+
+
+def test_keep_common_sources():
+    records = [ParallelText("a", "en", "s:1", "s"), ParallelText("b", "zh", "s:1", "s"),
+               ParallelText("c", "sw", "s:2", "s"), ParallelText("d", "en", "s:2", "s"),
+               ParallelText("e", "en", "t:1", "t"), ParallelText("f", "zh", "t:1", "t"),
+               ParallelText("g", "fr", "u:1", "u")]
+    kept, dropped = keep_common_sources(records, ["en", "zh", "Swahili"])
+    assert [r.text for r in kept] == ["a", "b", "c", "d"] and dropped == {"t": ["en", "zh"], "u": []}
+    assert keep_common_sources(records, ["en", "zh"]) == (records[:6], {"u": []})
+    with pytest.raises(ValueError, match=r"no source has texts in every requested language \['en', 'fr'\]"):
+        keep_common_sources(records, ["en", "fr"])
 
 
 # -------------------------------------------------------------------------------------- fixtures and errors

@@ -18,9 +18,10 @@ from transformers import AutoModelForCausalLM
 
 from lasa_jax.activations import load_activations, tokenize_prompts
 from lasa_jax.bottleneck import load_bottleneck
-from lasa_jax.data.parallel import default_locate_corpus
-from lasa_jax.locate import (ACTIVATIONS_FILE, ACTIVATIONS_META_FILE, load_locate_corpus, parse_tsne_layers,
-                             run_locate)
+from lasa_jax.data.labelled import load_multijail_prompts
+from lasa_jax.data.parallel import corpus_summary, default_locate_corpus
+from lasa_jax.locate import (ACTIVATIONS_FILE, ACTIVATIONS_META_FILE, load_locate_corpus, locate_corpus_with_notes,
+                             parse_tsne_layers, run_locate)
 from lasa_jax.models import from_pretrained
 from lasa_jax.runtime import load_tokenizer
 
@@ -101,6 +102,14 @@ def test_stored_activations_match_hf_and_the_reported_silhouettes(script_run, ti
     assert meta["description"]["model_fingerprint"] == from_pretrained(tiny_hf_dirs["llama"]).fingerprint
     report = json.loads((workdir / "bottleneck.json").read_text())
     assert report["model"] == from_pretrained(tiny_hf_dirs["llama"]).identity()  # k* records its model
+    # both files report the corpus, with texts per source and language (the source/language mix)
+    summary = corpus_summary(records)
+    assert meta["corpus"] == summary
+    assert report["corpus"] == {**summary, "notes": {
+        "source": "default", "common_sources_only": False,
+        "held_out_content": "not applied: the default corpus is FLORES/SIB-200 + PolyRefuse train/val"}}
+    assert report["corpus"]["texts_per_source_language"]["flores"] == {lang: GROUPS_PER_SOURCE
+                                                                       for lang in sorted(LANGUAGES)}
 
     # rows are the HF hidden states of the last token, in corpus order (raw text, default special tokens)
     rows = [0, 37, 81, 159]
@@ -207,6 +216,54 @@ def test_jsonl_naming_a_held_out_source_is_refused(tmp_path):
         load_locate_corpus(config.data, seed=0)
     config.data.allow_held_out = True
     assert len(load_locate_corpus(config.data, seed=0)) == 6
+
+
+def test_non_default_sources_drop_multijail_prompts_under_other_names(tmp_path, shared_data, caplog):
+    multijail = {(r.group_id, r.language): r.text for r in load_multijail_prompts(shared_data / "multijail")}
+    rows = [{"text": f"text {g} {lang}", "language": lang, "group_id": g, "label": 0, "source": "mine"}
+            for g in range(3) for lang in ("en", "zh")]
+    rows += [{"text": multijail[("multijail:3", "en")], "language": "en", "group_id": 3, "label": 1},
+             {"text": "translated elsewhere", "language": "zh", "group_id": 3, "label": 1},
+             {"text": "an English original", "language": "en", "group_id": 4, "label": 1},
+             {"text": multijail[("multijail:9", "zh")], "language": "zh", "group_id": 4, "label": 1}]
+    path = tmp_path / "mine.jsonl"
+    path.write_text("\n".join(json.dumps(row, ensure_ascii=False) for row in rows), encoding="utf-8")
+    config = _locate_config()
+    config.data.source = "jsonl"
+    config.data.path = str(path)
+    config.data.root = str(shared_data)
+    config.data.languages = ("en", "zh")
+    with caplog.at_level("WARNING"):
+        records, notes = locate_corpus_with_notes(config.data, seed=0)
+    assert {r.group_id for r in records} == {"mine:0", "mine:1", "mine:2"}
+    assert notes["held_out_content"]["dropped"] == {"corpus": {"groups": ["mine:3", "mine:4"], "rows": 4}}
+    assert "corpus: dropped 2 groups (4 rows) holding a MultiJail prompt" in caplog.text
+    config.data.allow_held_out = True  # deliberate analysis: nothing dropped
+    assert len(load_locate_corpus(config.data, seed=0)) == len(rows)
+
+
+def test_common_sources_only_removes_the_source_confound(tmp_path, shared_data):
+    config = _locate_config()
+    config.data.root = str(shared_data)
+    config.data.max_groups_per_source = 5
+    mixed = load_locate_corpus(config.data, seed=0)  # all ten languages: PolyRefuse lacks vi, bn, sw, jv
+    assert {r.source for r in mixed} == {"flores", "polyrefuse/harmful_train", "polyrefuse/harmless_train",
+                                         "polyrefuse/harmful_val", "polyrefuse/harmless_val"}
+    config.data.common_sources_only = True
+    common, notes = locate_corpus_with_notes(config.data, seed=0)
+    assert corpus_summary(common)["texts_per_source_language"] == {"flores": {lang: 5 for lang in
+                                                                              sorted(config.data.languages)}}
+    assert notes["common_sources_only"] is True
+    # non-default sources: the dropped sources are listed with the languages they have
+    rows = [{"text": f"{source} {g} {lang}", "language": lang, "group_id": g, "source": source}
+            for source, languages in (("both", ("en", "zh")), ("english_chinese_korean", ("en", "zh", "ko")),
+                                      ("korean_only", ("ko", "en"))) for g in range(3) for lang in languages]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(json.dumps(row) for row in rows), encoding="utf-8")
+    config.data.source, config.data.path, config.data.languages = "jsonl", str(path), ("en", "zh", "ko")
+    records, notes = locate_corpus_with_notes(config.data, seed=0)
+    assert {r.source for r in records} == {"english_chinese_korean"}
+    assert notes["dropped_sources"] == {"both": ["en", "zh"], "korean_only": ["en", "ko"]}
 
 
 def test_hub_source_reads_local_files_through_datasets(tmp_path):

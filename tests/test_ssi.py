@@ -1,4 +1,5 @@
 """Stage 2 (SSI): metrics and thresholds, the MLP and its training, the artifact schema, the scorer, the script."""
+import collections
 import dataclasses
 import importlib.util
 import json
@@ -15,6 +16,8 @@ from sklearn.metrics import roc_auc_score
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lasa_jax.activations import tokenize_prompts
+from lasa_jax.data.labelled import load_multijail_prompts
+from lasa_jax.data.languages import MULTIJAIL_LANGUAGES
 from lasa_jax.data.preference import PreferenceRow, assign_latent_labels
 from lasa_jax.models import from_pretrained
 from lasa_jax.ssi import (SSI, SSIConfig, SSIScorer, choose_threshold, classification_metrics, evaluate_by_language,
@@ -354,33 +357,59 @@ def _run_script(args, env_extra=None):
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
+def _write_located_layer(locate_workdir, model, best_layer):
+    """A valid Locate report (bottleneck.json) for `model`, as run_locate writes it, naming `best_layer` as k*."""
+    layers = [{"layer": k, "s_lang": 0.1, "s_sem": 0.2, "diff": 0.1, "diff_lo": 0.0, "diff_hi": 0.2,
+               "pick_share": float(k == best_layer)} for k in range(model.config.num_layers + 1)]
+    locate_workdir.mkdir(parents=True)
+    (locate_workdir / "bottleneck.json").write_text(json.dumps(
+        {"best_layer": best_layer, "num_layers": model.config.num_layers, "layers": layers,
+         "languages": ["en", "zh"], "num_groups": 5, "num_points": 10, "model": model.identity()}))
+
+
 def test_train_ssi_script_end_to_end_on_shared_data(tiny_hf_dirs, shared_data, tmp_path):
-    workdir = tmp_path / "run"
+    """The script reads k* from a Locate workdir; MultiJail is scored as an evaluation-only set, and a run without
+    it trains the very same SSI (parameters, threshold, history)."""
+    model = from_pretrained(tiny_hf_dirs["llama"], dtype="float32")
+    locate_workdir, workdir = tmp_path / "locate", tmp_path / "run"
+    _write_located_layer(locate_workdir, model, best_layer=1)
     start = time.perf_counter()
-    proc = _run_script([f"--config.model_path={tiny_hf_dirs['llama']}", "--config.residual_index=2",
-                        "--config.dtype=float32", f"--config.data.root={shared_data}",
-                        "--config.data.max_groups_per_split=6", "--config.train.num_epochs=4",
-                        f"--workdir={workdir}"])
+    proc = _run_script([f"--config.model_path={tiny_hf_dirs['llama']}", "--config.residual_index=-1",
+                        f"--config.locate_workdir={locate_workdir}", "--config.dtype=float32",
+                        f"--config.data.root={shared_data}", "--config.data.max_groups_per_split=6",
+                        "--config.train.num_epochs=4", f"--workdir={workdir}"])
     elapsed = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert elapsed < 90, elapsed  # ~13 s on an idle 2-core machine
+    assert elapsed < 90, elapsed  # ~20 s on an idle 2-core machine
+    assert f"residual index 1 = best_layer of {locate_workdir}" in proc.stderr
     artifact = workdir / "ssi"
     assert {CONFIG_FILE, PARAMS_FILE, METRICS_FILE, PLOT_FILE} <= set(os.listdir(artifact))
     assert (artifact / PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     config = json.loads((artifact / CONFIG_FILE).read_text())
-    model = from_pretrained(tiny_hf_dirs["llama"], dtype="float32")
-    assert config["residual_index"] == 2 and config["d_model"] == 64 and config["hidden_dims"] == [64]
+    assert config["residual_index"] == 1 and config["d_model"] == 64 and config["hidden_dims"] == [64]
     assert config["base_model_fingerprint"] == model.fingerprint
     assert config["train_languages"] == ["en", "zh", "ko"] and config["threshold_rule"] == "tpr_at_fpr"
     metrics = json.loads((artifact / METRICS_FILE).read_text())
-    assert set(metrics["evaluation"]) == {"val", "test_in_distribution", "test_cross_lingual", "benign_flores"}
+    assert set(metrics["evaluation"]) == {"val", "test_in_distribution", "test_cross_lingual", "benign_flores",
+                                          "multijail_harmful"}
+    assert metrics["held_out_evaluation"] == ["multijail_harmful"]
     assert set(metrics["evaluation"]["test_cross_lingual"]["per_language"]) == {"it", "ar", "th"}
-    assert set(metrics["evaluation"]["benign_flores"]["per_language"]) == {
-        "en", "zh", "ko", "it", "vi", "ar", "th", "bn", "sw", "jv"}
+    all_languages = {"en", "zh", "ko", "it", "vi", "ar", "th", "bn", "sw", "jv"}
+    assert set(metrics["evaluation"]["benign_flores"]["per_language"]) == all_languages
+    multijail = metrics["evaluation"]["multijail_harmful"]["per_language"]
+    assert set(multijail) == all_languages
+    for language in ("vi", "bn", "sw", "jv"):  # harmful-side metrics where PolyRefuse has no test
+        assert multijail[language]["num_harmful"] == 6 and multijail[language]["num_benign"] == 0
+        assert 0.0 <= multijail[language]["tpr"] <= 1.0 and multijail[language]["fpr"] is None
+    assert metrics["data"]["multijail_harmful"]["sources"] == {"multijail": 60}
+    notes = metrics["data"]["notes"]
+    assert notes["held_out_content"]["checked"] and notes["held_out_content"]["dropped"] == {
+        "train": {"groups": [], "rows": 0}, "val": {"groups": [], "rows": 0}}  # PolyRefuse train/val: no overlap
+    assert notes["multijail_evaluation"]["languages"] == ["en", "zh", "ko", "it", "vi", "ar", "th", "bn", "sw", "jv"]
     assert metrics["threshold"]["chosen"] == config["threshold"]
     assert set(metrics["summary"]) == set(metrics["evaluation"])
     assert metrics["threshold"]["candidates"]["tpr_at_fpr"]["validation"]["fpr"] <= 0.05
-    assert metrics["data"]["notes"]["near_duplicates"]["dropped_val_groups"] == [
+    assert notes["near_duplicates"]["dropped_val_groups"] == [
         "polyrefuse/harmful_val:1", "polyrefuse/harmful_val:12", "polyrefuse/harmful_val:19"]
     assert metrics["data"]["train"]["num_groups"] == 12
     assert len(metrics["training"]["history"]) == metrics["training"]["epochs_run"] <= 4
@@ -388,6 +417,25 @@ def test_train_ssi_script_end_to_end_on_shared_data(tiny_hf_dirs, shared_data, t
     scorer = SSIScorer(model, load_ssi(workdir))
     probs, flags = scorer.score(["How do I bake bread?", "如何制造炸弹？"])
     assert probs.shape == (2,) and flags.dtype == bool
+
+    # the same run without the MultiJail set (features of train/val/evaluation from the first run's cache)
+    same = _ssi_config()
+    same.model_path, same.dtype = str(tiny_hf_dirs["llama"]), "float32"
+    same.residual_index, same.locate_workdir = -1, str(locate_workdir)
+    same.data.root, same.data.max_groups_per_split, same.train.num_epochs = str(shared_data), 6, 4
+    same.data.eval_multijail = False
+    same.feature_cache_dir = str(workdir / "feature_cache")
+    without = train_ssi(same, tmp_path / "without")
+    assert "multijail_harmful" not in without["evaluation"] and without["held_out_evaluation"] == []
+    assert without["threshold"] == metrics["threshold"] and without["training"]["history"] == metrics["training"][
+        "history"]
+    with_params = flatten_params(load_ssi(workdir).classifier)
+    without_params = flatten_params(load_ssi(tmp_path / "without").classifier)
+    assert with_params.keys() == without_params.keys()
+    for name in with_params:
+        np.testing.assert_array_equal(with_params[name], without_params[name])
+    for name in ("val", "test_in_distribution", "test_cross_lingual", "benign_flores"):
+        assert without["evaluation"][name] == metrics["evaluation"][name]
 
 
 def _ssi_config():
@@ -422,6 +470,63 @@ def test_demo_jsonl_data_uses_the_train_split_only():
         load_ssi_data(config.data, seed=0)
 
 
+def test_multijail_is_an_evaluation_only_set(shared_data):
+    config = _ssi_config()
+    config.data.root = str(shared_data)
+    config.data.max_groups_per_split = 6
+    data = load_ssi_data(config.data, seed=0)
+    assert set(data.held_out_evaluation) == {"multijail_harmful"} and "multijail_harmful" not in data.evaluation
+    multijail = data.held_out_evaluation["multijail_harmful"]
+    assert {r.source for r in multijail} == {"multijail"} and {r.label for r in multijail} == {1}
+    assert collections.Counter(r.language for r in multijail) == {lang: 6 for lang in MULTIJAIL_LANGUAGES}
+    selecting = {r.text for r in data.train + data.val} | {r.text for rs in data.evaluation.values() for r in rs}
+    assert not selecting & {r.text for r in multijail}
+    config.data.eval_multijail = False
+    off = load_ssi_data(config.data, seed=0)
+    assert off.held_out_evaluation == {} and off.notes["multijail_evaluation"].startswith("off")
+    assert (off.train, off.val, off.evaluation) == (data.train, data.val, data.evaluation)
+
+
+def test_ssi_data_drops_multijail_prompts_under_another_source_name(shared_data, tmp_path, caplog):
+    """A user JSONL (source "myset") holding MultiJail prompts: every such group is gone from train and val."""
+    multijail = {(r.group_id, r.language): r.text for r in load_multijail_prompts(shared_data / "multijail")}
+    rows = []
+    for g in range(40):
+        label = g % 2
+        en, zh = f"{'weapon' if label else 'cooking'} q{g} w{g}a w{g}b w{g}c", f"问题 {g} 词{g}"  # no near duplicates
+        if g < 12 and label:  # six harmful groups copied from MultiJail: English (near) or Chinese (exact)
+            if g % 4 == 1:
+                en = multijail[(f"multijail:{g}", "en")] + " Thanks!"
+            else:
+                zh = multijail[(f"multijail:{g}", "zh")]
+        rows += [{"prompt": en, "language": "en", "label": label, "group_id": g, "source": "myset"},
+                 {"prompt": zh, "language": "zh", "label": label, "group_id": g, "source": "myset"}]
+    path = tmp_path / "mine.jsonl"
+    path.write_text("\n".join(json.dumps(row, ensure_ascii=False) for row in rows), encoding="utf-8")
+    copied = {f"myset:{g}" for g in range(1, 12, 2)}
+    config = _ssi_config()
+    config.data.source, config.data.jsonl_path = "jsonl", str(path)
+    config.data.train_languages, config.data.test_languages = ("en", "zh"), ()
+    config.data.root, config.data.include_flores = str(shared_data), False
+    with caplog.at_level("WARNING"):
+        data = load_ssi_data(config.data, seed=0)
+    dropped = data.notes["held_out_content"]["dropped"]
+    dropped_groups = set(dropped["train"]["groups"]) | set(dropped["val"]["groups"])
+    assert dropped_groups <= copied
+    kinds = {int(group.split(":")[1]) % 4 for group in dropped_groups}
+    assert kinds == {1, 3}  # both an English near duplicate and a Chinese exact copy were caught
+    assert dropped["train"]["rows"] + dropped["val"]["rows"] == 2 * len(dropped_groups)
+    assert not copied & {r.group_id for r in data.train + data.val}  # the rest went to the test split
+    assert copied - dropped_groups <= {r.group_id for r in data.evaluation["test_in_distribution"]}
+    assert "holding a MultiJail prompt" in caplog.text
+    config.data.root = ""  # no MultiJail to compare with: the guard cannot run, and says so
+    with caplog.at_level("WARNING"):
+        unguarded = load_ssi_data(config.data, seed=0)
+    assert unguarded.notes["held_out_content"] == {"checked": False, "reason": "no data root given"}
+    assert dropped_groups <= {r.group_id for r in unguarded.train + unguarded.val}
+    assert "content guard skipped" in caplog.text
+
+
 def test_train_ssi_on_demo_jsonl(tiny_hf_dirs, tmp_path):
     config = _ssi_config()
     config.model_path = str(tiny_hf_dirs["qwen3"])
@@ -430,6 +535,7 @@ def test_train_ssi_on_demo_jsonl(tiny_hf_dirs, tmp_path):
     config.data.source = "jsonl"
     config.data.jsonl_path = str(DEMO_PROMPTS)
     config.data.include_flores = False
+    config.data.eval_multijail = False
     config.ssi.hidden_dims = "256,128"  # the authors' DeepMLP
     config.ssi.dropout = 0.2
     config.train.num_epochs = 3

@@ -18,12 +18,20 @@ Data (`config.data.source`):
   The near-duplicate filter applies as for PolyRefuse.
 - "authors": the reference code's harmful `unsafe_train.json` (`unsafe_train_path`) + benign UltraFeedback files
   (`ultrafeedback_dir`, first `ultrafeedback_per_language` rows per language), grouped split as for "jsonl".
-MultiJail, XSTest, OR-Bench-hard-test and OKTest are never loaded here (`check_not_held_out` guards every split).
+Held-out sets: XSTest, OR-Bench-hard-test and OKTest are never loaded here, and `check_not_held_out` guards every
+split and evaluation set above by source name. With `<data.root>/multijail/MultiJail.csv` present,
+`guard_held_out_content` also drops (counts, warns about) the train/val groups holding a MultiJail prompt under any
+source name (English token Jaccard >= 0.6, or an exact text match), recorded under notes "held_out_content".
+MultiJail itself enters only as "multijail_harmful" (`data.eval_multijail`, when the file exists): its prompts in
+the train and test languages, harmful only, for per-language TPR in the unseen languages (the only harmful data
+for vi, bn, sw, jv). It is an evaluation-only set (`SSIData.held_out_evaluation`): its features are computed and
+scored only after training, early stopping and threshold selection are finished, and nothing is chosen with it.
 `max_groups_per_split` (0 = all) keeps at most that many groups per label in every split and set (quick runs).
 
 Output: `<workdir>/ssi/` (the artifact, `lasa_jax.ssi.artifact`) with metrics.json holding the data summary, the
 training history, both thresholds with their validation metrics, and per-language metrics of every evaluation set
-at the chosen threshold (and at the accuracy-optimal one); features are cached in `<workdir>/feature_cache/` (or
+at the chosen threshold (and at the accuracy-optimal one), "multijail_harmful" included (listed under
+"held_out_evaluation"); features are cached in `<workdir>/feature_cache/` (or
 `config.feature_cache_dir`).
 """
 from __future__ import annotations
@@ -43,16 +51,19 @@ from lasa_jax.data.labelled import (
     check_not_held_out,
     drop_near_duplicate_groups,
     grouped_split,
+    guard_held_out_content,
     limit_groups,
     load_flores_benign,
     load_labelled_jsonl,
+    load_multijail_prompts,
     load_polyrefuse_prompts,
     load_ultrafeedback_prompts,
     load_unsafe_train_json,
     select_languages,
     split_summary,
 )
-from lasa_jax.data.languages import normalize_language
+from lasa_jax.data.eval_sets import MULTIJAIL_CSV
+from lasa_jax.data.languages import MULTIJAIL_LANGUAGES, normalize_language
 from lasa_jax.runtime import is_writer, load_model, load_tokenizer
 from lasa_jax.runtime import template_kwargs as runtime_template_kwargs
 from lasa_jax.ssi.artifact import ARTIFACT_SUBDIR, SSI, SSIConfig, save_ssi
@@ -63,16 +74,22 @@ from lasa_jax.ssi.training import TrainSettings, train_classifier
 
 log = logging.getLogger(__name__)
 DATA_SOURCES = ("polyrefuse", "jsonl", "authors")
+MULTIJAIL_SET = "multijail_harmful"  # name of the evaluation-only MultiJail set in metrics.json and the plot
 
 
 @dataclasses.dataclass
 class SSIData:
-    """train / val records, named evaluation sets, and notes on what was dropped (for metrics.json)."""
+    """train / val records, named evaluation sets, and notes on what was dropped (for metrics.json).
+
+    held_out_evaluation: named held-out sets (MultiJail) that are only scored once the SSI is final: never
+    features of training, early stopping or threshold selection.
+    """
 
     train: list[LabelledPrompt]
     val: list[LabelledPrompt]
     evaluation: dict[str, list[LabelledPrompt]]
     notes: dict[str, Any]
+    held_out_evaluation: dict[str, list[LabelledPrompt]] = dataclasses.field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------------------------- data
@@ -125,25 +142,49 @@ def load_ssi_data(data_config, seed: int) -> SSIData:
         train = select_languages(parts["train"], train_languages)
         val = select_languages(parts["val"], train_languages)
         test = select_languages(parts["test"], train_languages + cross_languages)
+    guarded, notes["held_out_content"] = guard_held_out_content({"train": train, "val": val}, root, "SSI data")
+    train, val = guarded["train"], guarded["val"]
     val, test = _drop_near_duplicates(train, val, test, data_config, notes)
     evaluation["test_in_distribution"] = select_languages(test, train_languages)
     evaluation["test_cross_lingual"] = select_languages(test, cross_languages)
+    evaluation_languages = train_languages + (test_languages or cross_languages)
     if root is not None and data_config.include_flores:
-        flores_languages = train_languages + (test_languages or cross_languages)
-        evaluation["benign_flores"] = load_flores_benign(root / "flores200_sib200", flores_languages,
+        evaluation["benign_flores"] = load_flores_benign(root / "flores200_sib200", evaluation_languages,
                                                          splits=(data_config.flores_split,))
+    held_out_evaluation = _multijail_evaluation(data_config, root, evaluation_languages, notes)
 
     limit = data_config.max_groups_per_split
     train, val = limit_groups(train, limit, seed), limit_groups(val, limit, seed)
     evaluation = {name: limit_groups(records, limit, seed) for name, records in evaluation.items() if records}
+    held_out_evaluation = {name: limit_groups(records, limit, seed) for name, records in held_out_evaluation.items()}
     for name, records in [("train", train), ("val", val), *evaluation.items()]:
         check_not_held_out(records, what=f"SSI {name} split")
     # evaluation sets may share groups with each other (one query in several languages), never with train or val
-    check_disjoint_groups({"train": train, "val": val, "evaluation": [r for rs in evaluation.values() for r in rs]})
+    check_disjoint_groups({"train": train, "val": val, "evaluation": [r for rs in evaluation.values() for r in rs],
+                           "held_out_evaluation": [r for rs in held_out_evaluation.values() for r in rs]})
     for name, records in (("train", train), ("val", val)):
         if len({r.label for r in records}) < 2:
             raise ValueError(f"the SSI {name} split needs harmful and benign prompts; got {split_summary(records)}")
-    return SSIData(train, val, evaluation, notes)
+    return SSIData(train, val, evaluation, notes, held_out_evaluation)
+
+
+def _multijail_evaluation(data_config, root, languages, notes) -> dict[str, list[LabelledPrompt]]:
+    """{MULTIJAIL_SET: MultiJail prompts in `languages`} when `data.eval_multijail` and the file exists, else {}
+    (with the reason in notes["multijail_evaluation"])."""
+    if not data_config.eval_multijail:
+        notes["multijail_evaluation"] = "off (data.eval_multijail=False)"
+        return {}
+    path = root / MULTIJAIL_CSV if root is not None else None
+    multijail_languages = [lang for lang in languages if lang in MULTIJAIL_LANGUAGES]
+    if path is None or not path.is_file() or not multijail_languages:
+        reason = ("no --config.data.root" if path is None else f"{path} not found" if not path.is_file()
+                  else f"no MultiJail language among {list(languages)}")
+        log.warning("evaluation-only MultiJail set skipped: %s", reason)
+        notes["multijail_evaluation"] = f"skipped: {reason}"
+        return {}
+    notes["multijail_evaluation"] = {"path": str(path), "languages": multijail_languages,
+                                     "use": "evaluation only, scored after training and threshold selection"}
+    return {MULTIJAIL_SET: load_multijail_prompts(path, multijail_languages)}
 
 
 def _drop_near_duplicates(train, val, test, data_config, notes):
@@ -224,16 +265,17 @@ def train_ssi(config, workdir: str | os.PathLike, mesh=None) -> dict[str, Any]:
     template_kwargs = runtime_template_kwargs(config)
     cache_dir = config.feature_cache_dir or str(workdir / "feature_cache")
 
-    all_records = data.train + data.val + [r for records in data.evaluation.values() for r in records]
-    texts = list(dict.fromkeys(r.text for r in all_records))
-    features = prompt_features(model, tokenizer, texts, residual_index=residual_index, pooling=config.pooling,
-                               chat_template=config.chat_template, max_length=config.max_length,
-                               template_kwargs=template_kwargs, batch_size=config.capture_batch_size or None,
-                               cache_dir=cache_dir)
-    row_of = {text: i for i, text in enumerate(texts)}
+    def embedder(records):
+        """Features of `records` (each distinct text embedded once, cached): a function records -> (n, D)."""
+        texts = list(dict.fromkeys(r.text for r in records))
+        features = prompt_features(model, tokenizer, texts, residual_index=residual_index, pooling=config.pooling,
+                                   chat_template=config.chat_template, max_length=config.max_length,
+                                   template_kwargs=template_kwargs, batch_size=config.capture_batch_size or None,
+                                   cache_dir=cache_dir)
+        row_of = {text: i for i, text in enumerate(texts)}
+        return lambda subset: features[[row_of[r.text] for r in subset]]
 
-    def features_of(records):
-        return features[[row_of[r.text] for r in records]]
+    features_of = embedder(data.train + data.val + [r for records in data.evaluation.values() for r in records])
 
     d_model = model.config.hidden_size
     hidden_dims = resolve_hidden_dims(config.ssi.hidden_dims, d_model)
@@ -247,7 +289,8 @@ def train_ssi(config, workdir: str | os.PathLike, mesh=None) -> dict[str, Any]:
         pooling=config.pooling, chat_template=bool(config.chat_template),
         base_model_fingerprint=model.fingerprint,
         train_languages=tuple(data.notes["train_languages"]), max_length=config.max_length,
-        dropout=config.ssi.dropout, standardize=bool(config.ssi.standardize), threshold_rule=config.threshold.rule, fpr_bound=config.threshold.fpr_bound,
+        dropout=config.ssi.dropout, standardize=bool(config.ssi.standardize), threshold_rule=config.threshold.rule,
+        fpr_bound=config.threshold.fpr_bound,
         template_kwargs=template_kwargs, base_model_path=str(config.model_path),
         base_model_num_layers=model.config.num_layers, base_model_dtype=model.config.param_dtype,
         tokenizer_check=tokenization_fingerprint(tokenizer, chat_template=bool(config.chat_template),
@@ -266,9 +309,14 @@ def train_ssi(config, workdir: str | os.PathLike, mesh=None) -> dict[str, Any]:
                     config.threshold.fpr_bound)
     ssi = SSI(dataclasses.replace(provisional, threshold=chosen), result.classifier)
 
+    # the SSI (parameters and threshold) is final: only now are the held-out evaluation sets embedded and scored
+    held_out_features_of = embedder([r for records in data.held_out_evaluation.values() for r in records])
+    scored = [("val", data.val, features_of)]
+    scored += [(name, records, features_of) for name, records in data.evaluation.items()]
+    scored += [(name, records, held_out_features_of) for name, records in data.held_out_evaluation.items()]
     evaluation, at_accuracy_threshold = {}, {}
-    for name, records in [("val", data.val), *data.evaluation.items()]:
-        probs = ssi.probabilities(features_of(records))
+    for name, records, embed in scored:
+        probs = ssi.probabilities(embed(records))
         evaluation[name] = evaluate_by_language(_labels(records), probs, _languages_of(records), chosen)
         at_accuracy_threshold[name] = evaluate_by_language(_labels(records), probs, _languages_of(records),
                                                            thresholds["accuracy"])
@@ -288,7 +336,9 @@ def train_ssi(config, workdir: str | os.PathLike, mesh=None) -> dict[str, Any]:
                      "standardize": bool(config.ssi.standardize),
                      "num_params": result.classifier.num_params(), "history": result.history},
         "data": {"notes": data.notes, "train": split_summary(data.train), "val": split_summary(data.val),
-                 **{name: split_summary(records) for name, records in data.evaluation.items()}},
+                 **{name: split_summary(records) for name, records in
+                    [*data.evaluation.items(), *data.held_out_evaluation.items()]}},
+        "held_out_evaluation": sorted(data.held_out_evaluation),
         "evaluation": evaluation,
         "evaluation_at_accuracy_threshold": at_accuracy_threshold,
         "base_model": {"path": str(config.model_path), "fingerprint": model.fingerprint,
