@@ -19,7 +19,7 @@ def get_config():
     c = _pipeline.build("", "cpu")
     c.dtype = "float32"
     c.residual_index = -1                    # use the layer the Locate stage selects
-    c.data_root = ""                          # the demo uses no shared data
+    c.data_root = ""                          # the demo uses no shared data (only lasa_jax/demo_data)
 
     c.locate.dtype = "float32"
     c.locate.data.source = "jsonl"
@@ -34,6 +34,7 @@ def get_config():
     c.ssi.data.jsonl_path = os.path.join(DEMO_DATA, "prompts.jsonl")
     c.ssi.data.jsonl_splits = ("train",)
     c.ssi.data.include_flores = False
+    c.ssi.data.eval_multijail = False
     c.ssi.data.train_languages = ("en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv")  # the demo's own data
     c.ssi.data.test_languages = ()
     c.ssi.threshold.rule = "accuracy"         # a random model's SSI is weak: the FPR-bounded rule would flag nothing

@@ -64,14 +64,13 @@ def stage_configs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
                 c.template_kwargs = config.template_kwargs
         out[stage] = c
     base, d = config.model_path, lambda s: _stage_dir(workdir, s)
+    # the pipeline's data_root is the one shared-data folder of every stage
     with out["locate"].unlocked():
-        if out["locate"].data.source == "default" and not out["locate"].data.root:
-            out["locate"].data.root = config.data_root
+        out["locate"].data.root = config.data_root
     with out["ssi"].unlocked():
         out["ssi"].residual_index = int(config.residual_index)
         out["ssi"].locate_workdir = d("locate") if config.residual_index < 0 else ""
-        if not out["ssi"].data.root:
-            out["ssi"].data.root = config.data_root
+        out["ssi"].data.root = config.data_root
     ssi_dir = os.path.join(d("ssi"), "ssi")
     kto_export = os.path.join(d("kto"), "hf_export")
     with out["kto"].unlocked():
@@ -85,7 +84,7 @@ def stage_configs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
         g = out[stage]
         with g.unlocked():
             g.mode = mode
-            g.data_root = g.data_root if g.data_root and g.data_root != "../shared/data" else config.data_root
+            g.data_root = config.data_root
             if mode == "lasa":
                 g.model_path, g.base_model_path, g.ssi_dir, g.tokenizer_path = kto_export, base, ssi_dir, base
             else:  # the baseline also records the SSI score of each prompt (no prefix is used)
