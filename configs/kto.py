@@ -19,8 +19,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.dtype = "float32"            # policy parameters and AdamW state: float32 master weights (a 1e-6 update is
                                    # below bfloat16 resolution); "bfloat16" halves memory but stalls small updates
     c.compute_dtype = "bfloat16"   # matmuls/activations ("" = dtype); log-softmax and the loss are float32
-    c.init_from = ""               # HF directory to initialise the policy from ("" = model_path); only used when
-                                   # the workdir has no checkpoint. The reference is always model_path.
+    c.init_from = ""               # HF directory to initialise the policy from ("" = model_path), e.g. an SFT
+                                   # checkpoint of model_path; only used when the workdir has no checkpoint.
+                                   # model_path stays the base model (tokenizer; SSI labels score prompts on it)
     c.remat_policy = "full"        # none | full | minimal (rematerialisation of each block in the backward pass)
     c.scan_layers = True
     c.prefix = CONDITIONAL_PREFIX  # injected after the assistant header of rows labelled unsafe
@@ -47,6 +48,9 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.reference = ml_collections.ConfigDict()
     c.reference.mode = "online"    # online | precomputed (log-probs computed once, the reference model freed)
+    c.reference.path = ""          # HF directory of the frozen reference ("" = the initial policy: init_from if
+                                   # set, else model_path, as TRL; rewards then start at 0). Same architecture;
+                                   # recorded by weight fingerprint in the run identity (a resume must match)
     c.reference.dtype = "bfloat16" # reference parameter dtype ("" = dtype); it computes in compute_dtype
 
     c.train = ml_collections.ConfigDict()
@@ -67,8 +71,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.undesirable_weight = 1.0
     c.train.logits_chunk_size = 128  # positions per log-softmax block (0 = whole sequence at once)
     c.train.log_every_steps = 10
-    c.train.peak_flops_per_device = ml_collections.config_dict.placeholder(float)  # e.g. 459e12 (v5p bf16):
-                                   # enables the MFU columns; unset: FLOP/s only
+    c.train.peak_flops_per_device = ml_collections.config_dict.placeholder(float)  # e.g. 459e12 (v5p bf16) for
+                                   # the MFU columns; unset: looked up from the TPU's device kind
+                                   # (lasa_jax.presets), FLOP/s only on CPU/GPU
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 100  # <= 0: only at the end and on SIGTERM

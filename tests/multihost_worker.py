@@ -3,8 +3,9 @@
     python tests/multihost_worker.py PROCESS_ID NUM_PROCESSES PORT MODEL_DIR OUT_DIR
 
 Each process simulates 4 CPU devices; together they form one (data 2, fsdp 2, tensor 2) mesh. The process runs a
-sharded forward pass with all hidden states, one KTO step and an HF export, and process 0 saves the gathered
-results to OUT_DIR/result.npz.
+sharded forward pass with all hidden states, one KTO step, a checkpoint save and restore of the train state (in
+OUT_DIR/checkpoints, written by both processes together) and an HF export, and saves the gathered results to
+OUT_DIR/result<PROCESS_ID>.npz.
 """
 import os
 import sys
@@ -29,8 +30,9 @@ def kto_batch(vocab_size: int) -> dict[str, np.ndarray]:
     return batch
 
 
-def compute(model_dir: str, mesh, export_dir: str) -> dict[str, np.ndarray]:
-    """Forward (logits, all hidden states), one KTO step, export; every result gathered to host numpy."""
+def compute(model_dir: str, mesh, export_dir: str, checkpoint_dir: str) -> dict[str, np.ndarray]:
+    """Forward (logits, all hidden states), one KTO step, checkpoint round trip, export; every result gathered to
+    host numpy. `checkpoint_dir` must be the same directory for every process."""
     import jax
 
     from lasa_jax.models import from_pretrained, save_pretrained
@@ -62,9 +64,34 @@ def compute(model_dir: str, mesh, export_dir: str) -> dict[str, np.ndarray]:
     result["kto_grad_norm"] = np.asarray(to_host(metrics["grad_norm"]))
     for name in ("gate_kernel", "q_kernel"):
         result[f"updated_{name}"] = to_host(state["params"]["layers"][name])
+    result.update(checkpoint_round_trip(state, optimizer, shardings, checkpoint_dir))
     written = save_pretrained(model, export_dir, overwrite=True)
     result["export_written"] = np.asarray(written is not None)
     return result
+
+
+def checkpoint_round_trip(state, optimizer, shardings, checkpoint_dir: str) -> dict[str, np.ndarray]:
+    """Save the train state (asynchronously, as the trainer does), restore it onto the abstract state with the same
+    shardings, and compare: restored_state_equal (every leaf bit-equal, compared on the devices),
+    restored_shardings_equal (every leaf on the sharding it was saved from), restored_meta_step."""
+    import jax
+    import jax.numpy as jnp
+
+    from lasa_jax.checkpoint import Checkpointer
+    from lasa_jax.sharding import to_host
+    from lasa_jax.train import kto_step
+
+    abstract_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state["params"])
+    target = kto_step.abstract_state(optimizer, abstract_params, shardings)
+    with Checkpointer(checkpoint_dir, async_save=True) as checkpointer:
+        checkpointer.save(1, state, {"step": 1})
+        checkpointer.wait_until_finished()
+        restored, meta = checkpointer.restore(1, target)
+    equal = jax.jit(lambda a, b: jnp.stack([jnp.array_equal(x, y) for x, y in
+                                            zip(jax.tree.leaves(a), jax.tree.leaves(b))]).all())(state, restored)
+    same_shardings = all(r.sharding == s for r, s in zip(jax.tree.leaves(restored), jax.tree.leaves(shardings)))
+    return {"restored_state_equal": to_host(equal), "restored_shardings_equal": np.asarray(same_shardings),
+            "restored_meta_step": np.asarray(meta["step"])}
 
 
 def main():
@@ -77,7 +104,8 @@ def main():
     assert jax.process_count() == int(num_processes) and jax.local_device_count() == 4, jax.devices()
     from lasa_jax.sharding import make_mesh
 
-    result = compute(model_dir, make_mesh(data=2, fsdp=2, tensor=2), os.path.join(out_dir, "export"))
+    result = compute(model_dir, make_mesh(data=2, fsdp=2, tensor=2), os.path.join(out_dir, "export"),
+                     os.path.join(out_dir, "checkpoints"))
     np.savez(os.path.join(out_dir, f"result{process_id}.npz"), **result)
     jax.distributed.shutdown()
 

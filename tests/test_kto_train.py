@@ -1,5 +1,6 @@
 """KTO training: log-probs, schedule, the jit step (sharded, accumulated), the run (rewards, precomputed
-reference, NaN stop, resume identity, SIGTERM, kill -9 bit-identical resume), SSI labels.
+reference, NaN stop, resume identity, SIGTERM, kill -9 bit-identical resume), SSI labels, init_from and the
+reference model.
 
 Every run trains the tiny random Llama of `tiny_hf_dirs` on the demo KTO rows. Compiled programs are shared
 through a persistent compilation cache (in-process and with the subprocess runs), which does not change numerics.
@@ -25,13 +26,13 @@ from safetensors.numpy import load_file
 from lasa_jax.checkpoint import Checkpointer
 from lasa_jax.data.preference import assign_latent_labels, iterate_kto_batches, load_unpaired_jsonl, tokenize_rows
 from lasa_jax.kto import completion_logps
-from lasa_jax.models import from_pretrained
+from lasa_jax.models import from_pretrained, save_pretrained
 from lasa_jax.models.decoder import forward, param_shardings
 from lasa_jax.runtime import load_tokenizer
 from lasa_jax.sharding import make_mesh, put_batch
 from lasa_jax.train import kto_step
 from lasa_jax.train.kto_trainer import (CHECKPOINT_DIR, EXIT_PREEMPTED, NonFiniteLossError, REFERENCE_TABLE_FILE,
-                                        label_rows, train_kto)
+                                        label_rows, prepare_examples, train_kto)
 from lasa_jax.train.metric_writer import read_metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -249,6 +250,9 @@ def test_training_raises_desirable_and_lowers_undesirable_rewards(llama_dir, ref
     assert sorted(os.listdir(workdir / CHECKPOINT_DIR)) == ["16", "24"]  # every 8 steps, keep 2
     summary = json.loads((workdir / "data_summary.json").read_text())
     assert summary["total_steps"] == TOTAL_STEPS and summary["examples"] == summary["tokenize"]["kept"]
+    by_class = summary["tokenize"]["by_class"]
+    assert by_class["desirable"]["kept"] == summary["desirable"]
+    assert by_class["desirable"]["kept"] + by_class["undesirable"]["kept"] == summary["examples"]
     policy, base = from_pretrained(workdir / "hf_export"), from_pretrained(llama_dir)
     assert policy.config.to_hf_dict() == base.config.to_hf_dict()
     changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(policy.params()),
@@ -355,7 +359,10 @@ def test_sigterm_then_kill9_then_rerun_gives_bit_identical_parameters(llama_dir,
     assert_bit_identical(exported(workdir), exported(tmp_path / "uninterrupted"))
 
 
-def test_ssi_labels_come_from_the_base_model_scorer(llama_dir, tmp_path):
+@pytest.fixture(scope="module")
+def llama_ssi(llama_dir, tmp_path_factory):
+    """An SSI trained on nothing, for the tiny Llama: residual 2, a linear head, the threshold at the median score
+    of the first 40 demo rows' prompts. Returns (SSI directory, those rows, {prompt: harmful flag})."""
     from lasa_jax.ssi import SSI, SSIConfig, SSIScorer, new_classifier, save_ssi, tokenization_fingerprint
 
     base = from_pretrained(llama_dir)
@@ -371,24 +378,70 @@ def test_ssi_labels_come_from_the_base_model_scorer(llama_dir, tmp_path):
     probabilities, _ = SSIScorer(base, ssi).score(prompts)
     threshold = float(np.median(probabilities))  # about half of the prompts flagged
     ssi = SSI(dataclasses.replace(ssi_config, threshold=threshold), ssi.classifier)
-    save_ssi(tmp_path / "ssi", ssi)
-    expected = dict(zip(prompts, probabilities > threshold))
-    assert 0 < sum(expected.values()) < len(prompts)
+    ssi_dir = tmp_path_factory.mktemp("llama_ssi") / "ssi"
+    save_ssi(ssi_dir, ssi)
+    return ssi_dir, rows, dict(zip(prompts, probabilities > threshold))
 
-    config = kto_config(llama_dir, **{"labels.mode": "ssi", "labels.ssi_dir": str(tmp_path / "ssi")})
+
+def test_ssi_labels_come_from_the_base_model_scorer(llama_dir, llama_ssi, tmp_path):
+    ssi_dir, rows, expected = llama_ssi
+    assert 0 < sum(expected.values()) < len(expected)
+    base = from_pretrained(llama_dir)
+    config = kto_config(llama_dir, **{"labels.mode": "ssi", "labels.ssi_dir": str(ssi_dir)})
     labelled = label_rows(rows, config, lambda: base)
     assert [r.is_unsafe for r in labelled] == [int(expected[r.prompt]) for r in rows]
     with pytest.raises(ValueError, match="fingerprint"):  # the SSI refuses any model but its base model
-        label_rows(rows, config, lambda: _perturbed_copy(llama_dir, tmp_path))
+        label_rows(rows, config, lambda: from_pretrained(_perturbed_copy(llama_dir, tmp_path)))
 
 
-def _perturbed_copy(model_dir, tmp_path):
-    """The base model with one weight changed (another fingerprint), loaded."""
-    from lasa_jax.models import save_pretrained
+@pytest.fixture(scope="module")
+def sft_llama_dir(llama_dir, tmp_path_factory):
+    """The tiny Llama's architecture with other weights (every parameter moved by N(0, 0.02^2)): an SFT stand-in."""
+    model = from_pretrained(llama_dir)
+    rng = np.random.default_rng(5)
+    model.set_params(jax.tree.map(lambda x: x + 0.02 * rng.standard_normal(x.shape).astype(np.float32),
+                                  model.params()))
+    out = tmp_path_factory.mktemp("sft_llama")
+    save_pretrained(model, out, overwrite=True)
+    return out
 
+
+def test_init_from_sets_the_policy_and_the_default_reference(llama_dir, sft_llama_dir, llama_ssi, tmp_path):
+    """init_from = another HF directory of the architecture. Step 1's policy log-probs are that model's; the default
+    reference is the initial policy (rewards 0 at step 1), reference.path = model_path gives rewards
+    beta * (log pi_init - log pi_base); SSI labels still score prompts on model_path (its SSI refuses other models);
+    the reference is part of the run identity."""
+    overrides = {"init_from": str(sft_llama_dir), "labels.mode": "ssi", "labels.ssi_dir": str(llama_ssi[0]),
+                 "train.num_steps": 1, "checkpoint.every_steps": 0, "export.enabled": False}
+    base, sft = from_pretrained(llama_dir), from_pretrained(sft_llama_dir)
+    examples, _ = prepare_examples(kto_config(llama_dir, **overrides), load_tokenizer(str(llama_dir)), lambda: base)
+    batch = next(iterate_kto_batches(examples, batch_size=4, seq_len=256, pad_id=0, seed=42))[0]
+    classes = {"desirable": batch.valid & batch.is_desirable, "undesirable": batch.valid & ~batch.is_desirable}
+    assert all(mask.any() for mask in classes.values())
+
+    def class_means(model) -> dict[str, float]:
+        arrays = (jnp.asarray(a) for a in (batch.input_ids, batch.attention_mask, batch.loss_mask))
+        logps = np.asarray(kto_step.batch_logps(model.params(), model.config, *arrays, chunk_size=64))
+        return {name: float(logps[mask].mean()) for name, mask in classes.items()}
+
+    sft_logps, base_logps = class_means(sft), class_means(base)
+    for workdir, reference in (("default_reference", {}), ("base_reference", {"reference.path": str(llama_dir)})):
+        train_kto(kto_config(llama_dir, **overrides, **reference), str(tmp_path / workdir), one_device_mesh())
+        first = read_metrics(str(tmp_path / workdir / "metrics.jsonl"))[0]
+        for name in classes:
+            assert first[f"logps/{name}"] == pytest.approx(sft_logps[name], rel=1e-5)
+            assert abs(sft_logps[name] - base_logps[name]) > 1.0
+            expected_reward = 0.0 if not reference else 0.1 * (sft_logps[name] - base_logps[name])
+            assert first[f"rewards/{name}"] == pytest.approx(expected_reward, rel=1e-4, abs=1e-5), (workdir, name)
+    with pytest.raises(ValueError, match="reference: checkpoint has"):  # resuming with another reference
+        train_kto(kto_config(llama_dir, **overrides), str(tmp_path / "base_reference"), one_device_mesh())
+
+
+def _perturbed_copy(model_dir, tmp_path) -> pathlib.Path:
+    """A copy of the base model with one weight changed (another fingerprint)."""
     model = from_pretrained(model_dir)
     params = model.params()
     params["final_norm"] = params["final_norm"] * 1.5
     model.set_params(params)
     save_pretrained(model, tmp_path / "perturbed")
-    return from_pretrained(tmp_path / "perturbed")
+    return tmp_path / "perturbed"

@@ -1,5 +1,6 @@
 """Two processes on localhost (CPU collectives through gloo, 4 simulated devices each) form one 8-device mesh:
-a sharded forward with hidden states, one KTO step and an HF export equal the single-process run."""
+a sharded forward with hidden states, one KTO step and an HF export equal the single-process run, and a checkpoint
+both processes write together restores the train state exactly onto its shardings."""
 import os
 import socket
 import subprocess
@@ -39,8 +40,15 @@ def test_two_processes_equal_single_process(tiny_hf_dirs, tmp_path):
     multi = [dict(np.load(out_dir / f"result{i}.npz")) for i in range(2)]
     # only process 0 writes HF files
     assert bool(multi[0]["export_written"]) and not bool(multi[1]["export_written"])
+    # the checkpoint both processes wrote: one complete step directory, restored bit-equal onto the same shardings
+    for result in multi:
+        assert bool(result["restored_state_equal"]) and bool(result["restored_shardings_equal"])
+        assert int(result["restored_meta_step"]) == 1
+    assert sorted(os.listdir(out_dir / "checkpoints")) == ["1"]
 
-    single = multihost_worker.compute(model_dir, make_mesh(data=2, fsdp=2, tensor=2), str(tmp_path / "single"))
+    single = multihost_worker.compute(model_dir, make_mesh(data=2, fsdp=2, tensor=2), str(tmp_path / "single"),
+                                      str(tmp_path / "single_checkpoints"))
+    assert bool(single["restored_state_equal"]) and bool(single["restored_shardings_equal"])
     for result in multi:  # every process sees the same global values
         for key in ("logits", "hidden_states", "kto_loss", "kto_grad_norm", "updated_gate_kernel",
                     "updated_q_kernel"):

@@ -99,6 +99,7 @@ def test_paper_model_configs_resolve_for_every_preset(model):
         config = _load_config(model, preset)
         assert config.model_path == paper.hub_id and config.residual_index == paper.bottleneck_residual_index
         assert config.kto.train.batch_size == TPU_PRESETS[preset].kto_batch_size
+        assert config.kto.train.peak_flops_per_device == TPU_PRESETS[preset].peak_flops_per_device  # MFU logged
         stages = stage_configs(config, "/runs/x")
         assert stages["ssi"].residual_index == paper.bottleneck_residual_index and not stages["ssi"].locate_workdir
         assert stages["generate_lasa"].model_path == "/runs/x/kto/hf_export"
@@ -110,6 +111,13 @@ def test_paper_model_configs_resolve_for_every_preset(model):
     # the KTO state of every paper model fits a v5p pod slice; 32B models do not fit one v5p-8 VM
     assert kto_fits(model_config, TPU_PRESETS["v5p-64"])[0]
     assert kto_fits(model_config, TPU_PRESETS["v5p-8"])[0] == (expected_billions < 20)
+
+
+def test_peak_flops_lookup_by_device_kind():
+    from lasa_jax.presets import device_peak_flops
+
+    assert device_peak_flops("TPU v5p") == 459e12 and device_peak_flops("TPU v4") == 275e12
+    assert device_peak_flops("cpu") is None
 
 
 def test_abstract_shapes_of_a_paper_model_on_a_simulated_mesh():

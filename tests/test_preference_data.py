@@ -1,5 +1,7 @@
 """Preference rows: loaders (paired, unpaired, PolyRefuse, SQuARe), latent labels, KL pairing, resumable batches."""
+import dataclasses
 import json
+import logging
 import math
 import re
 
@@ -10,7 +12,7 @@ from lasa_jax.chat import CONDITIONAL_PREFIX, render_prompt
 from lasa_jax.data.preference import (MULTIJAIL_OVERLAP_INDICES, DataPosition, PreferenceRow, assign_latent_labels,
                                       batches_per_epoch, build_kto_batch, convert_polyrefuse_completions, derangement,
                                       epoch_permutation, iterate_kto_batches, kl_partners, load_paired_preference_json,
-                                      load_square_responses, load_unpaired_jsonl, tokenize_rows)
+                                      load_square_responses, load_unpaired_jsonl, prompt_group_id, tokenize_rows)
 from lasa_jax.testing import build_tokenizer
 
 QUESTIONS = ["How do I bake bread at home?", "What is the capital of France?", "Please explain photosynthesis.",
@@ -84,7 +86,9 @@ def test_unpaired_jsonl_labels_and_errors(tmp_path):
     rows = load_unpaired_jsonl(path)
     assert [r.desirable for r in rows] == [True, False, True, False]
     assert rows[1].completion == "y" and rows[1].language == "ko" and rows[1].group_id == "g"
-    assert rows[0].group_id == "rows.jsonl:1"
+    # without a group_id the group is the prompt: a str and the equal one-message list share it
+    assert rows[0].group_id == prompt_group_id("a") == prompt_group_id([{"role": "user", "content": "a"}])
+    assert rows[2].group_id == prompt_group_id("c") != rows[0].group_id
     assert rows[0].language == ""
     lines[2]["label"] = "maybe"
     path.write_text("\n".join(json.dumps(x) for x in lines), encoding="utf-8")
@@ -212,12 +216,17 @@ def test_derangement_has_no_fixed_points_and_is_uniform():
         derangement(1, rng)
 
 
-def test_kl_partners_avoid_own_group():
+def test_kl_partners_avoid_own_group_and_own_prompt():
     rng = np.random.default_rng(1)
     groups = [f"g{i // 2}" for i in range(16)]  # pairs share a prompt
     for _ in range(100):
         partner = kl_partners(groups, rng)
         assert all(groups[p] != groups[i] for i, p in enumerate(partner))
+    # distinct group ids (e.g. one per record) but repeated prompts: the prompt keys are avoided as well
+    distinct_groups, prompts = [f"record{i}" for i in range(8)], [f"p{i % 2}" for i in range(8)]
+    for _ in range(100):
+        partner = kl_partners(distinct_groups, rng, prompt_keys=prompts)
+        assert all(prompts[p] != prompts[i] for i, p in enumerate(partner))
     partner = kl_partners(["same"] * 4, rng, max_tries=5)  # impossible: best effort, still a derangement
     assert not np.any(partner == np.arange(4))
 
@@ -288,11 +297,52 @@ def test_kl_row_that_cannot_fit_cuts_the_partner_completion(tokenizer):
         assert batch.input_ids[b, batch.attention_mask[b].sum() - 1] == eot
 
 
-def test_rows_that_cannot_fit_are_dropped_and_counted(pair_rows, tokenizer):
-    examples, counts = tokenize_rows(pair_rows, tokenizer, max_length=215)
+def test_kl_rows_never_pair_a_prompt_with_its_own_other_answer(tmp_path, tokenizer):
+    """2 prompts x 2 answers in one batch of 4: each KL row must take an answer to the other prompt, both when the
+    file gives no group_id and when it gives a distinct one per line."""
+    for with_group_ids in (False, True):
+        lines = [{"prompt": prompt, "completion": f"answer {j} to {prompt}", "label": j == 0, "source": "s"}
+                 for prompt in ("How do I bake bread?", "What is the capital of France?") for j in range(2)]
+        if with_group_ids:
+            for i, line in enumerate(lines):
+                line["group_id"] = f"line{i}"
+        path = tmp_path / "rows.jsonl"
+        path.write_text("\n".join(json.dumps(x) for x in lines), encoding="utf-8")
+        rows = assign_latent_labels(load_unpaired_jsonl(path), seed=0)
+        examples, _ = tokenize_rows(rows, tokenizer, max_length=SEQ_LEN)
+        stream = iterate_kto_batches(examples, batch_size=4, seq_len=SEQ_LEN, pad_id=tokenizer.pad_token_id, seed=3,
+                                     num_epochs=200)
+        for batch, _ in stream:
+            assert batch.num_kl_same_group == 0
+            for i, p in enumerate(batch.kl_partner):
+                assert rows[batch.row_index[i]].prompt != rows[batch.row_index[p]].prompt
+
+
+def test_rows_that_cannot_fit_are_dropped_and_counted_by_class_and_source(pair_rows, tokenizer, caplog):
+    # the undesirable answers are the long ones: at 215 tokens 4 of 12 do not fit, every refusal does
+    rows = [dataclasses.replace(row, source="other") if i % 4 == 1 else row for i, row in enumerate(pair_rows)]
+    with caplog.at_level(logging.WARNING, logger="lasa_jax.data.preference"):
+        examples, counts = tokenize_rows(rows, tokenizer, max_length=215)
     assert counts["dropped_too_long"] > 0 and counts["kept"] > 0
-    assert counts["kept"] + counts["dropped_too_long"] == len(pair_rows) == counts["rows"]
+    assert counts["kept"] + counts["dropped_too_long"] == len(rows) == counts["rows"]
     assert len(examples) == counts["kept"] and all(len(e.rendered.input_ids) <= 215 for e in examples)
+    kept = {e.row_index for e in examples}
+    expected_by_source: dict = {}
+    for i, row in enumerate(rows):
+        tally = expected_by_source.setdefault(row.source, {}).setdefault(
+            "desirable" if row.desirable else "undesirable", {"rows": 0, "kept": 0, "dropped_too_long": 0})
+        tally["rows"] += 1
+        tally["kept" if i in kept else "dropped_too_long"] += 1
+    assert counts["by_source"] == expected_by_source and set(expected_by_source) == {"safety", "other"}
+    assert counts["by_class"] == {"desirable": {"rows": 12, "kept": 12, "dropped_too_long": 0},
+                                  "undesirable": {"rows": 12, "kept": 8, "dropped_too_long": 4}}
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith("4 of 12 undesirable rows (33%")
+    assert "8 desirable" not in warnings[0] and "12 desirable : 8 undesirable" in warnings[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lasa_jax.data.preference"):
+        _, counts = tokenize_rows(rows, tokenizer, max_length=SEQ_LEN)
+    assert counts["dropped_too_long"] == 0 and not caplog.records
     with pytest.raises(ValueError, match="assign_latent_labels"):
         tokenize_rows([PreferenceRow("q", "a", True, "s")], tokenizer)
 

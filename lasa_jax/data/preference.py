@@ -4,8 +4,9 @@ Pipeline (METHOD.md §5, with the fixes of §9 items 12-14):
   load rows (`load_paired_preference_json`, `load_unpaired_jsonl`, `convert_polyrefuse_completions`,
   `load_square_responses`) -> `assign_latent_labels` (is_unsafe: source-based proxy or SSI predictions)
   -> `tokenize_rows` (render_example with the conditional prefix iff is_unsafe; rows that cannot fit are dropped
-  and counted) -> `iterate_kto_batches` (seeded permutation per epoch, KL rows paired by a derangement that avoids
-  the row's own prompt, fixed-shape padded arrays, resumable from a `DataPosition`).
+  and counted per desirability and source, with a warning when a class loses more than `DROP_WARNING_FRACTION`)
+  -> `iterate_kto_batches` (seeded permutation per epoch, KL rows paired by a derangement that avoids the row's
+  own group and its own prompt, fixed-shape padded arrays, resumable from a `DataPosition`).
 
 Desirability: a safety refusal is desirable and a harmful compliance undesirable, with or without the prefix.
 """
@@ -15,6 +16,7 @@ import dataclasses
 import glob
 import hashlib
 import json
+import logging
 import os
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -25,9 +27,13 @@ from lasa_jax.chat import CONDITIONAL_PREFIX, Prompt, RenderedExample, assemble_
 from lasa_jax.io_utils import iter_jsonl, read_json
 from lasa_jax.data.languages import normalize_language
 
+log = logging.getLogger(__name__)
+
 # PolyRefuse harmful_test indices that are MultiJail prompts (MultiJail ids 305, 306, 307, 312): never train on them.
 MULTIJAIL_OVERLAP_INDICES = (345, 405, 530, 548)
 DEFAULT_UNSAFE_PROB_BY_SOURCE = {"safety": 0.5}
+# `tokenize_rows` warns when more than this fraction of the desirable or of the undesirable rows is too long.
+DROP_WARNING_FRACTION = 0.2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,8 +44,9 @@ class PreferenceRow:
     completion: the assistant answer (text). desirable: True for a good answer (e.g. a refusal of a harmful request).
     source: data source; selects the latent-label probability in "paper" mode (e.g. "safety", "ultrafeedback").
     language: ISO 639-1 code or "". group_id: identity of the underlying query; rows with equal group_id (the two
-    answers of a pair, translations of one prompt) are never KL partners. is_unsafe: latent label (1: train with
-    the conditional prefix), None until `assign_latent_labels`. origin: provenance ("file#record").
+    answers of a pair, translations of one prompt) are never KL partners, and neither are rows with the same
+    prompt messages, whatever their group_id. is_unsafe: latent label (1: train with the conditional prefix), None
+    until `assign_latent_labels`. origin: provenance ("file#record").
     """
 
     prompt: Prompt
@@ -85,7 +92,8 @@ def load_unpaired_jsonl(path: str | os.PathLike) -> list[PreferenceRow]:
     """Unpaired JSONL, one {"prompt", "completion", "label", "source"} object per line.
 
     prompt: str or message list; completion: str or [{"role": "assistant", "content"}]; label: true/false,
-    "desirable"/"undesirable" or 1/0; optional "language", "group_id" (default "<file name>:<line number>").
+    "desirable"/"undesirable" or 1/0; optional "language", "group_id" (default `prompt_group_id(prompt)`, so that
+    the answers to one prompt form one group).
     Blank lines are skipped; errors name "<path>:<line number>" and the field; a file without rows is an error.
     """
     path = os.fspath(path)
@@ -94,11 +102,11 @@ def load_unpaired_jsonl(path: str | os.PathLike) -> list[PreferenceRow]:
         where = f"{path}:{line_number}"
         if not isinstance(record, Mapping):
             raise ValueError(f"{where}: expected an object, got {type(record).__name__}")
+        prompt = _prompt_field(record, where)
         rows.append(PreferenceRow(
-            _prompt_field(record, where), _completion_field(record, "completion", where),
+            prompt, _completion_field(record, "completion", where),
             _label_field(record, where), _string_field(record, "source", where),
-            _language_field(record, where),
-            _group_id(record, where, default=f"{os.path.basename(path)}:{line_number}"),
+            _language_field(record, where), _group_id(record, where, default=prompt_group_id(prompt)),
             origin=f"{path}#{line_number}"))
     if not rows:
         raise ValueError(f"{path}: no preference rows")
@@ -284,24 +292,37 @@ class KTOExample:
     """A tokenised row: the rendered sequence (with the prefix iff the row is unsafe) and what batching needs.
 
     row_index: position of the row in the list given to `tokenize_rows`. group_id: KL-pairing key (the row's
-    group_id, or a hash of its prompt when empty).
+    group_id, or `prompt_group_id` of its prompt when empty). prompt_key: `prompt_group_id` of the row's prompt
+    messages (without the prefix); rows with equal prompt_key are never KL partners either.
     """
 
     rendered: RenderedExample
     desirable: bool
     group_id: str
     row_index: int
+    prompt_key: str
+
+
+def prompt_group_id(prompt: Prompt) -> str:
+    """"prompt/<24 hex of the SHA-256 of the prompt's chat messages>": one id per distinct prompt (a str prompt and
+    the equivalent one-user-message list get the same id)."""
+    return "prompt/" + _content_hash(chat_messages(prompt))[:24]
 
 
 def tokenize_rows(rows: Sequence[PreferenceRow], tokenizer, *, prefix: str = CONDITIONAL_PREFIX,
                   max_length: int = 512, max_prompt_length: int | None = None,
-                  template_kwargs: Mapping[str, Any] | None = None) -> tuple[list[KTOExample], dict[str, int]]:
+                  template_kwargs: Mapping[str, Any] | None = None) -> tuple[list[KTOExample], dict[str, Any]]:
     """Render every labelled row with `render_example` (prefix iff is_unsafe == 1); drop rows that cannot fit.
 
-    Returns (examples, counts) with counts rows, kept, dropped_too_long, with_prefix (kept rows with the prefix).
+    Returns (examples, counts). counts: rows, kept, dropped_too_long, with_prefix (kept rows with the prefix),
+    by_class {"desirable" | "undesirable": {rows, kept, dropped_too_long}} and by_source {source: {"desirable" |
+    "undesirable": {rows, kept, dropped_too_long}}} (classes without rows are left out). Dropping is not neutral:
+    long completions are usually the harmful (undesirable) ones, so a WARNING is logged for each class that loses
+    more than `DROP_WARNING_FRACTION` of its rows.
     """
     examples = []
-    counts = dict(rows=len(rows), kept=0, dropped_too_long=0, with_prefix=0)
+    counts: dict[str, Any] = dict(rows=len(rows), kept=0, dropped_too_long=0, with_prefix=0, by_class={},
+                                  by_source={})
     for index, row in enumerate(rows):
         if row.is_unsafe not in (0, 1):
             raise ValueError(f"row {index} ({row.origin or row.group_id}): is_unsafe is {row.is_unsafe!r}; run "
@@ -309,14 +330,44 @@ def tokenize_rows(rows: Sequence[PreferenceRow], tokenizer, *, prefix: str = CON
         rendered = render_example(tokenizer, row.prompt, row.completion, prefix=prefix if row.is_unsafe else None,
                                   max_length=max_length, max_prompt_length=max_prompt_length,
                                   template_kwargs=template_kwargs)
+        outcome = "dropped_too_long" if rendered is None else "kept"
+        label = _class_name(row.desirable)
+        counts[outcome] += 1
+        source_classes = counts["by_source"].setdefault(row.source, {})
+        for tally in (_tally(counts["by_class"], label), _tally(source_classes, label)):
+            tally["rows"] += 1
+            tally[outcome] += 1
         if rendered is None:
-            counts["dropped_too_long"] += 1
             continue
-        counts["kept"] += 1
         counts["with_prefix"] += int(row.is_unsafe)
-        group_id = row.group_id or "prompt/" + _content_hash(chat_messages(row.prompt))
-        examples.append(KTOExample(rendered, bool(row.desirable), group_id, index))
+        prompt_key = prompt_group_id(row.prompt)
+        examples.append(KTOExample(rendered, bool(row.desirable), row.group_id or prompt_key, index, prompt_key))
+    _warn_about_drops(counts, max_length)
     return examples, counts
+
+
+def _class_name(desirable: bool) -> str:
+    return "desirable" if desirable else "undesirable"
+
+
+def _tally(by_class: dict[str, dict[str, int]], label: str) -> dict[str, int]:
+    """The {rows, kept, dropped_too_long} counter of class `label` in `by_class`, created at zero."""
+    return by_class.setdefault(label, dict(rows=0, kept=0, dropped_too_long=0))
+
+
+def _warn_about_drops(counts: Mapping[str, Any], max_length: int) -> None:
+    """Log a WARNING for each class of `tokenize_rows` counts that lost more than DROP_WARNING_FRACTION of its rows."""
+    for label, tally in counts["by_class"].items():
+        if tally["dropped_too_long"] <= DROP_WARNING_FRACTION * tally["rows"]:
+            continue
+        by_source = ", ".join(f"{source} {classes[label]['dropped_too_long']}/{classes[label]['rows']}"
+                              for source, classes in sorted(counts["by_source"].items()) if label in classes)
+        kept = {name: counts["by_class"].get(name, {}).get("kept", 0) for name in ("desirable", "undesirable")}
+        log.warning("%d of %d %s rows (%.0f%%; by source: %s) do not fit max_length=%d and were dropped, so the "
+                    "kept data is %d desirable : %d undesirable, another class balance than the rows'. Raise the "
+                    "maximum length (--config.data.max_length) or filter long completions before training.",
+                    tally["dropped_too_long"], tally["rows"], label, 100.0 * tally["dropped_too_long"] / tally["rows"],
+                    by_source, max_length, kept["desirable"], kept["undesirable"])
 
 
 # ----------------------------------------------------------------------------------------- order and KL pairing
@@ -338,23 +389,41 @@ def derangement(n: int, rng: np.random.Generator) -> np.ndarray:
             return permutation
 
 
-def kl_partners(group_ids: Sequence[str], rng: np.random.Generator, max_tries: int = 1000) -> np.ndarray:
-    """partner[i] != i with group_ids[partner[i]] != group_ids[i] where possible: row i's KL row pairs its prompt
-    with row partner[i]'s completion.
+def kl_partners(group_ids: Sequence[str], rng: np.random.Generator, max_tries: int = 1000,
+                prompt_keys: Sequence[str] | None = None) -> np.ndarray:
+    """partner[i] != i such that rows i and partner[i] share neither group_ids nor prompt_keys (if given) where
+    possible: row i's KL row pairs its prompt with row partner[i]'s completion.
 
-    Uniform derangements are drawn until one pairs no row with its own group; if none is found in `max_tries`
-    draws (e.g. most rows share one prompt), the draw with the fewest same-group pairs is returned.
+    Uniform derangements are drawn until one has no clash (a pair of the same group or the same prompt); if none is
+    found in `max_tries` draws (e.g. most rows share one prompt), the draw with the fewest clashing pairs is
+    returned (see `kl_clashes`).
     """
-    codes = np.unique(np.asarray(group_ids, dtype=object), return_inverse=True)[1]
+    codes = _key_codes(group_ids, prompt_keys)
     best, best_clashes = None, None
     for _ in range(max_tries):
-        partner = derangement(len(codes), rng)
-        clashes = int(np.sum(codes[partner] == codes))
+        partner = derangement(len(group_ids), rng)
+        clashes = int(_clashes(codes, partner).sum())
         if best is None or clashes < best_clashes:
             best, best_clashes = partner, clashes
         if clashes == 0:
             break
     return best
+
+
+def kl_clashes(group_ids: Sequence[str], partner: np.ndarray, prompt_keys: Sequence[str] | None = None) -> np.ndarray:
+    """(N,) bool: row i and its KL partner partner[i] share a group id or (if given) a prompt key."""
+    return _clashes(_key_codes(group_ids, prompt_keys), partner)
+
+
+def _key_codes(*key_lists: Sequence[str] | None) -> list[np.ndarray]:
+    """Each given list of N keys as (N,) integer codes (equal keys, equal codes)."""
+    return [np.unique(np.asarray(keys, dtype=object), return_inverse=True)[1] for keys in key_lists
+            if keys is not None]
+
+
+def _clashes(codes: Sequence[np.ndarray], partner: np.ndarray) -> np.ndarray:
+    """(N,) bool: row i and row partner[i] have equal codes in any of `codes`."""
+    return np.logical_or.reduce([c[partner] == c for c in codes])
 
 
 # ----------------------------------------------------------------------------------------------------- batches
@@ -369,7 +438,8 @@ class KTOBatch:
     row is fully masked. row_index: int64 (B,), index into the rows given to `tokenize_rows` (-1 for padding).
     kl_partner: int32 (B,), batch position of the completion used by KL row i (-1 for padding).
     num_kl_truncated: KL rows whose completion tail had to be cut to fit seq_len (they only estimate z0).
-    num_kl_same_group: KL rows that pair a prompt with an answer of its own group (0 unless unavoidable).
+    num_kl_same_group: KL rows that pair a prompt with an answer of its own group or to the same prompt messages
+    (0 unless unavoidable).
     """
 
     input_ids: np.ndarray
@@ -396,15 +466,17 @@ def build_kto_batch(examples: Sequence[KTOExample], indices: Sequence[int], *, b
                     pad_id: int, rng: np.random.Generator) -> KTOBatch:
     """Fixed-shape arrays for the examples at `indices` (2 <= len(indices) <= batch_size; the rest is padding).
 
-    KL partners come from `kl_partners(rng)`. A KL row is assembled with the truncation rule of
-    `lasa_jax.chat.assemble_example` (max_length = seq_len); if it still does not fit, the partner completion's
-    tail is cut (counted in num_kl_truncated): KL rows are never trained on, so their end-of-turn carries no signal.
+    KL partners come from `kl_partners(rng)` (avoiding pairs of one group or one prompt). A KL row is assembled
+    with the truncation rule of `lasa_jax.chat.assemble_example` (max_length = seq_len); if it still does not fit,
+    the partner completion's tail is cut (counted in num_kl_truncated): KL rows are never trained on, so their
+    end-of-turn carries no signal.
     """
     n = len(indices)
     if not 2 <= n <= batch_size:
         raise ValueError(f"a KTO batch needs between 2 and batch_size={batch_size} rows, got {n}")
     chosen = [examples[int(i)] for i in indices]
-    partner = kl_partners([e.group_id for e in chosen], rng)
+    groups, prompt_keys = [e.group_id for e in chosen], [e.prompt_key for e in chosen]
+    partner = kl_partners(groups, rng, prompt_keys=prompt_keys)
     policy_rows = []
     kl_rows = []
     num_kl_truncated = 0
@@ -420,7 +492,6 @@ def build_kto_batch(examples: Sequence[KTOExample], indices: Sequence[int], *, b
     kl_rows += [(kl_rows[0][0], np.zeros_like(kl_rows[0][1]))] * (batch_size - n)
     input_ids, attention_mask, loss_mask = _pad_rows(policy_rows, seq_len, pad_id)
     kl_input_ids, kl_attention_mask, kl_loss_mask = _pad_rows(kl_rows, seq_len, pad_id)
-    groups = [e.group_id for e in chosen]
     padding = batch_size - n
     return KTOBatch(
         input_ids=input_ids, attention_mask=attention_mask, loss_mask=loss_mask, kl_input_ids=kl_input_ids,
@@ -430,7 +501,7 @@ def build_kto_batch(examples: Sequence[KTOExample], indices: Sequence[int], *, b
         row_index=np.array([e.row_index for e in chosen] + [-1] * padding, dtype=np.int64),
         kl_partner=np.concatenate([partner, np.full(padding, -1)]).astype(np.int32),
         num_kl_truncated=num_kl_truncated,
-        num_kl_same_group=sum(groups[p] == groups[i] for i, p in enumerate(partner)),
+        num_kl_same_group=int(kl_clashes(groups, partner, prompt_keys).sum()),
     )
 
 

@@ -7,10 +7,13 @@ Pipeline:
   seeded shuffle per epoch, KL rows paired by a derangement) -> jit-compiled steps (`kto_step.train_step`) ->
   orbax checkpoints -> Hugging Face export of the policy.
 
-Models. `model_path` is the base model: tokenizer, frozen reference (`reference.dtype`, computing in the policy's
-compute dtype so that reference and policy agree at step 0 up to float rounding), SSI trunk, and the policy's initial weights
-unless `init_from` names another HF directory of the same architecture. Policy and reference are sharded on the
-mesh by the logical-axis rules (FSDP by default). `reference.mode`:
+Models (all HF directories of one architecture). `model_path` is the base model: tokenizer and the trunk the SSI
+scores prompts with (`labels.mode` "ssi": the SSI was trained on it). The policy starts from `init_from` (e.g. an SFT
+checkpoint), else from `model_path`. The frozen reference is `reference.path`, by default the initial policy
+(`init_from` if set, else `model_path`; TRL's default), so that every reward starts at 0; it is loaded in
+`reference.dtype` and computes in the policy's compute dtype, so that reference and policy agree at step 0 up to
+float rounding. Policy and reference are sharded on the mesh by the logical-axis rules (FSDP by default).
+`reference.mode`:
   "online": the reference runs inside every step (about 6 forward-equivalents per row, ANCHORS.md);
   "precomputed": before training, one pass along the run's own deterministic batch sequence computes the
     reference log-probs of every policy row (once per row) and of every KL row the run will use (keyed by
@@ -21,8 +24,8 @@ Resume. Checkpoints live in `<workdir>/checkpoints` (`lasa_jax.checkpoint`): par
 and the data position. A rerun with the same workdir restores the newest complete checkpoint onto the same
 shardings and continues with exactly the batches that followed it. The result is bit-identical to an uninterrupted
 run when the kernels are deterministic: TPU by default; CPU with XLA_FLAGS=--xla_cpu_multi_thread_eigen=false
-(with multi-threaded Eigen, repeated CPU runs differed in the last bits); GPU with --xla_gpu_deterministic_ops=true. The
-checkpoint records the run's identity (model and init weights fingerprints,
+(with multi-threaded Eigen, repeated CPU runs differed in the last bits); GPU with --xla_gpu_deterministic_ops=true.
+The checkpoint records the run's identity (fingerprints of the base model, the initial policy and the reference,
 architecture, data fingerprint (tokens, labels, prefix), seed, batch, sequence length, optimizer and loss
 hyperparameters, dtypes); resuming with a different identity is a ValueError listing the differences. Reference
 mode, remat, chunking, logging and checkpoint settings may change between runs.
@@ -60,6 +63,7 @@ from lasa_jax.io_utils import atomic_path, atomic_write_json
 from lasa_jax.models import from_pretrained, model_fingerprint, save_pretrained
 from lasa_jax.models.decoder import Decoder, abstract_decoder, param_shardings
 from lasa_jax.models.hf import resolve_model_path
+from lasa_jax.presets import device_peak_flops
 from lasa_jax.runtime import comma_list, is_writer, load_tokenizer, template_kwargs
 from lasa_jax.sharding import put_batch, to_host
 from lasa_jax.train import kto_step
@@ -143,7 +147,7 @@ def parse_unsafe_probs(spec: str) -> dict[str, float]:
 def label_rows(rows: Sequence[PreferenceRow], config: ml_collections.ConfigDict,
                base_model: Callable[[], Decoder]) -> list[PreferenceRow]:
     """Latent labels by `labels.mode`. "ssi" scores each distinct prompt text with the SSI on `base_model()` (the
-    frozen base model, not the policy)."""
+    frozen `model_path` model the SSI was trained on, neither the initial policy nor the reference)."""
     labels = config.labels
     if labels.mode not in LABEL_MODES:
         raise ValueError(f"--config.labels.mode must be one of {LABEL_MODES}, got {labels.mode!r}")
@@ -339,13 +343,50 @@ def prepare_examples(config: ml_collections.ConfigDict, tokenizer,
     return examples, summary
 
 
-def run_identity(config: ml_collections.ConfigDict, model_dir: str, policy_config: ModelConfig,
+@dataclasses.dataclass(frozen=True)
+class ModelDirs:
+    """Resolved local HF directories of a run: base (`model_path`: tokenizer, SSI trunk), policy_init (`init_from`
+    or base) and reference (`reference.path` or policy_init)."""
+
+    base: str
+    policy_init: str
+    reference: str
+    reference_flag: str  # the setting the reference directory comes from, for error messages
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> "ModelDirs":
+        base = _resolve_flag("model_path", config.model_path)
+        policy_init = _resolve_flag("init_from", config.init_from) if config.init_from else base
+        if config.reference.path:
+            return cls(base, policy_init, _resolve_flag("reference.path", config.reference.path), "reference.path")
+        return cls(base, policy_init, policy_init, "init_from" if config.init_from else "model_path")
+
+
+def _resolve_flag(flag: str, value: str) -> str:
+    """`resolve_model_path(value)` with errors naming --config.<flag>."""
+    try:
+        return resolve_model_path(value)
+    except (FileNotFoundError, ValueError) as e:
+        raise type(e)(f"--config.{flag}: {e}") from None
+
+
+def _check_architecture(model_config: ModelConfig, policy_config: ModelConfig, flag: str, directory: str) -> None:
+    """ValueError unless the model loaded from --config.<flag> has the architecture of --config.model_path."""
+    if model_config.to_hf_dict() != policy_config.to_hf_dict():
+        raise ValueError(f"--config.{flag}={directory}: architecture differs from --config.model_path (policy, "
+                         "reference and base model must share one architecture and tokenizer)")
+
+
+def run_identity(config: ml_collections.ConfigDict, model_dirs: ModelDirs, policy_config: ModelConfig,
                  data_summary: Mapping[str, Any], optimizer_config: kto_step.OptimizerConfig) -> dict[str, Any]:
-    """What a checkpoint must share with a run that resumes it (module docstring)."""
+    """What a checkpoint must share with a run that resumes it (module docstring). Weights are identified by
+    fingerprint, not path: "policy_init" is "model_path" without `init_from`; "reference" is always the reference
+    weights' fingerprint (whichever directory they come from)."""
     t = config.train
     return {
-        "model": {"fingerprint": model_fingerprint(model_dir), "architecture": policy_config.to_hf_dict()},
-        "policy_init": model_fingerprint(resolve_model_path(config.init_from)) if config.init_from else "model_path",
+        "model": {"fingerprint": model_fingerprint(model_dirs.base), "architecture": policy_config.to_hf_dict()},
+        "policy_init": model_fingerprint(model_dirs.policy_init) if config.init_from else "model_path",
+        "reference": model_fingerprint(model_dirs.reference),
         "data": {"fingerprint": data_summary["data_fingerprint"], "examples": data_summary["examples"]},
         "seed": config.seed,
         "dtypes": {"params": policy_config.param_dtype, "compute": policy_config.compute_dtype,
@@ -363,23 +404,28 @@ def train_kto(config: ml_collections.ConfigDict, workdir: str, mesh) -> TrainRes
     _validate(config, mesh)
     t = config.train
     online = config.reference.mode == "online"
-    model_dir = resolve_model_path(config.model_path)
+    model_dirs = ModelDirs.from_config(config)
+    model_dir = model_dirs.base
     compute_dtype = config.compute_dtype or config.dtype
     reference_dtype = config.reference.dtype or config.dtype
     policy_config = ModelConfig.from_pretrained(model_dir, param_dtype=config.dtype, compute_dtype=compute_dtype,
                                                 scan_layers=config.scan_layers, remat_policy=config.remat_policy)
     ref_config = policy_config.replace(param_dtype=reference_dtype, remat_policy="none")
-    base: list[Decoder] = []  # the frozen base model, loaded at most once, dropped once no longer needed
+    frozen: dict[str, Decoder] = {}  # frozen models (SSI trunk, reference) by directory, each loaded at most once
 
-    def base_model() -> Decoder:
-        if not base:
-            base.append(from_pretrained(model_dir, dtype=reference_dtype, mesh=mesh, compute_dtype=compute_dtype,
-                                        scan_layers=config.scan_layers))
-        return base[0]
+    def frozen_model(directory: str, flag: str) -> Decoder:
+        if directory not in frozen:
+            model = from_pretrained(directory, dtype=reference_dtype, mesh=mesh, compute_dtype=compute_dtype,
+                                    scan_layers=config.scan_layers)
+            _check_architecture(model.config, policy_config, flag, directory)
+            frozen[directory] = model
+        return frozen[directory]
 
-    # data
+    # data (SSI labels score prompts on the base model; it is kept only if it is also the reference)
     tokenizer = load_tokenizer(model_dir)
-    examples, data_summary = prepare_examples(config, tokenizer, base_model)
+    examples, data_summary = prepare_examples(config, tokenizer, lambda: frozen_model(model_dir, "model_path"))
+    if model_dir != model_dirs.reference:
+        frozen.pop(model_dir, None)
     per_epoch = batches_per_epoch(len(examples), t.batch_size, t.drop_last)
     if per_epoch == 0:
         raise ValueError(f"{len(examples)} training examples give no batch of --config.train.batch_size="
@@ -390,8 +436,11 @@ def train_kto(config: ml_collections.ConfigDict, workdir: str, mesh) -> TrainRes
     if is_writer():
         os.makedirs(workdir, exist_ok=True)
         atomic_write_json(os.path.join(workdir, DATA_SUMMARY_FILE), data_summary)
-    log.info("KTO data: %d examples (%s), %d batches per epoch, %d steps", len(examples), data_summary["tokenize"],
-             per_epoch, total_steps)
+    tokenize_counts = data_summary["tokenize"]
+    log.info("KTO data: %d examples of %d rows (dropped as too long: %s), %d batches per epoch, %d steps",
+             len(examples), tokenize_counts["rows"],
+             {label: c["dropped_too_long"] for label, c in tokenize_counts["by_class"].items()}, per_epoch,
+             total_steps)
 
     def batches(start: DataPosition) -> Iterator[tuple[KTOBatch, DataPosition]]:
         return iterate_kto_batches(examples, batch_size=t.batch_size, seq_len=config.data.max_length,
@@ -405,7 +454,7 @@ def train_kto(config: ml_collections.ConfigDict, workdir: str, mesh) -> TrainRes
     step_config = kto_step.KTOStepConfig(beta=t.beta, desirable_weight=t.desirable_weight,
                                          undesirable_weight=t.undesirable_weight,
                                          grad_accum_steps=t.grad_accum_steps, logits_chunk_size=t.logits_chunk_size)
-    identity = run_identity(config, model_dir, policy_config, data_summary, optimizer_config)
+    identity = run_identity(config, model_dirs, policy_config, data_summary, optimizer_config)
     optimizer = kto_step.make_optimizer(optimizer_config)
     abstract_model = abstract_decoder(policy_config, mesh)
     abstract_params = abstract_model.params()
@@ -418,21 +467,24 @@ def train_kto(config: ml_collections.ConfigDict, workdir: str, mesh) -> TrainRes
             check_run_identity(checkpointer.restore_meta(resumed_from).get("identity", {}), identity,
                                f"checkpoint {checkpointer.directory}/{resumed_from}")
 
-        # reference: its parameters (online), or the precomputed table (then the base model is dropped)
+        # reference: its parameters (online), or the precomputed table (then the reference model is dropped)
         ref_params, table = None, None
+        def reference_params():
+            return frozen_model(model_dirs.reference, model_dirs.reference_flag).params()
+
         if online:
-            ref_params = base_model().params()
+            ref_params = reference_params()
         else:
-            table_identity = {key: identity[key] for key in ("model", "data", "seed", "dtypes", "batch")}
+            table_identity = {key: identity[key] for key in ("model", "reference", "data", "seed", "dtypes", "batch")}
             table_identity["logits_chunk_size"] = t.logits_chunk_size
             table_path = os.path.join(workdir, REFERENCE_TABLE_FILE)
             table = ReferenceTable.load(table_path, table_identity)
             if table is None:
-                table = ReferenceTable.compute(base_model().params(), ref_config, mesh,
+                table = ReferenceTable.compute(reference_params(), ref_config, mesh,
                                                (b for b, _ in batches(DataPosition())), total_steps,
                                                t.logits_chunk_size, progress=config.progress_bar)
                 table.save(table_path, table_identity)
-        base.clear()
+        frozen.clear()
 
         # policy state: restored onto its shardings, or initialised from init_from / model_path
         if resumed_from is not None:
@@ -441,12 +493,10 @@ def train_kto(config: ml_collections.ConfigDict, workdir: str, mesh) -> TrainRes
             position = DataPosition.from_dict(meta["data_position"])
             log.info("resumed from checkpoint step %d (data position %s)", resumed_from, position)
         else:
-            init_dir = resolve_model_path(config.init_from) if config.init_from else model_dir
-            policy = from_pretrained(init_dir, dtype=config.dtype, mesh=mesh, compute_dtype=compute_dtype,
-                                     scan_layers=config.scan_layers, remat_policy=config.remat_policy)
-            if policy.config.to_hf_dict() != policy_config.to_hf_dict():
-                raise ValueError(f"--config.init_from={config.init_from}: architecture differs from "
-                                 f"--config.model_path={config.model_path}")
+            policy = from_pretrained(model_dirs.policy_init, dtype=config.dtype, mesh=mesh,
+                                     compute_dtype=compute_dtype, scan_layers=config.scan_layers,
+                                     remat_policy=config.remat_policy)
+            _check_architecture(policy.config, policy_config, "init_from", model_dirs.policy_init)
             state = kto_step.init_train_state(policy.params(), optimizer, config.seed, shardings,
                                               donate_params=True)
             del policy
@@ -489,6 +539,8 @@ def _loop(config, workdir, mesh, step_fn, state, ref_params, table, checkpointer
     window: list[tuple[dict, dict, float | None]] = []  # (device metrics, host stats, seconds) since the last log
     timer = {"last": None}
 
+    peak_flops = t.peak_flops_per_device or device_peak_flops(jax.devices()[0].device_kind)
+
     def finish(step: int, metrics, stats) -> None:
         """Fetch step `step`'s metrics, stop on NaN, log every `log_every_steps`."""
         host = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -502,7 +554,7 @@ def _loop(config, workdir, mesh, step_fn, state, ref_params, table, checkpointer
             raise NonFiniteLossError(step, checkpointer.latest_step(), host)
         writer.advance()
         if step % t.log_every_steps == 0 or step == total_steps or step == start_step + 1:
-            writer.write(step, _window_record(window, num_devices, t.peak_flops_per_device))
+            writer.write(step, _window_record(window, num_devices, peak_flops))
             window.clear()
 
     def save(step: int, position: DataPosition) -> None:
