@@ -65,7 +65,7 @@ from lasa_jax.data.parallel import (ParallelText, _record_from_row, check_parall
                                     default_locate_corpus, filter_parallel_groups, keep_common_sources,
                                     load_multijail, load_parallel_hub, load_translated_safety_json,
                                     subsample_groups)
-from lasa_jax.io_utils import atomic_write_json
+from lasa_jax.io_utils import atomic_write_json, iter_jsonl
 from lasa_jax.runtime import is_writer, load_model, load_tokenizer, template_kwargs
 
 log = logging.getLogger(__name__)
@@ -161,29 +161,16 @@ def load_parallel_jsonl_split(path: str | os.PathLike, splits: Sequence[str] = (
     both `text` and `prompt` (as the demo data does) when they are equal. group_id = "<source>:<group_id>",
     source defaults to the file stem. ValueError naming the file and line on a bad row."""
     path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found (--config.data.path of data.source='jsonl')")
     keep = set(splits)
     records = []
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path} line {line_number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON ({err})") from err
-            if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            split = row.get("split")
-            if keep and split is not None and split not in keep:
-                continue
-            if row.get("text") is not None and row.get("prompt") is not None:
-                if row["text"] != row["prompt"]:
-                    raise ValueError(f"{where}: fields 'text' and 'prompt' differ; give one of them")
-                row = {k: v for k, v in row.items() if k != "prompt"}
-            records.append(_record_from_row(row, where, source or path.stem))
+    for line_number, row in iter_jsonl(path, "parallel JSONL file (--config.data.path of data.source='jsonl')"):
+        where = f"{path}:{line_number}"
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        split = row.get("split")
+        if keep and split is not None and split not in keep:
+            continue
+        records.append(_record_from_row(row, where, source or path.stem))
     if not records:
         raise ValueError(f"{path}: no records" + (f" with split in {sorted(keep)}" if keep else ""))
     return records

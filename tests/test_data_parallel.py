@@ -259,15 +259,15 @@ def test_parallel_hub_loader_with_local_json_builder(tmp_path):
 
 
 @pytest.mark.parametrize("row, message", [
-    ({"language": "en", "group_id": 1}, r"line 2: expected the field 'text' \(or its alias 'prompt'"),
-    ({"text": "a", "prompt": "b", "language": "en", "group_id": 1}, r"line 2: .*both only if equal"),
-    ({"text": "a", "group_id": 1}, r"line 2: missing field 'language'"),
-    ({"text": "a", "language": "en"}, r"line 2: missing field 'group_id'"),
-    ({"text": "a", "language": "Klingon", "group_id": 1}, r"line 2: field 'language'.*Klingon"),
-    ({"text": "  ", "language": "en", "group_id": 1}, r"line 2: field 'text' must be a non-empty string"),
-    ({"text": "a", "language": "en", "group_id": 1, "label": 2}, r"line 2: field 'label' must be 0"),
-    ({"text": "a", "language": "en", "group_id": [1]}, r"line 2: field 'group_id'"),
-    ("{not json", r"line 2: not valid JSON"),
+    ({"language": "en", "group_id": 1}, r":2: expected the field 'text' \(or its alias 'prompt'"),
+    ({"text": "a", "prompt": "b", "language": "en", "group_id": 1}, r":2: .*both only if equal"),
+    ({"text": "a", "group_id": 1}, r":2: missing field 'language'"),
+    ({"text": "a", "language": "en"}, r":2: missing field 'group_id'"),
+    ({"text": "a", "language": "Klingon", "group_id": 1}, r":2: field 'language'.*Klingon"),
+    ({"text": "  ", "language": "en", "group_id": 1}, r":2: field 'text' must be a non-empty string"),
+    ({"text": "a", "language": "en", "group_id": 1, "label": 2}, r":2: field 'label' must be 0"),
+    ({"text": "a", "language": "en", "group_id": [1]}, r":2: field 'group_id'"),
+    ("{not json", r":2: not valid JSON"),
 ])
 def test_parallel_jsonl_errors(tmp_path, row, message):
     path = _write_jsonl(tmp_path / "bad.jsonl", [GENERIC_ROWS[0], row])

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import logging
 import os
 import pathlib
@@ -49,6 +48,7 @@ import numpy as np
 
 from lasa_jax.data.eval_sets import MULTIJAIL_CSV
 from lasa_jax.data.languages import normalize_language
+from lasa_jax.io_utils import iter_jsonl
 from lasa_jax.data.parallel import (
     _read_json_list,
     _require_field,
@@ -193,22 +193,12 @@ def load_labelled_jsonl(path: PathLike, source: str | None = None,
     None keeps every row. When both `prompt` and `text` are present they must be equal.
     """
     path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found")
     keep = None if splits is None else set(splits)
     records = []
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path} line {line_number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON ({err})") from err
-            record = _jsonl_record(row, where, source or path.stem)
-            if keep is None or record.split in keep:
-                records.append(record)
+    for line_number, row in iter_jsonl(path, "labelled JSONL file"):
+        record = _jsonl_record(row, f"{path}:{line_number}", source or path.stem)
+        if keep is None or record.split in keep:
+            records.append(record)
     if not records:
         raise ValueError(f"{path}: no records" + ("" if keep is None else f" with split in {sorted(map(str, keep))}"))
     return records

@@ -23,7 +23,6 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
-import json
 import os
 import pathlib
 import re
@@ -32,6 +31,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from lasa_jax.data.languages import MULTIJAIL_LANGUAGES, normalize_language
+from lasa_jax.io_utils import iter_jsonl, read_json
 
 PathLike = str | os.PathLike
 
@@ -91,13 +91,7 @@ def _require_field(row: Any, field: str, where: str) -> Any:
 
 
 def _read_json_list(path: pathlib.Path) -> list:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found")
-    with open(path, encoding="utf-8") as f:
-        try:
-            rows = json.load(f)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from err
+    rows = read_json(path, "JSON data file")
     if not isinstance(rows, list):
         raise ValueError(f"{path}: expected a JSON list of records, got {type(rows).__name__}")
     return rows
@@ -321,20 +315,9 @@ def load_parallel_jsonl(path: PathLike, source: str | None = None) -> list[Paral
     Blank lines are skipped; any bad line raises ValueError naming the file, line and field.
     """
     path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found")
     default_source = source or path.stem
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path} line {line_number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON ({err})") from err
-            records.append(_record_from_row(row, where, default_source))
+    records = [_record_from_row(row, f"{path}:{line_number}", default_source)
+               for line_number, row in iter_jsonl(path, "parallel JSONL file")]
     if not records:
         raise ValueError(f"{path}: no records")
     return records
