@@ -4,7 +4,7 @@ Per token of a length-T sequence, forward pass:
   weight matmuls   2 * (D*hd*(H + 2K) + H*hd*D + 3*D*F) * L
   attention        2 * 2 * H * hd * T_eff * L        (scores and values; T_eff = T/2 for causal, T if full)
   lm head          2 * D * V (when logits are computed)
-Backward costs twice the forward; a training step (forward + backward) is 3x the forward.
+Backward costs twice the forward (`lasa_jax.train.kto_step.step_flops` counts a KTO step from this).
 """
 from __future__ import annotations
 
@@ -23,7 +23,3 @@ def forward_flops(config: ModelConfig, batch: int, seq_len: int, *, logits: bool
     per_token = layers * (matmul + attention) + (2 * c.hidden_size * c.vocab_size if logits else 0)
     return float(per_token) * batch * seq_len
 
-
-def train_step_flops(config: ModelConfig, batch: int, seq_len: int) -> float:
-    """Forward + backward of the policy (3x forward)."""
-    return 3.0 * forward_flops(config, batch, seq_len)

@@ -8,7 +8,6 @@ checkpoints.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Iterable, Sequence
 
@@ -192,7 +191,3 @@ def build_tiny_hf_model(out_dir: str | os.PathLike, family: str = "llama", seed:
     model.save_pretrained(out_dir, **kwargs)
     return model
 
-
-def write_json(path: str | os.PathLike, obj) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, ensure_ascii=False, indent=1)
