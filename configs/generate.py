@@ -1,9 +1,11 @@
-"""Generate stage: LASA (SSI-gated conditional prefix) or baseline responses to evaluation prompts.
+"""Generate stage: LASA (SSI-gated conditional prefix), prefix-only or baseline responses to evaluation prompts.
 
     python -m lasa_jax.scripts.generate --config=configs/generate.py --workdir=runs/lasa \
         --config.mode=lasa --config.model_path=ALIGNED --config.base_model_path=BASE --config.ssi_dir=SSI_DIR
     python -m lasa_jax.scripts.generate --config=configs/generate.py --workdir=runs/baseline \
         --config.mode=baseline --config.model_path=BASE_OR_INSTRUCT
+    python -m lasa_jax.scripts.generate --config=configs/generate.py --workdir=runs/prefix_only \
+        --config.mode=prefix_only --config.model_path=BASE --config.ssi_dir=SSI_DIR
 
 Output: <workdir>/generations.jsonl (+ .meta.json); see lasa_jax/inference.py for the record format.
 """
@@ -15,11 +17,14 @@ from lasa_jax.runtime import base_config
 
 def get_config():
     c = base_config()
-    # model_path: the model that generates (the ALIGNED / KTO model for LASA; the model under test for baseline)
+    # model_path: the model that generates (the ALIGNED / KTO model for LASA; the model under test for baseline;
+    # prefix_only: the base model itself, so model_path and base_model_path name the same model, either may be "")
     c.tokenizer_path = ""              # "" = model_path
-    c.mode = "lasa"                    # lasa | baseline
-    c.base_model_path = ""             # frozen base model the SSI was trained on (lasa mode)
-    c.ssi_dir = ""                     # SSI artifact directory (lasa mode; in baseline mode: scores recorded only)
+    # lasa: SSI gate + prefix on the aligned model | prefix_only: SSI gate + prefix on the base model (no KTO) |
+    # baseline: no gate, no prefix
+    c.mode = "lasa"
+    c.base_model_path = ""             # frozen base model the SSI was trained on (lasa and prefix_only modes)
+    c.ssi_dir = ""                     # SSI artifact directory (gated modes; in baseline mode: scores recorded only)
     c.prefix = CONDITIONAL_PREFIX      # injected after the assistant header when the SSI flags a prompt
     # chat-template variables as a JSON object, e.g. '{"enable_thinking": false}' for Qwen3 ("" = none); applied
     # identically in both modes (and by KTO training, through the pipeline config)

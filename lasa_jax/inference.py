@@ -1,4 +1,4 @@
-"""LASA and baseline inference over evaluation prompts -> one JSONL record per prompt.
+"""LASA, prefix-only and baseline inference over evaluation prompts -> one JSONL record per prompt.
 
 LASA (METHOD.md §6, without the reference's defects §9.1, 8, 13, 15):
   1. the SSI scores every prompt on the frozen BASE model at the residual index recorded in its artifact
@@ -6,8 +6,9 @@ LASA (METHOD.md §6, without the reference's defects §9.1, 8, 13, 15):
   2. prompts flagged harmful get the conditional prefix right after the assistant header, through
      `lasa_jax.chat.render_prompt` (the rendering KTO training used); the others get the plain chat prompt;
   3. the ALIGNED (KTO) model generates; the response is the continuation only (the prefix is not part of it).
-Baseline: the same rendering without SSI and without prefix (a scorer, if given, is only recorded). Chat template
-variables (e.g. Qwen3 `enable_thinking`) are applied identically in both modes.
+Prefix-only (an ablation: the gate and the prefix without KTO): steps 1 and 2 as in LASA, but the BASE model (the
+one the SSI reads) generates. Baseline: the same rendering without SSI and without prefix (a scorer, if given, is
+only recorded). Chat template variables (e.g. Qwen3 `enable_thinking`) are applied identically in every mode.
 
 Record (JSON object per line, input order):
   {"id", "language", "prompt", "response", "reasoning", "ssi_score" (float or null), "prefix_used" (bool),
@@ -32,6 +33,7 @@ import numpy as np
 from lasa_jax.chat import CONDITIONAL_PREFIX, RenderedPrompt, end_of_turn_ids, render_prompt
 from lasa_jax.data import eval_sets
 from lasa_jax.data.eval_sets import EvalPrompt
+from lasa_jax.errors import InputError
 from lasa_jax.generate import generate_batched
 from lasa_jax.io_utils import atomic_write_json, iter_jsonl, write_jsonl
 from lasa_jax.runtime import comma_list, is_writer, load_model, load_tokenizer
@@ -39,7 +41,8 @@ from lasa_jax.runtime import template_kwargs as config_template_kwargs
 
 log = logging.getLogger(__name__)
 
-MODES = ("lasa", "baseline")
+MODES = ("lasa", "baseline", "prefix_only")
+GATED_MODES = ("lasa", "prefix_only")  # modes in which the SSI decides the prefix
 RECORD_FIELDS = ("id", "language", "prompt", "response", "reasoning", "ssi_score", "prefix_used", "source",
                  "expected", "category", "mode", "finish_reason", "num_new_tokens")
 PARTIAL_SUFFIX = ".partial"
@@ -130,21 +133,22 @@ def prefix_decisions(mode: str, prompts: Sequence[EvalPrompt],
                      scorer: PromptScorer | None = None) -> tuple[np.ndarray | None, np.ndarray]:
     """(SSI scores float32 (N,) or None, prefix flags bool (N,)) for `mode`.
 
-    "lasa": the scorer decides (required); "baseline": no prefix, scores recorded only if a scorer is given.
+    "lasa" / "prefix_only": the scorer decides (required); "baseline": no prefix, scores recorded only if a scorer
+    is given.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     n = len(prompts)
     if scorer is None:
-        if mode == "lasa":
-            raise ValueError("mode 'lasa' needs an SSI scorer (--config.ssi_dir and --config.base_model_path)")
+        if mode in GATED_MODES:
+            raise ValueError(f"mode {mode!r} needs an SSI scorer (--config.ssi_dir and --config.base_model_path)")
         return None, np.zeros(n, bool)
     probs, flags = scorer.score([p.prompt for p in prompts])
     probs, flags = np.asarray(probs, np.float32), np.asarray(flags)
     if probs.shape != (n,) or flags.shape != (n,) or flags.dtype != bool:
         raise ValueError(f"scorer.score must return (probs (N,), flags (N,) bool) for N={n} prompts, got shapes "
                          f"{probs.shape}, {flags.shape} and flag dtype {flags.dtype}")
-    return probs, (flags if mode == "lasa" else np.zeros(n, bool))
+    return probs, (flags if mode in GATED_MODES else np.zeros(n, bool))
 
 
 # ----------------------------------------------------------------------------------------------- rendering
@@ -164,10 +168,35 @@ def render_inputs(tokenizer, prompts: Sequence[EvalPrompt], prefix_flags: Sequen
     return rendered
 
 
-def stop_token_ids(model_config, tokenizer, template_kwargs: Mapping[str, Any] | None = None) -> list[int]:
-    """Tokens that end generation: the model config's eos ids, the tokenizer's eos token and the chat template's
-    end-of-turn token (Llama-3 `<|eot_id|>`, Qwen `<|im_end|>`), when the template reveals one."""
-    ids = set(model_config.eos_token_ids)
+GENERATION_CONFIG = "generation_config.json"
+
+
+def generation_config_eos_ids(model_dir: str | os.PathLike | None) -> list[int]:
+    """The eos_token_id(s) of `<model_dir>/generation_config.json` (an int or a list; Qwen lists `<|im_end|>` and
+    `<|endoftext|>`); [] when there is no such file or field. A malformed file -> InputError naming it."""
+    if not model_dir:
+        return []
+    path = os.path.join(os.fspath(model_dir), GENERATION_CONFIG)
+    if not os.path.isfile(path):
+        return []
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: expected a JSON object, got unparsable text ({e})") from None
+    eos = data.get("eos_token_id") if isinstance(data, dict) else None
+    values = eos if isinstance(eos, list) else [] if eos is None else [eos]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+        raise InputError(f"{path}: field 'eos_token_id' must be a token id or a list of token ids, got {eos!r}")
+    return [int(v) for v in values]
+
+
+def stop_token_ids(model_config, tokenizer, template_kwargs: Mapping[str, Any] | None = None, *,
+                   model_dir: str | os.PathLike | None = None) -> list[int]:
+    """Tokens that end generation: the model config's eos ids, the eos ids of `<model_dir>/generation_config.json`
+    (e.g. Qwen's `<|endoftext|>` beside `<|im_end|>`), the tokenizer's eos token and the chat template's end-of-turn
+    token (Llama-3 `<|eot_id|>`, Qwen `<|im_end|>`), when the template reveals one."""
+    ids = set(model_config.eos_token_ids) | set(generation_config_eos_ids(model_dir))
     if tokenizer.eos_token_id is not None:
         ids.add(int(tokenizer.eos_token_id))
     if getattr(tokenizer, "chat_template", None):
@@ -214,7 +243,8 @@ def generate_responses(model, tokenizer, prompts: Sequence[EvalPrompt], *, mode:
     """Generate one response per prompt with `model` (the aligned model for LASA) and return the records.
 
     prefix_flags[i] puts `prefix` after the assistant header of prompt i; ssi_scores (or None) are recorded.
-    eos_token_id: stop tokens (default `stop_token_ids`). partial_path: resume file (module docstring); chunks of
+    eos_token_id: stop tokens (default `stop_token_ids`, with the generation_config.json of the model's directory).
+    partial_path: resume file (module docstring); chunks of
     `chunk_size` prompts are generated and appended to it (process 0 writes) before the next chunk starts;
     resume=False ignores and overwrites an existing one.
     Returns records (module docstring) in the order of `prompts`.
@@ -226,12 +256,12 @@ def generate_responses(model, tokenizer, prompts: Sequence[EvalPrompt], *, mode:
     if flags.shape != (n,) or (ssi_scores is not None and np.shape(ssi_scores) != (n,)):
         raise ValueError(f"prefix_flags and ssi_scores need shape ({n},), got {flags.shape} and "
                          f"{None if ssi_scores is None else np.shape(ssi_scores)}")
-    if mode == "baseline" and flags.any():
+    if mode not in GATED_MODES and flags.any():
         raise ValueError("baseline mode never injects the prefix, but some prefix_flags are set")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    stop_ids = list(eos_token_id) if eos_token_id is not None else stop_token_ids(model.config, tokenizer,
-                                                                                  template_kwargs)
+    stop_ids = list(eos_token_id) if eos_token_id is not None else stop_token_ids(
+        model.config, tokenizer, template_kwargs, model_dir=getattr(model, "source_path", None))
     done = read_partial(partial_path) if partial_path is not None and resume else {}
     if partial_path is not None and not resume and is_writer() and os.path.exists(partial_path):
         os.remove(partial_path)
@@ -375,44 +405,63 @@ def eval_prompts_from_config(config) -> list[EvalPrompt]:
                                                field_map=field_map))
 
 
+def _generation_model_paths(config) -> tuple[str, str]:
+    """(model that generates, base model the SSI reads or "") of a generate config; prefix_only generates with the
+    base model, so base_model_path defaults to model_path there and the two must not differ."""
+    if config.mode not in MODES:
+        raise InputError(f"--config.mode: expected one of {MODES}, got {config.mode!r}")
+    base = config.base_model_path
+    if config.mode == "prefix_only":
+        base = base or config.model_path
+        if config.model_path and os.path.abspath(config.model_path) != os.path.abspath(base):
+            raise InputError(f"--config.mode=prefix_only generates with the base model the SSI reads: "
+                             f"--config.model_path ({config.model_path!r}) must be empty or equal to "
+                             f"--config.base_model_path ({config.base_model_path!r})")
+        return base, base
+    return config.model_path, base
+
+
 def run_generation(config, workdir: str, mesh=None) -> str:
-    """The generate stage (`python -m lasa_jax.scripts.generate`): eval prompts -> SSI decisions (lasa mode, base
-    model freed afterwards) -> aligned-model generation -> `<workdir>/<config.output>` plus
+    """The generate stage (`python -m lasa_jax.scripts.generate`): eval prompts -> SSI decisions on the base model
+    (lasa / prefix_only mode) -> generation (lasa: the aligned model, loaded after the base model is freed;
+    prefix_only: the same base model; baseline: model_path) -> `<workdir>/<config.output>` plus
     `<output>.meta.json` (models, fingerprints, decoding, counts, timings). Returns the output path."""
     import gc
 
-    if config.mode not in MODES:
-        raise ValueError(f"--config.mode must be one of {MODES}, got {config.mode!r}")
+    model_path, base_model_path = _generation_model_paths(config)
     output = os.path.join(workdir, config.output)
     prompts = eval_prompts_from_config(config)
     chat_kwargs = config_template_kwargs(config)
-    meta: dict[str, Any] = {"mode": config.mode, "model_path": config.model_path, "eval_sets": config.eval_sets,
+    meta: dict[str, Any] = {"mode": config.mode, "model_path": model_path, "eval_sets": config.eval_sets,
                             "template_kwargs": chat_kwargs, "prefix": config.prefix}
     log.info("%d prompts from %s, mode %s", len(prompts), config.eval_sets, config.mode)
     start = time.perf_counter()
-    scorer_needed = config.mode == "lasa" or bool(config.ssi_dir)
-    if scorer_needed:
-        if not config.ssi_dir or not config.base_model_path:
-            raise ValueError("mode 'lasa' (or recording SSI scores) needs --config.ssi_dir and "
+    model = None
+    if config.mode in GATED_MODES or config.ssi_dir:
+        if not config.ssi_dir or not base_model_path:
+            raise InputError(f"mode {config.mode!r} (or recording SSI scores) needs --config.ssi_dir and "
                              "--config.base_model_path (the frozen base model the SSI reads)")
         from lasa_jax.ssi import SSIScorer, load_ssi
 
-        base = load_model(config, mesh, path=config.base_model_path)
+        base = load_model(config, mesh, path=base_model_path)
         scorer = SSIScorer(base, load_ssi(config.ssi_dir), batch_size=int(config.decoding.batch_size),
                            progress=bool(config.progress))
-        meta.update(base_model_path=config.base_model_path, base_fingerprint=base.fingerprint,
+        meta.update(base_model_path=base_model_path, base_fingerprint=base.fingerprint,
                     ssi_dir=config.ssi_dir, ssi_threshold=scorer.threshold,
                     ssi_residual_index=scorer.ssi.config.residual_index)
         scores, flags = prefix_decisions(config.mode, prompts, scorer)
-        del base, scorer  # free the base model before the aligned model is loaded
+        if config.mode == "prefix_only":
+            model = base  # the base model generates too: loaded once
+        del base, scorer  # otherwise free the base model before the generating model is loaded
         gc.collect()
     else:
         scores, flags = prefix_decisions(config.mode, prompts)
     meta["ssi_seconds"] = time.perf_counter() - start
-    model = load_model(config, mesh)
-    tokenizer = load_tokenizer(config.tokenizer_path or config.model_path)
+    if model is None:
+        model = load_model(config, mesh, path=model_path)
+    tokenizer = load_tokenizer(config.tokenizer_path or model_path)
     stop_ids = ([int(i) for i in comma_list(config.eos_token_ids)] or
-                stop_token_ids(model.config, tokenizer, chat_kwargs))
+                stop_token_ids(model.config, tokenizer, chat_kwargs, model_dir=getattr(model, "source_path", None)))
     d = config.decoding
     decoding = Decoding(max_new_tokens=int(d.max_new_tokens), temperature=float(d.temperature),
                         top_p=float(d.top_p), top_k=int(d.top_k), seed=int(config.seed),

@@ -123,6 +123,69 @@ def test_baseline_matches_lasa_without_prefix(llama):
         prefix_decisions("prefix", PROMPTS)
 
 
+def test_prefix_only_puts_the_prefix_after_the_header_of_flagged_prompts_only(llama):
+    """prefix_only: the SSI decides, the prefix follows the assistant header of flagged prompts only, and the model
+    given (the base model) generates; the records say mode prefix_only."""
+    model, tokenizer = llama
+    records = run_inference(model, tokenizer, PROMPTS, mode="prefix_only", scorer=ThresholdScorer(0.5),
+                            decoding=DECODING)
+    probs, flags = ThresholdScorer(0.5).score([p.prompt for p in PROMPTS])
+    assert flags.any() and not flags.all()
+    assert [r["prefix_used"] for r in records] == list(flags) and {r["mode"] for r in records} == {"prefix_only"}
+    assert [r["ssi_score"] for r in records] == pytest.approx(list(probs))
+    prefix, header = encode(tokenizer, CONDITIONAL_PREFIX), encode(tokenizer, ASSISTANT_HEADER)
+    fed = []
+    for p, flag, rendered in zip(PROMPTS, flags, render_inputs(tokenizer, PROMPTS, flags)):
+        ids = rendered.input_ids.tolist()
+        body = ids[:len(ids) - len(prefix)] if flag else ids
+        assert body[-len(header):] == header and (ids[len(body):] == prefix) == bool(flag)
+        fed.append(ids)
+    expected = reference_responses(model, tokenizer, fed, stop_token_ids(model.config, tokenizer))
+    assert [r["response"] for r in records] == expected
+    lasa = run_inference(model, tokenizer, PROMPTS, mode="lasa", scorer=ThresholdScorer(0.5), decoding=DECODING)
+    assert [r["response"] for r in lasa] == expected  # same decisions and model -> the same responses
+    with pytest.raises(ValueError, match="mode 'prefix_only' needs an SSI scorer"):
+        prefix_decisions("prefix_only", PROMPTS)
+
+
+def _qwen2_with_generation_eos(source, target, eos_ids):
+    import shutil
+
+    shutil.copytree(source, target)
+    config = json.loads((target / "generation_config.json").read_text())
+    (target / "generation_config.json").write_text(json.dumps({**config, "eos_token_id": eos_ids}))
+    return from_pretrained(target), load_tokenizer(str(target))
+
+
+def test_generation_config_eos_ids_also_stop(tiny_hf_dirs, tmp_path):
+    """Qwen lists <|im_end|> and <|endoftext|> in generation_config.json: both stop generation, as in
+    transformers' GenerationConfig."""
+    from transformers import GenerationConfig
+
+    from lasa_jax.errors import InputError
+    from lasa_jax.inference import generation_config_eos_ids
+
+    tokenizer = load_tokenizer(str(tiny_hf_dirs["qwen2"]))
+    im_end, endoftext = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    model, tokenizer = _qwen2_with_generation_eos(tiny_hf_dirs["qwen2"], tmp_path / "qwen2", [im_end, endoftext])
+    assert model.config.eos_token_ids == (im_end,)  # config.json lists <|im_end|> only
+    assert GenerationConfig.from_pretrained(tmp_path / "qwen2").eos_token_id == [im_end, endoftext]
+    assert generation_config_eos_ids(tmp_path / "qwen2") == [im_end, endoftext]
+    assert endoftext not in stop_token_ids(model.config, tokenizer)
+    assert stop_token_ids(model.config, tokenizer, model_dir=model.source_path) == sorted({im_end, endoftext})
+    # generation stops on a generation_config id: make the first greedy token of a prompt one of them
+    first = run_inference(model, tokenizer, PROMPTS[:1], mode="baseline", decoding=DECODING)[0]
+    first_token = int(encode(tokenizer, first["response"])[0])
+    assert first["num_new_tokens"] > 1 and first_token not in (im_end, endoftext)
+    model, tokenizer = _qwen2_with_generation_eos(tiny_hf_dirs["qwen2"], tmp_path / "stop", [im_end, first_token])
+    stopped = run_inference(model, tokenizer, PROMPTS[:1], mode="baseline", decoding=DECODING)[0]
+    assert (stopped["finish_reason"], stopped["num_new_tokens"]) == ("eos", 1)
+    (tmp_path / "stop" / "generation_config.json").write_text('{"eos_token_id": "x"}')
+    with pytest.raises(InputError, match=r"generation_config.json: field 'eos_token_id' must be a token id"):
+        generation_config_eos_ids(tmp_path / "stop")
+    assert generation_config_eos_ids(tmp_path / "nothing_here") == []
+
+
 def test_jsonl_round_trip_and_resume(llama, tmp_path):
     model, tokenizer = llama
     path = tmp_path / "gen.jsonl"
@@ -214,8 +277,10 @@ def test_generate_stage_baseline_writes_records_and_meta(tiny_hf_dirs, shared_da
         run_generation(config, workdir, mesh)
 
 
-def test_generate_stage_lasa_with_a_real_ssi_artifact(tiny_hf_dirs, llama, tmp_path):
-    """The stage scores with an SSI artifact on the base model and injects the prefix exactly where p > threshold."""
+@pytest.mark.parametrize("mode", ["lasa", "prefix_only"])
+def test_generate_stage_gated_with_a_real_ssi_artifact(tiny_hf_dirs, llama, tmp_path, mode):
+    """The stage scores with an SSI artifact on the base model and injects the prefix exactly where p > threshold;
+    prefix_only generates with that base model (model_path may be left empty)."""
     import dataclasses
 
     from lasa_jax.runtime import start_run
@@ -234,9 +299,9 @@ def test_generate_stage_lasa_with_a_real_ssi_artifact(tiny_hf_dirs, llama, tmp_p
     jsonl.write_text("".join(json.dumps({"id": p.id, "language": p.language, "prompt": p.prompt,
                                          "expected": p.expected}) + "\n" for p in PROMPTS), encoding="utf-8")
     config = load_config("generate")
-    config.update(dict(model_path=str(tiny_hf_dirs["llama"]), base_model_path=str(tiny_hf_dirs["llama"]),
-                       ssi_dir=str(tmp_path / "ssi"), dtype="float32", mode="lasa", eval_sets=f"jsonl:{jsonl}",
-                       progress=False))
+    config.update(dict(model_path=str(tiny_hf_dirs["llama"]) if mode == "lasa" else "",
+                       base_model_path=str(tiny_hf_dirs["llama"]), ssi_dir=str(tmp_path / "ssi"), dtype="float32",
+                       mode=mode, eval_sets=f"jsonl:{jsonl}", progress=False))
     config.decoding.max_new_tokens = 8
     workdir = str(tmp_path / "run")
     output = run_generation(config, workdir, start_run(config, workdir))
@@ -247,6 +312,15 @@ def test_generate_stage_lasa_with_a_real_ssi_artifact(tiny_hf_dirs, llama, tmp_p
     meta = json.loads(pathlib.Path(output + ".meta.json").read_text(encoding="utf-8"))
     assert meta["ssi_residual_index"] == 2 and meta["ssi_threshold"] == pytest.approx(threshold)
     assert meta["summary"]["prefix_used"] == 2
+    assert meta["mode"] == mode and meta["model_path"] == str(tiny_hf_dirs["llama"]) == meta["base_model_path"]
+    assert {r["mode"] for r in records} == {mode}
+    expected = generate_responses(model, tokenizer, PROMPTS, mode=mode, ssi_scores=probs,
+                                  prefix_flags=probs > threshold, decoding=Decoding(max_new_tokens=8))
+    assert [r["response"] for r in records] == [r["response"] for r in expected]
+    if mode == "prefix_only":  # the generating model must be the base model the SSI reads
+        config.model_path = str(tiny_hf_dirs["qwen3"])
+        with pytest.raises(ValueError, match="prefix_only generates with the base model"):
+            run_generation(config, workdir)
 
 
 def test_split_reasoning():

@@ -1,4 +1,4 @@
-"""LASA / baseline generation over evaluation prompts (see configs/generate.py and lasa_jax/inference.py).
+"""LASA / prefix-only / baseline generation over evaluation prompts (configs/generate.py, lasa_jax/inference.py).
 
     python -m lasa_jax.scripts.generate --config=configs/generate.py --workdir=DIR --config.mode=lasa \
         --config.model_path=ALIGNED --config.base_model_path=BASE --config.ssi_dir=SSI_DIR
