@@ -1,4 +1,4 @@
-"""The whole LASA pipeline (locate -> SSI -> KTO -> generate baseline/LASA -> evaluate) for one model.
+"""The whole LASA pipeline (locate -> SSI -> KTO -> generate baseline/prefix-only/LASA -> evaluate) for one model.
 
     python -m lasa_jax.scripts.pipeline --config=configs/pipeline.py:llama31_8b,v5p-8 \
         --config.model_path=/models/Llama-3.1-8B-Instruct --config.data_root=/data/shared --workdir=runs/llama
@@ -45,7 +45,7 @@ def build(model: str = "", preset: str = "cpu") -> ml_collections.ConfigDict:
     thinking = PAPER_MODELS[model].qwen3_thinking if model else None
     # chat-template variables used identically by KTO, generation and (with chat_template) SSI/Locate
     c.template_kwargs = "" if thinking is None else ('{"enable_thinking": %s}' % str(thinking).lower())
-    c.stages = "locate,ssi,kto,generate_baseline,generate_lasa,evaluate"
+    c.stages = "locate,ssi,kto,generate_baseline,generate_prefix_only,generate_lasa,evaluate"
     c.rerun = ""                     # comma-separated stages to run again (their directories are cleared)
 
     c.locate = stage_config("locate")

@@ -1,4 +1,5 @@
-"""The whole method in one run: locate -> SSI -> KTO (+ HF export) -> generate (baseline, LASA) -> evaluate.
+"""The whole method in one run: locate -> SSI -> KTO (+ HF export) -> generate (baseline, prefix-only, LASA) ->
+evaluate.
 
 Each stage runs the same library function as its own script, with a stage config derived from the pipeline config
 (`configs/pipeline.py`), in its own subdirectory of the workdir:
@@ -6,9 +7,10 @@ Each stage runs the same library function as its own script, with a stage config
     <workdir>/locate/             bottleneck.json, layers.csv, plots, activations.npz
     <workdir>/ssi/ssi/            the SSI artifact (config.json, params.safetensors, metrics.json)
     <workdir>/kto/                checkpoints/, metrics.jsonl, hf_export/ (the aligned model)
-    <workdir>/generate_baseline/  generations.jsonl of the base model, no prefix
-    <workdir>/generate_lasa/      generations.jsonl of the aligned model with SSI-gated prefix
-    <workdir>/evaluate/           report.md, report.json, asr_by_language.png
+    <workdir>/generate_baseline/     generations.jsonl of the base model, no prefix
+    <workdir>/generate_prefix_only/  generations.jsonl of the base model with SSI-gated prefix (ablation: no KTO)
+    <workdir>/generate_lasa/         generations.jsonl of the aligned model with SSI-gated prefix
+    <workdir>/evaluate/              report.md, report.json, asr_by_language.png, systems_by_language.png
     <workdir>/report.md           summary linking every artifact
 
 A stage that finished writes `<stage dir>/stage_done.json` (a hash of its stage config, a run id, and the run ids of
@@ -16,7 +18,9 @@ the stages whose outputs it consumed) and is skipped on the next run; a crashed 
 resumes from its last checkpoint, generation from its partial file). Rerunning with a changed stage config is
 refused unless the stage is listed in `--config.rerun`, which clears that stage's directory first. When a stage
 runs again, every later stage that consumed its output runs again too (`stage_inputs`), so a report never mixes a
-new SSI with old generations. Every process runs every stage; only process 0 writes markers and reports.
+new SSI with old generations. The evaluate stage compares every system whose generate stage is in `--config.stages`
+or has finished in the workdir (so a run without generate_prefix_only compares baseline and LASA only). Every
+process runs every stage; only process 0 writes markers and reports.
 """
 from __future__ import annotations
 
@@ -38,7 +42,9 @@ from lasa_jax.runtime import is_writer
 
 log = logging.getLogger(__name__)
 
-STAGES = ("locate", "ssi", "kto", "generate_baseline", "generate_lasa", "evaluate")
+STAGES = ("locate", "ssi", "kto", "generate_baseline", "generate_prefix_only", "generate_lasa", "evaluate")
+# system compared by the evaluate stage -> the generate stage that writes its generations (report column order)
+GENERATE_STAGES = {"baseline": "generate_baseline", "prefix_only": "generate_prefix_only", "lasa": "generate_lasa"}
 DONE_FILE = "stage_done.json"
 SHARED_FIELDS = ("model_path", "mesh", "seed", "distributed")
 
@@ -55,7 +61,7 @@ def stage_configs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
     """The stage configs of a pipeline config: shared fields copied in, paths between stages wired up."""
     out: dict[str, ml_collections.ConfigDict] = {}
     for stage, key in (("locate", "locate"), ("ssi", "ssi"), ("kto", "kto"), ("generate_baseline", "generate"),
-                       ("generate_lasa", "generate"), ("evaluate", "evaluate")):
+                       ("generate_prefix_only", "generate"), ("generate_lasa", "generate"), ("evaluate", "evaluate")):
         c = copy.deepcopy(config[key])
         with c.unlocked():
             for field in SHARED_FIELDS:
@@ -80,18 +86,21 @@ def stage_configs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
             out["kto"].labels.ssi_dir = ssi_dir
         if out["kto"].data.format == "polyrefuse_completions" and not out["kto"].data.path:
             out["kto"].data.path = os.path.join(config.data_root, "polyrefuse_completions")
-    for stage, mode in (("generate_baseline", "baseline"), ("generate_lasa", "lasa")):
+    for mode, stage in GENERATE_STAGES.items():
         g = out[stage]
         with g.unlocked():
             g.mode = mode
             g.data_root = config.data_root
             if mode == "lasa":
                 g.model_path, g.base_model_path, g.ssi_dir, g.tokenizer_path = kto_export, base, ssi_dir, base
-            else:  # the baseline also records the SSI score of each prompt (no prefix is used)
+            else:  # prefix_only: the base model generates; baseline: it records each prompt's SSI score only
                 g.base_model_path, g.ssi_dir = base, ssi_dir
+    stages = _comma(config.stages)
     with out["evaluate"].unlocked():
-        out["evaluate"].baseline_generations = os.path.join(d("generate_baseline"), out["generate_baseline"].output)
-        out["evaluate"].lasa_generations = os.path.join(d("generate_lasa"), out["generate_lasa"].output)
+        for system, stage in GENERATE_STAGES.items():
+            compared = stage in stages or stage_status(workdir, stage) is not None
+            out["evaluate"][f"{system}_generations"] = (os.path.join(d(stage), out[stage].output) if compared
+                                                        else "")
     return out
 
 
@@ -102,8 +111,9 @@ def stage_inputs(config: ml_collections.ConfigDict) -> dict[str, tuple[str, ...]
         "ssi": ("locate",) if config.residual_index < 0 else (),
         "kto": ("ssi",) if config.kto.labels.mode == "ssi" else (),
         "generate_baseline": ("ssi",),  # the baseline records each prompt's SSI score
+        "generate_prefix_only": ("ssi",),  # the base model generates: no KTO
         "generate_lasa": ("ssi", "kto"),
-        "evaluate": ("generate_baseline", "generate_lasa"),
+        "evaluate": tuple(GENERATE_STAGES.values()),
     }
 
 
@@ -129,7 +139,8 @@ def _stage_functions() -> dict[str, Callable]:
     from lasa_jax.train.kto_trainer import train_kto
 
     return {"locate": lambda c, w, m: run_locate(c, w, mesh=m), "ssi": train_ssi, "kto": train_kto,
-            "generate_baseline": run_generation, "generate_lasa": run_generation, "evaluate": run_evaluation}
+            "generate_baseline": run_generation, "generate_prefix_only": run_generation,
+            "generate_lasa": run_generation, "evaluate": run_evaluation}
 
 
 def stage_status(workdir: str, stage: str) -> dict | None:
@@ -143,22 +154,23 @@ def stage_status(workdir: str, stage: str) -> dict | None:
 def stage_decision(workdir: str, stage: str, digest: str, consumed: dict[str, str | None],
                    rerun: bool) -> tuple[str, str]:
     """("skip" | "run" | "clear", reason) for `stage`: skip a finished stage whose config hash and consumed input
-    run ids are unchanged; clear and run it again when asked (`rerun`) or when an input stage ran again since; run
-    it (continuing whatever it left) when it has not finished. A finished stage with another config -> ValueError.
+    run ids are unchanged; clear and run it again when asked (`rerun`) or when an input stage ran (again) since,
+    whatever its config (its old outputs are stale either way); run it (continuing whatever it left) when it has not
+    finished. A finished stage with another config and unchanged inputs -> ValueError.
     """
     status = stage_status(workdir, stage)
     if rerun:
         return "clear", f"--config.rerun={stage}"
     if status is None:
         return "run", "not finished"
-    if status.get("config_hash") != digest:
-        raise ValueError(f"pipeline stage {stage!r} already finished in {_stage_dir(workdir, stage)} with a "
-                         f"different configuration (hash {status.get('config_hash')} != {digest}); add it to "
-                         f"--config.rerun to run it again (its directory is cleared) or use another workdir")
     recorded = status.get("inputs", {})
     changed = [up for up in consumed if recorded.get(up) != consumed[up]]
     if changed:
         return "clear", f"{stage}'s input stage(s) {', '.join(changed)} ran again"
+    if status.get("config_hash") != digest:
+        raise ValueError(f"pipeline stage {stage!r} already finished in {_stage_dir(workdir, stage)} with a "
+                         f"different configuration (hash {status.get('config_hash')} != {digest}); add it to "
+                         f"--config.rerun to run it again (its directory is cleared) or use another workdir")
     return "skip", f"already done ({status.get('finished_at')})"
 
 
@@ -289,19 +301,35 @@ def write_summary(workdir: str, config: ml_collections.ConfigDict) -> str:
         elif stage == "evaluate":
             report = _read_json(os.path.join(workdir, "evaluate", "report.json"))
             if report:
-                lines.append(_asr_line(report))
+                lines += headline_lines(report)
             lines += [f"- {link('evaluate/report.md')}, {link('evaluate/report.json')}, "
-                      f"{link('evaluate/asr_by_language.png')}"]
+                      f"{link('evaluate/asr_by_language.png')}, {link('evaluate/systems_by_language.png')}"]
         lines.append("")
     path = os.path.join(workdir, "report.md")
     atomic_write_text(path, "\n".join(lines))
     return path
 
 
-def _asr_line(report: dict) -> str:
-    parts = []
-    for system, summary in report.get("asr", {}).get("systems", {}).items():
-        macro = summary.get("macro_asr")
-        if macro is not None:
-            parts.append(f"{system} {100 * macro:.1f}%")
-    return ("Average ASR over languages: " + ", ".join(parts) + "." if parts else "")
+def _percent(rate: float | None) -> str:
+    return "–" if rate is None else f"{100 * rate:.1f}%"
+
+
+def headline_lines(report: dict) -> list[str]:
+    """The summary's headline numbers, averaged over languages: ASR and benign refusal rate per system (baseline,
+    prefix_only, lasa, ...) and the SSI's flag rates, from report.json's "comparison" part (ASR only for older
+    reports without it)."""
+    comp = report.get("comparison")
+    if not comp:
+        parts = [f"{system} {_percent(summary.get('macro_asr'))}"
+                 for system, summary in report.get("asr", {}).get("systems", {}).items()]
+        return ["Average ASR over languages: " + ", ".join(parts) + "."] if parts else []
+    lines = []
+    for name, metric in comp["metrics"].items():
+        parts = [f"{system} **{_percent(metric['systems'][system]['average'])}**" for system in comp["systems"]
+                 if system in metric["systems"]]
+        lines.append(f"- Average {metric['label']} over languages: " + ", ".join(parts) + ".")
+    ssi = comp.get("ssi")
+    if ssi:
+        lines.append(f"- The SSI flagged {_percent(ssi['harmful']['average'])} of harmful and "
+                     f"{_percent(ssi['benign']['average'])} of benign prompts (averaged over languages).")
+    return lines

@@ -157,7 +157,72 @@ def test_a_stage_reruns_when_a_stage_it_consumed_ran_again(tmp_path):
         stage_decision(str(tmp_path), "generate_lasa", "other", {"ssi": "a", "kto": "k"}, False)
     config = _load_config("demo")
     inputs = stage_inputs(config)
-    assert inputs["evaluate"] == ("generate_baseline", "generate_lasa") and "ssi" in inputs["generate_lasa"]
+    assert inputs["evaluate"] == ("generate_baseline", "generate_prefix_only", "generate_lasa")
+    assert "ssi" in inputs["generate_lasa"] and inputs["generate_prefix_only"] == ("ssi",)
     assert inputs["ssi"] == ("locate",)  # the demo reads k* from its own Locate stage
     config.residual_index = 14
     assert stage_inputs(config)["ssi"] == ()
+
+
+def test_prefix_only_stage_follows_the_ssi_not_kto(tmp_path, monkeypatch):
+    """The stage graph with recording stage functions: prefix_only generates with the base model and the SSI, runs
+    again when the SSI ran again, not when KTO did; evaluate compares the systems of the stages run."""
+    import dataclasses
+
+    import lasa_jax.pipeline as pipeline
+
+    @dataclasses.dataclass
+    class KTOResult:
+        status: str = "completed"
+        step: int = 1
+
+    calls = []
+
+    def recorder(stage):
+        def run(config, workdir, mesh):
+            calls.append((stage, config))
+            return KTOResult() if stage == "kto" else None
+        return run
+
+    monkeypatch.setattr(pipeline, "_stage_functions", lambda: {s: recorder(s) for s in STAGES})
+    config = _load_config("demo")
+    config.model_path = "/models/base"
+    assert config.stages.split(",") == list(STAGES)  # prefix_only is a default stage
+    workdir = str(tmp_path / "run")
+    assert set(run_pipeline(config, workdir).values()) == {"done"}
+    by_stage = dict(calls)
+    assert [stage for stage, _ in calls] == list(STAGES)
+    prefix_only = by_stage["generate_prefix_only"]
+    assert prefix_only.mode == "prefix_only" and prefix_only.model_path == prefix_only.base_model_path == "/models/base"
+    assert prefix_only.ssi_dir == os.path.join(workdir, "ssi", "ssi") == by_stage["generate_lasa"].ssi_dir
+    assert by_stage["generate_lasa"].model_path == os.path.join(workdir, "kto", "hf_export")
+    evaluate = by_stage["evaluate"]
+    assert [evaluate.baseline_generations, evaluate.prefix_only_generations, evaluate.lasa_generations] == [
+        os.path.join(workdir, s, "generations.jsonl") for s in ("generate_baseline", "generate_prefix_only",
+                                                                 "generate_lasa")]
+    assert "generate_prefix_only" in (tmp_path / "run" / "report.md").read_text()
+
+    def rerun(stage):
+        calls.clear()
+        config.rerun = stage
+        outcome = run_pipeline(config, workdir)
+        return sorted(s for s, state in outcome.items() if state == "done")
+
+    assert rerun("kto") == ["evaluate", "generate_lasa", "kto"]
+    assert rerun("ssi") == ["evaluate", "generate_baseline", "generate_lasa", "generate_prefix_only", "ssi"]
+    config.rerun = ""
+    assert set(run_pipeline(config, workdir).values()) == {"skipped"}
+
+    # an older stage list without prefix_only: evaluate compares baseline and LASA only
+    config.stages = "locate,ssi,kto,generate_baseline,generate_lasa,evaluate"
+    calls.clear()
+    run_pipeline(config, str(tmp_path / "two"))
+    evaluate = dict(calls)["evaluate"]
+    assert "generate_prefix_only" not in dict(calls) and evaluate.prefix_only_generations == ""
+    assert evaluate.baseline_generations and evaluate.lasa_generations
+    # ... until prefix_only runs there: evaluate (finished, with another config) runs again with three systems
+    config.stages = ",".join(STAGES)
+    calls.clear()
+    outcome = run_pipeline(config, str(tmp_path / "two"))
+    assert sorted(s for s, state in outcome.items() if state == "done") == ["evaluate", "generate_prefix_only"]
+    assert dict(calls)["evaluate"].prefix_only_generations.endswith("generate_prefix_only/generations.jsonl")
