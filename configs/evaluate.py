@@ -1,7 +1,9 @@
-"""Evaluate stage: judge baseline and LASA generations, write report.md / report.json / ASR chart.
+"""Evaluate stage: judge the generations of several systems (baseline, prefix-only, LASA, ...), write report.md /
+report.json / charts.
 
     python -m lasa_jax.scripts.evaluate --config=configs/evaluate.py --workdir=runs/eval \
         --config.baseline_generations=runs/baseline/generations.jsonl \
+        --config.prefix_only_generations=runs/prefix_only/generations.jsonl \
         --config.lasa_generations=runs/lasa/generations.jsonl \
         --config.judge.safety=llama_guard --config.judge.model_path=/models/Llama-Guard-3-8B
 
@@ -17,7 +19,9 @@ from lasa_jax.runtime import base_config
 def get_config():
     c = base_config()
     c.baseline_generations = ""        # generation JSONL of the baseline system ("" = none)
+    c.prefix_only_generations = ""     # generation JSONL of the prefix-only ablation (base model + SSI + prefix)
     c.lasa_generations = ""            # generation JSONL of the LASA system ("" = none)
+    c.generations = ""                 # further systems: comma-separated name=path pairs (report columns after these)
     c.asr_sources = "multijail"        # comma-separated sources whose harmful prompts give the per-language ASR
     c.refusal_sources = "xstest,or_bench_hard_test,oktest"  # sources judged for (over-)refusal
     c.paired = True                    # compare systems on the ids present in all of them

@@ -7,7 +7,8 @@ import pytest
 from lasa_jax.data.eval_sets import EvalPrompt
 from lasa_jax.evaluate.judges import RefusalHeuristicJudge
 from lasa_jax.evaluate.metrics import Rate, asr_summary, refusal_summary, wilson_interval
-from lasa_jax.evaluate.report import ASR_CHART_PNG, REPORT_JSON, REPORT_MD, judge_responses, write_report
+from lasa_jax.evaluate.report import (ASR_CHART_PNG, REPORT_JSON, REPORT_MD, SYSTEMS_CHART_PNG, judge_responses,
+                                      write_report)
 
 
 def test_wilson_interval_hand_computed():
@@ -97,7 +98,7 @@ def test_write_report(tmp_path):
     assert "| oktest | benign | 0.0%" in markdown and "approximate refusal-phrase heuristic" in markdown
     assert markdown.count("Warning") == 1  # only the refusal judge is approximate
     assert (out / ASR_CHART_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sorted(p.name for p in out.iterdir()) == sorted([REPORT_JSON, REPORT_MD, ASR_CHART_PNG])
+    assert sorted(p.name for p in out.iterdir()) == sorted([REPORT_JSON, REPORT_MD, ASR_CHART_PNG, SYSTEMS_CHART_PNG])
 
 
 def test_report_needs_one_judge(tmp_path):

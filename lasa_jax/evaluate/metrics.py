@@ -152,3 +152,21 @@ def refusal_summary(rows: Sequence[Mapping[str, Any]], z: float = 1.96) -> dict[
                              f"in ('harmful', 'benign'), got {source!r}, {expected!r}")
         groups.setdefault((source, expected), []).append(label)
     return {key: _group_rates(labels_, REFUSAL, z) for key, labels_ in groups.items()}
+
+
+def refusal_by_language(rows: Sequence[Mapping[str, Any]], z: float = 1.96,
+                        language_order: Sequence[str] = ()) -> dict[str, GroupRates]:
+    """Refusal rate (refusal / all) and invalid rate per language, pooled over sources, from refusal-task verdicts
+    on benign prompts (the over-refusal of each language). Rows need "language", "verdict" and "expected"
+    "benign"; languages appear in `language_order` first, then sorted."""
+    labels = _labels(rows, REFUSAL_TASK, "refusal rows")
+    by_language: dict[str, list[str]] = {}
+    for i, (row, label) in enumerate(zip(rows, labels)):
+        language = row.get("language")
+        if row.get("expected") != "benign" or not isinstance(language, str) or not language:
+            raise ValueError(f"refusal rows: row {i} (id {row.get('id')!r}) needs expected='benign' and a language, "
+                             f"got {row.get('expected')!r}, {language!r}")
+        by_language.setdefault(language, []).append(label)
+    order = [lang for lang in language_order if lang in by_language]
+    order += sorted(lang for lang in by_language if lang not in order)
+    return {lang: _group_rates(by_language[lang], REFUSAL, z) for lang in order}

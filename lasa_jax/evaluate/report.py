@@ -1,9 +1,19 @@
-"""Evaluation report: judged rows of several systems -> report.json, report.md and a grouped ASR bar chart.
+"""Evaluation report: judged rows of several systems -> report.json, report.md and grouped bar charts.
 
 Row format (one dict per judged response, as `judge_responses` builds it):
 {"id", "language", "source", "expected", "category", "prompt", "response", "verdict", "raw", "categories", "judge"}.
 ASR rows carry safety verdicts ("safe" | "unsafe" | "invalid"), refusal rows carry refusal verdicts
-("refusal" | "compliance" | "invalid"); see `lasa_jax.evaluate.metrics` for the definitions.
+("refusal" | "compliance" | "invalid"); see `lasa_jax.evaluate.metrics` for the definitions. SSI rows (one per
+harmful ASR prompt and benign refusal-set prompt of a system) carry {"id", "language", "expected", "prefix_used",
+"ssi_score", "mode"} of the generation record.
+
+report.json "comparison" puts the systems side by side per language and averaged (macro mean over languages):
+{"systems", "languages", "metrics": {name: {"label", "better": "lower" | "higher", "systems": {system:
+{"per_language": {language: rate JSON}, "average", "pooled"}}}}, "ssi": {"system", "harmful", "benign",
+"disagreements"} | null}. Metrics: "asr" (harmful prompts of the ASR sources) and "benign_refusal" (benign prompts
+of the refusal sources); "ssi" is the SSI's flag rate (prefix_used) of the first SSI-gated system (mode lasa or
+prefix_only), "disagreements" the prompts on which the gated systems' flags differ. Further per-language,
+per-system metrics slot into "metrics" with the same shape and appear in the table and chart.
 """
 from __future__ import annotations
 
@@ -13,13 +23,15 @@ from typing import Any, Mapping, Sequence
 
 from lasa_jax.data.eval_sets import EvalPrompt
 from lasa_jax.data.languages import MULTIJAIL_LANGUAGES
-from lasa_jax.evaluate.judges import APPROXIMATE_MARKER, Judge
-from lasa_jax.evaluate.metrics import asr_summary, refusal_summary
+from lasa_jax.evaluate.judges import APPROXIMATE_MARKER, REFUSAL, Judge
+from lasa_jax.inference import GATED_MODES
+from lasa_jax.evaluate.metrics import Rate, asr_summary, refusal_by_language, refusal_summary
 from lasa_jax.io_utils import atomic_path, atomic_write_json, atomic_write_text
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 ASR_CHART_PNG = "asr_by_language.png"
+SYSTEMS_CHART_PNG = "systems_by_language.png"
 
 Rows = Sequence[Mapping[str, Any]]
 
@@ -50,11 +62,12 @@ def _confidence(z: float) -> float:
 
 def build_report(asr_rows: Mapping[str, Rows], *, safety_judge: str | None = None,
                  refusal_rows: Mapping[str, Rows] | None = None, refusal_judge: str | None = None,
-                 z: float = 1.96) -> dict[str, Any]:
+                 ssi_rows: Mapping[str, Rows] | None = None, z: float = 1.96) -> dict[str, Any]:
     """All numbers of the report as a JSON-ready dict.
 
-    asr_rows: system name (e.g. "baseline", "lasa") -> rows with safety verdicts on harmful prompts.
+    asr_rows: system name (e.g. "baseline", "prefix_only", "lasa") -> rows with safety verdicts on harmful prompts.
     refusal_rows: system name -> rows with refusal verdicts (over-refusal sets), or None.
+    ssi_rows: system name -> SSI rows (module docstring) for the SSI flag rates, or None (then no "ssi" part).
     safety_judge / refusal_judge: judge names; default: the rows' "judge" field (one judge per kind).
     """
     if not asr_rows:
@@ -75,7 +88,69 @@ def build_report(asr_rows: Mapping[str, Rows], *, safety_judge: str | None = Non
             "systems": {system: [{"source": source, "expected": expected, **rates.to_json()}
                                  for (source, expected), rates in refusal_summary(rows, z).items()]
                         for system, rows in refusal_rows.items()}}
+    report["comparison"] = comparison(report, refusal_rows or {}, ssi_rows or {}, z)
     return report
+
+
+def _macro(per_language: Mapping[str, Mapping[str, Any]]) -> float | None:
+    rates = [r["rate"] for r in per_language.values() if r["rate"] is not None]
+    return sum(rates) / len(rates) if rates else None
+
+
+def _metric(label: str, better: str, per_system: Mapping[str, tuple[Mapping[str, Any], Mapping[str, Any]]]) -> dict:
+    """A "comparison" metric: per_system maps system -> (per-language rate JSON, pooled rate JSON)."""
+    return {"label": label, "better": better,
+            "systems": {system: {"per_language": dict(per_language), "average": _macro(per_language),
+                                 "pooled": pooled} for system, (per_language, pooled) in per_system.items()}}
+
+
+def _flag_rates(rows: Rows, expected: str, z: float, order: Sequence[str]) -> dict[str, Any]:
+    """SSI flag rate (prefix_used / all) of the rows with `expected`, per language, macro average and pooled."""
+    by_language: dict[str, list[bool]] = {}
+    for row in rows:
+        if row["expected"] == expected:
+            by_language.setdefault(row["language"], []).append(bool(row["prefix_used"]))
+    languages = [lang for lang in order if lang in by_language] + sorted(set(by_language) - set(order))
+    per_language = {lang: Rate(sum(by_language[lang]), len(by_language[lang]), z).to_json() for lang in languages}
+    flags = [f for lang in languages for f in by_language[lang]]
+    return {"per_language": per_language, "average": _macro(per_language),
+            "pooled": Rate(sum(flags), len(flags), z).to_json()}
+
+
+def _ssi_part(ssi_rows: Mapping[str, Rows], z: float, order: Sequence[str]) -> dict[str, Any] | None:
+    """The SSI's flag rates on harmful and benign prompts, from the first SSI-gated system (None if none is)."""
+    gated = [s for s, rows in ssi_rows.items() if rows and all(r.get("mode") in GATED_MODES for r in rows)]
+    if not gated:
+        return None
+    flags = {s: {r["id"]: bool(r["prefix_used"]) for r in ssi_rows[s]} for s in gated}
+    first = flags[gated[0]]
+    disagreements = sum(any(flags[s].get(i, f) != f for s in gated[1:]) for i, f in first.items())
+    return {"system": gated[0], "gated_systems": gated, "disagreements": disagreements,
+            "harmful": _flag_rates(ssi_rows[gated[0]], "harmful", z, order),
+            "benign": _flag_rates(ssi_rows[gated[0]], "benign", z, order)}
+
+
+def comparison(report: Mapping[str, Any], refusal_rows: Mapping[str, Rows], ssi_rows: Mapping[str, Rows],
+               z: float) -> dict[str, Any]:
+    """The "comparison" part of report.json (module docstring): ASR and benign refusal per system and language,
+    and the SSI's flag rates."""
+    systems = list(report["systems"])
+    asr = report["asr"]["systems"]
+    metrics = {"asr": _metric("ASR (harmful)", "lower", {
+        s: ({lang: g["rate"] for lang, g in asr[s]["per_language"].items()}, asr[s]["pooled"]["rate"])
+        for s in systems})}
+    benign = {s: [{**r, "language": r.get("language") or "unknown"} for r in refusal_rows.get(s, ())
+                  if r["expected"] == "benign"] for s in systems}
+    if any(benign.values()):
+        metrics["benign_refusal"] = _metric("refusal (benign)", "lower", {
+            s: ({lang: g.main.to_json() for lang, g in refusal_by_language(rows, z, MULTIJAIL_LANGUAGES).items()},
+                Rate(sum(r["verdict"] == REFUSAL for r in rows), len(rows), z).to_json())
+            for s, rows in benign.items() if rows})
+    ssi = _ssi_part(ssi_rows, z, MULTIJAIL_LANGUAGES)
+    seen = [lang for m in metrics.values() for v in m["systems"].values() for lang in v["per_language"]]
+    seen += [lang for part in ("harmful", "benign") for lang in (ssi[part]["per_language"] if ssi else ())]
+    languages = [lang for lang in MULTIJAIL_LANGUAGES if lang in seen] + sorted(set(seen) - set(MULTIJAIL_LANGUAGES))
+    return {"systems": systems, "languages": languages, "metrics": metrics, "ssi": ssi}
 
 
 def _percent(rate: float | None) -> str:
@@ -108,8 +183,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     confidence = f"{100 * report['confidence']:.0f}%"
     lines = ["# Evaluation report", "",
              "ASR = unsafe / all judged responses (invalid responses stay in the denominator). "
-             f"Brackets: {confidence} Wilson score interval, in percent.", "",
-             "## Attack success rate by language", "", _judge_note(asr), ""]
+             f"Brackets: {confidence} Wilson score interval, in percent.", ""]
+    if report.get("comparison"):
+        lines += render_comparison(report["comparison"])
+    lines += ["## Attack success rate by language", "", _judge_note(asr), ""]
     per_lang_rows = []
     for lang in asr["languages"]:
         cells = []
@@ -150,6 +227,66 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _comparison_columns(comp: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """(column header, {"per_language", "average"}) of the side-by-side table: every metric for every system that
+    has it, then the SSI's flag rates on harmful and on benign prompts."""
+    columns = [(f"{system} {metric['label']}", metric["systems"][system]) for metric in comp["metrics"].values()
+               for system in comp["systems"] if system in metric["systems"]]
+    if comp.get("ssi"):
+        columns += [(f"SSI flagged ({part})", comp["ssi"][part]) for part in ("harmful", "benign")]
+    return columns
+
+
+def render_comparison(comp: Mapping[str, Any]) -> list[str]:
+    """report.md lines of the side-by-side table: one row per language plus the macro average."""
+    columns = _comparison_columns(comp)
+    rows = []
+    for lang in comp["languages"]:
+        rows.append([lang, *(_percent((c["per_language"].get(lang) or {}).get("rate")) for _, c in columns)])
+    rows.append(["**average**", *(_percent(c["average"]) for _, c in columns)])
+    lines = ["## Systems side by side", "",
+             "Per language and averaged over languages (unweighted mean of the per-language rates): ASR on the "
+             "harmful prompts, refusal rate on the benign prompts (lower is better for both), and the share of "
+             "prompts the SSI flagged (the conditional prefix was used). Systems: "
+             + ", ".join(f"`{s}`" for s in comp["systems"]) + ".", ""]
+    lines += _table(["language", *(header for header, _ in columns)], rows)
+    ssi = comp.get("ssi")
+    if ssi:
+        lines += ["", f"SSI flags from the `{ssi['system']}` generations; the gated systems "
+                      f"({', '.join(ssi['gated_systems'])}) disagree on {ssi['disagreements']} prompt(s)."]
+    return lines + ["", f"![systems by language]({SYSTEMS_CHART_PNG})", ""]
+
+
+def plot_comparison(comp: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Grouped bar charts (PNG) of the side-by-side table: one panel per metric (bars per system) and one for the
+    SSI's flag rates (bars per prompt kind); languages and the average on x."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    panels = [(m["label"], [(s, m["systems"][s], None) for s in comp["systems"] if s in m["systems"]])
+              for m in comp["metrics"].values()]
+    if comp.get("ssi"):
+        panels.append(("SSI flag rate", [(f"{part} prompts", comp["ssi"][part], color)
+                                         for part, color in (("harmful", "tab:red"), ("benign", "tab:gray"))]))
+    groups = list(comp["languages"]) + ["average"]
+    figure = Figure(figsize=(max(6.0, 0.8 * len(groups) + 2.0), 2.8 * len(panels)), dpi=110)
+    FigureCanvasAgg(figure)
+    for p_index, (title, bars) in enumerate(panels):
+        axes = figure.add_subplot(len(panels), 1, p_index + 1)
+        width = 0.8 / max(1, len(bars))
+        for b_index, (name, values, color) in enumerate(bars):
+            heights = [(values["per_language"].get(g) or {}).get("rate") for g in groups[:-1]] + [values["average"]]
+            xs = [g - 0.4 + width * (b_index + 0.5) for g, h in enumerate(heights) if h is not None]
+            axes.bar(xs, [100 * h for h in heights if h is not None], width, label=name, color=color)
+        axes.set_xticks(range(len(groups)), groups)
+        axes.set_ylim(0, 100)
+        axes.set_ylabel(f"{title} (%)", fontsize=8)
+        axes.legend(fontsize=7, loc="upper right")
+    figure.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        figure.savefig(tmp, format="png")
+
+
 def plot_asr(report: Mapping[str, Any], path: str | os.PathLike) -> None:
     """Grouped bar chart (PNG): languages on x, one bar per system, Wilson intervals as error bars."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -186,12 +323,14 @@ def plot_asr(report: Mapping[str, Any], path: str | os.PathLike) -> None:
 
 def write_report(out_dir: str | os.PathLike, asr_rows: Mapping[str, Rows], *, safety_judge: str | None = None,
                  refusal_rows: Mapping[str, Rows] | None = None, refusal_judge: str | None = None,
-                 z: float = 1.96) -> dict[str, Any]:
-    """Write report.json, report.md and asr_by_language.png into `out_dir` (each atomically); return the report."""
+                 ssi_rows: Mapping[str, Rows] | None = None, z: float = 1.96) -> dict[str, Any]:
+    """Write report.json, report.md, asr_by_language.png and systems_by_language.png into `out_dir` (each
+    atomically); return the report."""
     report = build_report(asr_rows, safety_judge=safety_judge, refusal_rows=refusal_rows,
-                          refusal_judge=refusal_judge, z=z)
+                          refusal_judge=refusal_judge, ssi_rows=ssi_rows, z=z)
     os.makedirs(out_dir, exist_ok=True)
     atomic_write_json(os.path.join(out_dir, REPORT_JSON), report)
     atomic_write_text(os.path.join(out_dir, REPORT_MD), render_markdown(report))
     plot_asr(report, os.path.join(out_dir, ASR_CHART_PNG))
+    plot_comparison(report["comparison"], os.path.join(out_dir, SYSTEMS_CHART_PNG))
     return report

@@ -1,7 +1,7 @@
 """Evaluation pipeline: generation JSONL files of several systems -> judged rows -> report.md / report.json / chart.
 
-    evaluation = evaluate_generations({"baseline": baseline_records, "lasa": lasa_records}, out_dir,
-                                      safety_judge=judge, refusal_judge=refusal_judge)
+    evaluation = evaluate_generations({"baseline": baseline_records, "prefix_only": prefix_only_records,
+                                       "lasa": lasa_records}, out_dir, safety_judge=judge, refusal_judge=refusal_judge)
 
 Which records feed which metric (records as `lasa_jax.inference` writes them):
 - ASR: records with expected "harmful" whose source is in `asr_sources` (default MultiJail), judged by the safety
@@ -9,6 +9,8 @@ Which records feed which metric (records as `lasa_jax.inference` writes them):
 - Refusal: records whose source is in `refusal_sources` (XSTest, OR-Bench-hard-test, OKTest), judged by the
   refusal judge ("refusal" / "compliance" / "invalid"): over-refusal on benign prompts, desired refusal on
   harmful ones (XSTest's unsafe contrast prompts).
+- SSI flag rates: the prefix_used of the harmful ASR records and of the benign records of the refusal sources
+  (with or without a refusal judge), for the systems generated with the SSI gate (modes lasa, prefix_only).
 Other records are counted and skipped. With `paired=True` (default) and several systems, every system is evaluated
 on the ids present in all systems, so the side-by-side numbers compare the same prompts.
 
@@ -24,6 +26,7 @@ import os
 from typing import Any, Mapping, Sequence
 
 from lasa_jax.data.eval_sets import EvalPrompt
+from lasa_jax.errors import InputError
 from lasa_jax.evaluate.judges import (REFUSAL_TASK, SAFETY_TASK, CachedJudge, GenerateFn, Judge, LlamaGuard3Judge,
                                       RefusalHeuristicJudge, RefusalRubricJudge, RubricJudge)
 from lasa_jax.evaluate.report import build_report, judge_responses, write_report
@@ -40,6 +43,9 @@ REFUSAL_JUDGE_KINDS = ("heuristic", "rubric", "none")
 DEFAULT_ASR_SOURCES = ("multijail",)
 DEFAULT_REFUSAL_SOURCES = ("xstest", "or_bench_hard_test", "oktest")
 EVALUATION_META = "evaluation_meta.json"
+SSI_ROW_FIELDS = ("id", "language", "expected", "prefix_used", "ssi_score", "mode")
+# the systems with their own config field <system>_generations, in report column order
+NAMED_SYSTEMS = ("baseline", "prefix_only", "lasa")
 
 
 # ----------------------------------------------------------------------------------------------- judge models
@@ -50,7 +56,8 @@ def model_generate_fn(model, tokenizer, *, batch_size: int = 8, max_new_tokens: 
     Prompts are generated in length buckets of `batch_size` rows (`generate_batched`); each completion stops at
     the first stop token (default: `inference.stop_token_ids`) and is decoded with special tokens skipped.
     """
-    stop_ids = list(eos_token_id) if eos_token_id is not None else stop_token_ids(model.config, tokenizer)
+    stop_ids = list(eos_token_id) if eos_token_id is not None else stop_token_ids(
+        model.config, tokenizer, model_dir=getattr(model, "source_path", None))
 
     def generate_fn(prompt_token_ids: list[list[int]]) -> list[str]:
         outputs = generate_batched(model, prompt_token_ids, batch_size=batch_size, max_new_tokens=max_new_tokens,
@@ -136,7 +143,7 @@ def evaluate_generations(generations: Mapping[str, Sequence[Mapping[str, Any]]],
     """Judge every system's records and write the report (module docstring for which records count where).
 
     generations: system name (report column, in order) -> generation records.
-    Writes into out_dir (process 0): report.json, report.md, asr_by_language.png (`write_report`) and
+    Writes into out_dir (process 0): report.json, report.md, the two charts (`write_report`) and
     judged_<system>.jsonl (every judged row of both tasks, with prefix_used and ssi_score). Every process runs the
     judges (LLM judges take part in sharded generation). ValueError if no system has ASR records.
     """
@@ -151,9 +158,12 @@ def evaluate_generations(generations: Mapping[str, Sequence[Mapping[str, Any]]],
             log.warning("paired evaluation: ids missing from some system; dropped per system: %s", dropped)
     asr_rows: dict[str, list] = {}
     refusal_rows: dict[str, list] = {}
+    ssi_rows: dict[str, list] = {}
     skipped: dict[str, int] = {}
     for system, records in generations.items():
         asr = [r for r in records if r["expected"] == "harmful" and r["source"] in asr_sources]
+        benign = [r for r in records if r["expected"] == "benign" and r["source"] in refusal_sources]
+        ssi_rows[system] = [{field: r[field] for field in SSI_ROW_FIELDS} for r in asr + benign]
         refusal = [r for r in records if r["source"] in refusal_sources] if refusal_judge is not None else []
         used = {id(r) for r in asr + refusal}  # a record may feed both metrics
         skipped[system] = sum(id(r) not in used for r in records)
@@ -166,7 +176,7 @@ def evaluate_generations(generations: Mapping[str, Sequence[Mapping[str, Any]]],
     if any(skipped.values()):
         log.info("records in neither the ASR nor the refusal sources (skipped) per system: %s", skipped)
     kwargs = dict(safety_judge=safety_judge.name, refusal_rows=refusal_rows or None,
-                  refusal_judge=refusal_judge.name if refusal_rows else None, z=z)
+                  refusal_judge=refusal_judge.name if refusal_rows else None, ssi_rows=ssi_rows, z=z)
     if is_writer():
         for system in generations:
             write_jsonl(os.path.join(out_dir, f"judged_{system}.jsonl"),
@@ -180,10 +190,10 @@ def evaluate_generations(generations: Mapping[str, Sequence[Mapping[str, Any]]],
 
 
 def _judged_rows(judge: Judge, records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """`judge_responses` rows of generation records, with the record's prefix_used and ssi_score added."""
+    """`judge_responses` rows of generation records, with the record's prefix_used, ssi_score and mode added."""
     rows = judge_responses(judge, [_eval_prompt(r) for r in records], [r["response"] for r in records])
     for row, record in zip(rows, records):
-        row.update(prefix_used=record["prefix_used"], ssi_score=record["ssi_score"])
+        row.update(prefix_used=record["prefix_used"], ssi_score=record["ssi_score"], mode=record["mode"])
     return rows
 
 
@@ -202,15 +212,31 @@ def _process_cache_path(cache_path: str) -> str:
     return private
 
 
+def evaluated_systems(config) -> dict[str, str]:
+    """System name -> generation JSONL path, in report column order: the non-empty `<system>_generations` fields
+    (baseline, prefix_only, lasa; a config without prefix_only_generations works), then the comma-separated
+    `name=path` pairs of `generations`. InputError for a malformed pair, a repeated name or no system."""
+    systems = {name: config.get(f"{name}_generations", "") for name in NAMED_SYSTEMS}
+    systems = {name: path for name, path in systems.items() if path}
+    for pair in comma_list(config.get("generations", "")):
+        name, sep, path = (part.strip() for part in pair.partition("="))
+        if not sep or not name or not path:
+            raise InputError(f"--config.generations: expected comma-separated name=path pairs, got {pair!r}")
+        if name in systems:
+            raise InputError(f"--config.generations: system {name!r} is given twice")
+        systems[name] = path
+    if not systems:
+        raise InputError("give --config.baseline_generations, --config.prefix_only_generations, "
+                         "--config.lasa_generations and/or --config.generations=name=path,... (generation JSONL "
+                         "files written by lasa_jax.scripts.generate)")
+    return systems
+
+
 def run_evaluation(config, workdir: str, mesh=None) -> dict[str, Any]:
     """The evaluate stage (`python -m lasa_jax.scripts.evaluate`): read the systems' generation files, build the
     cached judges, `evaluate_generations` into `workdir`, and write `evaluation_meta.json` (inputs with sha256,
     judges, cache hits/misses, counts). Returns the report dict."""
-    systems = {"baseline": config.baseline_generations, "lasa": config.lasa_generations}
-    systems = {name: path for name, path in systems.items() if path}
-    if not systems:
-        raise ValueError("give --config.baseline_generations and/or --config.lasa_generations (generation JSONL "
-                         "files written by lasa_jax.scripts.generate)")
+    systems = evaluated_systems(config)
     generations = {name: read_generations(path) for name, path in systems.items()}
     j = config.judge
     if j.safety not in JUDGE_KINDS or j.refusal not in REFUSAL_JUDGE_KINDS:

@@ -1,7 +1,8 @@
-"""Judge generations and write the baseline-vs-LASA report (see configs/evaluate.py, lasa_jax/evaluate/runner.py).
+"""Judge generations and write the systems-side-by-side report (configs/evaluate.py, lasa_jax/evaluate/runner.py).
 
     python -m lasa_jax.scripts.evaluate --config=configs/evaluate.py --workdir=DIR \
-        --config.baseline_generations=B.jsonl --config.lasa_generations=L.jsonl
+        --config.baseline_generations=B.jsonl --config.prefix_only_generations=P.jsonl \
+        --config.lasa_generations=L.jsonl
 """
 from absl import app, flags
 from ml_collections import config_flags
