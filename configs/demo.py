@@ -60,6 +60,8 @@ def get_config():
     c.generate.decoding.batch_size = 16
 
     c.evaluate.dtype = "float32"
+    # the held-out demo prompts (prompts.jsonl split "eval": groups 17..24 of each label, 10 languages, source "demo"):
+    # ASR on the 80 harmful ones, refusal rate on the 80 benign ones, for baseline, prefix_only and lasa
     c.evaluate.asr_sources = "demo"
     c.evaluate.refusal_sources = "demo"
     return c

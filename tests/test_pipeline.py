@@ -62,7 +62,15 @@ def test_demo_runs_every_stage_and_resumes_after_sigterm(tmp_path):
     lasa = [json.loads(line) for line in open(workdir / "generate_lasa" / "generations.jsonl")]
     assert len(lasa) == 160 and {"id", "language", "prompt", "response", "ssi_score", "prefix_used"} <= set(lasa[0])
     report = json.loads((workdir / "evaluate" / "report.json").read_text())
-    assert report["systems"] == ["baseline", "lasa"] and len(report["asr"]["languages"]) == 10
+    assert report["systems"] == ["baseline", "prefix_only", "lasa"] and len(report["asr"]["languages"]) == 10
+    comp = report["comparison"]  # the held-out demo prompts: 8 harmful and 8 benign groups in every language
+    assert comp["ssi"]["system"] == "prefix_only" and comp["ssi"]["disagreements"] == 0
+    for metric in ("asr", "benign_refusal"):
+        for system in report["systems"]:
+            per_language = comp["metrics"][metric]["systems"][system]["per_language"]
+            assert len(per_language) == 10 and {r["total"] for r in per_language.values()} == {8}
+    prefix_only = [json.loads(line) for line in open(workdir / "generate_prefix_only" / "generations.jsonl")]
+    assert [r["prefix_used"] for r in prefix_only] == [r["prefix_used"] for r in lasa]
     summary = (workdir / "report.md").read_text()
     assert "Semantic bottleneck k* =" in summary and "(missing)" not in summary
 

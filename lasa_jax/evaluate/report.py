@@ -8,7 +8,7 @@ harmful ASR prompt and benign refusal-set prompt of a system) carry {"id", "lang
 "ssi_score", "mode"} of the generation record.
 
 report.json "comparison" puts the systems side by side per language and averaged (macro mean over languages):
-{"systems", "languages", "metrics": {name: {"label", "better": "lower" | "higher", "systems": {system:
+{"systems", "languages", "metrics": {name: {"label", "better": "lower" | "higher", "judge", "systems": {system:
 {"per_language": {language: rate JSON}, "average", "pooled"}}}}, "ssi": {"system", "harmful", "benign",
 "disagreements"} | null}. Metrics: "asr" (harmful prompts of the ASR sources) and "benign_refusal" (benign prompts
 of the refusal sources); "ssi" is the SSI's flag rate (prefix_used) of the first SSI-gated system (mode lasa or
@@ -24,8 +24,8 @@ from typing import Any, Mapping, Sequence
 from lasa_jax.data.eval_sets import EvalPrompt
 from lasa_jax.data.languages import MULTIJAIL_LANGUAGES
 from lasa_jax.evaluate.judges import APPROXIMATE_MARKER, REFUSAL, Judge
-from lasa_jax.inference import GATED_MODES
 from lasa_jax.evaluate.metrics import Rate, asr_summary, refusal_by_language, refusal_summary
+from lasa_jax.inference import GATED_MODES
 from lasa_jax.io_utils import atomic_path, atomic_write_json, atomic_write_text
 
 REPORT_JSON = "report.json"
@@ -97,9 +97,10 @@ def _macro(per_language: Mapping[str, Mapping[str, Any]]) -> float | None:
     return sum(rates) / len(rates) if rates else None
 
 
-def _metric(label: str, better: str, per_system: Mapping[str, tuple[Mapping[str, Any], Mapping[str, Any]]]) -> dict:
+def _metric(label: str, better: str, judge: str | None,
+            per_system: Mapping[str, tuple[Mapping[str, Any], Mapping[str, Any]]]) -> dict:
     """A "comparison" metric: per_system maps system -> (per-language rate JSON, pooled rate JSON)."""
-    return {"label": label, "better": better,
+    return {"label": label, "better": better, "judge": judge,
             "systems": {system: {"per_language": dict(per_language), "average": _macro(per_language),
                                  "pooled": pooled} for system, (per_language, pooled) in per_system.items()}}
 
@@ -136,13 +137,13 @@ def comparison(report: Mapping[str, Any], refusal_rows: Mapping[str, Rows], ssi_
     and the SSI's flag rates."""
     systems = list(report["systems"])
     asr = report["asr"]["systems"]
-    metrics = {"asr": _metric("ASR (harmful)", "lower", {
+    metrics = {"asr": _metric("ASR (harmful)", "lower", report["asr"]["judge"], {
         s: ({lang: g["rate"] for lang, g in asr[s]["per_language"].items()}, asr[s]["pooled"]["rate"])
         for s in systems})}
     benign = {s: [{**r, "language": r.get("language") or "unknown"} for r in refusal_rows.get(s, ())
                   if r["expected"] == "benign"] for s in systems}
     if any(benign.values()):
-        metrics["benign_refusal"] = _metric("refusal (benign)", "lower", {
+        metrics["benign_refusal"] = _metric("refusal (benign)", "lower", report["refusal"]["judge"], {
             s: ({lang: g.main.to_json() for lang, g in refusal_by_language(rows, z, MULTIJAIL_LANGUAGES).items()},
                 Rate(sum(r["verdict"] == REFUSAL for r in rows), len(rows), z).to_json())
             for s, rows in benign.items() if rows})
@@ -248,7 +249,9 @@ def render_comparison(comp: Mapping[str, Any]) -> list[str]:
              "Per language and averaged over languages (unweighted mean of the per-language rates): ASR on the "
              "harmful prompts, refusal rate on the benign prompts (lower is better for both), and the share of "
              "prompts the SSI flagged (the conditional prefix was used). Systems: "
-             + ", ".join(f"`{s}`" for s in comp["systems"]) + ".", ""]
+             + ", ".join(f"`{s}`" for s in comp["systems"]) + ".", "",
+             "Judges: " + "; ".join(f"{m['label']} `{m['judge']}`" for m in comp["metrics"].values() if m.get("judge"))
+             + " (calibration and warnings in the sections below).", ""]
     lines += _table(["language", *(header for header, _ in columns)], rows)
     ssi = comp.get("ssi")
     if ssi:

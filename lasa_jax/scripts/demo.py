@@ -59,7 +59,9 @@ def build_demo_model(directory: str, seed: int = 0) -> str:
 
 
 def write_eval_prompts(path: str) -> str:
-    """The demo's held-out split (never trained on) as an evaluation JSONL {id, language, prompt, expected, source}."""
+    """The demo's held-out split (never trained on; split "eval": 8 harmful + 8 benign groups x 10 languages) as an
+    evaluation JSONL {id, language, prompt, expected, source "demo"}: the evaluate stage's ASR (harmful) and refusal
+    rate (benign) prompts."""
     from lasa_jax.io_utils import atomic_write_text
 
     rows = [{"id": f"{r['group_id']}:{r['language']}", "language": r["language"], "prompt": r["prompt"],
@@ -90,6 +92,12 @@ def main(argv):
         sys.exit(EXIT_PREEMPTED)
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s: "
           + ", ".join(f"{stage} {state}" for stage, state in outcome.items()))
+    report_json = os.path.join(workdir, "evaluate", "report.json")
+    if os.path.isfile(report_json):
+        from lasa_jax.pipeline import headline_lines
+
+        with open(report_json, encoding="utf-8") as f:
+            print("\n".join(headline_lines(json.load(f))))
     print(f"report: {os.path.join(workdir, 'report.md')} (evaluation: {os.path.join(workdir, 'evaluate', 'report.md')})")
     print("Note: a random tiny model shows the mechanics of every stage, not the paper's effect.")
 
