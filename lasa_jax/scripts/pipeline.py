@@ -1,4 +1,4 @@
-"""The whole LASA method in one command: locate -> SSI -> KTO -> generate (baseline, LASA) -> evaluate.
+"""The whole LASA method in one command: locate -> SSI -> KTO -> generate (baseline, prefix-only, LASA) -> evaluate.
 
     python -m lasa_jax.scripts.pipeline --config=configs/pipeline.py:llama31_8b,v5p-8 \
         --config.model_path=/models/Llama-3.1-8B-Instruct --config.data_root=/data/shared --workdir=runs/llama
