@@ -28,7 +28,7 @@ def judge_responses(judge: Judge, prompts: Sequence[EvalPrompt], responses: Sequ
     """Judge `responses[i]` to `prompts[i]` and return report rows (see the module docstring)."""
     if len(prompts) != len(responses):
         raise ValueError(f"judge_responses: {len(prompts)} prompts but {len(responses)} responses")
-    verdicts = judge.judge([p.prompt for p in prompts], list(responses))
+    verdicts = judge.judge([p.prompt for p in prompts], list(responses), languages=[p.language for p in prompts])
     return [{**p.to_dict(), "response": r, "verdict": v.label, "raw": v.raw, "categories": list(v.categories),
              "judge": judge.name} for p, r, v in zip(prompts, responses, verdicts)]
 

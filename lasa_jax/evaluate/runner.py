@@ -29,17 +29,19 @@ from lasa_jax.evaluate.judges import (REFUSAL_TASK, SAFETY_TASK, CachedJudge, Ge
 from lasa_jax.evaluate.report import build_report, judge_responses, write_report
 from lasa_jax.generate import generate_batched
 from lasa_jax.inference import read_generations, stop_token_ids
-from lasa_jax.io_utils import atomic_write_json, sha256_file, write_jsonl
+from lasa_jax.errors import InputError
+from lasa_jax.io_utils import atomic_write_json, read_json, sha256_file, write_jsonl
 from lasa_jax.runtime import comma_list, is_writer, load_model, load_tokenizer
 from lasa_jax.runtime import template_kwargs as config_template_kwargs
 
 log = logging.getLogger(__name__)
 
-JUDGE_KINDS = ("heuristic", "llama_guard", "rubric")
+JUDGE_KINDS = ("auto", "calibrated", "heuristic", "llama_guard", "rubric")
 REFUSAL_JUDGE_KINDS = ("heuristic", "rubric", "none")
 DEFAULT_ASR_SOURCES = ("multijail",)
 DEFAULT_REFUSAL_SOURCES = ("xstest", "or_bench_hard_test", "oktest")
 EVALUATION_META = "evaluation_meta.json"
+LABELLED_SUBDIR = "polyrefuse_completions"
 
 
 # ----------------------------------------------------------------------------------------------- judge models
@@ -76,23 +78,61 @@ class JudgeModels:
         return self._loaded[path]
 
 
+def labelled_dir(data_root: str, explicit: str = "") -> str:
+    """The WildGuard-labelled response folder: `explicit`, else `<data_root>/polyrefuse_completions` ("" if none)."""
+    return explicit or (os.path.join(data_root, LABELLED_SUBDIR) if data_root else "")
+
+
+def has_labelled_data(path: str) -> bool:
+    from lasa_jax.evaluate.calibration import labelled_files
+
+    try:
+        return bool(path) and bool(labelled_files(path))
+    except InputError:
+        return False
+
+
+def resolve_judge_kind(kind: str, task: str, labelled: str) -> str:
+    """"auto" (the default safety judge) -> "calibrated" when the labelled data exists, else "heuristic" (with a
+    warning); the refusal task has no calibrated judge, so "auto" is "heuristic" there. Other kinds unchanged."""
+    if kind != "auto":
+        return kind
+    if task == SAFETY_TASK and has_labelled_data(labelled):
+        return "calibrated"
+    if task == SAFETY_TASK:
+        log.warning("no WildGuard-labelled responses at %r (--config.data_root/%s): the safety judge falls back to "
+                    "the refusal-phrase heuristic", labelled, LABELLED_SUBDIR)
+    return "heuristic"
+
+
 def build_judge(kind: str, task: str, *, models: JudgeModels | None = None, model_path: str = "",
                 batch_size: int = 8, max_new_tokens: int = 32, template_kwargs: Mapping[str, Any] | None = None,
-                progress: bool = False) -> Judge:
+                progress: bool = False, labelled: str = "") -> Judge:
     """A judge for `task` ("safety" or "refusal").
 
-    kind "heuristic": the approximate refusal-phrase judge; "llama_guard" (safety only): Llama Guard 3 through its
-    own chat template; "rubric": any chat model with the MultiJail safety rubric (safety) or the XSTest-style
-    refusal rubric (refusal). LLM judges load `model_path` through `models` and generate with lasa_jax.
+    kind "auto": `resolve_judge_kind`; "calibrated" (safety only): the n-gram judge trained on the even rows of the
+    labelled responses in `labelled` (`ngram_judge.cached_ngram_judge`); "heuristic": the approximate
+    refusal-phrase judge; "llama_guard" (safety only): Llama Guard 3 through its own chat template; "rubric": any
+    chat model with the MultiJail safety rubric (safety) or the XSTest-style refusal rubric (refusal). LLM judges
+    load `model_path` through `models` and generate with lasa_jax.
     """
     if task not in (SAFETY_TASK, REFUSAL_TASK):
         raise ValueError(f"task must be {SAFETY_TASK!r} or {REFUSAL_TASK!r}, got {task!r}")
+    kind = resolve_judge_kind(kind, task, labelled)
     if kind == "heuristic":
         return RefusalHeuristicJudge(task=task)
-    if kind not in ("llama_guard", "rubric"):
-        raise ValueError(f"judge kind must be one of {JUDGE_KINDS}, got {kind!r}")
-    if kind == "llama_guard" and task != SAFETY_TASK:
-        raise ValueError("Llama Guard judges safety only; use 'rubric' or 'heuristic' for the refusal judge")
+    if kind not in JUDGE_KINDS:
+        raise InputError(f"judge kind must be one of {JUDGE_KINDS}, got {kind!r}")
+    if kind in ("llama_guard", "calibrated") and task != SAFETY_TASK:
+        raise InputError(f"judge kind {kind!r} judges safety only; use 'rubric' or 'heuristic' for the refusal judge")
+    if kind == "calibrated":
+        if not has_labelled_data(labelled):
+            raise InputError(f"judge 'calibrated' needs the WildGuard-labelled responses: {labelled!r} has no "
+                             f"<model>/<language>/harmful_<mode>_evaluations.no_tokens.json files (set "
+                             f"--config.data_root to the shared data folder, or use judge 'heuristic')")
+        from lasa_jax.evaluate.ngram_judge import cached_ngram_judge
+
+        return cached_ngram_judge(labelled)[0]
     if models is None:
         raise ValueError(f"judge kind {kind!r} needs a JudgeModels loader")
     model, tokenizer = models.get(model_path)
@@ -104,6 +144,57 @@ def build_judge(kind: str, task: str, *, models: JudgeModels | None = None, mode
     else:
         cls = RubricJudge if task == SAFETY_TASK else RefusalRubricJudge
     return cls(generate_fn, tokenizer, model_id=model_id, chat_template_kwargs=dict(template_kwargs or {}))
+
+
+# ----------------------------------------------------------------------------------------------- calibration
+def find_calibration(judge: Judge, explicit_path: str = "", labelled: str = "",
+                     out_dir: str = "") -> dict[str, Any] | None:
+    """The measured calibration of a safety judge, as `calibration.calibration_summary` (None = not calibrated).
+
+    Looked up in order: `explicit_path` (a calibration.json from `scripts.calibrate_judge`; it must name this
+    judge); the calibration.json stored with a calibrated n-gram judge; for the heuristic, measured now on the
+    odd rows of `labelled` (seconds) and written to `<out_dir>/judge_calibration/`. LLM judges without an
+    explicit file are not calibrated (run `scripts.calibrate_judge` and pass --config.judge.calibration).
+    """
+    from lasa_jax.evaluate.calibration import (calibrate, calibration_summary, load_labelled_responses,
+                                               write_calibration)
+    from lasa_jax.evaluate.ngram_judge import NgramJudge
+
+    inner = getattr(judge, "inner", judge)
+    path = explicit_path
+    if not path and isinstance(inner, NgramJudge) and inner.calibration_path:
+        path = inner.calibration_path
+    if path:
+        result = read_json(path, "judge calibration file")
+        if result.get("judge") != judge.name:
+            raise InputError(f"{path}: calibration of judge {result.get('judge')!r}, but the judge that runs is "
+                             f"{judge.name!r}")
+        return calibration_summary(result, os.path.abspath(path))
+    if isinstance(inner, RefusalHeuristicJudge) and has_labelled_data(labelled):
+        result = calibrate(inner, load_labelled_responses(labelled, split="odd"), split="odd", data_root=labelled)
+        if out_dir and is_writer():
+            path = write_calibration(os.path.join(out_dir, "judge_calibration"), result)[0]
+        return calibration_summary(result, os.path.abspath(path) if path else "")
+    return None
+
+
+def run_calibration(config, workdir: str, mesh=None) -> dict[str, Any]:
+    """`python -m lasa_jax.scripts.calibrate_judge`: judge the labelled responses of `config.split`, write
+    calibration.json + calibration.md into `workdir`; returns the calibration dict."""
+    from lasa_jax.evaluate.calibration import calibrate, load_labelled_responses, write_calibration
+
+    j = config.judge
+    labelled = labelled_dir(config.data_root, config.labelled_dir)
+    judge = build_judge(j.safety, SAFETY_TASK, models=JudgeModels(config, mesh), model_path=j.model_path,
+                        batch_size=int(j.batch_size), max_new_tokens=int(j.max_new_tokens),
+                        template_kwargs=config_template_kwargs(j), progress=bool(config.progress), labelled=labelled)
+    result = calibrate(judge, load_labelled_responses(labelled, split=config.split), split=config.split,
+                       data_root=labelled)
+    if is_writer():
+        json_path, md_path = write_calibration(workdir, result)
+        log.info("calibration of %s on the %s split: %s, %s (goal met: %s)", judge.name, config.split, json_path,
+                 md_path, result["goal"]["met"])
+    return result
 
 
 # ----------------------------------------------------------------------------------------------- pipeline
