@@ -90,6 +90,7 @@ def stage_configs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
             else:  # the baseline also records the SSI score of each prompt (no prefix is used)
                 g.base_model_path, g.ssi_dir = base, ssi_dir
     with out["evaluate"].unlocked():
+        out["evaluate"].data_root = config.data_root  # its polyrefuse_completions/ trains the calibrated judge
         out["evaluate"].baseline_generations = os.path.join(d("generate_baseline"), out["generate_baseline"].output)
         out["evaluate"].lasa_generations = os.path.join(d("generate_lasa"), out["generate_lasa"].output)
     return out

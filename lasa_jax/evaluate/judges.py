@@ -435,7 +435,7 @@ class RefusalHeuristicJudge:
             raise ValueError(f"task must be one of {sorted(TASK_LABELS)}, got {task!r}")
         self.task = task
         suffix = "" if task == SAFETY_TASK else ":refusal"
-        self.name = f"refusal-heuristic-v2{APPROXIMATE_MARKER}{suffix}"
+        self.name = f"refusal-heuristic{APPROXIMATE_MARKER}{suffix}"
 
     def judge(self, prompts: Sequence[str], responses: Sequence[str],
               languages: Sequence[str] | None = None) -> list[Verdict]:

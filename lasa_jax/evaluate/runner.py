@@ -124,7 +124,8 @@ def build_judge(kind: str, task: str, *, models: JudgeModels | None = None, mode
     if kind not in JUDGE_KINDS:
         raise InputError(f"judge kind must be one of {JUDGE_KINDS}, got {kind!r}")
     if kind in ("llama_guard", "calibrated") and task != SAFETY_TASK:
-        raise InputError(f"judge kind {kind!r} judges safety only; use 'rubric' or 'heuristic' for the refusal judge")
+        what = "Llama Guard judges" if kind == "llama_guard" else "the calibrated n-gram judge judges"
+        raise InputError(f"{what} safety only; use 'rubric' or 'heuristic' for the refusal judge")
     if kind == "calibrated":
         if not has_labelled_data(labelled):
             raise InputError(f"judge 'calibrated' needs the WildGuard-labelled responses: {labelled!r} has no "
@@ -223,10 +224,11 @@ def evaluate_generations(generations: Mapping[str, Sequence[Mapping[str, Any]]],
                          safety_judge: Judge, refusal_judge: Judge | None = None,
                          asr_sources: Sequence[str] = DEFAULT_ASR_SOURCES,
                          refusal_sources: Sequence[str] = DEFAULT_REFUSAL_SOURCES, paired: bool = True,
-                         z: float = 1.96) -> Evaluation:
+                         z: float = 1.96, safety_calibration: Mapping[str, Any] | None = None) -> Evaluation:
     """Judge every system's records and write the report (module docstring for which records count where).
 
     generations: system name (report column, in order) -> generation records.
+    safety_calibration: the safety judge's measured calibration (`find_calibration`), None = not calibrated.
     Writes into out_dir (process 0): report.json, report.md, asr_by_language.png (`write_report`) and
     judged_<system>.jsonl (every judged row of both tasks, with prefix_used and ssi_score). Every process runs the
     judges (LLM judges take part in sharded generation). ValueError if no system has ASR records.
@@ -257,7 +259,8 @@ def evaluate_generations(generations: Mapping[str, Sequence[Mapping[str, Any]]],
     if any(skipped.values()):
         log.info("records in neither the ASR nor the refusal sources (skipped) per system: %s", skipped)
     kwargs = dict(safety_judge=safety_judge.name, refusal_rows=refusal_rows or None,
-                  refusal_judge=refusal_judge.name if refusal_rows else None, z=z)
+                  refusal_judge=refusal_judge.name if refusal_rows else None, z=z,
+                  safety_calibration=safety_calibration)
     if is_writer():
         for system in generations:
             write_jsonl(os.path.join(out_dir, f"judged_{system}.jsonl"),
@@ -307,9 +310,10 @@ def run_evaluation(config, workdir: str, mesh=None) -> dict[str, Any]:
     if j.safety not in JUDGE_KINDS or j.refusal not in REFUSAL_JUDGE_KINDS:
         raise ValueError(f"--config.judge.safety must be one of {JUDGE_KINDS} and --config.judge.refusal one of "
                          f"{REFUSAL_JUDGE_KINDS}; got {j.safety!r} and {j.refusal!r}")
+    labelled = labelled_dir(config.get("data_root", ""), j.get("labelled_dir", ""))
     common = dict(models=JudgeModels(config, mesh), batch_size=int(j.batch_size),
                   max_new_tokens=int(j.max_new_tokens), template_kwargs=config_template_kwargs(j),
-                  progress=bool(config.progress))
+                  progress=bool(config.progress), labelled=labelled)
     cache_dir = j.cache_dir or workdir
     cache_paths = {task: _process_cache_path(os.path.join(cache_dir, f"judge_cache_{task}.jsonl"))
                    for task in (SAFETY_TASK, REFUSAL_TASK)}  # one file per CachedJudge (one writer per file)
@@ -319,14 +323,16 @@ def run_evaluation(config, workdir: str, mesh=None) -> dict[str, Any]:
     if j.refusal != "none":
         refusal = CachedJudge(build_judge(j.refusal, REFUSAL_TASK, model_path=j.refusal_model_path or j.model_path,
                                           **common), cache_paths[REFUSAL_TASK], batch_size=int(j.cache_batch_size))
+    calibration = find_calibration(safety, j.get("calibration", ""), labelled, workdir)
     evaluation = evaluate_generations(
         generations, workdir, safety_judge=safety, refusal_judge=refusal,
         asr_sources=comma_list(config.asr_sources), refusal_sources=comma_list(config.refusal_sources),
-        paired=bool(config.paired), z=float(config.z))
+        paired=bool(config.paired), z=float(config.z), safety_calibration=calibration)
     judges = [judge for judge in (safety, refusal) if judge is not None]
     meta = {"inputs": {name: {"path": os.path.abspath(path), "sha256": sha256_file(path)}
                        for name, path in systems.items()},
             "safety_judge": safety.name, "refusal_judge": refusal.name if refusal else None,
+            "safety_judge_calibration": calibration["path"] if calibration else None,
             "judge_cache": {"dir": os.path.abspath(cache_dir), "hits": sum(judge.hits for judge in judges),
                             "misses": sum(judge.misses for judge in judges)},
             "paired": bool(config.paired), **evaluation.counts}
