@@ -45,6 +45,7 @@ from lasa_jax.io_utils import atomic_directory, read_json, sha256_file
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
+TRAINING_VERSION = 2  # part of the cache key and name: bump when features, fitting or threshold selection change
 CONFIG_JSON = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
 
@@ -209,7 +210,8 @@ class NgramJudge:
 
 
 def _training_key(files: Sequence[str], settings: NgramSettings) -> str:
-    payload = {"format_version": FORMAT_VERSION, "settings": dataclasses.asdict(settings),
+    payload = {"format_version": FORMAT_VERSION, "training_version": TRAINING_VERSION,
+               "settings": dataclasses.asdict(settings),
                "files": [[os.path.relpath(p, os.path.dirname(os.path.dirname(os.path.dirname(p)))), sha256_file(p)]
                          for p in files]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
