@@ -183,8 +183,7 @@ class NgramJudge:
         self.calibration_path = calibration_path  # its calibration.json (odd half), "" if unknown
         self.fallback = RefusalHeuristicJudge(task=SAFETY_TASK)
         self.calibrated_languages = artifact.languages
-        self.name = (f"{artifact.name}(calibrated: {','.join(artifact.languages)}; "
-                     f"other languages: {self.fallback.name})")
+        self.name = f"{artifact.name}(calibrated: {','.join(artifact.languages)}; other languages: refusal heuristic)"
 
     def judge(self, prompts: Sequence[str], responses: Sequence[str],
               languages: Sequence[str] | None = None) -> list[Verdict]:
@@ -283,11 +282,18 @@ def cached_ngram_judge(root: str | os.PathLike, settings: NgramSettings = NgramS
                                                render_calibration_markdown)
 
     directory = ngram_cache_dir(root, settings)
-    if not os.path.exists(os.path.join(directory, CALIBRATION_JSON)):
+    calibration_path = os.path.join(directory, CALIBRATION_JSON)
+    artifact = None
+    if os.path.exists(calibration_path):
+        artifact = load_artifact(directory)
+        if read_json(calibration_path, "n-gram judge calibration").get("judge") == NgramJudge(artifact).name:
+            return NgramJudge(artifact, calibration_path), directory
+        log.info("re-measuring the calibration of %s (the judge's name changed)", directory)
+    if artifact is None:
         log.info("training the n-gram judge on the even rows of %s (cached in %s)", root, directory)
         artifact = train_ngram_judge(root, settings)
-        result = calibrate(NgramJudge(artifact), load_labelled_responses(root, split="odd"), split="odd",
-                           data_root=os.fspath(root))
-        save_artifact(directory, artifact, {CALIBRATION_JSON: json.dumps(result, ensure_ascii=False, indent=2) + "\n",
-                                            CALIBRATION_MD: render_calibration_markdown(result)})
-    return NgramJudge(load_artifact(directory), os.path.join(directory, CALIBRATION_JSON)), directory
+    result = calibrate(NgramJudge(artifact), load_labelled_responses(root, split="odd"), split="odd",
+                       data_root=os.fspath(root))
+    save_artifact(directory, artifact, {CALIBRATION_JSON: json.dumps(result, ensure_ascii=False, indent=2) + "\n",
+                                        CALIBRATION_MD: render_calibration_markdown(result)})
+    return NgramJudge(load_artifact(directory), calibration_path), directory
