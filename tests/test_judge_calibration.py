@@ -154,6 +154,7 @@ def test_ngram_judge_trains_saves_and_falls_back(tmp_path, monkeypatch):
     settings = NgramSettings(num_features=1 << 12)
     artifact = train_ngram_judge(root, settings)
     assert artifact.languages == ("en", "ko") and artifact.meta["training"]["rows"] == 36
+    np.testing.assert_array_equal(train_ngram_judge(root, settings).w, artifact.w)  # deterministic
     save_artifact(tmp_path / "art", artifact)
     from safetensors.numpy import load_file
 
@@ -219,3 +220,19 @@ def test_report_states_judge_calibration(tmp_path):
     assert "| en | 33.3% [" in markdown and "(n=3); invalid 33.3% |" in markdown
     with pytest.raises(ValueError, match="safety_calibration is for judge"):
         build_report({"baseline": rows}, safety_calibration={**summary, "judge": "other"})
+
+
+def test_pipeline_gives_the_evaluation_its_data_root():
+    import importlib.util
+    import os
+
+    from lasa_jax.pipeline import stage_configs
+
+    path = os.path.join(os.path.dirname(__file__), "..", "configs", "pipeline.py")
+    spec = importlib.util.spec_from_file_location("pipeline_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.data_root = "/data/shared"
+    evaluate = stage_configs(config, "/tmp/run")["evaluate"]
+    assert evaluate.data_root == "/data/shared" and evaluate.judge.safety == "auto"
