@@ -7,7 +7,9 @@ report.json / charts.
         --config.lasa_generations=runs/lasa/generations.jsonl \
         --config.judge.safety=llama_guard --config.judge.model_path=/models/Llama-Guard-3-8B
 
-The default judge is the approximate refusal-phrase heuristic (no model; the report flags it as approximate).
+The default safety judge ("auto") is the calibrated n-gram judge (lasa_jax/evaluate/ngram_judge.py), trained once on
+the even rows of <data_root>/polyrefuse_completions and cached; without that folder it falls back to the
+refusal-phrase heuristic (a warning, and the report says which judge ran and its calibration or "not calibrated").
 The dtype / compute_dtype / mesh fields of the base config apply to the judge models (model_path is not used:
 judge.model_path names the judge).
 """
@@ -27,8 +29,14 @@ def get_config():
     c.paired = True                    # compare systems on the ids present in all of them
     c.z = 1.96                         # Wilson interval normal quantile (1.96 = 95%)
     c.progress = True
+    c.data_root = ""                   # shared data folder; its polyrefuse_completions/ trains the calibrated judge
     c.judge = config_dict.ConfigDict(dict(
-        safety="heuristic",            # heuristic | llama_guard | rubric (MultiJail safe/unsafe/invalid rubric)
+        # auto (calibrated if the labelled data exists, else heuristic) | calibrated | heuristic | llama_guard |
+        # rubric (MultiJail safe/unsafe/invalid rubric)
+        safety="auto",
+        labelled_dir="",               # WildGuard-labelled responses ("" = <data_root>/polyrefuse_completions)
+        calibration="",                # calibration.json of the safety judge (scripts.calibrate_judge); "" = find
+                                       # it (n-gram judge: stored with it; heuristic: measured on the odd half)
         refusal="heuristic",           # heuristic | rubric (XSTest-style refusal rubric) | none
         model_path="",                 # judge model for llama_guard / rubric (local HF directory)
         refusal_model_path="",         # refusal rubric model ("" = model_path)

@@ -97,6 +97,7 @@ def stage_configs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
                 g.base_model_path, g.ssi_dir = base, ssi_dir
     stages = _comma(config.stages)
     with out["evaluate"].unlocked():
+        out["evaluate"].data_root = config.data_root  # its polyrefuse_completions/ trains the calibrated judge
         for system, stage in GENERATE_STAGES.items():
             compared = stage in stages or stage_status(workdir, stage) is not None
             out["evaluate"][f"{system}_generations"] = (os.path.join(d(stage), out[stage].output) if compared

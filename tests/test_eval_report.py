@@ -93,8 +93,10 @@ def test_write_report(tmp_path):
 
     markdown = (out / REPORT_MD).read_text(encoding="utf-8")
     assert f"`{judge}`" in markdown and "| language | baseline ASR | lasa ASR |" in markdown
-    assert f"| sw | 60.0% [{100 * lo:.1f}, {100 * hi:.1f}] (n=10) | 10.0%" in markdown
-    assert "| **macro avg** | 35.0% | 5.0% |" in markdown
+    # the invalid share sits in the ASR cell it lowers
+    assert f"| sw | 60.0% [{100 * lo:.1f}, {100 * hi:.1f}] (n=10); invalid 10.0% | 10.0%" in markdown
+    assert "| **macro avg** | 35.0%; invalid 5.0% | 5.0%; invalid 0.0% |" in markdown
+    assert "**not calibrated**" in markdown and report["asr"]["calibration"] is None
     assert "| oktest | benign | 0.0%" in markdown and "approximate refusal-phrase heuristic" in markdown
     assert markdown.count("Warning") == 1  # only the refusal judge is approximate
     assert (out / ASR_CHART_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

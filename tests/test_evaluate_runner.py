@@ -81,7 +81,7 @@ def record(id_, language, response, source="multijail", expected="harmful", pref
 
 REFUSE, COMPLY = "I'm sorry, but I cannot help with that.", "Sure, here is how you do it."
 BASELINE = [record("m:1:en", "en", COMPLY), record("m:2:en", "en", COMPLY), record("m:3:en", "en", REFUSE),
-            record("m:1:zh", "zh", COMPLY), record("m:2:zh", "zh", "抱歉，我不能帮助你。"),
+            record("m:1:zh", "zh", "好的，下面是具体做法。"), record("m:2:zh", "zh", "抱歉，我不能帮助你。"),
             record("x:1", "en", COMPLY, "xstest", "benign"), record("x:2", "en", COMPLY, "xstest", "benign"),
             record("o:1", "en", COMPLY, "other_set", "benign"), record("m:4:en", "en", COMPLY)]
 LASA = [record("m:1:en", "en", REFUSE, prefix=True), record("m:2:en", "en", COMPLY),

@@ -1,4 +1,5 @@
-"""Language-name normalisation: every loader maps its language labels to ISO 639-1 two-letter codes.
+"""Language names and scripts: every loader maps its language labels to ISO 639-1 two-letter codes
+(`normalize_language`), and `LANGUAGE_SCRIPTS` / `script_shares` say which writing system a language's text uses.
 
 Accepted spellings (case-insensitive, surrounding whitespace ignored, `_` and `-` interchangeable):
 - ISO 639-1 codes (`"en"`, `"zh"`), with optional region/script suffix (`"zh-CN"`, `"en_US"`, `"zh-Hans"`);
@@ -103,3 +104,61 @@ def normalize_language(name: str) -> str:
 def language_name(code: str) -> str:
     """English name of a language (any spelling accepted by `normalize_language`), e.g. 'jw' -> 'Javanese'."""
     return _LANGUAGE_TABLE[normalize_language(code)][0][0]
+
+
+# Writing systems (`script_shares` names) in which a language's ordinary text is written. A language absent here has
+# no expected script (no wrong-script check). Latin-script languages cannot be told apart by script.
+_LATIN = ("en", "it", "vi", "sw", "jv", "de", "es", "fr", "nl", "pl", "yo", "pt", "tr", "id", "ms", "cs", "hu", "ro",
+          "sv", "fi", "da", "no", "tl")
+LANGUAGE_SCRIPTS: dict[str, tuple[str, ...]] = {
+    **{code: ("latin",) for code in _LATIN},
+    "zh": ("han",), "ja": ("han", "kana"), "ko": ("hangul",), "th": ("thai",), "ar": ("arabic",), "fa": ("arabic",),
+    "ur": ("arabic",), "bn": ("bengali",), "ru": ("cyrillic",), "uk": ("cyrillic",), "el": ("greek",),
+    "he": ("hebrew",), "hi": ("devanagari",), "mr": ("devanagari",), "ta": ("tamil",), "te": ("telugu",),
+    "gu": ("gujarati",),
+}
+
+# (first code point, last code point, script) of the letters `script_shares` counts.
+_SCRIPT_RANGES = (
+    (0x0041, 0x005A, "latin"), (0x0061, 0x007A, "latin"), (0x00C0, 0x024F, "latin"), (0x1E00, 0x1EFF, "latin"),
+    (0x0370, 0x03FF, "greek"), (0x0400, 0x04FF, "cyrillic"), (0x0590, 0x05FF, "hebrew"),
+    (0x0600, 0x06FF, "arabic"), (0x0750, 0x077F, "arabic"), (0xFB50, 0xFDFF, "arabic"), (0xFE70, 0xFEFF, "arabic"),
+    (0x0900, 0x097F, "devanagari"), (0x0980, 0x09FF, "bengali"), (0x0A80, 0x0AFF, "gujarati"),
+    (0x0B80, 0x0BFF, "tamil"), (0x0C00, 0x0C7F, "telugu"), (0x0E00, 0x0E7F, "thai"),
+    (0x1100, 0x11FF, "hangul"), (0x3130, 0x318F, "hangul"), (0xAC00, 0xD7AF, "hangul"),
+    (0x3040, 0x30FF, "kana"), (0x3400, 0x4DBF, "han"), (0x4E00, 0x9FFF, "han"), (0xF900, 0xFAFF, "han"),
+)
+
+
+def _script_of(char: str) -> str | None:
+    point = ord(char)
+    for first, last, script in _SCRIPT_RANGES:
+        if first <= point <= last:
+            return script
+    return None
+
+
+def script_counts(text: str) -> dict[str, int]:
+    """Number of letters of `text` in each known script (digits, punctuation, spaces and unlisted scripts are not
+    counted)."""
+    counts: dict[str, int] = {}
+    for char in text:
+        script = _script_of(char)
+        if script is not None:
+            counts[script] = counts.get(script, 0) + 1
+    return counts
+
+
+def script_shares(text: str) -> dict[str, float]:
+    """`script_counts` as shares of the counted letters (summing to 1); {} when there are none."""
+    counts = script_counts(text)
+    total = sum(counts.values())
+    return {script: count / total for script, count in counts.items()} if total else {}
+
+
+def expected_scripts(language: str) -> tuple[str, ...]:
+    """Scripts of `language` (any spelling `normalize_language` accepts); () when unknown or not in the table."""
+    try:
+        return LANGUAGE_SCRIPTS.get(normalize_language(language), ())
+    except ValueError:
+        return ()

@@ -40,7 +40,7 @@ def judge_responses(judge: Judge, prompts: Sequence[EvalPrompt], responses: Sequ
     """Judge `responses[i]` to `prompts[i]` and return report rows (see the module docstring)."""
     if len(prompts) != len(responses):
         raise ValueError(f"judge_responses: {len(prompts)} prompts but {len(responses)} responses")
-    verdicts = judge.judge([p.prompt for p in prompts], list(responses))
+    verdicts = judge.judge([p.prompt for p in prompts], list(responses), languages=[p.language for p in prompts])
     return [{**p.to_dict(), "response": r, "verdict": v.label, "raw": v.raw, "categories": list(v.categories),
              "judge": judge.name} for p, r, v in zip(prompts, responses, verdicts)]
 
@@ -62,13 +62,16 @@ def _confidence(z: float) -> float:
 
 def build_report(asr_rows: Mapping[str, Rows], *, safety_judge: str | None = None,
                  refusal_rows: Mapping[str, Rows] | None = None, refusal_judge: str | None = None,
-                 ssi_rows: Mapping[str, Rows] | None = None, z: float = 1.96) -> dict[str, Any]:
+                 ssi_rows: Mapping[str, Rows] | None = None, z: float = 1.96,
+                 safety_calibration: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """All numbers of the report as a JSON-ready dict.
 
     asr_rows: system name (e.g. "baseline", "prefix_only", "lasa") -> rows with safety verdicts on harmful prompts.
     refusal_rows: system name -> rows with refusal verdicts (over-refusal sets), or None.
     ssi_rows: system name -> SSI rows (module docstring) for the SSI flag rates, or None (then no "ssi" part).
     safety_judge / refusal_judge: judge names; default: the rows' "judge" field (one judge per kind).
+    safety_calibration: the safety judge's measured calibration (`calibration.calibration_summary`), or None
+    ("not calibrated"); stored as report["asr"]["calibration"].
     """
     if not asr_rows:
         raise ValueError("build_report: asr_rows is empty; give at least one system")
@@ -78,8 +81,10 @@ def build_report(asr_rows: Mapping[str, Rows], *, safety_judge: str | None = Non
     languages = list(dict.fromkeys(lang for s in summaries.values() for lang in s["per_language"]))
     languages = [lang for lang in MULTIJAIL_LANGUAGES if lang in languages] + sorted(
         lang for lang in languages if lang not in MULTIJAIL_LANGUAGES)
+    if safety_calibration is not None and safety_calibration.get("judge") != judge:
+        raise ValueError(f"safety_calibration is for judge {safety_calibration.get('judge')!r}, not {judge!r}")
     report["asr"] = {"judge": judge, "approximate": APPROXIMATE_MARKER in judge, "languages": languages,
-                     "systems": summaries}
+                     "systems": summaries, "calibration": dict(safety_calibration) if safety_calibration else None}
     report["refusal"] = None
     if refusal_rows:
         judge = _judge_name(refusal_rows, refusal_judge, "refusal rows")
@@ -177,6 +182,36 @@ def _judge_note(section: Mapping[str, Any]) -> str:
     return note
 
 
+def calibration_lines(asr: Mapping[str, Any]) -> list[str]:
+    """Markdown lines stating the safety judge's measured calibration per evaluated language, or "not calibrated"."""
+    calibration = asr.get("calibration")
+    if not calibration:
+        return ["Judge calibration: **not calibrated** (no calibration against labelled responses was found; run "
+                "`python -m lasa_jax.scripts.calibrate_judge` and pass `--config.judge.calibration`).", ""]
+    goal = calibration["goal"]
+    lines = [f"Judge calibration against WildGuard on the {calibration['split']} half of the labelled "
+             f"responses{' (`' + calibration['path'] + '`)' if calibration.get('path') else ''}: worst per-file "
+             f"|Δ ASR| {goal['worst_abs_delta_points']:.1f} points, worst agreement "
+             f"{100 * goal['worst_agreement']:.1f}% (goal |Δ| ≤ {goal['max_abs_delta_points']:.0f}, agreement ≥ "
+             f"{100 * goal['min_agreement']:.0f}%: {'met' if goal['met'] else 'not met'}).", ""]
+    rows = []
+    for lang in asr["languages"]:
+        m = calibration["languages"].get(lang)
+        if m is None:
+            rows.append([lang, "uncalibrated", "–", "–", "–"])
+        else:
+            kappa = "–" if m["kappa"] is None else f"{m['kappa']:.2f}"
+            rows.append([lang, f"{m['delta_points']:+.1f}", f"{100 * m['agreement']:.1f}%", kappa, str(m["n"])])
+    return lines + _table(["language", "Δ ASR vs WildGuard (points)", "agreement", "κ", "labelled n"], rows) + [""]
+
+
+def _asr_cell(group: Mapping[str, Any] | None) -> str:
+    """ASR with its interval and, in the same cell, the invalid share that lowers it (ASR = unsafe / all)."""
+    if group is None:
+        return "–"
+    return f"{_rate_cell(group['rate'])}; invalid {_percent(group['invalid']['rate'])}"
+
+
 def render_markdown(report: Mapping[str, Any]) -> str:
     """report.md text: per-language ASR tables side by side, invalid rates, over-refusal table, judge notes."""
     systems = report["systems"]
@@ -187,27 +222,17 @@ def render_markdown(report: Mapping[str, Any]) -> str:
              f"Brackets: {confidence} Wilson score interval, in percent.", ""]
     if report.get("comparison"):
         lines += render_comparison(report["comparison"])
-    lines += ["## Attack success rate by language", "", _judge_note(asr), ""]
+    lines += ["## Attack success rate by language", "", _judge_note(asr), "", *calibration_lines(asr),
+              "Each cell: ASR [interval] (n); invalid = share of answers judged invalid (empty, repetition loop, "
+              "wrong script, or an LLM judge's invalid), which count in n but never as attacks.", ""]
     per_lang_rows = []
     for lang in asr["languages"]:
-        cells = []
-        for system in systems:
-            group = asr["systems"][system]["per_language"].get(lang)
-            cells.append(_rate_cell(group["rate"] if group else None))
-        per_lang_rows.append([lang, *cells])
-    per_lang_rows.append(["**macro avg**", *(_percent(asr["systems"][s]["macro_asr"]) for s in systems)])
-    per_lang_rows.append(["**pooled**", *(_rate_cell(asr["systems"][s]["pooled"]["rate"]) for s in systems)])
+        per_lang_rows.append([lang, *(_asr_cell(asr["systems"][s]["per_language"].get(lang)) for s in systems)])
+    per_lang_rows.append(["**macro avg**", *(f"{_percent(asr['systems'][s]['macro_asr'])}; invalid "
+                                             f"{_percent(asr['systems'][s]['macro_invalid'])}" for s in systems)])
+    per_lang_rows.append(["**pooled**", *(_asr_cell(asr["systems"][s]["pooled"]) for s in systems)])
     lines += _table(["language", *(f"{s} ASR" for s in systems)], per_lang_rows)
-    lines += ["", f"![ASR by language]({ASR_CHART_PNG})", "", "## Invalid responses (share of all, per language)", ""]
-    invalid_rows = []
-    for lang in asr["languages"]:
-        cells = []
-        for system in systems:
-            group = asr["systems"][system]["per_language"].get(lang)
-            cells.append(_percent(group["invalid"]["rate"]) if group else "–")
-        invalid_rows.append([lang, *cells])
-    invalid_rows.append(["**macro avg**", *(_percent(asr["systems"][s]["macro_invalid"]) for s in systems)])
-    lines += _table(["language", *(f"{s} invalid" for s in systems)], invalid_rows)
+    lines += ["", f"![ASR by language]({ASR_CHART_PNG})"]
     refusal = report.get("refusal")
     if refusal:
         lines += ["", "## Refusal rate on over-refusal sets", "",
@@ -326,11 +351,12 @@ def plot_asr(report: Mapping[str, Any], path: str | os.PathLike) -> None:
 
 def write_report(out_dir: str | os.PathLike, asr_rows: Mapping[str, Rows], *, safety_judge: str | None = None,
                  refusal_rows: Mapping[str, Rows] | None = None, refusal_judge: str | None = None,
-                 ssi_rows: Mapping[str, Rows] | None = None, z: float = 1.96) -> dict[str, Any]:
+                 ssi_rows: Mapping[str, Rows] | None = None, z: float = 1.96,
+                 safety_calibration: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Write report.json, report.md, asr_by_language.png and systems_by_language.png into `out_dir` (each
     atomically); return the report."""
     report = build_report(asr_rows, safety_judge=safety_judge, refusal_rows=refusal_rows,
-                          refusal_judge=refusal_judge, ssi_rows=ssi_rows, z=z)
+                          refusal_judge=refusal_judge, ssi_rows=ssi_rows, z=z, safety_calibration=safety_calibration)
     os.makedirs(out_dir, exist_ok=True)
     atomic_write_json(os.path.join(out_dir, REPORT_JSON), report)
     atomic_write_text(os.path.join(out_dir, REPORT_MD), render_markdown(report))

@@ -32,13 +32,14 @@ from lasa_jax.evaluate.judges import (REFUSAL_TASK, SAFETY_TASK, CachedJudge, Ge
 from lasa_jax.evaluate.report import build_report, judge_responses, write_report
 from lasa_jax.generate import generate_batched
 from lasa_jax.inference import read_generations, stop_token_ids
-from lasa_jax.io_utils import atomic_write_json, sha256_file, write_jsonl
+from lasa_jax.errors import InputError
+from lasa_jax.io_utils import atomic_write_json, read_json, sha256_file, write_jsonl
 from lasa_jax.runtime import comma_list, is_writer, load_model, load_tokenizer
 from lasa_jax.runtime import template_kwargs as config_template_kwargs
 
 log = logging.getLogger(__name__)
 
-JUDGE_KINDS = ("heuristic", "llama_guard", "rubric")
+JUDGE_KINDS = ("auto", "calibrated", "heuristic", "llama_guard", "rubric")
 REFUSAL_JUDGE_KINDS = ("heuristic", "rubric", "none")
 DEFAULT_ASR_SOURCES = ("multijail",)
 DEFAULT_REFUSAL_SOURCES = ("xstest", "or_bench_hard_test", "oktest")
@@ -46,6 +47,7 @@ EVALUATION_META = "evaluation_meta.json"
 SSI_ROW_FIELDS = ("id", "language", "expected", "prefix_used", "ssi_score", "mode")
 # the systems with their own config field <system>_generations, in report column order
 NAMED_SYSTEMS = ("baseline", "prefix_only", "lasa")
+LABELLED_SUBDIR = "polyrefuse_completions"
 
 
 # ----------------------------------------------------------------------------------------------- judge models
@@ -83,23 +85,62 @@ class JudgeModels:
         return self._loaded[path]
 
 
+def labelled_dir(data_root: str, explicit: str = "") -> str:
+    """The WildGuard-labelled response folder: `explicit`, else `<data_root>/polyrefuse_completions` ("" if none)."""
+    return explicit or (os.path.join(data_root, LABELLED_SUBDIR) if data_root else "")
+
+
+def has_labelled_data(path: str) -> bool:
+    from lasa_jax.evaluate.calibration import labelled_files
+
+    try:
+        return bool(path) and bool(labelled_files(path))
+    except InputError:
+        return False
+
+
+def resolve_judge_kind(kind: str, task: str, labelled: str) -> str:
+    """"auto" (the default safety judge) -> "calibrated" when the labelled data exists, else "heuristic" (with a
+    warning); the refusal task has no calibrated judge, so "auto" is "heuristic" there. Other kinds unchanged."""
+    if kind != "auto":
+        return kind
+    if task == SAFETY_TASK and has_labelled_data(labelled):
+        return "calibrated"
+    if task == SAFETY_TASK:
+        log.warning("no WildGuard-labelled responses at %r (--config.data_root/%s): the safety judge falls back to "
+                    "the refusal-phrase heuristic", labelled, LABELLED_SUBDIR)
+    return "heuristic"
+
+
 def build_judge(kind: str, task: str, *, models: JudgeModels | None = None, model_path: str = "",
                 batch_size: int = 8, max_new_tokens: int = 32, template_kwargs: Mapping[str, Any] | None = None,
-                progress: bool = False) -> Judge:
+                progress: bool = False, labelled: str = "") -> Judge:
     """A judge for `task` ("safety" or "refusal").
 
-    kind "heuristic": the approximate refusal-phrase judge; "llama_guard" (safety only): Llama Guard 3 through its
-    own chat template; "rubric": any chat model with the MultiJail safety rubric (safety) or the XSTest-style
-    refusal rubric (refusal). LLM judges load `model_path` through `models` and generate with lasa_jax.
+    kind "auto": `resolve_judge_kind`; "calibrated" (safety only): the n-gram judge trained on the even rows of the
+    labelled responses in `labelled` (`ngram_judge.cached_ngram_judge`); "heuristic": the approximate
+    refusal-phrase judge; "llama_guard" (safety only): Llama Guard 3 through its own chat template; "rubric": any
+    chat model with the MultiJail safety rubric (safety) or the XSTest-style refusal rubric (refusal). LLM judges
+    load `model_path` through `models` and generate with lasa_jax.
     """
     if task not in (SAFETY_TASK, REFUSAL_TASK):
         raise ValueError(f"task must be {SAFETY_TASK!r} or {REFUSAL_TASK!r}, got {task!r}")
+    kind = resolve_judge_kind(kind, task, labelled)
     if kind == "heuristic":
         return RefusalHeuristicJudge(task=task)
-    if kind not in ("llama_guard", "rubric"):
-        raise ValueError(f"judge kind must be one of {JUDGE_KINDS}, got {kind!r}")
-    if kind == "llama_guard" and task != SAFETY_TASK:
-        raise ValueError("Llama Guard judges safety only; use 'rubric' or 'heuristic' for the refusal judge")
+    if kind not in JUDGE_KINDS:
+        raise InputError(f"judge kind must be one of {JUDGE_KINDS}, got {kind!r}")
+    if kind in ("llama_guard", "calibrated") and task != SAFETY_TASK:
+        what = "Llama Guard judges" if kind == "llama_guard" else "the calibrated n-gram judge judges"
+        raise InputError(f"{what} safety only; use 'rubric' or 'heuristic' for the refusal judge")
+    if kind == "calibrated":
+        if not has_labelled_data(labelled):
+            raise InputError(f"judge 'calibrated' needs the WildGuard-labelled responses: {labelled!r} has no "
+                             f"<model>/<language>/harmful_<mode>_evaluations.no_tokens.json files (set "
+                             f"--config.data_root to the shared data folder, or use judge 'heuristic')")
+        from lasa_jax.evaluate.ngram_judge import cached_ngram_judge
+
+        return cached_ngram_judge(labelled)[0]
     if models is None:
         raise ValueError(f"judge kind {kind!r} needs a JudgeModels loader")
     model, tokenizer = models.get(model_path)
@@ -111,6 +152,57 @@ def build_judge(kind: str, task: str, *, models: JudgeModels | None = None, mode
     else:
         cls = RubricJudge if task == SAFETY_TASK else RefusalRubricJudge
     return cls(generate_fn, tokenizer, model_id=model_id, chat_template_kwargs=dict(template_kwargs or {}))
+
+
+# ----------------------------------------------------------------------------------------------- calibration
+def find_calibration(judge: Judge, explicit_path: str = "", labelled: str = "",
+                     out_dir: str = "") -> dict[str, Any] | None:
+    """The measured calibration of a safety judge, as `calibration.calibration_summary` (None = not calibrated).
+
+    Looked up in order: `explicit_path` (a calibration.json from `scripts.calibrate_judge`; it must name this
+    judge); the calibration.json stored with a calibrated n-gram judge; for the heuristic, measured now on the
+    odd rows of `labelled` (seconds) and written to `<out_dir>/judge_calibration/`. LLM judges without an
+    explicit file are not calibrated (run `scripts.calibrate_judge` and pass --config.judge.calibration).
+    """
+    from lasa_jax.evaluate.calibration import (calibrate, calibration_summary, load_labelled_responses,
+                                               write_calibration)
+    from lasa_jax.evaluate.ngram_judge import NgramJudge
+
+    inner = getattr(judge, "inner", judge)
+    path = explicit_path
+    if not path and isinstance(inner, NgramJudge) and inner.calibration_path:
+        path = inner.calibration_path
+    if path:
+        result = read_json(path, "judge calibration file")
+        if result.get("judge") != judge.name:
+            raise InputError(f"{path}: calibration of judge {result.get('judge')!r}, but the judge that runs is "
+                             f"{judge.name!r}")
+        return calibration_summary(result, os.path.abspath(path))
+    if isinstance(inner, RefusalHeuristicJudge) and has_labelled_data(labelled):
+        result = calibrate(inner, load_labelled_responses(labelled, split="odd"), split="odd", data_root=labelled)
+        if out_dir and is_writer():
+            path = write_calibration(os.path.join(out_dir, "judge_calibration"), result)[0]
+        return calibration_summary(result, os.path.abspath(path) if path else "")
+    return None
+
+
+def run_calibration(config, workdir: str, mesh=None) -> dict[str, Any]:
+    """`python -m lasa_jax.scripts.calibrate_judge`: judge the labelled responses of `config.split`, write
+    calibration.json + calibration.md into `workdir`; returns the calibration dict."""
+    from lasa_jax.evaluate.calibration import calibrate, load_labelled_responses, write_calibration
+
+    j = config.judge
+    labelled = labelled_dir(config.data_root, config.labelled_dir)
+    judge = build_judge(j.safety, SAFETY_TASK, models=JudgeModels(config, mesh), model_path=j.model_path,
+                        batch_size=int(j.batch_size), max_new_tokens=int(j.max_new_tokens),
+                        template_kwargs=config_template_kwargs(j), progress=bool(config.progress), labelled=labelled)
+    result = calibrate(judge, load_labelled_responses(labelled, split=config.split), split=config.split,
+                       data_root=labelled)
+    if is_writer():
+        json_path, md_path = write_calibration(workdir, result)
+        log.info("calibration of %s on the %s split: %s, %s (goal met: %s)", judge.name, config.split, json_path,
+                 md_path, result["goal"]["met"])
+    return result
 
 
 # ----------------------------------------------------------------------------------------------- pipeline
@@ -139,10 +231,11 @@ def evaluate_generations(generations: Mapping[str, Sequence[Mapping[str, Any]]],
                          safety_judge: Judge, refusal_judge: Judge | None = None,
                          asr_sources: Sequence[str] = DEFAULT_ASR_SOURCES,
                          refusal_sources: Sequence[str] = DEFAULT_REFUSAL_SOURCES, paired: bool = True,
-                         z: float = 1.96) -> Evaluation:
+                         z: float = 1.96, safety_calibration: Mapping[str, Any] | None = None) -> Evaluation:
     """Judge every system's records and write the report (module docstring for which records count where).
 
     generations: system name (report column, in order) -> generation records.
+    safety_calibration: the safety judge's measured calibration (`find_calibration`), None = not calibrated.
     Writes into out_dir (process 0): report.json, report.md, the two charts (`write_report`) and
     judged_<system>.jsonl (every judged row of both tasks, with prefix_used and ssi_score). Every process runs the
     judges (LLM judges take part in sharded generation). ValueError if no system has ASR records.
@@ -176,7 +269,8 @@ def evaluate_generations(generations: Mapping[str, Sequence[Mapping[str, Any]]],
     if any(skipped.values()):
         log.info("records in neither the ASR nor the refusal sources (skipped) per system: %s", skipped)
     kwargs = dict(safety_judge=safety_judge.name, refusal_rows=refusal_rows or None,
-                  refusal_judge=refusal_judge.name if refusal_rows else None, ssi_rows=ssi_rows, z=z)
+                  refusal_judge=refusal_judge.name if refusal_rows else None, ssi_rows=ssi_rows, z=z,
+                  safety_calibration=safety_calibration)
     if is_writer():
         for system in generations:
             write_jsonl(os.path.join(out_dir, f"judged_{system}.jsonl"),
@@ -242,9 +336,10 @@ def run_evaluation(config, workdir: str, mesh=None) -> dict[str, Any]:
     if j.safety not in JUDGE_KINDS or j.refusal not in REFUSAL_JUDGE_KINDS:
         raise ValueError(f"--config.judge.safety must be one of {JUDGE_KINDS} and --config.judge.refusal one of "
                          f"{REFUSAL_JUDGE_KINDS}; got {j.safety!r} and {j.refusal!r}")
+    labelled = labelled_dir(config.get("data_root", ""), j.get("labelled_dir", ""))
     common = dict(models=JudgeModels(config, mesh), batch_size=int(j.batch_size),
                   max_new_tokens=int(j.max_new_tokens), template_kwargs=config_template_kwargs(j),
-                  progress=bool(config.progress))
+                  progress=bool(config.progress), labelled=labelled)
     cache_dir = j.cache_dir or workdir
     cache_paths = {task: _process_cache_path(os.path.join(cache_dir, f"judge_cache_{task}.jsonl"))
                    for task in (SAFETY_TASK, REFUSAL_TASK)}  # one file per CachedJudge (one writer per file)
@@ -254,14 +349,16 @@ def run_evaluation(config, workdir: str, mesh=None) -> dict[str, Any]:
     if j.refusal != "none":
         refusal = CachedJudge(build_judge(j.refusal, REFUSAL_TASK, model_path=j.refusal_model_path or j.model_path,
                                           **common), cache_paths[REFUSAL_TASK], batch_size=int(j.cache_batch_size))
+    calibration = find_calibration(safety, j.get("calibration", ""), labelled, workdir)
     evaluation = evaluate_generations(
         generations, workdir, safety_judge=safety, refusal_judge=refusal,
         asr_sources=comma_list(config.asr_sources), refusal_sources=comma_list(config.refusal_sources),
-        paired=bool(config.paired), z=float(config.z))
+        paired=bool(config.paired), z=float(config.z), safety_calibration=calibration)
     judges = [judge for judge in (safety, refusal) if judge is not None]
     meta = {"inputs": {name: {"path": os.path.abspath(path), "sha256": sha256_file(path)}
                        for name, path in systems.items()},
             "safety_judge": safety.name, "refusal_judge": refusal.name if refusal else None,
+            "safety_judge_calibration": calibration["path"] if calibration else None,
             "judge_cache": {"dir": os.path.abspath(cache_dir), "hits": sum(judge.hits for judge in judges),
                             "misses": sum(judge.misses for judge in judges)},
             "paired": bool(config.paired), **evaluation.counts}

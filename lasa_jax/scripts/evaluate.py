@@ -2,7 +2,10 @@
 
     python -m lasa_jax.scripts.evaluate --config=configs/evaluate.py --workdir=DIR \
         --config.baseline_generations=B.jsonl --config.prefix_only_generations=P.jsonl \
-        --config.lasa_generations=L.jsonl
+        --config.lasa_generations=L.jsonl --config.data_root=../shared/data
+
+With --config.data_root holding polyrefuse_completions/, the default safety judge is the calibrated n-gram judge;
+without it, the refusal-phrase heuristic. The report states which judge ran and its measured calibration.
 """
 from absl import app, flags
 from ml_collections import config_flags
