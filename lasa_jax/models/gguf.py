@@ -4,7 +4,8 @@
     convert_gguf("model.Q4_1.gguf", "model-hf/")   # then lasa_jax.models.from_pretrained("model-hf/")
 
 The directory holds config.json, model.safetensors (every tensor dequantised, float32 by default),
-generation_config.json and the tokenizer (tokenizer.json, tokenizer_config.json, chat_template.jinja). Both
+generation_config.json, the tokenizer (tokenizer.json, tokenizer_config.json, chat_template.jinja) and
+gguf_import.json (provenance: the source file's name and sha256, the gguf/transformers versions, the dtype). Both
 `transformers.AutoModelForCausalLM.from_pretrained(DIR)` and `lasa_jax.models.from_pretrained(DIR)` load it, with
 the weights, config and tokenizer transformers itself builds from the file (`from_pretrained(d, gguf_file=...)`).
 
@@ -23,6 +24,7 @@ safetensors file; the output directory appears only when complete (`io_utils.ato
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pathlib
@@ -31,12 +33,13 @@ import time
 import numpy as np
 
 from lasa_jax.errors import InputError
-from lasa_jax.io_utils import atomic_directory, set_default_permissions
+from lasa_jax.io_utils import atomic_directory, set_default_permissions, sha256_file
 from lasa_jax.models.hf import ARCHITECTURES, NP_DTYPES
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_ARCHITECTURES = tuple(ARCHITECTURES)  # llama, qwen2, qwen3
+IMPORT_RECORD = "gguf_import.json"  # written into every converted directory
 # HF parameter names per layer and per model for each architecture (what transformers' model class holds)
 _LAYER_NAMES = ("input_layernorm.weight", "post_attention_layernorm.weight", "self_attn.q_proj.weight",
                 "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
@@ -76,9 +79,20 @@ def convert_gguf(gguf_path: str | os.PathLike, output_dir: str | os.PathLike, *,
         save_file(tensors, weights, metadata={"format": "pt"})
         set_default_permissions(weights)  # safetensors writes owner-only files
         tokenizer.save_pretrained(tmp)
+        _write_record(path, dtype, len(tensors), tmp)
     log.info("converted %s (%s, %d tensors) to %s in %.1f s", path, config["model_type"], len(tensors),
              output_dir, time.perf_counter() - start)
     return pathlib.Path(output_dir)
+
+
+def _write_record(path: str, dtype: str, num_tensors: int, directory: str) -> None:
+    from importlib.metadata import version
+
+    record = {"gguf_file": os.path.basename(path), "gguf_sha256": sha256_file(path), "dtype": dtype,
+              "num_tensors": num_tensors, "gguf_version": version("gguf"),
+              "transformers_version": version("transformers")}
+    with open(os.path.join(directory, IMPORT_RECORD), "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=2)
 
 
 def read_gguf(path: str | os.PathLike):
@@ -94,8 +108,8 @@ def read_gguf(path: str | os.PathLike):
     try:
         reader = gguf.GGUFReader(path)
     except (ValueError, KeyError, IndexError, TypeError, OverflowError, UnicodeDecodeError, MemoryError) as e:
-        raise InputError(f"{path}: not a readable GGUF file (truncated or corrupt?): "
-                         f"{type(e).__name__}: {e}") from None
+        raise InputError(f"{path}: not a readable GGUF file ({os.path.getsize(path)} bytes; truncated or "
+                         f"corrupt): {type(e).__name__}: {e}") from None
     size = os.path.getsize(path)
     for tensor in reader.tensors:
         end = int(tensor.data_offset) + int(tensor.n_bytes)
