@@ -65,6 +65,8 @@ def convert_gguf(gguf_path: str | os.PathLike, output_dir: str | os.PathLike, *,
 
     if dtype not in NP_DTYPES:
         raise InputError(f"dtype: expected one of {sorted(NP_DTYPES)}, got {dtype!r}")
+    if os.path.exists(output_dir) and not overwrite:  # before the work (atomic_directory checks it again)
+        raise FileExistsError(f"{output_dir} already exists; pass overwrite=True (or choose another output directory)")
     start = time.perf_counter()
     path = os.fspath(gguf_path)
     reader = read_gguf(path)
