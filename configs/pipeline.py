@@ -49,6 +49,9 @@ def build(model: str = "", preset: str = "cpu") -> ml_collections.ConfigDict:
     c.template_kwargs = "" if thinking is None else ('{"enable_thinking": %s}' % str(thinking).lower())
     c.stages = "locate,ssi,kto,generate_baseline,generate_lasa,evaluate"
     c.rerun = ""                     # comma-separated stages to run again (their directories are cleared)
+    # before the first stage: check | warn | off. check stops (InputError) when the KTO or generation stage does not
+    # fit the preset's memory by lasa_jax.memory_plan; warn only logs it
+    c.memory_plan = "check"
 
     c.locate = stage_config("locate")
     c.locate.capture_batch_size = p.capture_batch_size

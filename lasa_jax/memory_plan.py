@@ -7,15 +7,20 @@
     the block's full float32 gradient before its reduce-scatter, the embedding table / LM head gathered for the
     lookup (`decoder.embed_tokens` constrains the table to `("vocab", None)`) or the logits, the logits chunk
     (`sequence_logps`) and the activations under the remat policy.
-  Generation: the weights in the stage dtype, one block gathered, the KV cache of a batch (`generate.init_cache`:
-    (L, B, S, K, hd) keys and values with S = bucket(prompt) + max_new_tokens) and the prefill working set.
+  Generation: the weights in the stage dtype as sharded, plus every FSDP-sharded weight gathered whole: XLA hoists
+    the loop-invariant all-gathers out of the decode `while_loop` (measured on CPU, 8 devices: XLA's temporary
+    buffers are ~2 full float32 copies of the weights, independent of the batch; bfloat16 weights are upcast to
+    float32 there, which TPUs do not do), the KV cache of a batch (`generate.init_cache`: (L, B, S, K, hd) keys and
+    values with S = bucket(prompt) + max_new_tokens) and the prefill working set.
 Every parameter is counted as actually sharded: `lasa_jax.sharding.logical_to_spec` on an abstract mesh of the
 preset's size, so a mesh axis that does not divide a dimension (or has size 1, e.g. `vocab -> tensor`) leaves it
 replicated. Activation terms are estimates of XLA's buffers (stated per term); `tests/test_memory_plan.py` checks
-the KTO total against `jax.jit(step).lower(...).compile().memory_analysis()` on a tiny model and 8 CPU devices.
+the KTO and generation totals against `jax.jit(...).lower(...).compile().memory_analysis()` on a small model and 8
+CPU devices.
 
 A plan fits when its total is at most `HBM_USABLE_SHARE` of the preset's HBM per device. `check_pipeline` raises one
-`InputError` naming the preset, the numbers and a setting or preset that fits (`suggest_kto` / `suggest_generation`).
+`InputError` naming the preset, the numbers and a setting or preset that fits (`suggest_kto` / `suggest_generation`);
+the pipeline config's `memory_plan` field ("check" | "warn" | "off") turns the refusal into a warning or skips it.
 """
 from __future__ import annotations
 
@@ -131,8 +136,7 @@ def _block_activations(config: ModelConfig, rows: int, length: int, keys: int, c
 def _weights(params, itemsize_bytes: int) -> tuple[float, float, float, float]:
     """(sharded bytes of all parameters, one block's full bytes, embedding full elements, LM head full elements)."""
     sharded = sum(n / s for _, n, s, _ in params) * itemsize_bytes
-    num_layers_block = [n for name, n, _, block in params if block]
-    layer_elems = sum(num_layers_block)
+    layer_elems = sum(n for _, n, _, block in params if block)
     embed = next((n for name, n, _, _ in params if name == "embed"), 0)
     head = next((n for name, n, _, _ in params if name == "lm_head"), 0)
     return sharded, float(layer_elems), float(embed), float(head)
@@ -192,16 +196,16 @@ def generation_plan(config: ModelConfig, preset_name: str, *, mesh: Mapping[str,
     sizes = mesh_sizes(mesh if mesh is not None else preset.mesh, preset.num_devices)
     pb, cb = itemsize(dtype), itemsize(compute_dtype or dtype)
     params = sharded_params(config, sizes)
-    weights, layer_elems, embed, head = _weights(params, pb)
+    weights = _weights(params, pb)[0]
     rows = _rows_per_device(batch_size, sizes)
     prompt = bucket_length(prompt_length)
     slots = prompt + max_new_tokens
     c = config
     kv_shards = sizes["tensor"] if c.num_kv_heads % sizes["tensor"] == 0 else 1
+    gathered = sum(n for _, n, shards, _ in params if shards > 1) * pb
     parts = {
         "weights": weights,
-        "gathered block weights": 2 * layer_elems / c.num_layers * cb,
-        "gathered embedding/LM head": max(embed * pb, (head or embed) * cb),
+        "weights gathered for the decode loop": gathered,
         "KV cache": 2.0 * c.num_layers * rows * slots * c.num_kv_heads / kv_shards * c.head_dim * cb,
         "prefill activations": _block_activations(config, rows, prompt, slots, cb) + rows * c.vocab_size * 4 * 2,
     }

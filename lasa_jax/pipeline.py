@@ -220,13 +220,17 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> 
 def _check_memory_plan(config: ml_collections.ConfigDict, stages: list[str]) -> None:
     """Stop before the first stage (InputError) when the KTO or generation stages in `stages` do not fit the
     preset's memory (`lasa_jax.memory_plan.check_pipeline`); the model's shapes come from `model_path`'s
-    config.json or the paper model's architecture (no weights are read). Skipped without a known preset or shapes."""
+    config.json or the paper model's architecture (no weights are read). Skipped without a known preset or shapes;
+    `config.memory_plan` "warn" logs instead of raising, "off" skips it."""
     from lasa_jax.config import ModelConfig
+    from lasa_jax.errors import InputError
     from lasa_jax.memory_plan import check_pipeline
     from lasa_jax.presets import PAPER_MODELS, TPU_PRESETS
 
-    preset = config.get("preset", "")
-    if preset != "cpu" and preset not in TPU_PRESETS:
+    preset, mode = config.get("preset", ""), config.get("memory_plan", "check")
+    if mode not in ("check", "warn", "off"):
+        raise InputError(f"--config.memory_plan: expected check, warn or off, got {mode!r}")
+    if mode == "off" or (preset != "cpu" and preset not in TPU_PRESETS):
         return
     if os.path.isfile(os.path.join(config.model_path, "config.json")):
         model_config = ModelConfig.from_pretrained(config.model_path)
@@ -235,7 +239,14 @@ def _check_memory_plan(config: ml_collections.ConfigDict, stages: list[str]) -> 
     else:
         log.info("pipeline: no config.json at %s and no paper model: memory plan skipped", config.model_path)
         return
-    for plan in check_pipeline(config, model_config, stages):
+    try:
+        plans = check_pipeline(config, model_config, stages)
+    except InputError as e:
+        if mode == "check":
+            raise
+        log.warning("pipeline: memory plan (--config.memory_plan=warn): %s", e)
+        return
+    for plan in plans:
         log.info("pipeline: memory plan: %s", plan.describe())
 
 

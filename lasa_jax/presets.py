@@ -10,8 +10,8 @@ gradient accumulator, the AdamW moments and (online) a bf16 reference, about 22 
 chip can hold for these models. `lasa_jax.memory_plan` adds the rest (gathered weights, logits, activations) and the
 pipeline refuses a preset that cannot hold a stage; `kto_fits` applies it with a preset's own defaults. By that plan
 (max length 512): 7B-14B models train on v5p-8 (14B with the precomputed reference, its default) and pod slices;
-32B models need v5p-64 (their configs' default); no paper model's KTO fits v4-8 or v5e-8 (they run the other
-stages).
+32B models need v5p-64 (their configs' default); no paper model's KTO fits v4-8 or v5e-8. Generation holds the whole
+gathered weights through the decode loop: 7-8B models generate on v4-8, none on v5e-8 (16 GiB chips).
 """
 from __future__ import annotations
 

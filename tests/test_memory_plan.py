@@ -24,7 +24,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL_LLAMA = dict(TINY_CONFIGS["llama"], vocab_size=4096, hidden_size=256, intermediate_size=768,
                    num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=4)
 # the plan's per-device total must lie within this factor of XLA's argument + output + temp - aliased bytes
-# (measured on CPU, 8 devices: 0.83-1.57 over remat none/full, online/precomputed, float32/bfloat16 compute)
+# (measured on CPU, 8 devices: KTO 0.83-1.57 over remat none/full, online/precomputed, float32/bfloat16 compute;
+# generation 0.65-0.89 at batch 16-64)
 XLA_FACTOR = 2.0
 
 
@@ -101,13 +102,47 @@ def test_parameters_counted_as_sharded_by_the_rules_table():
     assert mesh_sizes(dict(data=2, fsdp=-1, tensor=1), 32) == dict(data=2, fsdp=16, tensor=1)
 
 
+def test_generation_plan_matches_xla_memory_analysis():
+    """The whole `generate._generate_core` program (prefill + decode while_loop) on 8 CPU devices, float32 (XLA's
+    CPU backend upcasts bfloat16 weights to float32, which would double its numbers against a bfloat16 plan)."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from lasa_jax.generate import _generate_core
+    from lasa_jax.models.decoder import abstract_decoder, param_shardings
+    from lasa_jax.sharding import batch_sharding, make_mesh
+
+    config = ModelConfig.from_hf_dict(SMALL_LLAMA, param_dtype="float32", compute_dtype="float32",
+                                      scan_layers=False)
+    mesh = make_mesh(data=1, fsdp=-1, tensor=1)
+    model = abstract_decoder(config, mesh)
+    params = jax.tree.map(lambda p, s: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=s), model.params(),
+                          param_shardings(model, mesh))
+    batch, prompt, new = 16, 64, 64
+    ids = jax.ShapeDtypeStruct((batch, prompt), jnp.int32, sharding=batch_sharding(mesh, (batch, prompt)))
+
+    def scalar(dtype, shape=()):
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, PartitionSpec()))
+
+    m = _generate_core.lower(params, config, ids, ids, jax.eval_shape(lambda: jax.random.PRNGKey(0)),
+                             scalar(jnp.int32, (2,)), scalar(jnp.int32), scalar(jnp.float32), scalar(jnp.float32),
+                             scalar(jnp.int32), mesh=mesh, max_new_tokens=new, greedy=True).compile().memory_analysis()
+    xla = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+    plan = generation_plan(config, "cpu", mesh=dict(data=1, fsdp=8, tensor=1), batch_size=batch,
+                           prompt_length=prompt, max_new_tokens=new, dtype="float32")
+    assert 1 / XLA_FACTOR <= plan.total / xla <= XLA_FACTOR, (plan.describe(), xla)
+    assert plan.parts["weights"] == pytest.approx(m.argument_size_in_bytes, rel=0.01)  # + a few KiB of inputs
+
+
 def test_generation_plan_kv_cache_and_weights():
     config = PAPER_MODELS["llama31_8b"].model_config()
     plan = generation_plan(config, "v5p-8", batch_size=32, prompt_length=300, max_new_tokens=512)
     # (L, B/4, 512 + 512 slots, K, hd) keys and values in bfloat16 on each of 4 chips
     assert plan.parts["KV cache"] == 2 * 32 * 8 * 1024 * 8 * 128 * 2
     assert plan.parts["weights"] == pytest.approx(config.num_params() * 2 / 4, rel=1e-3)
+    # every sharded weight gathered whole for the decode loop (norm scales are replicated: not gathered)
+    assert plan.parts["weights gathered for the decode loop"] == pytest.approx(config.num_params() * 2, rel=1e-3)
     assert plan.fits
+    assert not generation_plan(config, "v5e-8", batch_size=32, prompt_length=300, max_new_tokens=512).fits
 
 
 def test_default_presets_of_the_paper_model_configs_fit():
@@ -151,3 +186,18 @@ def test_pipeline_with_a_32b_config_stops_before_loading_weights(tmp_path):
     config.preset = "v5p-8"
     with pytest.raises(InputError, match="KTO on preset v5p-8: .* GiB per device of 85.5 usable"):
         run_pipeline(config, str(tmp_path))
+
+
+def test_memory_plan_switch_warn_off_and_bad_value(caplog):
+    from lasa_jax.pipeline import _check_memory_plan
+
+    config = _load_config("pipeline", "qwen25_32b")
+    config.memory_plan = "warn"
+    with caplog.at_level("WARNING", logger="lasa_jax.pipeline"):
+        _check_memory_plan(config, ["kto"])
+    assert "does not fit" in caplog.text and "--config.memory_plan=warn" in caplog.text
+    config.memory_plan = "off"
+    _check_memory_plan(config, ["kto"])
+    config.memory_plan = "yes"
+    with pytest.raises(InputError, match="--config.memory_plan: expected check, warn or off, got 'yes'"):
+        _check_memory_plan(config, ["kto"])
