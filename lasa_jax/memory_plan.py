@@ -83,12 +83,16 @@ def preset_named(name: str) -> TPUPreset:
 
 
 def mesh_sizes(mesh: Mapping[str, int], num_devices: int) -> dict[str, int]:
-    """{"data", "fsdp", "tensor"} sizes with the one -1 resolved to the remaining devices."""
+    """{"data", "fsdp", "tensor"} sizes with the one -1 resolved to the remaining of `num_devices` devices."""
     from lasa_jax.sharding import MESH_AXES
 
     sizes = {a: int(mesh.get(a, 1)) for a in MESH_AXES}
     known = math.prod(v for v in sizes.values() if v != -1)
-    return {a: (num_devices // known if v == -1 else v) for a, v in sizes.items()}
+    resolved = {a: (num_devices // max(known, 1) if v == -1 else v) for a, v in sizes.items()}
+    # a mesh without -1 names its own device count (e.g. 8 simulated CPU devices under the 1-device cpu preset)
+    if min(resolved.values()) < 1 or (-1 in sizes.values() and math.prod(resolved.values()) != num_devices):
+        raise InputError(f"--config.mesh: {dict(mesh)} does not split the preset's {num_devices} devices")
+    return resolved
 
 
 def sharded_params(config: ModelConfig, sizes: Mapping[str, int]) -> list[tuple[str, int, int, bool]]:

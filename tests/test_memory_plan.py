@@ -100,6 +100,8 @@ def test_parameters_counted_as_sharded_by_the_rules_table():
     norms = (2 * even.num_layers + 1) * even.hidden_size  # ("layers", "norm") / ("norm",): never sharded
     assert kto_plan(even, "cpu", **kwargs).parts["parameters"] == (even.num_params() - norms) * 4 / 8 + norms * 4
     assert mesh_sizes(dict(data=2, fsdp=-1, tensor=1), 32) == dict(data=2, fsdp=16, tensor=1)
+    with pytest.raises(InputError, match="--config.mesh: .* does not split the preset's 4 devices"):
+        mesh_sizes(dict(data=8, fsdp=-1, tensor=1), 4)
 
 
 def test_generation_plan_matches_xla_memory_analysis():
