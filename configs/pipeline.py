@@ -7,6 +7,8 @@ The argument is "<paper model>,<preset>" (lasa_jax/presets.py: models llama31_8b
 qwen25_32b, qwen3_8b, qwen3_14b, qwen3_32b; presets v4-8, v5e-8, v5p-8, v4-64, v5p-64, cpu). Every field can be
 overridden from the command line, e.g. --config.residual_index=-1 (use the located layer instead of the paper's),
 --config.kto.train.num_steps=200, --config.stages=locate,ssi. The stage sub-configs are configs/<stage>.py.
+Before the first stage the pipeline checks the KTO and generation memory on the preset (lasa_jax.memory_plan) and
+stops with the numbers and a setting or preset that fits when they do not (e.g. a 32B model on cpu or v5p-8).
 """
 import importlib.util
 import os
@@ -47,6 +49,9 @@ def build(model: str = "", preset: str = "cpu") -> ml_collections.ConfigDict:
     c.template_kwargs = "" if thinking is None else ('{"enable_thinking": %s}' % str(thinking).lower())
     c.stages = "locate,ssi,kto,generate_baseline,generate_prefix_only,generate_lasa,evaluate"
     c.rerun = ""                     # comma-separated stages to run again (their directories are cleared)
+    # before the first stage: check | warn | off. check stops (InputError) when the KTO or generation stage does not
+    # fit the preset's memory by lasa_jax.memory_plan; warn only logs it
+    c.memory_plan = "check"
 
     c.locate = stage_config("locate")
     c.locate.capture_batch_size = p.capture_batch_size
@@ -55,6 +60,7 @@ def build(model: str = "", preset: str = "cpu") -> ml_collections.ConfigDict:
     c.kto = stage_config("kto")
     c.kto.train.batch_size = p.kto_batch_size
     c.kto.train.grad_accum_steps = p.kto_micro_batches
+    c.kto.reference.mode = p.kto_reference_mode   # the preset's setting that fits (lasa_jax.memory_plan)
     if p.peak_flops_per_device:
         c.kto.train.peak_flops_per_device = p.peak_flops_per_device  # MFU columns in metrics.jsonl
     c.kto.data.format = "polyrefuse_completions"   # WildGuard-labelled refusals / compliances (shared data)

@@ -1,9 +1,11 @@
 """LASA on Qwen/Qwen3-32B (paper bottleneck layer by default; see configs/pipeline.py).
 
-    python -m lasa_jax.scripts.pipeline --config=configs/qwen3_32b.py:v5p-8 --config.model_path=LOCAL_DIR \
+    python -m lasa_jax.scripts.pipeline --config=configs/qwen3_32b.py:v5p-64 --config.model_path=LOCAL_DIR \
         --config.data_root=SHARED_DATA --workdir=runs/qwen3_32b
 
-Argument: a preset of lasa_jax/presets.py (v4-8, v5e-8, v5p-8, v4-64, v5p-64, cpu); default v5p-8.
+Argument: a preset of lasa_jax/presets.py (v4-8, v5e-8, v5p-8, v4-64, v5p-64, cpu); default v5p-64, where the KTO
+step needs ~32 GiB per chip by lasa_jax.memory_plan (v5p-8: ~181 GiB; v4-64: ~32 GiB of 28.8 usable; the pipeline
+refuses those presets before the first stage and names a setting that fits).
 """
 import importlib.util
 import os
@@ -14,5 +16,5 @@ _pipeline = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_pipeline)
 
 
-def get_config(arg: str = "v5p-8"):
-    return _pipeline.build("qwen3_32b", arg or "v5p-8")
+def get_config(arg: str = "v5p-64"):
+    return _pipeline.build("qwen3_32b", arg or "v5p-64")

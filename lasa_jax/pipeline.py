@@ -188,8 +188,7 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> 
         raise ValueError("--config.model_path is required (the base model: a local Hugging Face directory or hub id)")
     configs = stage_configs(config, workdir)
     inputs = stage_inputs(config)
-    if "kto" in stages:
-        _warn_if_kto_does_not_fit(config)
+    _check_memory_plan(config, stages)
     functions = _stage_functions()
     outcome: dict[str, Any] = {}
     for stage in STAGES:
@@ -231,23 +230,37 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> 
     return outcome
 
 
-def _warn_if_kto_does_not_fit(config: ml_collections.ConfigDict) -> None:
-    """Log a warning when the preset's HBM cannot hold the KTO state of the model (lasa_jax.presets.kto_fits)."""
+def _check_memory_plan(config: ml_collections.ConfigDict, stages: list[str]) -> None:
+    """Stop before the first stage (InputError) when the KTO or generation stages in `stages` do not fit the
+    preset's memory (`lasa_jax.memory_plan.check_pipeline`); the model's shapes come from `model_path`'s
+    config.json or the paper model's architecture (no weights are read). Skipped without a known preset or shapes;
+    `config.memory_plan` "warn" logs instead of raising, "off" skips it."""
     from lasa_jax.config import ModelConfig
-    from lasa_jax.presets import PAPER_MODELS, TPU_PRESETS, kto_fits
+    from lasa_jax.errors import InputError
+    from lasa_jax.memory_plan import check_pipeline
+    from lasa_jax.presets import PAPER_MODELS, TPU_PRESETS
 
-    preset = TPU_PRESETS.get(config.get("preset", ""))
-    if preset is None:
+    preset, mode = config.get("preset", ""), config.get("memory_plan", "check")
+    if mode not in ("check", "warn", "off"):
+        raise InputError(f"--config.memory_plan: expected check, warn or off, got {mode!r}")
+    if mode == "off" or (preset != "cpu" and preset not in TPU_PRESETS):
         return
     if os.path.isfile(os.path.join(config.model_path, "config.json")):
         model_config = ModelConfig.from_pretrained(config.model_path)
     elif config.get("paper_model") in PAPER_MODELS:
         model_config = PAPER_MODELS[config.paper_model].model_config()
     else:
+        log.info("pipeline: no config.json at %s and no paper model: memory plan skipped", config.model_path)
         return
-    fits, line = kto_fits(model_config, preset, config.kto.reference.mode == "precomputed")
-    log.log(logging.INFO if fits else logging.WARNING, "pipeline: %s%s", line,
-            "" if fits else ": likely out of memory; use a larger preset (v5p-8 for 8B-14B, a pod slice for 32B)")
+    try:
+        plans = check_pipeline(config, model_config, stages)
+    except InputError as e:
+        if mode == "check":
+            raise
+        log.warning("pipeline: memory plan (--config.memory_plan=warn): %s", e)
+        return
+    for plan in plans:
+        log.info("pipeline: memory plan: %s", plan.describe())
 
 
 def _read_json(path: str) -> Any:

@@ -5,10 +5,13 @@ checkpoint's own config.json is what `from_pretrained` uses) and the bottleneck 
 authors (METHOD.md §3 table, residual-index convention of `lasa_jax.models.decoder`).
 
 `TPU_PRESETS[name]`: devices, HBM per device, mesh, and per-stage batch sizes for one TPU VM or a pod slice.
-Every mesh is FSDP over all chips (`fsdp=-1`): a KTO step holds a float32 policy, its gradient, the AdamW moments and
-a bf16 reference, about 18 bytes per parameter, which no single chip can hold for these models. `kto_fits` tells
-whether a model's KTO state fits a preset (an 8B model needs v5p-8 or a pod slice; v4-8 / v5e-8 run the other
-stages).
+Every mesh is FSDP over all chips (`fsdp=-1`): a KTO step holds a float32 policy, its gradient, the float32
+gradient accumulator, the AdamW moments and (online) a bf16 reference, about 22 bytes per parameter, which no single
+chip can hold for these models. `lasa_jax.memory_plan` adds the rest (gathered weights, logits, activations) and the
+pipeline refuses a preset that cannot hold a stage; `kto_fits` applies it with a preset's own defaults. By that plan
+(max length 512): 7B-14B models train on v5p-8 (14B with the precomputed reference, its default) and pod slices;
+32B models need v5p-64 (their configs' default); no paper model's KTO fits v4-8 or v5e-8. Generation holds the whole
+gathered weights through the decode loop: 7-8B models generate on v4-8, none on v5e-8 (16 GiB chips).
 """
 from __future__ import annotations
 
@@ -62,6 +65,11 @@ PAPER_MODELS: dict[str, PaperModel] = {
 
 @dataclasses.dataclass(frozen=True)
 class TPUPreset:
+    """One TPU VM or pod slice: its chips and the per-stage defaults the pipeline config takes from it.
+
+    Batch sizes are global. The KTO fields are defaults that `lasa_jax.memory_plan` finds to fit the paper models
+    this preset is meant for (`kto_reference_mode` "precomputed" frees the reference before training)."""
+
     accelerator_type: str
     num_devices: int
     num_hosts: int
@@ -72,6 +80,7 @@ class TPUPreset:
     kto_micro_batches: int    # gradient accumulation steps per KTO step
     generate_batch_size: int  # generation (global)
     peak_flops_per_device: float | None = None  # dense bf16 peak FLOP/s per chip (for MFU); None = unknown
+    kto_reference_mode: str = "online"  # online | precomputed (configs/kto.py reference.mode)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -83,64 +92,51 @@ PEAK_FLOPS_BY_DEVICE_KIND = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e":
                              "TPU v5": 459e12, "TPU v6 lite": 918e12, "TPU v6e": 918e12}
 _FSDP = dict(data=1, fsdp=-1, tensor=1)
 TPU_PRESETS: dict[str, TPUPreset] = {
-    # single TPU VMs (one host). kto_batch_size 16 = the paper's rows per update
-    "v4-8": TPUPreset("v4-8", 4, 1, 32 * GIB, _FSDP, 32, 16, 2, 32, 275e12),
-    "v5e-8": TPUPreset("v5litepod-8", 8, 1, 16 * GIB, _FSDP, 32, 16, 2, 32, 197e12),
-    "v5p-8": TPUPreset("v5p-8", 4, 1, 95 * GIB, _FSDP, 32, 16, 1, 32, 459e12),
+    # single TPU VMs (one host). kto_batch_size 16 = the paper's rows per update. No paper model's KTO state fits
+    # v4-8 (4 x 32 GiB) or v5e-8 (8 x 16 GiB), even with a precomputed reference (the pipeline refuses it before
+    # the first stage and names a preset that fits); their KTO defaults (precomputed reference, 4 micro-batches of
+    # 4 rows) are the least memory a run with 16 rows per update can take, for smaller custom models
+    "v4-8": TPUPreset(accelerator_type="v4-8", num_devices=4, num_hosts=1, hbm_bytes_per_device=32 * GIB,
+                      mesh=_FSDP, capture_batch_size=32, kto_batch_size=16, kto_micro_batches=4,
+                      generate_batch_size=32, peak_flops_per_device=275e12, kto_reference_mode="precomputed"),
+    "v5e-8": TPUPreset(accelerator_type="v5litepod-8", num_devices=8, num_hosts=1, hbm_bytes_per_device=16 * GIB,
+                       mesh=_FSDP, capture_batch_size=32, kto_batch_size=16, kto_micro_batches=2,
+                       generate_batch_size=32, peak_flops_per_device=197e12, kto_reference_mode="precomputed"),
+    "v5p-8": TPUPreset(accelerator_type="v5p-8", num_devices=4, num_hosts=1, hbm_bytes_per_device=95 * GIB,
+                       mesh=_FSDP, capture_batch_size=32, kto_batch_size=16, kto_micro_batches=1,
+                       generate_batch_size=32, peak_flops_per_device=459e12,
+                       kto_reference_mode="precomputed"),  # 14B models: online needs ~86.5 GiB of 85.5 usable
     # pod slices (several hosts; jax.distributed.initialize() is called by the scripts). The KTO batch grows to 64
     # rows so every chip holds 2 rows; the learning rate is not rescaled (set --config.kto.train.batch_size=16 to
     # keep the paper's batch, or scale --config.kto.train.learning_rate yourself)
-    "v5p-64": TPUPreset("v5p-64", 32, 8, 95 * GIB, _FSDP, 128, 64, 1, 128, 459e12),
-    "v4-64": TPUPreset("v4-64", 32, 8, 32 * GIB, _FSDP, 128, 64, 1, 128, 275e12),
+    "v5p-64": TPUPreset(accelerator_type="v5p-64", num_devices=32, num_hosts=8, hbm_bytes_per_device=95 * GIB,
+                        mesh=_FSDP, capture_batch_size=128, kto_batch_size=64, kto_micro_batches=1,
+                        generate_batch_size=128, peak_flops_per_device=459e12),
+    "v4-64": TPUPreset(accelerator_type="v4-64", num_devices=32, num_hosts=8, hbm_bytes_per_device=32 * GIB,
+                       mesh=_FSDP, capture_batch_size=128, kto_batch_size=64, kto_micro_batches=1,
+                       generate_batch_size=128, peak_flops_per_device=275e12),
 }
+# the 1-device CPU preset of the demo and tests (16 GiB host memory assumed for planning)
+CPU_PRESET = TPUPreset(accelerator_type="cpu", num_devices=1, num_hosts=1, hbm_bytes_per_device=16 * GIB,
+                       mesh=dict(data=1, fsdp=-1, tensor=1), capture_batch_size=8, kto_batch_size=4,
+                       kto_micro_batches=1, generate_batch_size=8)
 
 
 def device_peak_flops(device_kind: str) -> float | None:
     """Dense bf16 peak FLOP/s of one chip of this `device_kind`, or None when unknown (CPU, GPU, new chips)."""
     return PEAK_FLOPS_BY_DEVICE_KIND.get(device_kind)
-CPU_PRESET = TPUPreset("cpu", 1, 1, 16 * GIB, dict(data=1, fsdp=-1, tensor=1), 8, 4, 1, 8)
-
-# bytes per parameter held during a KTO step: float32 policy (4), its float32 gradient (4), AdamW moments (8) and
-# the bf16 reference (2)
-KTO_BYTES_PER_PARAM = 18
-# share of HBM the KTO state may take; the rest holds activations (with remat), logits chunks and XLA buffers
-KTO_STATE_HBM_SHARE = 0.7
-
-
-def kto_state_bytes_per_device(config: ModelConfig, preset: TPUPreset, precomputed_reference: bool = False) -> float:
-    """Largest per-device bytes of policy + AdamW state (+ bf16 reference) under the preset's mesh.
-
-    Computed from the decoder's real parameter shapes and their shardings under `LOGICAL_AXIS_RULES` on an
-    abstract mesh of the preset's size (no devices needed), so a dimension the mesh does not divide counts as
-    replicated. Activations are not included.
-    """
-    import numpy as np
-    from flax import nnx
-    from jax.sharding import AbstractMesh
-
-    from lasa_jax.models.decoder import abstract_decoder
-    from lasa_jax.sharding import MESH_AXES, logical_to_spec
-
-    sizes = dict(preset.mesh)
-    known = int(np.prod([v for v in sizes.values() if v != -1]))
-    sizes = {k: (preset.num_devices // known if v == -1 else v) for k, v in sizes.items()}
-    mesh = AbstractMesh(tuple(sizes[a] for a in MESH_AXES), MESH_AXES)
-    per_param = KTO_BYTES_PER_PARAM - (2 if precomputed_reference else 0)
-    total = 0.0
-    for _, var in nnx.to_flat_state(nnx.state(abstract_decoder(config), nnx.Param)):
-        shape = var.get_value().shape
-        spec = logical_to_spec(var.get_metadata()["axes"], shape, mesh)
-        shards = int(np.prod([np.prod([sizes[a] for a in ((s,) if isinstance(s, str) else s)])
-                              for s in spec if s is not None])) if len(spec) else 1
-        total += float(np.prod(shape)) * per_param / shards
-    return total
 
 
 def kto_fits(config: ModelConfig, preset: TPUPreset, precomputed_reference: bool = False) -> tuple[bool, str]:
-    """Whether the KTO state fits the preset's HBM (within KTO_STATE_HBM_SHARE), and a one-line explanation."""
-    need = kto_state_bytes_per_device(config, preset, precomputed_reference)
-    budget = KTO_STATE_HBM_SHARE * preset.hbm_bytes_per_device
-    line = (f"KTO state {need / GIB:.1f} GiB per device of {preset.hbm_bytes_per_device / GIB:.0f} GiB HBM on "
-            f"{preset.accelerator_type} ({config.num_params() / 1e9:.1f}B parameters, "
-            f"{'precomputed' if precomputed_reference else 'online'} reference)")
-    return need <= budget, line
+    """Whether one KTO update of `config` with the preset's own defaults (and the paper's max length 512, float32
+    master weights, bfloat16 compute, full remat) fits the preset, and the plan's one-line summary
+    (`lasa_jax.memory_plan.kto_plan`, which the pipeline checks with the run's real settings)."""
+    from lasa_jax.memory_plan import kto_plan
+
+    name = next((n for n, p in TPU_PRESETS.items() if p is preset), "cpu" if preset is CPU_PRESET else None)
+    if name is None:
+        raise ValueError(f"kto_fits: {preset.accelerator_type} is not one of lasa_jax.presets.TPU_PRESETS")
+    reference = "precomputed" if precomputed_reference else preset.kto_reference_mode
+    plan = kto_plan(config, name, batch_size=preset.kto_batch_size, grad_accum_steps=preset.kto_micro_batches,
+                    max_length=512, reference_mode=reference)
+    return plan.fits, plan.describe()

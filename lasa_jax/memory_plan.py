@@ -1,0 +1,326 @@
+"""Per-device memory plan of the KTO step and of generation on a preset, checked before the first stage runs.
+
+`kto_plan` / `generation_plan` add up, in bytes per device (one chip), what the step holds at its peak:
+  KTO: parameters, AdamW moments (mu, nu: optax keeps them in the parameter dtype), the micro-batch gradient,
+    the float32 gradient accumulator (`kto_step.train_step` always scans micro-batches into a float32 sum), the
+    online reference (none when precomputed), the FSDP-gathered weights of one block (and the next, prefetched) with
+    the block's full float32 gradient before its reduce-scatter, the embedding table / LM head gathered for the
+    lookup (`decoder.embed_tokens` constrains the table to `("vocab", None)`) or the logits, the logits chunk
+    (`sequence_logps`) and the activations under the remat policy.
+  Generation: the weights in the stage dtype as sharded, plus every FSDP-sharded weight gathered whole: XLA hoists
+    the loop-invariant all-gathers out of the decode `while_loop` (measured on CPU, 8 devices: XLA's temporary
+    buffers are ~2 full float32 copies of the weights, independent of the batch; bfloat16 weights are upcast to
+    float32 there, which TPUs do not do), the KV cache of a batch (`generate.init_cache`: (L, B, S, K, hd) keys and
+    values with S = bucket(prompt) + max_new_tokens) and the prefill working set.
+Every parameter is counted as actually sharded: `lasa_jax.sharding.logical_to_spec` on an abstract mesh of the
+preset's size, so a mesh axis that does not divide a dimension (or has size 1, e.g. `vocab -> tensor`) leaves it
+replicated. Activation terms are estimates of XLA's buffers (stated per term); `tests/test_memory_plan.py` checks
+the KTO and generation totals against `jax.jit(...).lower(...).compile().memory_analysis()` on a small model and 8
+CPU devices.
+
+A plan fits when its total is at most `HBM_USABLE_SHARE` of the preset's HBM per device. `check_pipeline` raises one
+`InputError` naming the preset, the numbers and a setting or preset that fits (`suggest_kto` / `suggest_generation`);
+the pipeline config's `memory_plan` field ("check" | "warn" | "off") turns the refusal into a warning or skips it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Iterable, Mapping
+
+from lasa_jax.config import ModelConfig
+from lasa_jax.errors import InputError
+from lasa_jax.presets import CPU_PRESET, GIB, TPU_PRESETS, TPUPreset
+
+# share of a chip's HBM the plan may fill (the rest: XLA's runtime reservations, fragmentation, collectives buffers)
+HBM_USABLE_SHARE = 0.9
+REMAT_POLICIES = ("none", "minimal", "full")
+_ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def itemsize(dtype: str) -> int:
+    if dtype not in _ITEMSIZE:
+        raise InputError(f"dtype: expected one of {sorted(_ITEMSIZE)}, got {dtype!r}")
+    return _ITEMSIZE[dtype]
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryPlan:
+    """Per-device bytes of one stage on one preset: `parts` (name -> bytes), `total`, `budget` (usable bytes)."""
+
+    stage: str
+    preset: str
+    hbm_bytes: float
+    parts: dict[str, float]
+    settings: dict[str, Any]
+
+    @property
+    def total(self) -> float:
+        return float(sum(self.parts.values()))
+
+    @property
+    def budget(self) -> float:
+        return HBM_USABLE_SHARE * self.hbm_bytes
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.budget
+
+    def describe(self) -> str:
+        parts = ", ".join(f"{name} {value / GIB:.1f}" for name, value in self.parts.items() if value >= 0.05 * GIB)
+        return (f"{self.stage} on preset {self.preset}: {self.total / GIB:.1f} GiB per device of "
+                f"{self.budget / GIB:.1f} usable ({HBM_USABLE_SHARE:.0%} of {self.hbm_bytes / GIB:.0f} GiB HBM) "
+                f"[{parts}]")
+
+
+def preset_named(name: str) -> TPUPreset:
+    if name == "cpu":
+        return CPU_PRESET
+    if name not in TPU_PRESETS:
+        raise InputError(f"--config.preset: expected cpu or one of {sorted(TPU_PRESETS)}, got {name!r}")
+    return TPU_PRESETS[name]
+
+
+def mesh_sizes(mesh: Mapping[str, int], num_devices: int) -> dict[str, int]:
+    """{"data", "fsdp", "tensor"} sizes with the one -1 resolved to the remaining of `num_devices` devices."""
+    from lasa_jax.sharding import MESH_AXES
+
+    sizes = {a: int(mesh.get(a, 1)) for a in MESH_AXES}
+    known = math.prod(v for v in sizes.values() if v != -1)
+    resolved = {a: (num_devices // max(known, 1) if v == -1 else v) for a, v in sizes.items()}
+    # a mesh without -1 names its own device count (e.g. 8 simulated CPU devices under the 1-device cpu preset)
+    if min(resolved.values()) < 1 or (-1 in sizes.values() and math.prod(resolved.values()) != num_devices):
+        raise InputError(f"--config.mesh: {dict(mesh)} does not split the preset's {num_devices} devices")
+    return resolved
+
+
+def sharded_params(config: ModelConfig, sizes: Mapping[str, int]) -> list[tuple[str, int, int, bool]]:
+    """(name, elements, shards, is_block) of every parameter under `LOGICAL_AXIS_RULES` on a mesh of `sizes`."""
+    return _sharded_params(config, tuple(sorted(sizes.items())))
+
+
+@functools.lru_cache(maxsize=64)
+def _sharded_params(config: ModelConfig, sizes_items: tuple) -> list[tuple[str, int, int, bool]]:
+    sizes = dict(sizes_items)
+    import numpy as np
+    from flax import nnx
+    from jax.sharding import AbstractMesh
+
+    from lasa_jax.models.decoder import abstract_decoder
+    from lasa_jax.sharding import MESH_AXES, logical_to_spec
+
+    mesh = AbstractMesh(tuple(sizes[a] for a in MESH_AXES), MESH_AXES)
+    out = []
+    for path, var in nnx.to_flat_state(nnx.state(abstract_decoder(config), nnx.Param)):
+        shape = var.get_value().shape
+        spec = logical_to_spec(var.get_metadata()["axes"], shape, mesh)
+        shards = 1
+        for entry in spec:
+            for axis in ((entry,) if isinstance(entry, str) else (entry or ())):
+                shards *= sizes[axis]
+        out.append((".".join(str(p) for p in path), int(np.prod(shape)), shards, path[0] == "layers"))
+    return out
+
+
+def _rows_per_device(rows: int, sizes: Mapping[str, int]) -> int:
+    return max(1, -(-rows // (sizes["data"] * sizes["fsdp"])))
+
+
+def _block_activations(config: ModelConfig, rows: int, length: int, keys: int, cb: int) -> float:
+    """Bytes of every intermediate of one block's forward for `rows` x `length` queries over `keys` keys: the
+    projections, MLP and norms in the compute dtype (cb bytes) and float32 attention scores and probabilities."""
+    c = config
+    qkv = (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
+    per_token = (4 * c.hidden_size + 2 * qkv + 3 * c.intermediate_size) * cb
+    scores = c.num_heads * keys * 4 * 2
+    return float(rows * length * (per_token + scores))
+
+
+def _weights(params, itemsize_bytes: int) -> tuple[float, float, float, float]:
+    """(sharded bytes of all parameters, one block's full bytes, embedding full elements, LM head full elements)."""
+    sharded = sum(n / s for _, n, s, _ in params) * itemsize_bytes
+    layer_elems = sum(n for _, n, _, block in params if block)
+    embed = next((n for name, n, _, _ in params if name == "embed"), 0)
+    head = next((n for name, n, _, _ in params if name == "lm_head"), 0)
+    return sharded, float(layer_elems), float(embed), float(head)
+
+
+def kto_plan(config: ModelConfig, preset_name: str, *, mesh: Mapping[str, int] | None = None, batch_size: int,
+             grad_accum_steps: int, max_length: int, param_dtype: str = "float32", compute_dtype: str = "bfloat16",
+             reference_mode: str = "online", reference_dtype: str = "bfloat16", remat_policy: str = "full",
+             logits_chunk_size: int = 128) -> MemoryPlan:
+    """Per-device bytes of one KTO update (module docstring); batch_size = global rows per update."""
+    preset = preset_named(preset_name)
+    sizes = mesh_sizes(mesh if mesh is not None else preset.mesh, preset.num_devices)
+    if remat_policy not in REMAT_POLICIES:
+        raise InputError(f"--config.kto.remat_policy: expected one of {REMAT_POLICIES}, got {remat_policy!r}")
+    pb, cb, rb = itemsize(param_dtype), itemsize(compute_dtype or param_dtype), itemsize(reference_dtype or param_dtype)
+    params = sharded_params(config, sizes)
+    sharded_elems = sum(n / s for _, n, s, _ in params)
+    _, layer_elems, embed, head = _weights(params, pb)
+    L, D, T = config.num_layers, config.hidden_size, max_length
+    rows = _rows_per_device(batch_size // max(grad_accum_steps, 1), sizes)
+    per_layer = layer_elems / L
+    # activations kept for the backward pass of the policy rows: the block inputs (full remat), plus the weight
+    # matmul outputs (minimal), or every intermediate (none); plus one block's recomputed working set and its
+    # cotangents during the backward pass
+    c = config
+    saved_dots = (c.num_heads + 2 * c.num_kv_heads) * c.head_dim + 2 * D + 2 * c.intermediate_size
+    saved_per_token = {"full": D * cb, "minimal": (D + saved_dots) * cb}.get(remat_policy)
+    block = _block_activations(config, rows, T, T, cb)
+    saved = L * (rows * T * saved_per_token if saved_per_token is not None else block)
+    chunk = min(logits_chunk_size + 1 if 0 < logits_chunk_size < T else T, T)
+    head_elems = head or embed
+    parts = {
+        "parameters": sharded_elems * pb,
+        "optimizer state (AdamW mu, nu)": 2 * sharded_elems * pb,
+        "gradient": sharded_elems * pb,
+        "float32 gradient accumulator": sharded_elems * 4,
+        "reference": sharded_elems * rb if reference_mode == "online" else 0.0,
+        "gathered block weights + block gradient": per_layer * (2 * cb + 4),
+        "gathered embedding/LM head + gradient": max(embed * pb, head_elems * cb) + head_elems * 4,
+        "logits chunk": rows * chunk * c.vocab_size * 4 * 3,
+        f"activations (remat {remat_policy})": saved + 2 * block,
+    }
+    settings = dict(batch_size=batch_size, grad_accum_steps=grad_accum_steps, max_length=max_length,
+                    param_dtype=param_dtype, compute_dtype=compute_dtype, reference_mode=reference_mode,
+                    reference_dtype=reference_dtype, remat_policy=remat_policy, logits_chunk_size=logits_chunk_size,
+                    rows_per_device=rows, mesh=sizes)
+    return MemoryPlan("KTO", preset_name, preset.hbm_bytes_per_device, parts, settings)
+
+
+def generation_plan(config: ModelConfig, preset_name: str, *, mesh: Mapping[str, int] | None = None,
+                    batch_size: int, prompt_length: int, max_new_tokens: int, dtype: str = "bfloat16",
+                    compute_dtype: str = "") -> MemoryPlan:
+    """Per-device bytes of batched KV-cache decoding (module docstring); batch_size = global prompts per batch."""
+    from lasa_jax.activations import bucket_length
+
+    preset = preset_named(preset_name)
+    sizes = mesh_sizes(mesh if mesh is not None else preset.mesh, preset.num_devices)
+    pb, cb = itemsize(dtype), itemsize(compute_dtype or dtype)
+    params = sharded_params(config, sizes)
+    weights = _weights(params, pb)[0]
+    rows = _rows_per_device(batch_size, sizes)
+    prompt = bucket_length(prompt_length)
+    slots = prompt + max_new_tokens
+    c = config
+    kv_shards = sizes["tensor"] if c.num_kv_heads % sizes["tensor"] == 0 else 1
+    gathered = sum(n for _, n, shards, _ in params if shards > 1) * pb
+    parts = {
+        "weights": weights,
+        "weights gathered for the decode loop": gathered,
+        "KV cache": 2.0 * c.num_layers * rows * slots * c.num_kv_heads / kv_shards * c.head_dim * cb,
+        "prefill activations": _block_activations(config, rows, prompt, slots, cb) + rows * c.vocab_size * 4 * 2,
+    }
+    settings = dict(batch_size=batch_size, prompt_length=prompt, max_new_tokens=max_new_tokens, dtype=dtype,
+                    rows_per_device=rows, mesh=sizes)
+    return MemoryPlan("generation", preset_name, preset.hbm_bytes_per_device, parts, settings)
+
+
+# ----------------------------------------------------------------------------------------------- from configs
+def kto_settings(kto: Any) -> dict[str, Any]:
+    """`kto_plan` keyword arguments from a KTO stage config (configs/kto.py)."""
+    return dict(batch_size=int(kto.train.batch_size), grad_accum_steps=int(kto.train.grad_accum_steps),
+                max_length=int(kto.data.max_length), param_dtype=kto.dtype, compute_dtype=kto.compute_dtype,
+                reference_mode=kto.reference.mode, reference_dtype=kto.reference.dtype,
+                remat_policy=kto.remat_policy, logits_chunk_size=int(kto.train.logits_chunk_size))
+
+
+# rendered prompt length assumed for generation when `max_prompt_length` is 0 (no cut): MultiJail / XSTest prompts
+# with a chat template stay well under it; prompts beyond it get a larger bucket (and cache) than planned
+DEFAULT_PLANNED_PROMPT_LENGTH = 512
+
+
+def generation_settings(generate: Any) -> dict[str, Any]:
+    """`generation_plan` keyword arguments from a generate stage config (configs/generate.py)."""
+    return dict(batch_size=int(generate.decoding.batch_size),
+                prompt_length=int(generate.max_prompt_length) or DEFAULT_PLANNED_PROMPT_LENGTH,
+                max_new_tokens=int(generate.decoding.max_new_tokens), dtype=generate.dtype,
+                compute_dtype=generate.get("compute_dtype", "") or "")
+
+
+def _kto_variants(settings: dict[str, Any], shards: int) -> Iterable[dict[str, Any]]:
+    """Settings to try on the same preset, least intrusive first: precomputed reference, full remat, more
+    micro-batches (each still a multiple of the mesh's batch shards); then each of those with bfloat16 parameters
+    and optimizer state (a numerics change: last resort)."""
+    cumulative = [dict(settings)]
+    for change in (dict(reference_mode="precomputed"), dict(remat_policy="full")):
+        cumulative.append({**cumulative[-1], **change})
+    accum = int(settings["grad_accum_steps"])
+    while settings["batch_size"] % (accum * 2) == 0 and (settings["batch_size"] // (accum * 2)) % shards == 0:
+        accum *= 2
+        cumulative.append({**cumulative[-1], "grad_accum_steps": accum})
+    yield from cumulative[1:]
+    for variant in cumulative:
+        yield {**variant, "param_dtype": "bfloat16"}
+
+
+def _changes(old: dict[str, Any], new: dict[str, Any], prefix: str) -> str:
+    flags = {"reference_mode": "reference.mode", "remat_policy": "remat_policy", "param_dtype": "dtype",
+             "grad_accum_steps": "train.grad_accum_steps", "batch_size": "train.batch_size"}
+    return " ".join(f"--config.{prefix}{flags[k]}={new[k]}" for k in flags if k in new and new[k] != old.get(k))
+
+
+def suggest_kto(config: ModelConfig, plan: MemoryPlan, kto_prefix: str = "kto.") -> str:
+    """The first setting on the same preset (`_kto_variants`) and the smallest other preset (with its own
+    defaults) whose KTO plan fits, as flags and GiB per device; or a sentence saying no preset does."""
+    settings = {k: plan.settings[k] for k in plan.settings if k not in ("rows_per_device", "mesh")}
+    sizes = plan.settings["mesh"]
+    found = []
+    for variant in _kto_variants(settings, sizes["data"] * sizes["fsdp"]):
+        candidate = kto_plan(config, plan.preset, mesh=sizes, **variant)
+        if candidate.fits:
+            note = (" (bfloat16 master weights and AdamW moments: 1e-6 updates may stall)"
+                    if variant["param_dtype"] != settings["param_dtype"] else "")
+            found.append(f"on {plan.preset}: {_changes(settings, variant, kto_prefix)} "
+                         f"({candidate.total / GIB:.1f} GiB per device{note})")
+            break
+    by_size = sorted(TPU_PRESETS.items(), key=lambda kv: (kv[1].num_devices * kv[1].hbm_bytes_per_device))
+    for name, preset in by_size:
+        if name == plan.preset:
+            continue
+        variant = {**settings, "batch_size": preset.kto_batch_size, "grad_accum_steps": preset.kto_micro_batches,
+                   "reference_mode": preset.kto_reference_mode}
+        candidate = kto_plan(config, name, **variant)
+        if candidate.fits:
+            found.append(f"preset {name} ({preset.num_devices} chips of {preset.hbm_bytes_per_device / GIB:.0f} "
+                         f"GiB) with its defaults ({candidate.total / GIB:.1f} GiB per device)")
+            break
+    return " or ".join(found) or ("no preset of lasa_jax.presets holds it; use a larger pod slice (more chips "
+                                  "shard the state further)")
+
+
+def suggest_generation(config: ModelConfig, plan: MemoryPlan) -> str:
+    settings = {k: plan.settings[k] for k in ("batch_size", "prompt_length", "max_new_tokens", "dtype")}
+    batch = settings["batch_size"]
+    while batch > 1:
+        batch //= 2
+        if generation_plan(config, plan.preset, mesh=plan.settings["mesh"], **{**settings, "batch_size": batch}).fits:
+            return f"on {plan.preset}: --config.generate.decoding.batch_size={batch}"
+    for name in sorted(TPU_PRESETS, key=lambda n: TPU_PRESETS[n].num_devices * TPU_PRESETS[n].hbm_bytes_per_device):
+        if generation_plan(config, name, **settings).fits:
+            return f"preset {name}"
+    return "no preset of lasa_jax.presets holds it"
+
+
+def check_pipeline(config: Any, model_config: ModelConfig, stages: Iterable[str]) -> list[MemoryPlan]:
+    """Plans of the KTO and generation stages in `stages` for a pipeline config (configs/pipeline.py); raises one
+    InputError naming every plan that does not fit, its numbers and a setting or preset that fits."""
+    stages = set(stages)
+    plans, problems = [], []
+    mesh = dict(config.mesh)
+    if "kto" in stages:
+        plan = kto_plan(model_config, config.preset, mesh=mesh, **kto_settings(config.kto))
+        plans.append(plan)
+        if not plan.fits:
+            problems.append(f"{plan.describe()}; fits: {suggest_kto(model_config, plan)}")
+    if stages & {"generate_baseline", "generate_lasa"}:
+        plan = generation_plan(model_config, config.preset, mesh=mesh, **generation_settings(config.generate))
+        plans.append(plan)
+        if not plan.fits:
+            problems.append(f"{plan.describe()}; fits: {suggest_generation(model_config, plan)}")
+    if problems:
+        raise InputError(f"--config.preset={config.preset}: {model_config.num_params() / 1e9:.1f}B-parameter model "
+                         f"does not fit (lasa_jax.memory_plan): " + " | ".join(problems))
+    return plans
