@@ -1,7 +1,6 @@
 """SSI data: loaders on the real shared files and small fixtures of the reference formats, grouped splits."""
 import collections
 import json
-import logging
 import pathlib
 
 import numpy as np
@@ -15,7 +14,6 @@ from lasa_jax.data.labelled import (
     limit_groups,
     load_flores_benign,
     load_labelled_jsonl,
-    load_multijail_prompts,
     load_polyrefuse_prompts,
     load_ultrafeedback_prompts,
     load_unsafe_train_json,

@@ -43,7 +43,9 @@ RUN = {"dtype": "float32", "compute_dtype": "float32", "remat_policy": "none", "
        "data.format": "unpaired_jsonl", "data.max_length": 256, "train.batch_size": 4,
        "train.num_steps": TOTAL_STEPS, "train.learning_rate": 2e-3, "train.warmup_steps": 2,
        "train.logits_chunk_size": 64, "train.log_every_steps": 1, "checkpoint.every_steps": 8,
-       "train.peak_flops_per_device": 1e12, "export.dtype": "float32", "progress_bar": False}
+       "train.peak_flops_per_device": 1e12, "export.dtype": "float32", "progress_bar": False,
+       # the demo rows: no shared data (held-out guard waived, no benign rows; tests/test_kto_data_prep.py has both)
+       "data.root": "", "data.allow_missing_held_out": True, "data.benign.share": 0.0}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -111,7 +113,8 @@ def reference_run(llama_dir, tmp_path_factory):
 def demo_batches(llama_dir):
     """The first batches of the RUN data (batch 4, 256 positions) as KTOBatch objects."""
     rows = assign_latent_labels(load_unpaired_jsonl(DEMO_KTO), seed=42)
-    examples, _ = tokenize_rows(rows, load_tokenizer(str(llama_dir)), max_length=256)
+    # the rows that fit whole (no tail-truncated ones): the numerics tests compare step-1 losses at float32 rounding
+    examples, _ = tokenize_rows(rows, load_tokenizer(str(llama_dir)), max_length=256, truncate_completions=False)
     iterator = iterate_kto_batches(examples, batch_size=4, seq_len=256, pad_id=0, seed=42)
     return [next(iterator)[0] for _ in range(2)]
 

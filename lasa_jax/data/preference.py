@@ -3,8 +3,9 @@
 Pipeline (METHOD.md §5, with the fixes of §9 items 12-14):
   load rows (`load_paired_preference_json`, `load_unpaired_jsonl`, `convert_polyrefuse_completions`,
   `load_square_responses`) -> `assign_latent_labels` (is_unsafe: source-based proxy or SSI predictions)
-  -> `tokenize_rows` (render_example with the conditional prefix iff is_unsafe; rows that cannot fit are dropped
-  and counted per desirability and source, with a warning when a class loses more than `DROP_WARNING_FRACTION`)
+  -> `tokenize_rows` (render_example with the conditional prefix iff is_unsafe; over-long completions are
+  tail-truncated and, like completions cut by their generator (`ends_naturally`), get no end-of-turn token; counts
+  per desirability, source and language) -> `balance_class_weights` (TRL's class-weight range check)
   -> `iterate_kto_batches` (seeded permutation per epoch, KL rows paired by a derangement that avoids the row's
   own group and its own prompt, fixed-shape padded arrays, resumable from a `DataPosition`).
 

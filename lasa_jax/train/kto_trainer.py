@@ -1,9 +1,14 @@
 """Latent KTO training run (METHOD.md §5 with the fixes of §9): `train_kto(config, workdir, mesh)`.
 
 Pipeline:
-  rows (`data.format`) -> latent labels (`labels.mode`: "paper" source-based proxy, or "ssi": the SSI's
-  prediction on each prompt, scored with the frozen base model) -> token-level examples (`tokenize_rows`: the
-  conditional prefix after the assistant header iff unsafe) -> fixed-shape global batches (`iterate_kto_batches`:
+  rows (`data.format`; polyrefuse_completions of the run's model family by default, `completion_models`) ->
+  held-out guard (`lasa_jax.data.heldout.guard_inputs`: rows holding a MultiJail / XSTest / OR-Bench-hard-test /
+  OKTest prompt are dropped) -> + benign rows (`data.benign`: the base model's cached answers to PolyRefuse
+  harmless-train prompts, `lasa_jax.data.benign`) -> latent labels (`labels.mode`: "paper" source-based proxy, or
+  "ssi": the SSI's prediction on each prompt, scored with the frozen base model) -> token-level examples
+  (`tokenize_rows`: the conditional prefix after the assistant header iff unsafe; over-long completions
+  tail-truncated without end-of-turn) -> class weights (`balance_class_weights`: TRL's range check,
+  `train.balance_weights`) -> fixed-shape global batches (`iterate_kto_batches`:
   seeded shuffle per epoch, KL rows paired by a derangement) -> jit-compiled steps (`kto_step.train_step`) ->
   orbax checkpoints -> Hugging Face export of the policy.
 
@@ -34,8 +39,10 @@ Stops. SIGTERM: the current step finishes, a checkpoint is saved, `TrainResult.s
 exits with `EXIT_PREEMPTED` = 75, EX_TEMPFAIL: rerun to resume). A NaN/inf loss or gradient norm raises
 `NonFiniteLossError` naming the step; the bad state is never saved, the last good checkpoint stays.
 
-Workdir files: config.json (`start_run`), data_summary.json, metrics.jsonl + tensorboard/ (`MetricWriter`),
-checkpoints/, reference_logps.npz (precomputed mode), hf_export/ (or `export.path`), run_summary.json.
+Workdir files: config.json (`start_run`), data_summary.json (`prepare_examples`' summary: kept / truncated /
+dropped per class, source and language, guard drops, benign rows, weights), metrics.jsonl + tensorboard/
+(`MetricWriter`), checkpoints/, reference_logps.npz (precomputed mode), hf_export/ (or `export.path`),
+run_summary.json (the result, with the data counts and the weights used).
 """
 from __future__ import annotations
 
