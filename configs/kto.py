@@ -35,6 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.allow_missing_held_out = False  # True: guard with whichever held-out files exist under data.root (demo)
     c.data.max_length = 512        # padded sequence length; over-long completions are tail-truncated (no
                                    # end-of-turn), rows are dropped only when the prompt leaves no room
+    c.data.truncate_completions = True  # False: the old rule, rows whose whole completion cannot fit are dropped
     c.data.max_prompt_length = 0   # > 0: cap on template + prefix tokens (oldest user tokens dropped first)
     c.data.polyrefuse = ml_collections.ConfigDict()
     c.data.polyrefuse.models = "auto"  # comma-separated model folders | "auto": the run's family (config.json
@@ -48,7 +49,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.benign = ml_collections.ConfigDict()
     c.data.benign.share = 0.2      # fraction of the training rows (0 = none); needs data.root/polyrefuse
     c.data.benign.languages = ""   # comma-separated ISO codes ("" = the languages of the loaded rows)
-    c.data.benign.max_prompts = 600  # bound on the prompts generated (round-robin over languages)
+    c.data.benign.max_prompts = 800  # bound on the prompts generated (round-robin over languages; PolyRefuse has
+                                   # 200 harmless-train prompts per language); lower it for cheap CPU runs
     c.data.benign.max_new_tokens = 256
     c.data.benign.batch_size = 16
     c.data.benign.cache_dir = ""   # "" = <LASA_JAX_CACHE or ~/.cache/lasa-jax>/kto_benign

@@ -415,7 +415,8 @@ def test_init_from_sets_the_policy_and_the_default_reference(llama_dir, sft_llam
     beta * (log pi_init - log pi_base); SSI labels still score prompts on model_path (its SSI refuses other models);
     the reference is part of the run identity."""
     overrides = {"init_from": str(sft_llama_dir), "labels.mode": "ssi", "labels.ssi_dir": str(llama_ssi[0]),
-                 "train.num_steps": 1, "checkpoint.every_steps": 0, "export.enabled": False}
+                 "train.num_steps": 1, "checkpoint.every_steps": 0, "export.enabled": False,
+                 "data.truncate_completions": False}  # the whole-completion rows (their first batch: see below)
     base, sft = from_pretrained(llama_dir), from_pretrained(sft_llama_dir)
     examples, _ = prepare_examples(kto_config(llama_dir, **overrides), load_tokenizer(str(llama_dir)), lambda: base)
     batch = next(iterate_kto_batches(examples, batch_size=4, seq_len=256, pad_id=0, seed=42))[0]

@@ -387,7 +387,8 @@ def prepare_examples(config: ml_collections.ConfigDict, tokenizer,
     rows = label_rows(rows, config, base_model)
     examples, token_counts = tokenize_rows(
         rows, tokenizer, prefix=config.prefix, max_length=data.max_length,
-        max_prompt_length=data.max_prompt_length or None, template_kwargs=template_kwargs(config))
+        max_prompt_length=data.max_prompt_length or None, template_kwargs=template_kwargs(config),
+        truncate_completions=bool(data.get("truncate_completions", True)))
     num_desirable = sum(e.desirable for e in examples)
     t = config.train
     weights = balance_class_weights(num_desirable, len(examples) - num_desirable, t.desirable_weight,
