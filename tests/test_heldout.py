@@ -90,6 +90,9 @@ def test_kto_rows_are_checked_on_every_prompt_message_and_dropped_by_group(refer
             PreferenceRow("Hi there", "Hello.", True, "s", "en", "g2")]
     guarded, notes = guard_held_out({"rows": rows}, reference, "KTO")
     assert guarded["rows"] == rows[2:] and notes["dropped"]["rows"]["by_source"] == {"s": 1, "safety": 1}
+    ungrouped = [PreferenceRow(held_out_texts["oktest:3"], "Sure.", True, "s"), PreferenceRow("Hi", "Hello.", True,
+                                                                                              "s")]
+    assert guard_held_out({"rows": ungrouped}, reference, "KTO")[0]["rows"] == ungrouped[1:]  # no group: the row
 
 
 def test_near_duplicates_match_brute_force_jaccard(held_out_texts):

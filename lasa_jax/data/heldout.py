@@ -245,20 +245,21 @@ def guard_held_out(splits: Mapping[str, Sequence], reference: HeldOutReference |
     kept_splits, dropped = {}, {}
     memo: dict[str, tuple[str, str] | None] = {}
     for name, records in splits.items():
+        keys = [r.group_id or f"{name}#{i}" for i, r in enumerate(records)]  # a record without a group: itself
         hits: dict[str, tuple[str, str]] = {}
-        for r in records:
-            if r.group_id in hits:
+        for key, r in zip(keys, records):
+            if key in hits:
                 continue
             for text in texts(r):
                 if text not in memo:
                     memo[text] = reference.index.match(text, threshold)
                 if memo[text] is not None:
-                    hits[r.group_id] = memo[text]
+                    hits[key] = memo[text]
                     break
-        kept_splits[name] = [r for r in records if r.group_id not in hits]
+        kept_splits[name] = [r for key, r in zip(keys, records) if key not in hits]
         by_source: dict[str, int] = {}
-        for r in records:
-            if r.group_id in hits:
+        for key, r in zip(keys, records):
+            if key in hits:
                 by_source[r.source] = by_source.get(r.source, 0) + 1
         by_set: dict[str, int] = {}
         for _, label in hits.values():
