@@ -26,6 +26,7 @@ def get_config():
     c.locate.data.path = os.path.join(DEMO_DATA, "prompts.jsonl")
     c.locate.data.splits = ("train",)
     c.locate.data.max_groups_per_source = 0
+    c.locate.data.allow_missing_held_out = True  # no shared data: the held-out guard has nothing to compare with
     c.locate.selection.num_bootstrap = 100
     c.locate.report.tsne_max_iter = 250
 
@@ -34,6 +35,7 @@ def get_config():
     c.ssi.data.jsonl_path = os.path.join(DEMO_DATA, "prompts.jsonl")
     c.ssi.data.jsonl_splits = ("train",)
     c.ssi.data.include_flores = False
+    c.ssi.data.allow_missing_held_out = True
     c.ssi.data.eval_multijail = False
     c.ssi.data.train_languages = ("en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv")  # the demo's own data
     c.ssi.data.test_languages = ()
@@ -43,6 +45,8 @@ def get_config():
     c.kto.data.format = "unpaired_jsonl"
     c.kto.data.path = os.path.join(DEMO_DATA, "kto.jsonl")
     c.kto.data.max_length = 192
+    c.kto.data.allow_missing_held_out = True
+    c.kto.data.benign.share = 0.0             # the demo set has its own helpful answers (source "helpful")
     c.kto.compute_dtype = "float32"
     c.kto.reference.dtype = "float32"
     c.kto.remat_policy = "none"

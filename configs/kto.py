@@ -31,13 +31,29 @@ def get_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.path = ""               # file (comma-separated list allowed) or, for polyrefuse_completions, the root
     c.data.format = "paired_json"  # paired_json | unpaired_jsonl | polyrefuse_completions
-    c.data.max_length = 512        # padded sequence length; rows that cannot fit are dropped and counted
+    c.data.root = "../shared/data"  # shared data folder: held-out guard references, PolyRefuse harmless prompts
+    c.data.allow_missing_held_out = False  # True: guard with whichever held-out files exist under data.root (demo)
+    c.data.max_length = 512        # padded sequence length; over-long completions are tail-truncated (no
+                                   # end-of-turn), rows are dropped only when the prompt leaves no room
+    c.data.truncate_completions = True  # False: the old rule, rows whose whole completion cannot fit are dropped
     c.data.max_prompt_length = 0   # > 0: cap on template + prefix tokens (oldest user tokens dropped first)
     c.data.polyrefuse = ml_collections.ConfigDict()
-    c.data.polyrefuse.models = ""     # comma-separated model folders ("" = all)
+    c.data.polyrefuse.models = "auto"  # comma-separated model folders | "auto": the run's family (config.json
+                                   # model_type llama -> Meta-Llama-3.1-8B-Instruct, qwen2/qwen3 ->
+                                   # Qwen2.5-7B-Instruct), all folders when the family has none (logged) | "all"
     c.data.polyrefuse.languages = ""  # comma-separated ISO 639-1 codes ("" = all)
     c.data.polyrefuse.modes = "baseline,harm_ablation"
     c.data.polyrefuse.source = "safety"
+    # benign rows: the base model's greedy answers to PolyRefuse harmless-train prompts (desirable, no prefix in
+    # "paper" label mode), generated once and cached (lasa_jax.data.benign); they make `share` of the mixed rows
+    c.data.benign = ml_collections.ConfigDict()
+    c.data.benign.share = 0.2      # fraction of the training rows (0 = none); needs data.root/polyrefuse
+    c.data.benign.languages = ""   # comma-separated ISO codes ("" = the languages of the loaded rows)
+    c.data.benign.max_prompts = 800  # bound on the prompts generated (round-robin over languages; PolyRefuse has
+                                   # 200 harmless-train prompts per language); lower it for cheap CPU runs
+    c.data.benign.max_new_tokens = 256
+    c.data.benign.batch_size = 16
+    c.data.benign.cache_dir = ""   # "" = <LASA_JAX_CACHE or ~/.cache/lasa-jax>/kto_benign
 
     c.labels = ml_collections.ConfigDict()
     c.labels.mode = "paper"        # paper: is_unsafe drawn per row with a per-source probability | ssi: SSI flag
@@ -69,6 +85,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.beta = 0.1
     c.train.desirable_weight = 1.0
     c.train.undesirable_weight = 1.0
+    c.train.balance_weights = "undesirable"  # "" (weights as given; TRL's range check only warns) | "undesirable" |
+                                   # "desirable": when n_d*w_d / (n_u*w_u) (kept rows) is outside TRL's
+                                   # recommended [1, 4/3], rescale that weight to make the ratio 7/6
     c.train.logits_chunk_size = 128  # positions per log-softmax block (0 = whole sequence at once)
     c.train.log_every_steps = 10
     c.train.peak_flops_per_device = ml_collections.config_dict.placeholder(float)  # e.g. 459e12 (v5p bf16) for

@@ -35,9 +35,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.hub_split = "train"     # hub: datasets split
     c.data.hub_data_files = ""     # hub: data_files (e.g. with data.path="json")
     c.data.hub_cache_dir = ""      # hub: datasets cache folder ("" = the datasets default)
+    c.data.allow_missing_held_out = False  # True: run the held-out guard with whichever of MultiJail, XSTest,
+    #                                OR-Bench-hard-test, OKTest exist under data.root (none: skipped); the offline demo
     c.data.allow_held_out = False  # permit MultiJail / held-out sources (analysis only; never for the real k*);
-    #                                False also drops jsonl/hub/translated_json groups holding a MultiJail prompt
-    #                                (when <root>/multijail/MultiJail.csv exists)
+    #                                False: every source but multijail goes through the held-out guard
+    #                                (lasa_jax.data.heldout; MultiJail, XSTest, OR-Bench-hard-test, OKTest)
     # Source confound: in the default corpus vi, bn, sw, jv come only from FLORES (benign news) while the other six
     # languages also come from PolyRefuse (requests), so S_lang partly measures source/domain. True keeps only the
     # sources present in every requested language (all ten: FLORES only); per-source counts per language are in

@@ -3,10 +3,11 @@
     python -m lasa_jax.scripts.train_ssi --config=configs/ssi.py --config.model_path=DIR \
         --config.locate_workdir=LOCATE_DIR --config.data.root=../shared/data --workdir=DIR
 
-Writes <workdir>/ssi/ (config.json, params.safetensors, metrics.json, metrics_per_language.png); with data.root
-holding multijail/MultiJail.csv, train/val groups holding a MultiJail prompt are dropped (held-out content guard)
-and MultiJail is scored as the evaluation-only set "multijail_harmful" (data.eval_multijail); see
-lasa_jax/ssi/pipeline.py for the data and lasa_jax/ssi/artifact.py for the artifact schema.
+Writes <workdir>/ssi/ (config.json, params.safetensors, metrics.json, metrics_per_language.png). Train/val groups
+holding a MultiJail, XSTest, OR-Bench-hard-test or OKTest prompt are dropped (held-out guard, lasa_jax.data.heldout;
+the files under data.root are required unless data.allow_missing_held_out) and MultiJail is scored as the
+evaluation-only set "multijail_harmful" (data.eval_multijail); see lasa_jax/ssi/pipeline.py for the data and
+lasa_jax/ssi/artifact.py for the artifact schema.
 """
 import ml_collections
 
@@ -33,6 +34,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.test_languages = tuple(lang for lang in MULTIJAIL_LANGUAGES if lang not in ("en", "zh", "ko"))
     c.data.include_flores = True   # FLORES-200 test sentences as benign FPR check (needs data.root)
     c.data.flores_split = "test"
+    c.data.allow_missing_held_out = False  # True: run the held-out guard with whichever of MultiJail, XSTest,
+    #                                OR-Bench-hard-test, OKTest exist under data.root (none: skipped); the offline demo
     c.data.eval_multijail = True   # MultiJail (held out) as an evaluation-only harmful set, per-language TPR; used
     #                                when <root>/multijail/MultiJail.csv exists, scored after training + threshold
     c.data.dedup_jaccard = 0.6     # drop val/test groups whose text nearly duplicates train (0 = off)

@@ -23,13 +23,18 @@ special (added, `special=True`) token: Llama-3 `<|eot_id|>`, Qwen `<|im_end|>`. 
 after `<|im_end|>` is not part of the completion (generation stops at `<|im_end|>`, so it is never scored).
 
 Truncation rule (`assemble_example`, and `render_prompt` with `max_prompt_length`). Let P = len(prompt part),
-C = len(completion part). The completion, end-of-turn included, is never cut. The prompt budget is
+C = len(completion part). First the whole completion, end-of-turn included, is kept: the prompt budget is
 min(max_prompt_length, max_length - C) (max_prompt_length counts the prefix: it bounds everything before the
 completion). If P exceeds the budget, tokens are dropped from the front of the content of the last user message
 (its oldest tokens), keeping the BOS, the system block, earlier turns, the assistant header and the prefix intact,
-and keeping at least one content token. If that is not enough the example cannot fit and `None` is returned
-(the caller drops and counts the row). Only tokens lying entirely inside the user content (by character offsets)
-are ever dropped.
+and keeping at least one content token. Only tokens lying entirely inside the user content (by character offsets)
+are ever dropped. If that is not enough: without `truncate_completion` the example cannot fit and `None` is
+returned (the caller drops and counts the row); with it, the prompt is cut (as above, as far as it can be) to at most
+min(max_prompt_length, max_length // 2) tokens and the completion keeps its first max_length - P tokens (TRL's
+keep-start truncation of the completion) and gets NO end-of-turn token: the answer did not end there.
+
+A completion that its generator cut (`complete=False`, e.g. it hit max_new_tokens) gets no end-of-turn token
+either, whether or not it is cut again here (`RenderedExample.ends_turn`).
 
 Qwen3 thinking: pass the same `template_kwargs` in training and at inference (e.g. {"enable_thinking": False}, whose
 generation prompt ends with an empty think block, so the prefix follows it). With thinking on, the generation
@@ -101,6 +106,8 @@ class RenderedExample:
 
     input_ids, loss_mask: int32 (T,). loss_mask[t] = 1 iff token t belongs to the completion part (completion
     tokens and the end-of-turn token), 0 on template and prefix. The completion starts at `prefix_end`.
+    ends_turn: whether the sequence ends with the end-of-turn token(s). num_completion_cut: completion tokens cut off
+    its tail to fit max_length (then ends_turn is False).
     """
 
     input_ids: np.ndarray
@@ -110,6 +117,8 @@ class RenderedExample:
     content_start: int
     content_end: int
     num_dropped: int = 0
+    ends_turn: bool = True
+    num_completion_cut: int = 0
 
     @property
     def prompt(self) -> RenderedPrompt:
@@ -213,43 +222,61 @@ def render_prompt(tokenizer, prompt: Prompt, *, prefix: str | None = None, use_c
 
 
 def assemble_example(prompt: RenderedPrompt, completion_ids: Sequence[int] | np.ndarray, *, max_length: int,
-                     max_prompt_length: int | None = None) -> RenderedExample | None:
-    """Join a prompt part and a completion part (completion tokens + end-of-turn) under the truncation rule.
+                     max_prompt_length: int | None = None, end_of_turn: Sequence[int] = (),
+                     truncate_completion: bool = False) -> RenderedExample | None:
+    """Join a prompt part and a completion part (completion_ids + end_of_turn) under the truncation rule.
 
-    Returns None when the completion part plus the shortest allowed prompt exceeds `max_length` (or the prompt
-    cannot be cut to `max_prompt_length`).
+    completion_ids: the completion tokens (callers that join a finished completion part pass it whole, with
+    end_of_turn empty). Returns None when the row cannot fit: the completion part plus the shortest allowed prompt
+    exceeds `max_length` (or the prompt cannot be cut to `max_prompt_length`) and truncate_completion is False, or
+    even the cut prompt leaves no room for one completion token.
     """
     completion_ids = np.asarray(completion_ids, dtype=np.int32)
+    end_of_turn = np.asarray(end_of_turn, dtype=np.int32)
     if completion_ids.ndim != 1 or completion_ids.size == 0:
         raise ValueError(f"completion_ids must be a non-empty 1-D sequence, got shape {completion_ids.shape}")
-    budget = max_length - completion_ids.size
+    whole = np.concatenate([completion_ids, end_of_turn])
+    budget = max_length - whole.size
     if max_prompt_length is not None:
         budget = min(budget, max_prompt_length)
     excess = len(prompt.input_ids) - budget
-    if excess > prompt.max_droppable:
+    if excess <= prompt.max_droppable:
+        return _joined(prompt.drop_content_front(excess), whole, ends_turn=end_of_turn.size > 0, num_cut=0)
+    if not truncate_completion:
         return None
-    prompt = prompt.drop_content_front(excess)
-    input_ids = np.concatenate([prompt.input_ids, completion_ids]).astype(np.int32)
+    budget = max_length // 2 if max_prompt_length is None else min(max_length // 2, max_prompt_length)
+    prompt = prompt.drop_content_front(min(max(len(prompt.input_ids) - budget, 0), prompt.max_droppable))
+    room = max_length - len(prompt.input_ids)
+    if room < 1:
+        return None
+    return _joined(prompt, completion_ids[:room], ends_turn=False, num_cut=max(completion_ids.size - room, 0))
+
+
+def _joined(prompt: RenderedPrompt, completion: np.ndarray, *, ends_turn: bool, num_cut: int) -> RenderedExample:
+    input_ids = np.concatenate([prompt.input_ids, completion]).astype(np.int32)
     loss_mask = np.zeros(input_ids.shape, dtype=np.int32)
     loss_mask[prompt.prefix_end:] = 1
     return RenderedExample(input_ids, loss_mask, prompt.prefix_start, prompt.prefix_end, prompt.content_start,
-                           prompt.content_end, prompt.num_dropped)
+                           prompt.content_end, prompt.num_dropped, ends_turn, num_cut)
 
 
 def render_example(tokenizer, prompt: Prompt, completion: str, *, prefix: str | None = None, max_length: int = 512,
-                   max_prompt_length: int | None = None,
-                   template_kwargs: Mapping[str, Any] | None = None) -> RenderedExample | None:
+                   max_prompt_length: int | None = None, template_kwargs: Mapping[str, Any] | None = None,
+                   complete: bool = True, truncate_completion: bool = False) -> RenderedExample | None:
     """Training sequence: `render_prompt(prompt, prefix)` ids + completion ids + end-of-turn ids exactly once.
 
     The completion text is stripped of surrounding whitespace (chat templates such as Llama-3's trim message
-    content) and must not be empty. Returns None when the row cannot fit (module docstring: truncation rule).
+    content) and must not be empty. complete=False (the completion was cut by its generator): no end-of-turn.
+    truncate_completion: cut an over-long completion's tail (no end-of-turn) instead of returning None. Returns
+    None when the row cannot fit (module docstring: truncation rule).
     """
     if not isinstance(completion, str) or not completion.strip():
         raise ValueError(f"completion must be a non-empty string, got {completion!r}")
     rendered_prompt = render_prompt(tokenizer, prompt, prefix=prefix, template_kwargs=template_kwargs)
-    completion_ids = _encode(tokenizer, completion.strip()) + end_of_turn_ids(tokenizer, template_kwargs)
-    return assemble_example(rendered_prompt, completion_ids, max_length=max_length,
-                            max_prompt_length=max_prompt_length)
+    end_of_turn = end_of_turn_ids(tokenizer, template_kwargs) if complete else []
+    return assemble_example(rendered_prompt, _encode(tokenizer, completion.strip()), max_length=max_length,
+                            max_prompt_length=max_prompt_length, end_of_turn=end_of_turn,
+                            truncate_completion=truncate_completion)
 
 
 def _apply_template(tokenizer, messages, *, add_generation_prompt: bool, template_kwargs) -> str:

@@ -14,10 +14,11 @@ Steps:
    - "translated_json": the reference code's `safety_train_translated.json` at `data.path` (harmful, label 1);
    - "multijail": MultiJail (`data.path`, default `<data.root>/multijail`). A held-out evaluation set: refused
      unless `data.allow_held_out=True`, and then loudly warned about.
-   Unless `data.allow_held_out` is set, the non-default sources (jsonl, hub, translated_json) are checked for
-   held-out source names (`check_not_held_out`), and, when `<data.root>/multijail/MultiJail.csv` exists, their
-   groups holding a MultiJail prompt under any source name are dropped, counted and warned about
-   (`guard_held_out_content`: English token Jaccard >= 0.6, or an exact text match).
+   Unless `data.allow_held_out` is set, every source but "multijail" goes through the held-out guard
+   (`lasa_jax.data.heldout.guard_inputs`): held-out source names are refused, and groups holding a prompt of
+   MultiJail, XSTest, OR-Bench-hard-test or OKTest (files under `data.root`, required unless
+   `data.allow_missing_held_out`) under any source name are dropped, counted and logged (normalised exact text or
+   shingle Jaccard >= 0.6).
    Then: languages in `data.languages`, groups with >= `data.min_languages` of them, with
    `data.common_sources_only` only the sources present in every requested language (`keep_common_sources`), at
    most `data.max_groups_per_source` groups per source (0 = all), drawn with `config.seed`.
@@ -59,7 +60,7 @@ from lasa_jax.activations import (POOLINGS, capture, default_batch_size, load_ac
                                   token_ids_digest, tokenize_prompts)
 from lasa_jax.bottleneck import (BOOTSTRAP_MODES, METRICS, BottleneckResult, select_bottleneck_layer,
                                  write_bottleneck_report)
-from lasa_jax.data.labelled import check_not_held_out, guard_held_out_content
+from lasa_jax.data.heldout import guard_inputs
 from lasa_jax.data.languages import normalize_language
 from lasa_jax.data.parallel import (ParallelText, _record_from_row, check_parallel_corpus, corpus_summary,
                                     default_locate_corpus, filter_parallel_groups, keep_common_sources,
@@ -198,10 +199,11 @@ def locate_corpus_with_notes(data_config, seed: int) -> tuple[list[ParallelText]
         if root is None:
             raise ValueError("--config.data.root is required for data.source='default' (the shared data folder "
                              "holding flores200_sib200/ and polyrefuse/)")
-        notes["held_out_content"] = "not applied: the default corpus is FLORES/SIB-200 + PolyRefuse train/val"
         records = default_locate_corpus(root, languages=languages, max_groups_per_source=max_groups, seed=seed,
                                         common_sources_only=common_sources_only)
-        return filter_parallel_groups(records, languages, min_languages=data_config.min_languages), notes
+        guarded, notes["held_out_content"] = guard_inputs({"corpus": records}, root, "Locate data (default)",
+                                                          allow_missing=_allow_missing_held_out(data_config))
+        return filter_parallel_groups(guarded["corpus"], languages, min_languages=data_config.min_languages), notes
 
     if source == "multijail":
         if not data_config.allow_held_out:
@@ -228,9 +230,9 @@ def locate_corpus_with_notes(data_config, seed: int) -> tuple[list[ParallelText]
         if data_config.allow_held_out:
             notes["held_out_content"] = "not applied: data.allow_held_out=True"
         else:
-            what = f"Locate data ({source} {path})"
-            check_not_held_out(records, what=what)
-            guarded, notes["held_out_content"] = guard_held_out_content({"corpus": records}, root, what)
+            guarded, notes["held_out_content"] = guard_inputs({"corpus": records}, root,
+                                                              f"Locate data ({source} {path})",
+                                                              allow_missing=_allow_missing_held_out(data_config))
             records = guarded["corpus"]
     records = filter_parallel_groups(records, languages, min_languages=data_config.min_languages)
     if common_sources_only:
@@ -240,6 +242,11 @@ def locate_corpus_with_notes(data_config, seed: int) -> tuple[list[ParallelText]
     records = subsample_groups(records, max_groups, seed=seed)
     check_parallel_corpus(records, what=f"Locate data ({source}) after subsampling")
     return records, notes
+
+
+def _allow_missing_held_out(data_config) -> bool:
+    """`data.allow_missing_held_out`: run the held-out guard with whichever held-out files exist (the demo)."""
+    return bool(data_config.get("allow_missing_held_out", False))
 
 
 # -------------------------------------------------------------------------------------------------- activations

@@ -84,6 +84,7 @@ def stage_configs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
         out["kto"].export.path = kto_export
         if out["kto"].labels.mode == "ssi":
             out["kto"].labels.ssi_dir = ssi_dir
+        out["kto"].data.root = config.data_root
         if out["kto"].data.format == "polyrefuse_completions" and not out["kto"].data.path:
             out["kto"].data.path = os.path.join(config.data_root, "polyrefuse_completions")
     for mode, stage in GENERATE_STAGES.items():

@@ -1,7 +1,6 @@
 """SSI data: loaders on the real shared files and small fixtures of the reference formats, grouped splits."""
 import collections
 import json
-import logging
 import pathlib
 
 import numpy as np
@@ -10,22 +9,18 @@ import pytest
 from lasa_jax.data.labelled import (
     LabelledPrompt,
     check_disjoint_groups,
-    check_not_held_out,
-    drop_held_out_content,
     drop_near_duplicate_groups,
     grouped_split,
-    guard_held_out_content,
     limit_groups,
     load_flores_benign,
     load_labelled_jsonl,
-    load_multijail_prompts,
     load_polyrefuse_prompts,
     load_ultrafeedback_prompts,
     load_unsafe_train_json,
     select_languages,
     split_summary,
 )
-from lasa_jax.data.parallel import POLYREFUSE_MULTIJAIL_OVERLAP
+from lasa_jax.data.heldout import POLYREFUSE_MULTIJAIL_ROWS
 
 DEMO_PROMPTS = pathlib.Path(__file__).resolve().parents[1] / "lasa_jax" / "demo_data" / "prompts.jsonl"
 
@@ -64,7 +59,7 @@ def test_polyrefuse_test_drops_multijail_rows(shared_data):
     assert counts[("test", "en", 0)] == counts[("test", "ko", 0)] == counts[("test", "it", 0)] == 500
     assert counts[("test", "zh", 0)] == 0  # no Chinese harmless_test upstream
     harmful_groups = {r.group_id for r in records if r.label == 1}
-    for row in POLYREFUSE_MULTIJAIL_OVERLAP:
+    for row in POLYREFUSE_MULTIJAIL_ROWS:
         assert f"polyrefuse/harmful_test:{row}" not in harmful_groups
     assert "polyrefuse/harmful_test:344" in harmful_groups
 
@@ -227,13 +222,6 @@ def test_check_disjoint_groups_names_the_leak():
         check_disjoint_groups({"train": [a], "val": [b]})
 
 
-def test_check_not_held_out():
-    check_not_held_out([LabelledPrompt("x", "en", 1, "polyrefuse/harmful_train:1", "polyrefuse/harmful_train")])
-    for source in ("multijail", "MultiJail.csv", "xstest_v2", "or-bench-hard-test", "oktest"):
-        with pytest.raises(ValueError, match="held-out"):
-            check_not_held_out([LabelledPrompt("x", "en", 1, f"{source}:1", source)])
-
-
 def test_limit_groups_and_select_languages():
     records = _synthetic(num_groups=80)
     limited = limit_groups(records, 5, seed=3)
@@ -249,56 +237,3 @@ def test_limit_groups_and_select_languages():
     assert summary["num_groups"] == 10 and summary["num_rows"] == len(limited)
 
 
-# ------------------------------------------------------------------------------------------ held-out content
-
-
-def test_content_guard_finds_the_readme_multijail_overlaps(shared_data):
-    """The shared README's disjointness check, reproduced: of the PolyRefuse harmful_test English instructions
-    (read raw, before the loader drops them) exactly rows 345, 405, 530 and 548 are MultiJail prompts, and
-    PolyRefuse train/val (all three SSI training languages) hold none."""
-    multijail = load_multijail_prompts(shared_data / "multijail")
-    assert len(multijail) == 3150 and {r.label for r in multijail} == {1} and {r.split for r in multijail} == {"test"}
-    raw = json.loads((shared_data / "polyrefuse/PolyRefuse/harmful_test_translated_it.json").read_text("utf-8"))
-    english = [LabelledPrompt(row["instruction"], "en", 1, f"t:{i}", "t") for i, row in enumerate(raw)]
-    kept, dropped = drop_held_out_content(english, multijail)
-    assert dropped == sorted(f"t:{i}" for i in POLYREFUSE_MULTIJAIL_OVERLAP)
-    assert len(kept) == len(english) - 4
-    train_val = load_polyrefuse_prompts(shared_data / "polyrefuse", ("train", "val"), ("en", "zh", "ko"))
-    assert drop_held_out_content(train_val, multijail)[1] == []
-
-
-def test_content_guard_drops_multijail_prompts_under_other_names(shared_data, caplog):
-    multijail = {(r.group_id, r.language): r.text for r in load_multijail_prompts(shared_data / "multijail")}
-    english = multijail[("multijail:7", "en")]
-    paraphrase = english.rstrip("?.!") + " please"  # one token more: Jaccard still >= 0.6
-    records = [
-        LabelledPrompt(paraphrase, "en", 1, "mine:a", "mine"),
-        LabelledPrompt("How do I bake bread?", "en", 0, "mine:b", "mine"),
-        LabelledPrompt("如何烤面包？", "zh", 0, "mine:b", "mine"),
-        # a translation only: exact match (whitespace and case ignored) with MultiJail's Korean column
-        LabelledPrompt("  " + multijail[("multijail:12", "ko")].replace(" ", "  ") + " ", "ko", 1, "mine:c", "mine"),
-        # filed under the wrong language: MultiJail's Swahili text labelled Javanese
-        LabelledPrompt(multijail[("multijail:20", "sw")].upper(), "jv", 1, "mine:d", "mine"),
-        LabelledPrompt("Nyanyi lagu", "jv", 0, "mine:e", "mine"),
-    ]
-    with caplog.at_level(logging.WARNING, logger="lasa_jax.data.labelled"):
-        guarded, notes = guard_held_out_content({"train": records, "val": records[1:3]}, shared_data, "fixture")
-    assert [r.group_id for r in guarded["train"]] == ["mine:b", "mine:b", "mine:e"]
-    assert guarded["val"] == records[1:3]
-    assert notes["checked"] and notes["jaccard_threshold"] == 0.6
-    assert notes["dropped"] == {"train": {"groups": ["mine:a", "mine:c", "mine:d"], "rows": 3},
-                                "val": {"groups": [], "rows": 0}}
-    assert "fixture, train: dropped 3 groups (3 rows) holding a MultiJail prompt" in caplog.text
-    # the README's test: a different prompt sharing a few words is not a near duplicate
-    unrelated = LabelledPrompt(" ".join(english.split()[:2]) + " cook pasta for dinner tonight", "en", 0, "x:1", "x")
-    assert drop_held_out_content([unrelated], list(load_multijail_prompts(shared_data / "multijail", ["en"])))[1] == []
-
-
-def test_content_guard_without_multijail_warns_and_keeps_everything(tmp_path, caplog):
-    records = [LabelledPrompt("anything", "en", 1, "mine:a", "mine")]
-    with caplog.at_level(logging.WARNING, logger="lasa_jax.data.labelled"):
-        guarded, notes = guard_held_out_content({"train": records}, tmp_path, "fixture")
-    assert guarded == {"train": records} and notes["checked"] is False
-    assert "MultiJail.csv not found" in notes["reason"] and "content guard skipped" in caplog.text
-    assert guard_held_out_content({"train": records}, None, "fixture")[1] == {"checked": False,
-                                                                             "reason": "no data root given"}

@@ -5,9 +5,9 @@ import re
 
 import pytest
 
+from lasa_jax.data.heldout import POLYREFUSE_MULTIJAIL_ROWS
 from lasa_jax.data.languages import MULTIJAIL_LANGUAGES, language_name, normalize_language
 from lasa_jax.data.parallel import (
-    POLYREFUSE_MULTIJAIL_OVERLAP,
     ParallelText,
     check_parallel_corpus,
     corpus_summary,
@@ -113,7 +113,7 @@ def test_polyrefuse_test_split_drops_multijail_rows(shared_data):
     records = load_polyrefuse(shared_data / "polyrefuse", splits=["test"], languages=None)
     harmful = [r for r in records if r.source == "polyrefuse/harmful_test"]
     rows = {int(r.group_id.rsplit(":", 1)[1]) for r in harmful}
-    assert len(rows) == 572 - 4 and not rows & POLYREFUSE_MULTIJAIL_OVERLAP
+    assert len(rows) == 572 - 4 and not rows & POLYREFUSE_MULTIJAIL_ROWS
     assert len({r.language for r in harmful}) == 14
     translated = json.loads((shared_data / "polyrefuse/PolyRefuse/harmful_test_translated_ko.json").read_text("utf-8"))
     by_key = {(r.group_id, r.language): r.text for r in harmful}

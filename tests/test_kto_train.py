@@ -43,7 +43,9 @@ RUN = {"dtype": "float32", "compute_dtype": "float32", "remat_policy": "none", "
        "data.format": "unpaired_jsonl", "data.max_length": 256, "train.batch_size": 4,
        "train.num_steps": TOTAL_STEPS, "train.learning_rate": 2e-3, "train.warmup_steps": 2,
        "train.logits_chunk_size": 64, "train.log_every_steps": 1, "checkpoint.every_steps": 8,
-       "train.peak_flops_per_device": 1e12, "export.dtype": "float32", "progress_bar": False}
+       "train.peak_flops_per_device": 1e12, "export.dtype": "float32", "progress_bar": False,
+       # the demo rows: no shared data (held-out guard waived, no benign rows; tests/test_kto_data_prep.py has both)
+       "data.root": "", "data.allow_missing_held_out": True, "data.benign.share": 0.0}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -111,7 +113,8 @@ def reference_run(llama_dir, tmp_path_factory):
 def demo_batches(llama_dir):
     """The first batches of the RUN data (batch 4, 256 positions) as KTOBatch objects."""
     rows = assign_latent_labels(load_unpaired_jsonl(DEMO_KTO), seed=42)
-    examples, _ = tokenize_rows(rows, load_tokenizer(str(llama_dir)), max_length=256)
+    # the rows that fit whole (no tail-truncated ones): the numerics tests compare step-1 losses at float32 rounding
+    examples, _ = tokenize_rows(rows, load_tokenizer(str(llama_dir)), max_length=256, truncate_completions=False)
     iterator = iterate_kto_batches(examples, batch_size=4, seq_len=256, pad_id=0, seed=42)
     return [next(iterator)[0] for _ in range(2)]
 
@@ -412,7 +415,8 @@ def test_init_from_sets_the_policy_and_the_default_reference(llama_dir, sft_llam
     beta * (log pi_init - log pi_base); SSI labels still score prompts on model_path (its SSI refuses other models);
     the reference is part of the run identity."""
     overrides = {"init_from": str(sft_llama_dir), "labels.mode": "ssi", "labels.ssi_dir": str(llama_ssi[0]),
-                 "train.num_steps": 1, "checkpoint.every_steps": 0, "export.enabled": False}
+                 "train.num_steps": 1, "checkpoint.every_steps": 0, "export.enabled": False,
+                 "data.truncate_completions": False}  # the whole-completion rows (their first batch: see below)
     base, sft = from_pretrained(llama_dir), from_pretrained(sft_llama_dir)
     examples, _ = prepare_examples(kto_config(llama_dir, **overrides), load_tokenizer(str(llama_dir)), lambda: base)
     batch = next(iterate_kto_batches(examples, batch_size=4, seq_len=256, pad_id=0, seed=42))[0]

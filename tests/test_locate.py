@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM
 
 from lasa_jax.activations import load_activations, tokenize_prompts
 from lasa_jax.bottleneck import load_bottleneck
+from lasa_jax.data.heldout import HELD_OUT_FILES
 from lasa_jax.data.labelled import load_multijail_prompts
 from lasa_jax.data.parallel import corpus_summary, default_locate_corpus
 from lasa_jax.locate import (ACTIVATIONS_FILE, ACTIVATIONS_META_FILE, load_locate_corpus, locate_corpus_with_notes,
@@ -105,9 +106,11 @@ def test_stored_activations_match_hf_and_the_reported_silhouettes(script_run, ti
     # both files report the corpus, with texts per source and language (the source/language mix)
     summary = corpus_summary(records)
     assert meta["corpus"] == summary
-    assert report["corpus"] == {**summary, "notes": {
-        "source": "default", "common_sources_only": False,
-        "held_out_content": "not applied: the default corpus is FLORES/SIB-200 + PolyRefuse train/val"}}
+    notes = report["corpus"]["notes"]
+    held_out = notes.pop("held_out_content")  # the default corpus goes through the held-out guard too
+    assert report["corpus"] == {**summary, "notes": {"source": "default", "common_sources_only": False}}
+    assert held_out["checked"] and set(held_out["references"]) == set(HELD_OUT_FILES)
+    assert held_out["dropped"]["corpus"]["by_set"] == {}  # FLORES/PolyRefuse train/val: nothing held out here
     assert report["corpus"]["texts_per_source_language"]["flores"] == {lang: GROUPS_PER_SOURCE
                                                                        for lang in sorted(LANGUAGES)}
 
@@ -162,6 +165,8 @@ def test_changed_tokenisation_captures_again(script_run, tiny_hf_dirs, shared_da
 
 def test_demo_jsonl_uses_its_train_split_with_a_given_model(tiny_hf_dirs, tmp_path):
     config = _locate_config()
+    config.data.allow_missing_held_out = True  # as the offline demo: no shared data
+    config.data.root = ""
     config.model_path = str(tiny_hf_dirs["llama"])
     config.data.source = "jsonl"
     config.data.path = str(DEMO_PROMPTS)
@@ -236,8 +241,9 @@ def test_non_default_sources_drop_multijail_prompts_under_other_names(tmp_path, 
     with caplog.at_level("WARNING"):
         records, notes = locate_corpus_with_notes(config.data, seed=0)
     assert {r.group_id for r in records} == {"mine:0", "mine:1", "mine:2"}
-    assert notes["held_out_content"]["dropped"] == {"corpus": {"groups": ["mine:3", "mine:4"], "rows": 4}}
-    assert "corpus: dropped 2 groups (4 rows) holding a MultiJail prompt" in caplog.text
+    dropped = notes["held_out_content"]["dropped"]["corpus"]
+    assert (dropped["groups"], dropped["rows"], dropped["by_set"]) == (["mine:3", "mine:4"], 4, {"multijail": 2})
+    assert "corpus: held-out guard dropped 2 groups (4 rows" in caplog.text
     config.data.allow_held_out = True  # deliberate analysis: nothing dropped
     assert len(load_locate_corpus(config.data, seed=0)) == len(rows)
 
@@ -266,8 +272,9 @@ def test_common_sources_only_removes_the_source_confound(tmp_path, shared_data):
     assert notes["dropped_sources"] == {"both": ["en", "zh"], "korean_only": ["en", "ko"]}
 
 
-def test_hub_source_reads_local_files_through_datasets(tmp_path):
+def test_hub_source_reads_local_files_through_datasets(tmp_path, shared_data):
     config = _locate_config()
+    config.data.root = str(shared_data)  # the held-out guard checks the rows
     config.data.source = "hub"
     config.data.path = "json"
     config.data.hub_data_files = str(_write_rows(tmp_path / "rows.jsonl"))
@@ -278,11 +285,12 @@ def test_hub_source_reads_local_files_through_datasets(tmp_path):
     assert len(records) == 6 and (tmp_path / "cache").is_dir()
 
 
-def test_translated_json_source_reads_the_reference_layout(tmp_path):
+def test_translated_json_source_reads_the_reference_layout(tmp_path, shared_data):
     rows = [{"idx": i, "original_query": f"query {i}", "translations": {"Chinese": f"查询 {i}", "Javanese": f"q {i}"}}
             for i in range(4)]
     (tmp_path / "safety_train_translated.json").write_text(json.dumps(rows, ensure_ascii=False))
     config = _locate_config()
+    config.data.root = str(shared_data)
     config.data.source = "translated_json"
     config.data.path = str(tmp_path / "safety_train_translated.json")
     config.data.languages = ("en", "zh", "jv")

@@ -113,7 +113,8 @@ def test_paper_model_configs_resolve_for_every_preset(model):
         assert stages["generate_lasa"].model_path == "/runs/x/kto/hf_export"
         assert stages["generate_lasa"].ssi_dir == stages["kto"].labels.ssi_dir or stages["kto"].labels.mode == "paper"
         assert stages["evaluate"].lasa_generations == "/runs/x/generate_lasa/generations.jsonl"
-        assert stages["ssi"].data.root == stages["locate"].data.root == stages["generate_lasa"].data_root == "../shared/data"
+        assert stages["ssi"].data.root == stages["locate"].data.root == stages["generate_lasa"].data_root == \
+            stages["kto"].data.root == "../shared/data"
         thinking = '{"enable_thinking": false}' if model.startswith("qwen3") else ""
         assert all(stages[s].template_kwargs == thinking for s in ("kto", "generate_baseline", "generate_lasa"))
     # the KTO state of every paper model fits a v5p pod slice; 32B models do not fit one v5p-8 VM

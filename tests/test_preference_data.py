@@ -4,15 +4,19 @@ import json
 import logging
 import math
 import re
+import unicodedata
 
 import numpy as np
 import pytest
 
-from lasa_jax.chat import CONDITIONAL_PREFIX, render_prompt
-from lasa_jax.data.preference import (MULTIJAIL_OVERLAP_INDICES, DataPosition, PreferenceRow, assign_latent_labels,
+from lasa_jax.chat import CONDITIONAL_PREFIX, end_of_turn_ids, render_prompt
+from lasa_jax.data.heldout import POLYREFUSE_MULTIJAIL_ROWS
+from lasa_jax.data.preference import (NATURAL_END_CHARS, DataPosition, PreferenceRow, assign_latent_labels,
                                       batches_per_epoch, build_kto_batch, convert_polyrefuse_completions, derangement,
-                                      epoch_permutation, iterate_kto_batches, kl_partners, load_paired_preference_json,
-                                      load_square_responses, load_unpaired_jsonl, prompt_group_id, tokenize_rows)
+                                      ends_naturally, epoch_permutation, family_completion_models, iterate_kto_batches,
+                                      kl_partners, load_paired_preference_json, load_square_responses,
+                                      load_unpaired_jsonl, prompt_group_id, tokenize_rows)
+from lasa_jax.errors import InputError
 from lasa_jax.testing import build_tokenizer
 
 QUESTIONS = ["How do I bake bread at home?", "What is the capital of France?", "Please explain photosynthesis.",
@@ -117,13 +121,13 @@ def test_polyrefuse_converter(shared_data):
     # SOURCE.md table: 8 files x 572; 233 "neither", 1771 harmful answers, 2572 refusals in all. At the MultiJail
     # indices the files hold 19 refusals, 12 harmful answers and 1 "neither".
     assert counts["files"] == 8 and counts["records"] == 8 * 572
-    assert counts["dropped_multijail"] == 8 * len(MULTIJAIL_OVERLAP_INDICES)
+    assert counts["dropped_multijail"] == 8 * len(POLYREFUSE_MULTIJAIL_ROWS)
     assert counts["dropped_neither"] == 233 - 1
     assert counts["undesirable"] == 1771 - 12
     assert counts["desirable"] + counts["dropped_duplicate"] == 2572 - 19
     assert counts["desirable"] == sum(r.desirable for r in rows) and len(rows) == counts["desirable"] + 1759
-    dropped = {f"polyrefuse/harmful_test/{i}" for i in MULTIJAIL_OVERLAP_INDICES}
-    assert not any(r.group_id in dropped or int(r.origin.rsplit("#", 1)[1]) in MULTIJAIL_OVERLAP_INDICES
+    dropped = {f"polyrefuse/harmful_test/{i}" for i in POLYREFUSE_MULTIJAIL_ROWS}
+    assert not any(r.group_id in dropped or int(r.origin.rsplit("#", 1)[1]) in POLYREFUSE_MULTIJAIL_ROWS
                    for r in rows)
     assert {r.language for r in rows} == {"en", "it", "zh", "ko"} and {r.source for r in rows} == {"safety"}
     assert len({(r.language, r.prompt, r.completion.strip()) for r in rows}) == len(rows)
@@ -142,7 +146,7 @@ def test_polyrefuse_converter(shared_data):
     en_rows, en_counts = convert_polyrefuse_completions(root, models=["Qwen2.5-7B-Instruct"], languages=["en"],
                                                         modes=["harm_ablation"])
     assert en_counts["files"] == 1 and en_counts["desirable"] == 0
-    assert en_counts["undesirable"] == 529 - len(MULTIJAIL_OVERLAP_INDICES)
+    assert en_counts["undesirable"] == 529 - len(POLYREFUSE_MULTIJAIL_ROWS)
     zh_groups = {r.group_id for r in rows if r.language == "zh"}
     assert zh_groups & {r.group_id for r in en_rows}
     # language filters accept any spelling; a bare string is one model / mode, not a set of characters
@@ -318,33 +322,101 @@ def test_kl_rows_never_pair_a_prompt_with_its_own_other_answer(tmp_path, tokeniz
                 assert rows[batch.row_index[i]].prompt != rows[batch.row_index[p]].prompt
 
 
-def test_rows_that_cannot_fit_are_dropped_and_counted_by_class_and_source(pair_rows, tokenizer, caplog):
-    # the undesirable answers are the long ones: at 215 tokens 4 of 12 do not fit, every refusal does
-    rows = [dataclasses.replace(row, source="other") if i % 4 == 1 else row for i, row in enumerate(pair_rows)]
+def test_over_long_rows_are_truncated_not_dropped_and_counted_by_class_source_and_language(pair_rows, tokenizer,
+                                                                                           caplog):
+    """At 215 tokens 4 of the 12 (long) undesirable answers do not fit whole: they are tail-truncated, keep the
+    start of the full sequence and get no end-of-turn token; every refusal fits. truncate_completions=False is the
+    old rule (drop, count, warn)."""
+    rows = [dataclasses.replace(row, source="other" if i % 4 == 1 else row.source, language="ko" if i < 6 else "")
+            for i, row in enumerate(pair_rows)]
+    eot = end_of_turn_ids(tokenizer)
     with caplog.at_level(logging.WARNING, logger="lasa_jax.data.preference"):
         examples, counts = tokenize_rows(rows, tokenizer, max_length=215)
-    assert counts["dropped_too_long"] > 0 and counts["kept"] > 0
-    assert counts["kept"] + counts["dropped_too_long"] == len(rows) == counts["rows"]
-    assert len(examples) == counts["kept"] and all(len(e.rendered.input_ids) <= 215 for e in examples)
-    kept = {e.row_index for e in examples}
-    expected_by_source: dict = {}
-    for i, row in enumerate(rows):
-        tally = expected_by_source.setdefault(row.source, {}).setdefault(
-            "desirable" if row.desirable else "undesirable", {"rows": 0, "kept": 0, "dropped_too_long": 0})
-        tally["rows"] += 1
-        tally["kept" if i in kept else "dropped_too_long"] += 1
-    assert counts["by_source"] == expected_by_source and set(expected_by_source) == {"safety", "other"}
-    assert counts["by_class"] == {"desirable": {"rows": 12, "kept": 12, "dropped_too_long": 0},
-                                  "undesirable": {"rows": 12, "kept": 8, "dropped_too_long": 4}}
+    assert not caplog.records and counts["dropped_too_long"] == 0 and counts["kept"] == len(rows) == len(examples)
+    full, _ = tokenize_rows(rows, tokenizer, max_length=10_000)
+    expected: dict = {"by_class": {}, "by_source": {}, "by_language": {}}
+    for example, whole, row in zip(examples, full, rows):
+        rendered, completion = example.rendered, example.rendered.completion_ids
+        cut = not rendered.ends_turn
+        assert len(rendered.input_ids) <= 215 and cut == (rendered.num_completion_cut > 0)
+        if cut:  # the prompt is cut towards max_length // 2 = 107 (user content only: the template and the
+            # prefix stay); the completion keeps its start and fills the rest, the end-of-turn is gone
+            prompt = whole.rendered.prompt
+            expected_prompt = prompt.drop_content_front(min(max(len(prompt.input_ids) - 107, 0), prompt.max_droppable))
+            np.testing.assert_array_equal(rendered.prompt.input_ids, expected_prompt.input_ids)
+            assert len(rendered.input_ids) == 215 and rendered.loss_mask.sum() == len(completion)
+            np.testing.assert_array_equal(completion, whole.rendered.completion_ids[:len(completion)])
+            assert rendered.num_completion_cut == len(whole.rendered.completion_ids) - len(eot) - len(completion)
+        else:  # the whole completion, end-of-turn included (oldest user tokens dropped if needed: the old rule)
+            np.testing.assert_array_equal(completion, whole.rendered.completion_ids)
+            assert completion[-len(eot):].tolist() == eot
+        outcome = {"rows": 1, "kept": 1, "truncated": int(cut), "no_end_of_turn": int(cut), "dropped_too_long": 0}
+        label = "desirable" if row.desirable else "undesirable"
+        for key, name in (("by_class", None), ("by_source", row.source), ("by_language", row.language or "?")):
+            tally = expected[key] if name is None else expected[key].setdefault(name, {})
+            tally = tally.setdefault(label, dict.fromkeys(outcome, 0))
+            for field, value in outcome.items():
+                tally[field] += value
+    for key in expected:
+        assert counts[key] == expected[key], key
+    assert counts["by_class"]["undesirable"]["truncated"] == 4 and counts["truncated"] == 4
+    assert counts["by_class"]["desirable"]["truncated"] == 0
+
+    with caplog.at_level(logging.WARNING, logger="lasa_jax.data.preference"):
+        examples, counts = tokenize_rows(rows, tokenizer, max_length=215, truncate_completions=False)
+    assert counts["by_class"]["undesirable"] == {"rows": 12, "kept": 8, "truncated": 0, "no_end_of_turn": 0,
+                                                 "dropped_too_long": 4}
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and warnings[0].startswith("4 of 12 undesirable rows (33%")
-    assert "8 desirable" not in warnings[0] and "12 desirable : 8 undesirable" in warnings[0]
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="lasa_jax.data.preference"):
-        _, counts = tokenize_rows(rows, tokenizer, max_length=SEQ_LEN)
-    assert counts["dropped_too_long"] == 0 and not caplog.records
+    assert "12 desirable : 8 undesirable" in warnings[0]
+    # a row is dropped only when even the cut prompt leaves no room (the template alone is ~90 tokens)
+    _, counts = tokenize_rows(rows[:2], tokenizer, max_length=60)
+    assert counts["dropped_too_long"] == 2 and counts["kept"] == 0
     with pytest.raises(ValueError, match="assign_latent_labels"):
         tokenize_rows([PreferenceRow("q", "a", True, "s")], tokenizer)
+
+
+def test_a_completion_cut_by_its_generator_gets_no_end_of_turn(pair_rows, tokenizer, tmp_path):
+    row = pair_rows[0]
+    eot = end_of_turn_ids(tokenizer)
+    (whole, capped), counts = tokenize_rows([row, dataclasses.replace(row, complete=False)], tokenizer,
+                                            max_length=SEQ_LEN)
+    np.testing.assert_array_equal(capped.rendered.input_ids, whole.rendered.input_ids[:-len(eot)])
+    assert whole.rendered.ends_turn and not capped.rendered.ends_turn and counts["no_end_of_turn"] == 1
+    assert counts["truncated"] == 0
+    # the unpaired JSONL field
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"prompt": "q", "completion": "a", "label": True, "source": "s", "complete": False})
+                    + "\n" + json.dumps({"prompt": "q", "completion": "b", "label": False, "source": "s"}) + "\n",
+                    encoding="utf-8")
+    assert [r.complete for r in load_unpaired_jsonl(path)] == [False, True]
+    path.write_text(json.dumps({"prompt": "q", "completion": "a", "label": True, "source": "s", "complete": 1}),
+                    encoding="utf-8")
+    with pytest.raises(InputError, match="field 'complete' must be true or false"):
+        load_unpaired_jsonl(path)
+
+
+def test_generator_cut_answers_of_the_polyrefuse_completions(shared_data):
+    """The completions keep no token ids; an answer whose text stops without a natural end was cut at the
+    generator's 512 new tokens. Baseline refusals almost always end; refusal-ablated compliances mostly do not."""
+    rows, counts = convert_polyrefuse_completions(shared_data / "polyrefuse_completions")
+    assert counts["generator_cut"] == sum(not r.complete for r in rows) > 0
+    for row in rows:
+        assert row.complete == (row.completion.rstrip()[-1] in NATURAL_END_CHARS
+                                or unicodedata.category(row.completion.rstrip()[-1]) == "So")
+    cut = {mode: np.mean([not r.complete for r in rows if f"/{mode}#" in r.origin])
+           for mode in ("baseline", "harm_ablation")}
+    assert cut["baseline"] < 0.1 < 0.5 < cut["harm_ablation"]
+    assert ends_naturally("Done.") and ends_naturally("真的吗") and ends_naturally("ok 🙏") and ends_naturally("(x)")
+    assert not ends_naturally("and then the") and not ends_naturally("   ")
+
+
+def test_the_run_family_selects_its_completions(shared_data):
+    root = shared_data / "polyrefuse_completions"
+    assert family_completion_models(root, "llama") == ["Meta-Llama-3.1-8B-Instruct"]
+    assert family_completion_models(root, "qwen2") == family_completion_models(root, "qwen3") == [
+        "Qwen2.5-7B-Instruct"]
+    assert family_completion_models(root, "gemma2") is None
 
 
 def _fingerprint(batch):

@@ -19,6 +19,7 @@ from lasa_jax.activations import tokenize_prompts
 from lasa_jax.data.labelled import load_multijail_prompts
 from lasa_jax.data.languages import MULTIJAIL_LANGUAGES
 from lasa_jax.data.preference import PreferenceRow, assign_latent_labels
+from lasa_jax.errors import InputError
 from lasa_jax.models import from_pretrained
 from lasa_jax.ssi import (SSI, SSIConfig, SSIScorer, choose_threshold, classification_metrics, evaluate_by_language,
                           load_ssi, new_classifier, predict_logits, prompt_features, resolve_hidden_dims, roc_auc,
@@ -403,8 +404,8 @@ def test_train_ssi_script_end_to_end_on_shared_data(tiny_hf_dirs, shared_data, t
         assert 0.0 <= multijail[language]["tpr"] <= 1.0 and multijail[language]["fpr"] is None
     assert metrics["data"]["multijail_harmful"]["sources"] == {"multijail": 60}
     notes = metrics["data"]["notes"]
-    assert notes["held_out_content"]["checked"] and notes["held_out_content"]["dropped"] == {
-        "train": {"groups": [], "rows": 0}, "val": {"groups": [], "rows": 0}}  # PolyRefuse train/val: no overlap
+    assert notes["held_out_content"]["checked"] and {  # PolyRefuse train/val en/zh/ko: no held-out prompt
+        name: split["rows"] for name, split in notes["held_out_content"]["dropped"].items()} == {"train": 0, "val": 0}
     assert notes["multijail_evaluation"]["languages"] == ["en", "zh", "ko", "it", "vi", "ar", "th", "bn", "sw", "jv"]
     assert metrics["threshold"]["chosen"] == config["threshold"]
     assert set(metrics["summary"]) == set(metrics["evaluation"])
@@ -445,8 +446,9 @@ def _ssi_config():
     return module.get_config()
 
 
-def test_demo_jsonl_data_uses_the_train_split_only():
+def test_demo_jsonl_data_uses_the_train_split_only(shared_data):
     config = _ssi_config()
+    config.data.root = str(shared_data)  # held-out guard and MultiJail evaluation set
     config.data.source = "jsonl"
     config.data.jsonl_path = str(DEMO_PROMPTS)
     config.data.test_languages = ()
@@ -518,17 +520,21 @@ def test_ssi_data_drops_multijail_prompts_under_another_source_name(shared_data,
     assert dropped["train"]["rows"] + dropped["val"]["rows"] == 2 * len(dropped_groups)
     assert not copied & {r.group_id for r in data.train + data.val}  # the rest went to the test split
     assert copied - dropped_groups <= {r.group_id for r in data.evaluation["test_in_distribution"]}
-    assert "holding a MultiJail prompt" in caplog.text
-    config.data.root = ""  # no MultiJail to compare with: the guard cannot run, and says so
+    assert "held-out guard dropped" in caplog.text and set(dropped["train"]["by_set"]) <= {"multijail"}
+    config.data.root = ""  # nothing to compare with: an error unless waived, and then the guard says so
+    with pytest.raises(InputError, match="allow_missing_held_out"):
+        load_ssi_data(config.data, seed=0)
+    config.data.allow_missing_held_out = True
     with caplog.at_level("WARNING"):
         unguarded = load_ssi_data(config.data, seed=0)
-    assert unguarded.notes["held_out_content"] == {"checked": False, "reason": "no data root given"}
+    assert unguarded.notes["held_out_content"]["checked"] is False
     assert dropped_groups <= {r.group_id for r in unguarded.train + unguarded.val}
-    assert "content guard skipped" in caplog.text
+    assert "held-out content guard not applied" in caplog.text
 
 
-def test_train_ssi_on_demo_jsonl(tiny_hf_dirs, tmp_path):
+def test_train_ssi_on_demo_jsonl(tiny_hf_dirs, tmp_path, shared_data):
     config = _ssi_config()
+    config.data.root = str(shared_data)  # the held-out guard
     config.model_path = str(tiny_hf_dirs["qwen3"])
     config.dtype = "float32"
     config.residual_index = 1

@@ -24,15 +24,10 @@ Loaders and the fields they assume:
 - `load_labelled_jsonl`: generic JSON Lines `{"prompt" (alias "text"), "language", "label" (0/1 or false/true),
   "group_id"}` plus optional `"source"` and `"split"`; e.g. `lasa_jax/demo_data/prompts.jsonl`.
 
-Held-out evaluation sets (MultiJail, XSTest, OR-Bench-hard-test, OKTest) are never SSI training data:
-- `check_not_held_out` rejects records whose source names one of them; the Stage 2 pipeline calls it on every split
-  that trains or selects.
-- `guard_held_out_content` catches held-out prompts under another source name (a user JSONL, the authors'
-  unsafe_train.json): with `<data root>/multijail/MultiJail.csv` present it drops, counts and warns about every
-  query group holding a MultiJail prompt (`drop_held_out_content`: token Jaccard >= 0.6 on English, the shared
-  README's disjointness test, or an exact match, case and whitespace ignored, with any MultiJail text).
-- `load_multijail_prompts` reads MultiJail for the SSI's evaluation-only harmful set (scored after training and
-  threshold selection) and for the guard; nothing else may use it.
+Held-out evaluation sets (MultiJail, XSTest, OR-Bench-hard-test, OKTest) are never SSI training data: the stages
+run `lasa_jax.data.heldout.guard_inputs` (source names and content against all four files) on their inputs.
+`load_multijail_prompts` reads MultiJail for the SSI's evaluation-only harmful set (scored after training and
+threshold selection); nothing else may use it.
 """
 from __future__ import annotations
 
@@ -46,7 +41,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from lasa_jax.data.eval_sets import MULTIJAIL_CSV
+from lasa_jax.data.heldout import NEAR_DUPLICATE_JACCARD, TextIndex
 from lasa_jax.data.languages import normalize_language
 from lasa_jax.io_utils import iter_jsonl
 from lasa_jax.data.parallel import (
@@ -61,11 +56,6 @@ from lasa_jax.data.parallel import (
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike
 SPLITS = ("train", "val", "test")
-# Substrings of a source name that mark a held-out evaluation set (compared after lower-casing, '-' -> '_').
-HELD_OUT_SOURCES = ("multijail", "xstest", "or_bench_hard_test", "oktest")
-# Token-Jaccard similarity from which two texts are near duplicates: the shared data README's MultiJail
-# disjointness test (used by the held-out content guard and the default val/test filter).
-NEAR_DUPLICATE_JACCARD = 0.6
 _ULTRAFEEDBACK_FILE = re.compile(r"^monolingual_first1000_(.+)\.json$")
 
 
@@ -121,7 +111,7 @@ def load_flores_benign(dataset_dir: PathLike, languages: Iterable[str] | None,
 def load_multijail_prompts(path: PathLike, languages: Iterable[str] | None = None) -> list[LabelledPrompt]:
     """MultiJail (`MultiJail.csv` or its folder) as harmful prompts (label 1), group id "multijail:<id>", source
     "multijail", split "test"; languages None = all ten. HELD OUT: evaluation only (the SSI's evaluation-only
-    harmful set and `guard_held_out_content`), never training, validation or threshold data."""
+    harmful set), never training, validation or threshold data."""
     return [LabelledPrompt(t.text, t.language, 1, t.group_id, "multijail", "test")
             for t in load_multijail(path, languages=languages)]
 
@@ -345,98 +335,27 @@ def check_disjoint_groups(splits: Mapping[str, Sequence[LabelledPrompt]]) -> Non
                                  f"translations of one query must stay in one split")
 
 
-def check_not_held_out(records: Sequence[LabelledPrompt], what: str = "SSI data") -> None:
-    """ValueError if a record's source names a held-out evaluation set (see HELD_OUT_SOURCES)."""
-    for r in records:
-        name = r.source.lower().replace("-", "_")
-        hit = next((h for h in HELD_OUT_SOURCES if h in name), None)
-        if hit is not None:
-            raise ValueError(f"{what}: source {r.source!r} is the held-out evaluation set {hit!r}; it may never be "
-                             f"used to train the SSI or choose its threshold")
-
-
-_WORD = re.compile(r"\w+")
-_SPACE = re.compile(r"\s+")
-
-
-def _token_set(text: str) -> frozenset[str]:
-    return frozenset(_WORD.findall(text.lower()))
-
-
 def drop_near_duplicate_groups(candidates: Sequence, reference: Sequence, *, language: str = "en",
                                threshold: float = NEAR_DUPLICATE_JACCARD) -> tuple[list, list[str]]:
     """Drop candidate groups whose text in `language` nearly duplicates a reference text in that language.
 
     candidates, reference: records with `text`, `language` and `group_id` (LabelledPrompt or ParallelText).
-    Near duplicate: token Jaccard similarity (lower-cased `\\w+` tokens) >= threshold, the test the shared data's
-    README uses for its MultiJail disjointness check. Returns (kept records, sorted dropped group ids).
+    Near duplicate: shingle Jaccard similarity >= threshold (`lasa_jax.data.heldout.TextIndex.near`; lower-cased
+    words for English, the test the shared data's README uses for its MultiJail disjointness check). Returns (kept
+    records, sorted dropped group ids).
     Example: PolyRefuse harmful_val has no English instruction identical to a harmful_train one, but 3 val rows are
     paraphrases of train rows at this threshold (e.g. "...women being inherently less intelligent than men").
     """
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"near-duplicate threshold must be in (0, 1], got {threshold}")
     language = normalize_language(language)
-    reference_sets = [_token_set(r.text) for r in reference if r.language == language]
-    reference_sets = [s for s in reference_sets if s]
+    texts = [r.text for r in reference if r.language == language]
+    index = TextIndex(texts, [str(i) for i in range(len(texts))])
     dropped = set()
     for r in candidates:
-        if r.language != language or r.group_id in dropped:
-            continue
-        words = _token_set(r.text)
-        if words and any(len(words & s) >= threshold * len(words | s) for s in reference_sets):
+        if r.language == language and r.group_id not in dropped and index.near(r.text, threshold) is not None:
             dropped.add(r.group_id)
     return [r for r in candidates if r.group_id not in dropped], sorted(dropped)
-
-
-def _exact_form(text: str) -> str:
-    """The form two texts are compared in for an exact match: case-folded, whitespace runs collapsed, stripped."""
-    return _SPACE.sub(" ", text).strip().casefold()
-
-
-def drop_held_out_content(candidates: Sequence, held_out: Sequence, *, threshold: float = NEAR_DUPLICATE_JACCARD,
-                          language: str = "en") -> tuple[list, list[str]]:
-    """Drop candidate groups holding a held-out prompt.
-
-    A group is dropped when one of its texts in `language` (English) nearly duplicates a held-out text in that
-    language (token Jaccard >= threshold, `drop_near_duplicate_groups`), or when one of its texts, in any
-    language, equals a held-out text (`_exact_form`: case and whitespace ignored) of any language: translations
-    are not comparable token by token, and comparing against every column also catches a text filed under the
-    wrong language. Any translation of a held-out prompt is held out too, so the whole group goes.
-    candidates, held_out: records with `text`, `language` and `group_id` (LabelledPrompt or ParallelText).
-    Returns (kept records in order, sorted dropped group ids).
-    """
-    kept, near = drop_near_duplicate_groups(candidates, held_out, language=language, threshold=threshold)
-    held_out_texts = {_exact_form(r.text) for r in held_out}
-    exact = {r.group_id for r in kept if _exact_form(r.text) in held_out_texts}
-    return [r for r in kept if r.group_id not in exact], sorted(set(near) | exact)
-
-
-def guard_held_out_content(splits: Mapping[str, Sequence], data_root: PathLike | None, what: str,
-                           ) -> tuple[dict[str, list], dict[str, Any]]:
-    """Drop (and count, and warn about) the groups of each split that hold a MultiJail prompt under any source name.
-
-    splits: name -> records (LabelledPrompt or ParallelText); data_root: the shared data folder, whose
-    `multijail/MultiJail.csv` is the reference (`drop_held_out_content` against all ten languages). Without that
-    file the guard cannot run: the splits come back unchanged, with a warning. Returns (splits with the groups
-    dropped, notes for reports: {"checked", "reference", "jaccard_threshold", "dropped": {name: {"groups",
-    "rows"}}} or {"checked": False, "reason"}).
-    """
-    reference = pathlib.Path(data_root) / MULTIJAIL_CSV if data_root else None
-    if reference is None or not reference.is_file():
-        reason = f"{reference} not found" if reference is not None else "no data root given"
-        log.warning("%s: held-out content guard skipped (%s): MultiJail prompts under another source name would "
-                    "go unnoticed", what, reason)
-        return {name: list(records) for name, records in splits.items()}, {"checked": False, "reason": reason}
-    held_out = load_multijail_prompts(reference)
-    kept_splits, dropped = {}, {}
-    for name, records in splits.items():
-        kept_splits[name], groups = drop_held_out_content(records, held_out)
-        dropped[name] = {"groups": groups, "rows": len(records) - len(kept_splits[name])}
-        if groups:
-            log.warning("%s, %s: dropped %d groups (%d rows) holding a MultiJail prompt (held out: evaluation "
-                        "only), e.g. %s", what, name, len(groups), dropped[name]["rows"], groups[:5])
-    return kept_splits, {"checked": True, "reference": str(reference), "jaccard_threshold": NEAR_DUPLICATE_JACCARD,
-                         "dropped": dropped}
 
 
 def split_summary(records: Sequence[LabelledPrompt]) -> dict:

@@ -30,13 +30,12 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from lasa_jax.data.heldout import POLYREFUSE_MULTIJAIL_ROWS
 from lasa_jax.data.languages import MULTIJAIL_LANGUAGES, normalize_language
 from lasa_jax.io_utils import iter_jsonl, read_json
 
 PathLike = str | os.PathLike
 
-# 0-based rows of PolyRefuse harmful_test that are MultiJail prompts (via StrongREJECT): never used.
-POLYREFUSE_MULTIJAIL_OVERLAP = frozenset({345, 405, 530, 548})
 _POLYREFUSE_ENGLISH_SPLITS = {
     ("harmful", "train"): "harmful_train.json",
     ("harmful", "val"): "harmful_val.json",
@@ -252,7 +251,7 @@ def _load_polyrefuse_split(root: pathlib.Path, kind: str, split: str,
         raise ValueError(f"{source}: files are not row-aligned, row counts differ: {lengths}")
 
     label = 1 if kind == "harmful" else 0
-    dropped = POLYREFUSE_MULTIJAIL_OVERLAP if (kind, split) == ("harmful", "test") else frozenset()
+    dropped = POLYREFUSE_MULTIJAIL_ROWS if (kind, split) == ("harmful", "test") else frozenset()
     return [ParallelText(text, language, f"{source}:{row}", source, label)
             for language, (_, texts) in rows_by_language.items()
             for row, text in enumerate(texts) if row not in dropped]

@@ -3,8 +3,9 @@
 Pipeline (METHOD.md §5, with the fixes of §9 items 12-14):
   load rows (`load_paired_preference_json`, `load_unpaired_jsonl`, `convert_polyrefuse_completions`,
   `load_square_responses`) -> `assign_latent_labels` (is_unsafe: source-based proxy or SSI predictions)
-  -> `tokenize_rows` (render_example with the conditional prefix iff is_unsafe; rows that cannot fit are dropped
-  and counted per desirability and source, with a warning when a class loses more than `DROP_WARNING_FRACTION`)
+  -> `tokenize_rows` (render_example with the conditional prefix iff is_unsafe; over-long completions are
+  tail-truncated and, like completions cut by their generator (`ends_naturally`), get no end-of-turn token; counts
+  per desirability, source and language) -> `balance_class_weights` (TRL's class-weight range check)
   -> `iterate_kto_batches` (seeded permutation per epoch, KL rows paired by a derangement that avoids the row's
   own group and its own prompt, fixed-shape padded arrays, resumable from a `DataPosition`).
 
@@ -18,22 +19,30 @@ import hashlib
 import json
 import logging
 import os
+import unicodedata
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from lasa_jax.chat import CONDITIONAL_PREFIX, Prompt, RenderedExample, assemble_example, chat_messages, \
     prompt_text, render_example
-from lasa_jax.io_utils import iter_jsonl, read_json
+from lasa_jax.data.heldout import POLYREFUSE_MULTIJAIL_ROWS
 from lasa_jax.data.languages import normalize_language
+from lasa_jax.errors import InputError
+from lasa_jax.io_utils import iter_jsonl, read_json
 
 log = logging.getLogger(__name__)
 
-# PolyRefuse harmful_test indices that are MultiJail prompts (MultiJail ids 305, 306, 307, 312): never train on them.
-MULTIJAIL_OVERLAP_INDICES = (345, 405, 530, 548)
 DEFAULT_UNSAFE_PROB_BY_SOURCE = {"safety": 0.5}
 # `tokenize_rows` warns when more than this fraction of the desirable or of the undesirable rows is too long.
 DROP_WARNING_FRACTION = 0.2
+# Last characters of a text that ended where its author (model) stopped: sentence-final punctuation (Latin, CJK,
+# Devanagari, Arabic, Thai), closing brackets and quotes, markup/code closers, and the Chinese question particles
+# (questions written without a question mark). See `ends_naturally`.
+NATURAL_END_CHARS = frozenset(".!?…;。！？；」』）】》)]}\"'”’»`*>|~।؟吗呢吧")
+# model_type (config.json) -> the polyrefuse_completions model folder of that family (`family_completion_models`)
+COMPLETION_FAMILIES = {"llama": ("Meta-Llama-3.1-8B-Instruct",),
+                       "qwen2": ("Qwen2.5-7B-Instruct",), "qwen3": ("Qwen2.5-7B-Instruct",)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +55,8 @@ class PreferenceRow:
     language: ISO 639-1 code or "". group_id: identity of the underlying query; rows with equal group_id (the two
     answers of a pair, translations of one prompt) are never KL partners, and neither are rows with the same
     prompt messages, whatever their group_id. is_unsafe: latent label (1: train with the conditional prefix), None
-    until `assign_latent_labels`. origin: provenance ("file#record").
+    until `assign_latent_labels`. origin: provenance ("file#record"). complete: False when the completion was cut by
+    its generator (e.g. at max_new_tokens; `ends_naturally`): it is rendered without an end-of-turn token.
     """
 
     prompt: Prompt
@@ -57,6 +67,27 @@ class PreferenceRow:
     group_id: str = ""
     is_unsafe: int | None = None
     origin: str = ""
+    complete: bool = True
+
+
+def ends_naturally(text: str) -> bool:
+    """Whether a generated answer looks finished: its last non-space character is in `NATURAL_END_CHARS`, or is an
+    emoji / pictograph (So category). The polyrefuse_completions files (greedy, max_new_tokens 512) keep no token
+    ids, so this is how an answer cut at the token cap is told apart; one that happens to be cut right after a
+    full stop is not caught."""
+    stripped = text.rstrip()
+    if not stripped:
+        return False
+    last = stripped[-1]
+    return last in NATURAL_END_CHARS or unicodedata.category(last) == "So"
+
+
+def family_completion_models(root: str | os.PathLike, model_type: str) -> list[str] | None:
+    """The polyrefuse_completions model folders of the family of `model_type` (config.json) that exist under
+    `root`, or None when the family has none (the caller then decides; see `configs/kto.py`)."""
+    wanted = COMPLETION_FAMILIES.get(str(model_type), ())
+    present = [m for m in wanted if os.path.isdir(os.path.join(os.fspath(root), m))]
+    return present or None
 
 
 # ----------------------------------------------------------------------------------------------------- loaders
@@ -93,7 +124,8 @@ def load_unpaired_jsonl(path: str | os.PathLike) -> list[PreferenceRow]:
 
     prompt: str or message list; completion: str or [{"role": "assistant", "content"}]; label: true/false,
     "desirable"/"undesirable" or 1/0; optional "language", "group_id" (default `prompt_group_id(prompt)`, so that
-    the answers to one prompt form one group).
+    the answers to one prompt form one group), "complete" (bool, default true; false: the completion was cut by its
+    generator and gets no end-of-turn token).
     Blank lines are skipped; errors name "<path>:<line number>" and the field; a file without rows is an error.
     """
     path = os.fspath(path)
@@ -107,7 +139,7 @@ def load_unpaired_jsonl(path: str | os.PathLike) -> list[PreferenceRow]:
             prompt, _completion_field(record, "completion", where),
             _label_field(record, where), _string_field(record, "source", where),
             _language_field(record, where), _group_id(record, where, default=prompt_group_id(prompt)),
-            origin=f"{path}#{line_number}"))
+            origin=f"{path}#{line_number}", complete=_complete_field(record, where)))
     if not rows:
         raise ValueError(f"{path}: no preference rows")
     return rows
@@ -116,7 +148,8 @@ def load_unpaired_jsonl(path: str | os.PathLike) -> list[PreferenceRow]:
 def convert_polyrefuse_completions(
         root: str | os.PathLike, *, models: Sequence[str] | None = None, languages: Sequence[str] | None = None,
         modes: Sequence[str] = ("baseline", "harm_ablation"), source: str = "safety",
-        drop_indices: Sequence[int] = MULTIJAIL_OVERLAP_INDICES) -> tuple[list[PreferenceRow], dict[str, int]]:
+        drop_indices: Sequence[int] = tuple(sorted(POLYREFUSE_MULTIJAIL_ROWS)),
+) -> tuple[list[PreferenceRow], dict[str, int]]:
     """WildGuard-labelled model answers to PolyRefuse harmful_test prompts -> unpaired KTO rows.
 
     Reads `<root>/<model>/<language>/harmful_<mode>_evaluations.no_tokens.json` (see the folder's SOURCE.md);
@@ -127,14 +160,15 @@ def convert_polyrefuse_completions(
       - else wildguard.refusal == 1: desirable (a refusal);
       - else ("neither": no refusal, not harmful; evasive or off-topic answers): dropped, since it is neither the
         behaviour to reinforce nor the one to penalise;
-      - empty responses and exact duplicates of an earlier (language, prompt, completion) are dropped.
+      - empty responses and exact duplicates of an earlier (language, prompt, completion) are dropped;
+      - complete = `ends_naturally(response)` (False: cut at the generator's max_new_tokens; no end-of-turn).
     All prompts are harmful by construction, whatever wildguard.request_harmful says. Rows get the prompt in the
     folder's language, language = the folder name (ISO 639-1), group_id "polyrefuse/harmful_test/<j>" with j the
     first index with the same English original (shared by translations and by harmful_test's 10 repeated
     prompts), origin "<model>/<language>/<mode>#<i>". The English original of index i must agree across files.
 
     Returns (rows, counts); counts has files, records, dropped_multijail, dropped_neither, dropped_empty,
-    dropped_duplicate, desirable, undesirable.
+    dropped_duplicate, desirable, undesirable, generator_cut (kept rows with complete=False).
     """
     root = os.fspath(root)
     if not os.path.isdir(root):
@@ -154,7 +188,7 @@ def convert_polyrefuse_completions(
                                 f"languages={languages}, modes={modes}")
     drop = set(int(i) for i in drop_indices)
     counts = dict(files=len(paths), records=0, dropped_multijail=0, dropped_neither=0, dropped_empty=0,
-                  dropped_duplicate=0, desirable=0, undesirable=0)
+                  dropped_duplicate=0, desirable=0, undesirable=0, generator_cut=0)
     english_by_index: dict[int, str] = {}
     group_index_by_english: dict[str, int] = {}
     seen: set[tuple[str, str, str]] = set()
@@ -205,9 +239,11 @@ def convert_polyrefuse_completions(
             seen.add(key)
             desirable = not harmful
             counts["desirable" if desirable else "undesirable"] += 1
+            complete = ends_naturally(response)
+            counts["generator_cut"] += int(not complete)
             rows.append(PreferenceRow(instruction, response, desirable, source, language,
                                       f"polyrefuse/harmful_test/{group_index}",
-                                      origin=f"{model}/{language}/{mode}#{index}"))
+                                      origin=f"{model}/{language}/{mode}#{index}", complete=complete))
     return rows, counts
 
 
@@ -311,32 +347,40 @@ def prompt_group_id(prompt: Prompt) -> str:
 
 def tokenize_rows(rows: Sequence[PreferenceRow], tokenizer, *, prefix: str = CONDITIONAL_PREFIX,
                   max_length: int = 512, max_prompt_length: int | None = None,
-                  template_kwargs: Mapping[str, Any] | None = None) -> tuple[list[KTOExample], dict[str, Any]]:
-    """Render every labelled row with `render_example` (prefix iff is_unsafe == 1); drop rows that cannot fit.
+                  template_kwargs: Mapping[str, Any] | None = None,
+                  truncate_completions: bool = True) -> tuple[list[KTOExample], dict[str, Any]]:
+    """Render every labelled row with `render_example` (prefix iff is_unsafe == 1, end-of-turn iff row.complete).
 
-    Returns (examples, counts). counts: rows, kept, dropped_too_long, with_prefix (kept rows with the prefix),
-    by_class {"desirable" | "undesirable": {rows, kept, dropped_too_long}} and by_source {source: {"desirable" |
-    "undesirable": {rows, kept, dropped_too_long}}} (classes without rows are left out). Dropping is not neutral:
-    long completions are usually the harmful (undesirable) ones, so a WARNING is logged for each class that loses
-    more than `DROP_WARNING_FRACTION` of its rows.
+    Over-long completions are tail-truncated to fit `max_length` (`lasa_jax.chat` truncation rule; the cut row has no
+    end-of-turn token); a row is dropped only when even its cut prompt leaves no room (or, with
+    truncate_completions=False, the old rule: whenever the whole completion cannot fit).
+    Returns (examples, counts). counts: rows, kept, truncated (completion cut here), no_end_of_turn (kept rows
+    without end-of-turn: cut by their generator or here), dropped_too_long, with_prefix (kept rows with the prefix),
+    and the same {rows, kept, truncated, no_end_of_turn, dropped_too_long} tallies by_class {"desirable" |
+    "undesirable": ...}, by_source {source: {class: ...}} and by_language {language: {class: ...}} (classes
+    without rows left out). A WARNING is logged for each class that loses more than `DROP_WARNING_FRACTION`.
     """
     examples = []
-    counts: dict[str, Any] = dict(rows=len(rows), kept=0, dropped_too_long=0, with_prefix=0, by_class={},
-                                  by_source={})
+    counts: dict[str, Any] = dict(rows=len(rows), kept=0, truncated=0, no_end_of_turn=0, dropped_too_long=0,
+                                  with_prefix=0, by_class={}, by_source={}, by_language={})
     for index, row in enumerate(rows):
         if row.is_unsafe not in (0, 1):
             raise ValueError(f"row {index} ({row.origin or row.group_id}): is_unsafe is {row.is_unsafe!r}; run "
                              "assign_latent_labels first")
         rendered = render_example(tokenizer, row.prompt, row.completion, prefix=prefix if row.is_unsafe else None,
                                   max_length=max_length, max_prompt_length=max_prompt_length,
-                                  template_kwargs=template_kwargs)
-        outcome = "dropped_too_long" if rendered is None else "kept"
+                                  template_kwargs=template_kwargs, complete=row.complete,
+                                  truncate_completion=truncate_completions)
         label = _class_name(row.desirable)
-        counts[outcome] += 1
-        source_classes = counts["by_source"].setdefault(row.source, {})
-        for tally in (_tally(counts["by_class"], label), _tally(source_classes, label)):
-            tally["rows"] += 1
-            tally[outcome] += 1
+        outcomes = ["dropped_too_long"] if rendered is None else ["kept"] + (
+            ["truncated"] if rendered.num_completion_cut else []) + ([] if rendered.ends_turn else ["no_end_of_turn"])
+        tallies = [counts, _tally(counts["by_class"], label),
+                   _tally(counts["by_source"].setdefault(row.source, {}), label),
+                   _tally(counts["by_language"].setdefault(row.language or "?", {}), label)]
+        for tally in tallies:
+            tally["rows"] += int(tally is not counts)  # counts["rows"] is preset
+            for outcome in outcomes:
+                tally[outcome] += 1
         if rendered is None:
             continue
         counts["with_prefix"] += int(row.is_unsafe)
@@ -351,8 +395,8 @@ def _class_name(desirable: bool) -> str:
 
 
 def _tally(by_class: dict[str, dict[str, int]], label: str) -> dict[str, int]:
-    """The {rows, kept, dropped_too_long} counter of class `label` in `by_class`, created at zero."""
-    return by_class.setdefault(label, dict(rows=0, kept=0, dropped_too_long=0))
+    """The {rows, kept, truncated, no_end_of_turn, dropped_too_long} counter of class `label`, created at zero."""
+    return by_class.setdefault(label, dict(rows=0, kept=0, truncated=0, no_end_of_turn=0, dropped_too_long=0))
 
 
 def _warn_about_drops(counts: Mapping[str, Any], max_length: int) -> None:
@@ -365,9 +409,70 @@ def _warn_about_drops(counts: Mapping[str, Any], max_length: int) -> None:
         kept = {name: counts["by_class"].get(name, {}).get("kept", 0) for name in ("desirable", "undesirable")}
         log.warning("%d of %d %s rows (%.0f%%; by source: %s) do not fit max_length=%d and were dropped, so the "
                     "kept data is %d desirable : %d undesirable, another class balance than the rows'. Raise the "
-                    "maximum length (--config.data.max_length) or filter long completions before training.",
+                    "maximum length (--config.data.max_length) or shorten the prompts.",
                     tally["dropped_too_long"], tally["rows"], label, 100.0 * tally["dropped_too_long"] / tally["rows"],
                     by_source, max_length, kept["desirable"], kept["undesirable"])
+
+
+# ------------------------------------------------------------------------------------------------ class weights
+# TRL's KTOTrainer (trl 1.16, Eq. (8) of the KTO paper): n_d * w_d / (n_u * w_u) should lie in [1, 4/3]
+# (TRL's bounds: 1 and 1.33, rounded to 2 decimals).
+WEIGHT_RATIO_RANGE = (1.0, 1.33)
+AUTO_WEIGHT_RATIO = 7.0 / 6.0  # the ratio `balance_class_weights` aims at: inside the range, away from its ends
+BALANCE_MODES = ("", "undesirable", "desirable")
+
+
+def trl_weight_check(num_desirable: int, num_undesirable: int, desirable_weight: float,
+                     undesirable_weight: float) -> str | None:
+    """TRL's check of the class weights (KTOTrainer, trl 1.16): None when they are fine, else TRL's warning text.
+
+    With n_d != n_u, fine iff desirable_weight lies in [n_u w_u / n_d, 1.33 n_u w_u / n_d] or undesirable_weight in
+    [n_d w_d / (1.33 n_u), n_d w_d / n_u], each bound rounded to 2 decimals (counts below 1 count as 1).
+    """
+    n_d, n_u = max(int(num_desirable), 1), max(int(num_undesirable), 1)
+    if n_d == n_u:
+        return None
+    d_low, d_high = round(n_u * undesirable_weight / n_d, 2), round(n_u * undesirable_weight / n_d * 1.33, 2)
+    u_low, u_high = round(n_d * desirable_weight / n_u / 1.33, 2), round(n_d * desirable_weight / n_u, 2)
+    if d_low <= desirable_weight <= d_high or u_low <= undesirable_weight <= u_high:
+        return None
+    return ("You have different amounts of desirable/positive and undesirable/negative examples but the weights on "
+            "the desirable and undesirable losses don't seem to be in an ideal range. Based on your data, we "
+            f"recommend EITHER desirable_weight in [{d_low}, {d_high}] or undesirable_weight in [{u_low}, {u_high}] "
+            "(but NOT BOTH).")
+
+
+def balance_class_weights(num_desirable: int, num_undesirable: int, desirable_weight: float,
+                          undesirable_weight: float, mode: str = "undesirable") -> dict[str, Any]:
+    """The class weights a run uses, and the record of TRL's check.
+
+    mode "": the given weights. "undesirable" / "desirable": when TRL's check fails for the given weights, that
+    class's weight is replaced so that n_d w_d / (n_u w_u) = AUTO_WEIGHT_RATIO (inside TRL's range), the other
+    kept; weights that pass are used as given. Returns {"desirable_weight",
+    "undesirable_weight", "ratio" (n_d w_d / (n_u w_u)), "mode", "configured": [w_d, w_u], "counts": [n_d, n_u],
+    "trl_warning" (None or the text, for the weights used)}; the warning is logged.
+    """
+    if mode not in BALANCE_MODES:
+        raise InputError(f"--config.train.balance_weights: expected one of {BALANCE_MODES}, got {mode!r}")
+    n_d, n_u = int(num_desirable), int(num_undesirable)
+    w_d, w_u = float(desirable_weight), float(undesirable_weight)
+    if mode and n_d > 0 and n_u > 0 and trl_weight_check(n_d, n_u, w_d, w_u) is not None:
+        if mode == "undesirable":
+            w_u = n_d * w_d / (n_u * AUTO_WEIGHT_RATIO)
+        else:
+            w_d = AUTO_WEIGHT_RATIO * n_u * w_u / n_d
+    warning = trl_weight_check(n_d, n_u, w_d, w_u)
+    ratio = n_d * w_d / (n_u * w_u) if n_u and w_u else float("inf")
+    if warning:
+        log.warning("KTO class weights: %d desirable x %.4g : %d undesirable x %.4g (ratio %.3f, TRL's range "
+                    "[1, 4/3]). TRL: %s Set --config.train.balance_weights=undesirable to rescale.",
+                    n_d, w_d, n_u, w_u, ratio, warning)
+    else:
+        log.info("KTO class weights: %d desirable x %.4g : %d undesirable x %.4g (ratio %.3f; balance_weights=%r)",
+                 n_d, w_d, n_u, w_u, ratio, mode)
+    return {"desirable_weight": w_d, "undesirable_weight": w_u, "ratio": ratio, "mode": mode,
+            "configured": [float(desirable_weight), float(undesirable_weight)], "counts": [n_d, n_u],
+            "trl_warning": warning}
 
 
 # ----------------------------------------------------------------------------------------- order and KL pairing
@@ -646,6 +751,13 @@ def _completion_field(record: Mapping, field: str, where: str) -> str:
         value = value[0].get("content")
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{where}: field {field!r} must hold non-empty text, got {value!r:.200}")
+    return value
+
+
+def _complete_field(record: Mapping, where: str) -> bool:
+    value = record.get("complete", True)
+    if not isinstance(value, bool):
+        raise InputError(f"{where}: field 'complete' must be true or false, got {value!r}")
     return value
 
 

@@ -18,10 +18,10 @@ Data (`config.data.source`):
   The near-duplicate filter applies as for PolyRefuse.
 - "authors": the reference code's harmful `unsafe_train.json` (`unsafe_train_path`) + benign UltraFeedback files
   (`ultrafeedback_dir`, first `ultrafeedback_per_language` rows per language), grouped split as for "jsonl".
-Held-out sets: XSTest, OR-Bench-hard-test and OKTest are never loaded here, and `check_not_held_out` guards every
-split and evaluation set above by source name. With `<data.root>/multijail/MultiJail.csv` present,
-`guard_held_out_content` also drops (counts, warns about) the train/val groups holding a MultiJail prompt under any
-source name (English token Jaccard >= 0.6, or an exact text match), recorded under notes "held_out_content".
+Held-out sets: `lasa_jax.data.heldout.guard_inputs` checks every split and evaluation set above by source name, and
+drops (counts, logs) the train/val groups holding a prompt of MultiJail, XSTest, OR-Bench-hard-test or OKTest
+under any source name (normalised exact text or shingle Jaccard >= 0.6), recorded under notes "held_out_content";
+the four files under `data.root` are required unless `data.allow_missing_held_out`.
 MultiJail itself enters only as "multijail_harmful" (`data.eval_multijail`, when the file exists): its prompts in
 the train and test languages, harmful only, for per-language TPR in the unseen languages (the only harmful data
 for vi, bn, sw, jv). It is an evaluation-only set (`SSIData.held_out_evaluation`): its features are computed and
@@ -45,13 +45,12 @@ from typing import Any
 
 import numpy as np
 
+from lasa_jax.data.heldout import check_source_names, guard_inputs
 from lasa_jax.data.labelled import (
     LabelledPrompt,
     check_disjoint_groups,
-    check_not_held_out,
     drop_near_duplicate_groups,
     grouped_split,
-    guard_held_out_content,
     limit_groups,
     load_flores_benign,
     load_labelled_jsonl,
@@ -142,7 +141,9 @@ def load_ssi_data(data_config, seed: int) -> SSIData:
         train = select_languages(parts["train"], train_languages)
         val = select_languages(parts["val"], train_languages)
         test = select_languages(parts["test"], train_languages + cross_languages)
-    guarded, notes["held_out_content"] = guard_held_out_content({"train": train, "val": val}, root, "SSI data")
+    guarded, notes["held_out_content"] = guard_inputs(
+        {"train": train, "val": val}, root, "SSI data",
+        allow_missing=bool(data_config.get("allow_missing_held_out", False)))
     train, val = guarded["train"], guarded["val"]
     val, test = _drop_near_duplicates(train, val, test, data_config, notes)
     evaluation["test_in_distribution"] = select_languages(test, train_languages)
@@ -158,7 +159,7 @@ def load_ssi_data(data_config, seed: int) -> SSIData:
     evaluation = {name: limit_groups(records, limit, seed) for name, records in evaluation.items() if records}
     held_out_evaluation = {name: limit_groups(records, limit, seed) for name, records in held_out_evaluation.items()}
     for name, records in [("train", train), ("val", val), *evaluation.items()]:
-        check_not_held_out(records, what=f"SSI {name} split")
+        check_source_names(records, what=f"SSI {name} split")
     # evaluation sets may share groups with each other (one query in several languages), never with train or val
     check_disjoint_groups({"train": train, "val": val, "evaluation": [r for rs in evaluation.values() for r in rs],
                            "held_out_evaluation": [r for rs in held_out_evaluation.values() for r in rs]})

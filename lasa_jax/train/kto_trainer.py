@@ -1,9 +1,14 @@
 """Latent KTO training run (METHOD.md §5 with the fixes of §9): `train_kto(config, workdir, mesh)`.
 
 Pipeline:
-  rows (`data.format`) -> latent labels (`labels.mode`: "paper" source-based proxy, or "ssi": the SSI's
-  prediction on each prompt, scored with the frozen base model) -> token-level examples (`tokenize_rows`: the
-  conditional prefix after the assistant header iff unsafe) -> fixed-shape global batches (`iterate_kto_batches`:
+  rows (`data.format`; polyrefuse_completions of the run's model family by default, `completion_models`) ->
+  held-out guard (`lasa_jax.data.heldout.guard_inputs`: rows holding a MultiJail / XSTest / OR-Bench-hard-test /
+  OKTest prompt are dropped) -> + benign rows (`data.benign`: the base model's cached answers to PolyRefuse
+  harmless-train prompts, `lasa_jax.data.benign`) -> latent labels (`labels.mode`: "paper" source-based proxy, or
+  "ssi": the SSI's prediction on each prompt, scored with the frozen base model) -> token-level examples
+  (`tokenize_rows`: the conditional prefix after the assistant header iff unsafe; over-long completions
+  tail-truncated without end-of-turn) -> class weights (`balance_class_weights`: TRL's range check,
+  `train.balance_weights`) -> fixed-shape global batches (`iterate_kto_batches`:
   seeded shuffle per epoch, KL rows paired by a derangement) -> jit-compiled steps (`kto_step.train_step`) ->
   orbax checkpoints -> Hugging Face export of the policy.
 
@@ -34,8 +39,10 @@ Stops. SIGTERM: the current step finishes, a checkpoint is saved, `TrainResult.s
 exits with `EXIT_PREEMPTED` = 75, EX_TEMPFAIL: rerun to resume). A NaN/inf loss or gradient norm raises
 `NonFiniteLossError` naming the step; the bad state is never saved, the last good checkpoint stays.
 
-Workdir files: config.json (`start_run`), data_summary.json, metrics.jsonl + tensorboard/ (`MetricWriter`),
-checkpoints/, reference_logps.npz (precomputed mode), hf_export/ (or `export.path`), run_summary.json.
+Workdir files: config.json (`start_run`), data_summary.json (`prepare_examples`' summary: kept / truncated /
+dropped per class, source and language, guard drops, benign rows, weights), metrics.jsonl + tensorboard/
+(`MetricWriter`), checkpoints/, reference_logps.npz (precomputed mode), hf_export/ (or `export.path`),
+run_summary.json (the result, with the data counts and the weights used).
 """
 from __future__ import annotations
 
@@ -56,10 +63,13 @@ from flax import nnx
 
 from lasa_jax.checkpoint import Checkpointer, check_run_identity
 from lasa_jax.config import ModelConfig
+from lasa_jax.data.heldout import guard_inputs
 from lasa_jax.data.preference import (DataPosition, KTOBatch, KTOExample, PreferenceRow, assign_latent_labels,
-                                      batches_per_epoch, convert_polyrefuse_completions, iterate_kto_batches,
-                                      load_paired_preference_json, load_unpaired_jsonl, tokenize_rows)
-from lasa_jax.io_utils import atomic_path, atomic_write_json
+                                      balance_class_weights, batches_per_epoch, convert_polyrefuse_completions,
+                                      family_completion_models, iterate_kto_batches, load_paired_preference_json,
+                                      load_unpaired_jsonl, tokenize_rows)
+from lasa_jax.errors import InputError
+from lasa_jax.io_utils import atomic_path, atomic_write_json, read_json
 from lasa_jax.models import from_pretrained, model_fingerprint, save_pretrained
 from lasa_jax.models.decoder import Decoder, abstract_decoder, param_shardings
 from lasa_jax.models.hf import resolve_model_path
@@ -105,8 +115,13 @@ class TrainResult:
 
 
 # ----------------------------------------------------------------------------------------------- data
-def load_rows(data: ml_collections.ConfigDict) -> tuple[list[PreferenceRow], dict[str, Any]]:
-    """Rows of `data.path` (comma-separated paths are concatenated) read as `data.format`, and loader counts."""
+def load_rows(data: ml_collections.ConfigDict,
+              model_type: str | None = None) -> tuple[list[PreferenceRow], dict[str, Any]]:
+    """Rows of `data.path` (comma-separated paths are concatenated) read as `data.format`, and loader counts.
+
+    polyrefuse_completions: the model folders come from `data.polyrefuse.models` (`completion_models`: "auto"
+    selects the family of `model_type`, the base model's config.json model_type).
+    """
     if data.format not in DATA_FORMATS:
         raise ValueError(f"--config.data.format must be one of {DATA_FORMATS}, got {data.format!r}")
     paths = [p.strip() for p in str(data.path).split(",") if p.strip()]
@@ -121,12 +136,36 @@ def load_rows(data: ml_collections.ConfigDict) -> tuple[list[PreferenceRow], dic
             loaded = load_unpaired_jsonl(path)
         else:
             pr = data.polyrefuse
+            models, why = completion_models(pr.models, path, model_type)
             loaded, counts[path] = convert_polyrefuse_completions(
-                path, models=comma_list(pr.models) or None, languages=comma_list(pr.languages) or None,
+                path, models=models, languages=comma_list(pr.languages) or None,
                 modes=comma_list(pr.modes), source=pr.source)
+            counts[path]["models"] = sorted({row.origin.split("/", 1)[0] for row in loaded})
+            counts[path]["models_selected_by"] = why
+            log.info("KTO data: polyrefuse completions of %s (%s)", counts[path]["models"], why)
         rows += loaded
     counts["rows"] = len(rows)
     return rows, counts
+
+
+def completion_models(spec: str, root: str, model_type: str | None) -> tuple[list[str] | None, str]:
+    """(model folders or None = all, why) for `data.polyrefuse.models` = spec (see configs/kto.py)."""
+    spec = str(spec).strip()
+    if spec in ("", "all"):
+        return None, f"data.polyrefuse.models={spec!r}: every model folder"
+    if spec != "auto":
+        return comma_list(spec), "data.polyrefuse.models (explicit)"
+    family = family_completion_models(root, model_type or "")
+    if family is None:
+        log.warning("KTO data: no polyrefuse completions of the model family %r under %s; using every model's "
+                    "(set --config.data.polyrefuse.models to choose)", model_type, root)
+        return None, f"auto: no folder for model_type {model_type!r}, every model folder"
+    return family, f"auto: the family of model_type {model_type!r}"
+
+
+def _model_type(model_dir: str) -> str:
+    """config.json's model_type of a local HF directory ("" when absent)."""
+    return str(read_json(os.path.join(model_dir, "config.json"), "model config").get("model_type", ""))
 
 
 def parse_unsafe_probs(spec: str) -> dict[str, float]:
@@ -332,15 +371,73 @@ def _batch_stats(batch: KTOBatch, position: DataPosition, num_examples: int, pol
 # ----------------------------------------------------------------------------------------------- the run
 def prepare_examples(config: ml_collections.ConfigDict, tokenizer,
                      base_model: Callable[[], Decoder]) -> tuple[list[KTOExample], dict[str, Any]]:
-    """Rows -> latent labels -> token-level examples; returns (examples, summary counts)."""
-    rows, load_counts = load_rows(config.data)
+    """Rows -> held-out guard -> + benign rows -> latent labels -> token-level examples -> class weights.
+
+    Returns (examples, summary): "load", "held_out", "benign", "tokenize" (kept / truncated / no_end_of_turn /
+    dropped per class, source and language), "examples", "desirable", "undesirable", "weights"
+    (`balance_class_weights`: the weights the run uses) and "data_fingerprint".
+    """
+    data = config.data
+    model_dir = resolve_model_path(config.model_path)
+    rows, load_counts = load_rows(data, _model_type(model_dir))
+    guarded, held_out = guard_inputs({"rows": rows}, data.get("root", ""), "KTO data",
+                                     allow_missing=bool(data.get("allow_missing_held_out", False)))
+    rows = guarded["rows"]
+    rows, benign = _with_benign_rows(rows, config, tokenizer, base_model, model_dir)
     rows = label_rows(rows, config, base_model)
     examples, token_counts = tokenize_rows(
-        rows, tokenizer, prefix=config.prefix, max_length=config.data.max_length,
-        max_prompt_length=config.data.max_prompt_length or None, template_kwargs=template_kwargs(config))
-    summary = {"load": load_counts, "tokenize": token_counts, "examples": len(examples),
-               "desirable": sum(e.desirable for e in examples), "data_fingerprint": data_fingerprint(examples)}
+        rows, tokenizer, prefix=config.prefix, max_length=data.max_length,
+        max_prompt_length=data.max_prompt_length or None, template_kwargs=template_kwargs(config),
+        truncate_completions=bool(data.get("truncate_completions", True)))
+    num_desirable = sum(e.desirable for e in examples)
+    t = config.train
+    weights = balance_class_weights(num_desirable, len(examples) - num_desirable, t.desirable_weight,
+                                    t.undesirable_weight, t.get("balance_weights", ""))
+    summary = {"load": load_counts, "held_out": held_out, "benign": benign, "tokenize": token_counts,
+               "examples": len(examples), "desirable": num_desirable,
+               "undesirable": len(examples) - num_desirable, "weights": weights,
+               "data_fingerprint": data_fingerprint(examples)}
+    _log_data_summary(summary)
     return examples, summary
+
+
+def _with_benign_rows(rows: list[PreferenceRow], config: ml_collections.ConfigDict, tokenizer,
+                      base_model: Callable[[], Decoder], model_dir: str) -> tuple[list[PreferenceRow], dict]:
+    """rows + benign rows making `data.benign.share` of them (`lasa_jax.data.benign`), held-out guarded."""
+    from lasa_jax.assets import cache_dir
+    from lasa_jax.data import benign as benign_data
+
+    spec = config.data.benign
+    wanted = benign_data.num_benign_rows(len(rows), float(spec.share))
+    if wanted == 0:
+        return rows, {"share": float(spec.share), "used": 0}
+    if not config.data.get("root", ""):
+        raise InputError("--config.data.benign.share > 0 needs --config.data.root (PolyRefuse harmless-train "
+                         "prompts); set --config.data.benign.share=0 to train without benign rows")
+    languages = comma_list(spec.languages) or sorted({r.language for r in rows if r.language})
+    prompts = benign_data.benign_prompts(config.data.root, languages, min(wanted, int(spec.max_prompts)))
+    generated, counts = benign_data.generate_benign_rows(
+        base_model(), tokenizer, prompts, model_fingerprint=model_fingerprint(model_dir),
+        cache_dir=spec.cache_dir or os.path.join(cache_dir(), "kto_benign"), max_new_tokens=int(spec.max_new_tokens),
+        batch_size=int(spec.batch_size), template_kwargs=template_kwargs(config), progress=config.progress_bar)
+    guarded, counts["held_out"] = guard_inputs({"benign": generated}, config.data.root, "KTO benign rows",
+                                               allow_missing=bool(config.data.get("allow_missing_held_out", False)))
+    mixed, mix = benign_data.mix_benign_rows(rows, guarded["benign"], float(spec.share))
+    return mixed, {"share": float(spec.share), "languages": languages, **counts, **mix}
+
+
+def _log_data_summary(summary: Mapping[str, Any]) -> None:
+    """One INFO line per class and per (source, class) / (language, class) with kept / truncated / dropped counts."""
+    tokenize = summary["tokenize"]
+    for label, tally in sorted(tokenize["by_class"].items()):
+        log.info("KTO data, %s: %s", label, tally)
+    for key in ("by_source", "by_language"):
+        for name, classes in sorted(tokenize[key].items()):
+            log.info("KTO data, %s %s: %s", key[3:], name, classes)
+    w = summary["weights"]
+    log.info("KTO data: %d examples, %d desirable : %d undesirable; weights %.4g / %.4g (ratio %.3f)",
+             summary["examples"], summary["desirable"], summary["undesirable"], w["desirable_weight"],
+             w["undesirable_weight"], w["ratio"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -395,7 +492,8 @@ def run_identity(config: ml_collections.ConfigDict, model_dirs: ModelDirs, polic
                   "seq_len": config.data.max_length, "drop_last": t.drop_last,
                   "total_steps": optimizer_config.total_steps},
         "optimizer": dataclasses.asdict(optimizer_config),
-        "loss": {"beta": t.beta, "desirable_weight": t.desirable_weight, "undesirable_weight": t.undesirable_weight},
+        "loss": {"beta": t.beta, "desirable_weight": data_summary["weights"]["desirable_weight"],
+                 "undesirable_weight": data_summary["weights"]["undesirable_weight"]},
     }
 
 
@@ -437,8 +535,9 @@ def train_kto(config: ml_collections.ConfigDict, workdir: str, mesh) -> TrainRes
         os.makedirs(workdir, exist_ok=True)
         atomic_write_json(os.path.join(workdir, DATA_SUMMARY_FILE), data_summary)
     tokenize_counts = data_summary["tokenize"]
-    log.info("KTO data: %d examples of %d rows (dropped as too long: %s), %d batches per epoch, %d steps",
-             len(examples), tokenize_counts["rows"],
+    log.info("KTO data: %d examples of %d rows (truncated: %s; dropped as too long: %s), %d batches per epoch, "
+             "%d steps", len(examples), tokenize_counts["rows"],
+             {label: c["truncated"] for label, c in tokenize_counts["by_class"].items()},
              {label: c["dropped_too_long"] for label, c in tokenize_counts["by_class"].items()}, per_epoch,
              total_steps)
 
@@ -451,8 +550,9 @@ def train_kto(config: ml_collections.ConfigDict, workdir: str, mesh) -> TrainRes
     optimizer_config = kto_step.OptimizerConfig(
         learning_rate=t.learning_rate, total_steps=total_steps, warmup_steps=t.warmup_steps,
         weight_decay=t.weight_decay, b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps, max_grad_norm=t.max_grad_norm)
-    step_config = kto_step.KTOStepConfig(beta=t.beta, desirable_weight=t.desirable_weight,
-                                         undesirable_weight=t.undesirable_weight,
+    weights = data_summary["weights"]
+    step_config = kto_step.KTOStepConfig(beta=t.beta, desirable_weight=weights["desirable_weight"],
+                                         undesirable_weight=weights["undesirable_weight"],
                                          grad_accum_steps=t.grad_accum_steps, logits_chunk_size=t.logits_chunk_size)
     identity = run_identity(config, model_dirs, policy_config, data_summary, optimizer_config)
     optimizer = kto_step.make_optimizer(optimizer_config)
@@ -520,7 +620,10 @@ def train_kto(config: ml_collections.ConfigDict, workdir: str, mesh) -> TrainRes
         checkpointer.close()
     result = TrainResult(status, step, total_steps, resumed_from, export_dir)
     if is_writer():
-        atomic_write_json(os.path.join(workdir, RUN_SUMMARY_FILE), dataclasses.asdict(result))
+        data_counts = {key: data_summary[key] for key in ("examples", "desirable", "undesirable", "weights")}
+        data_counts["tokenize"] = {key: tokenize_counts[key] for key in ("by_class", "by_source", "by_language")}
+        atomic_write_json(os.path.join(workdir, RUN_SUMMARY_FILE), {**dataclasses.asdict(result),
+                                                                    "data": data_counts})
     return result
 
 
