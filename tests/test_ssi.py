@@ -373,7 +373,7 @@ def test_load_ssi_validates_the_schema(llama, tmp_path):
         load_ssi(tmp_path / "nothing")
 
 
-def test_residual_index_from_locate_workdir(tmp_path):
+def test_residual_index_from_locate_workdir(tmp_path, caplog):
     from ml_collections import ConfigDict
 
     layers = [{"layer": k, "s_lang": 0.1, "s_sem": 0.2, "diff": 0.1, "diff_lo": 0.0, "diff_hi": 0.2,
@@ -381,8 +381,20 @@ def test_residual_index_from_locate_workdir(tmp_path):
     (tmp_path / "bottleneck.json").write_text(json.dumps(
         {"best_layer": 2, "num_layers": 3, "layers": layers, "languages": ["en", "zh"], "num_groups": 5,
          "num_points": 10}))
-    assert resolve_residual_index(ConfigDict({"residual_index": -1, "locate_workdir": str(tmp_path)})) == 2
+    with caplog.at_level("INFO", logger="lasa_jax.ssi.pipeline"):
+        assert resolve_residual_index(ConfigDict({"residual_index": -1, "locate_workdir": str(tmp_path)})) == 2
+    assert "residual index 2 = best_layer of" in caplog.text and "verdict not recorded" in caplog.text  # old file
     assert resolve_residual_index(ConfigDict({"residual_index": 1, "locate_workdir": str(tmp_path)})) == 1
+    caplog.clear()
+    (tmp_path / "bottleneck.json").write_text(json.dumps(
+        {"best_layer": 1, "num_layers": 3, "layers": layers, "languages": ["en", "zh"], "num_groups": 5,
+         "num_points": 10, "selection_range": [1, 3], "bottleneck_found": False,
+         "reason": "the argmax k* = 1 is at the edge of the candidate range 1..3"}))
+    with caplog.at_level("INFO", logger="lasa_jax.ssi.pipeline"):
+        assert resolve_residual_index(ConfigDict({"residual_index": -1, "locate_workdir": str(tmp_path)})) == 1
+    warning = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warning) == 1 and "k* = 1 is NOT a semantic bottleneck: the argmax k* = 1 is at the edge" in \
+        warning[0].getMessage() and "--config.residual_index=K" in warning[0].getMessage()
     with pytest.raises(ValueError, match="locate_workdir"):
         resolve_residual_index(ConfigDict({"residual_index": -1, "locate_workdir": ""}))
 
