@@ -71,6 +71,7 @@ import io
 import json
 import os
 import pathlib
+import textwrap
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -649,12 +650,11 @@ def plot_layer_curves(result: BottleneckResult, path: str | os.PathLike) -> None
         probe_axes.set_ylim(0.0, 1.02)
         more_handles, more_labels = probe_axes.get_legend_handles_labels()
         handles, labels = handles + more_handles, labels + more_labels
-    axes.legend(handles, labels, fontsize=7, loc="best")
+    axes.legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)  # below
     axes.grid(alpha=0.3)
     if not found:
-        figure.text(0.01, 0.005, "NO SEMANTIC BOTTLENECK FOUND: " + "; ".join(m for _, m in result.reasons),
-                    color="red", fontsize=6.5, wrap=True, va="bottom")
-        figure.subplots_adjust(bottom=0.2)
+        message = "NO SEMANTIC BOTTLENECK FOUND: " + "; ".join(m for _, m in result.reasons)
+        figure.suptitle(textwrap.fill(message, 120), color="red", fontsize=7, y=1.04)
     _save_figure(figure, pathlib.Path(path))
 
 
@@ -817,11 +817,15 @@ def verdict_line(report: Mapping[str, Any]) -> str:
         head = f"k* = {k} is a semantic bottleneck (S_sem - S_lang = {report['layers'][k]['diff']:.4f})"
     else:
         head = f"k* = {k} is NOT a semantic bottleneck: {report['reason']}"
-    probe_at_k = report["layers"][k].get(PROBE_FIELD)
+    probe = probe_line(report)
+    return f"{head}; {probe}" if probe else head
+
+
+def probe_line(report: Mapping[str, Any]) -> str:
+    """The probe's validation AUROC at k* and its best residual index, its reason when unavailable, or ""."""
+    probe_at_k = report["layers"][report["best_layer"]].get(PROBE_FIELD)
     probe = report.get("probe") or {}
     if probe_at_k is not None:
-        head += (f"; probe val AUROC {probe_at_k:.3f} at k*, best {probe.get('best_auroc', float('nan')):.3f} at "
-                 f"residual index {probe.get('best_layer')}")
-    elif probe.get("reason"):
-        head += f"; probe AUROC unavailable: {probe['reason']}"
-    return head
+        return (f"probe val AUROC {probe_at_k:.3f} at k*, best {probe.get('best_auroc', float('nan')):.3f} at "
+                f"residual index {probe.get('best_layer')}")
+    return f"probe AUROC unavailable: {probe['reason']}" if probe.get("reason") else ""

@@ -246,7 +246,7 @@ def _read_json(path: str) -> Any:
 
 def _locate_summary_lines(locate_dir: str) -> list[str]:
     """The report's Locate lines: k* with its interval and pick share, the verdict, the probe AUROC."""
-    from lasa_jax.bottleneck import BOTTLENECK_FILE, load_bottleneck, verdict_line
+    from lasa_jax.bottleneck import BOTTLENECK_FILE, load_bottleneck, probe_line
 
     if not os.path.isfile(os.path.join(locate_dir, BOTTLENECK_FILE)):
         return []
@@ -259,7 +259,8 @@ def _locate_summary_lines(locate_dir: str) -> list[str]:
     if b["bottleneck_found"] is False:
         lines += ["", f"**No semantic bottleneck found**: {b['reason']}. Later stages with residual_index=-1 used "
                       f"k* = {b['best_layer']} anyway."]
-    lines += ["", verdict_line(b) + "."]
+    if probe_line(b):
+        lines += ["", f"Harmful-vs-benign probe (grouped validation split): {probe_line(b)}."]
     return lines
 
 

@@ -244,7 +244,7 @@ def test_selection_range_options_and_ties():
 def test_selection_input_errors():
     features, languages, group_ids = _known_layer_features()
     with pytest.raises(ValueError, match="no candidate layer"):
-        select_bottleneck_layer(features[:2], languages, group_ids)
+        select_bottleneck_layer(features[:2], languages, group_ids, include_final=False)  # 1..0
     with pytest.raises(ValueError, match="num_bootstrap must be >= 1"):
         select_bottleneck_layer(features, languages, group_ids, num_bootstrap=0)
     with pytest.raises(ValueError, match=r"features \(L\+1, N, D\) must be a 3-D array"):
