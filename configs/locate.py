@@ -49,10 +49,19 @@ def get_config() -> ml_collections.ConfigDict:
     c.selection = ml_collections.ConfigDict()
     c.selection.metric = "cosine"  # silhouette distance: cosine (the paper) | euclidean (on unit vectors)
     c.selection.include_embeddings = False  # residual index 0 among the candidates
-    c.selection.include_final = False       # residual index L (after the final norm) among the candidates
+    c.selection.include_final = True        # residual index L (after the final norm) among the candidates:
+    #                                         True = 1..L, the paper's selection; False = 1..L-1 (lasa-jax before)
     c.selection.num_bootstrap = 200         # query-group resamples for the interval and the pick share
     c.selection.bootstrap = "points"        # points (centred cluster bootstrap) | expanded (see lasa_jax/bottleneck.py)
     c.selection.confidence = 0.95
+
+    # harmful-vs-benign probe per residual index, on the same features (lasa_jax/layer_probe.py): val AUROC in
+    # bottleneck.json, layers.csv and the plot; split by query group; labelled rows only (PolyRefuse, FLORES = benign)
+    c.probe = ml_collections.ConfigDict()
+    c.probe.enabled = True
+    c.probe.val_fraction = 0.25    # share of each class's query groups held out for the AUROC
+    c.probe.c = 1.0                # inverse L2 strength, as sklearn LogisticRegression(C=...)
+    c.probe.num_steps = 15         # full-batch Newton steps from zero
 
     c.report = ml_collections.ConfigDict()
     c.report.tsne_layers = "best"  # comma-separated residual indices and/or "best" (k*); "" = no t-SNE plot

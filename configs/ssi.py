@@ -68,6 +68,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.lr_plateau_factor = 0.5
 
     c.threshold = ml_collections.ConfigDict()
-    c.threshold.rule = "tpr_at_fpr"  # tpr_at_fpr (highest TPR with validation FPR <= fpr_bound) | accuracy
+    c.threshold.rule = "tpr_at_fpr"  # tpr_at_fpr (highest TPR with validation FPR <= fpr_bound) | accuracy; chosen
+    #                                  on logits (stored as threshold_logit; threshold = its sigmoid)
     c.threshold.fpr_bound = 0.05
     return c

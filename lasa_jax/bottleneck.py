@@ -4,6 +4,13 @@ Conventions
 -----------
 - Features are pooled last-token vectors, one per prompt: `x` is (N, D) for one layer, or (L+1, N, D) for all
   residual indices 0..L (0 = token embeddings, k in 1..L-1 = after block k, L = last block AFTER the final norm).
+- Candidates for k* (`select_bottleneck_layer`): 1..L by default, the paper's `select_best_layer` (embeddings out,
+  the post-norm entry L in); `include_embeddings` adds 0, `include_final=False` drops L.
+- Verdict (`no_bottleneck_reasons`): no semantic bottleneck is found when S_sem - S_lang < 0 at every candidate,
+  or k* is at an edge of the candidate range, or k* wins in < 50% of the bootstrap resamples (MIN_PICK_SHARE);
+  bottleneck.json records `bottleneck_found`, `reason` (every reason that applies, "; "-joined; null when found)
+  and `reason_codes` (NO_BOTTLENECK_REASONS). k* is still the argmax, so later stages can run, but it is then
+  only the least language-clustered candidate, not a bottleneck.
 - Labels are arbitrary hashable values (ints or strings); they are factorised on the host with `np.unique`, so the
   cluster order is the sorted order of the unique labels.
 - Silhouette (Rousseeuw 1987, as `sklearn.metrics.silhouette_score`): for point i in cluster A,
@@ -64,6 +71,7 @@ import io
 import json
 import os
 import pathlib
+import textwrap
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -75,7 +83,11 @@ from lasa_jax.io_utils import atomic_path, atomic_write_json, atomic_write_text
 METRICS = ("cosine", "euclidean")
 BOOTSTRAP_MODES = ("points", "expanded")
 BOTTLENECK_FILE = "bottleneck.json"
-LAYER_FIELDS = ("layer", "s_lang", "s_sem", "diff", "diff_lo", "diff_hi", "pick_share")
+LAYER_FIELDS = ("layer", "s_lang", "s_sem", "diff", "diff_lo", "diff_hi", "pick_share")  # required per layer
+PROBE_FIELD = "probe_auroc"  # per layer, optional (null: no probe); files written before it lack it
+CSV_FIELDS = LAYER_FIELDS + (PROBE_FIELD,)
+MIN_PICK_SHARE = 0.5
+NO_BOTTLENECK_REASONS = ("diff_negative_everywhere", "argmax_at_range_edge", "unstable_argmax")
 _TINY = 1e-12
 _HOST_CHUNK_BYTES = 16 << 20
 
@@ -431,6 +443,28 @@ def layer_silhouettes(x: Any, languages: Sequence[Any], group_ids: Sequence[Any]
 # ------------------------------------------------------------------------------------------- layer selection
 
 
+def no_bottleneck_reasons(diff: Sequence[float], pick_share: Sequence[float], best_layer: int,
+                          selection_range: Sequence[int], num_bootstrap: int | None = None) -> list[tuple[str, str]]:
+    """Every reason (code of NO_BOTTLENECK_REASONS, message) why k* = `best_layer` is not a semantic bottleneck
+    (module docstring, "Verdict"); [] when it is one. diff, pick_share: per residual index 0..L."""
+    first, last = int(selection_range[0]), int(selection_range[1])
+    candidates = np.asarray(diff, np.float64)[first:last + 1]
+    reasons = []
+    if (candidates < 0).all():
+        reasons.append(("diff_negative_everywhere",
+                        f"S_sem - S_lang < 0 at every candidate residual index {first}..{last} (from "
+                        f"{candidates.min():.4f} to {candidates.max():.4f}): language clusters dominate everywhere"))
+    if best_layer in (first, last):
+        reasons.append(("argmax_at_range_edge",
+                        f"the argmax k* = {best_layer} is at the edge of the candidate range {first}..{last}"))
+    share = float(pick_share[best_layer])
+    if share < MIN_PICK_SHARE:
+        of = f" of {num_bootstrap}" if num_bootstrap else ""
+        reasons.append(("unstable_argmax", f"k* = {best_layer} is the argmax in only {100 * share:.0f}%{of} "
+                                           f"bootstrap resamples (< {100 * MIN_PICK_SHARE:.0f}%)"))
+    return reasons
+
+
 @dataclasses.dataclass(frozen=True)
 class BottleneckResult:
     """Per-residual-index silhouettes and the selected bottleneck layer.
@@ -438,7 +472,8 @@ class BottleneckResult:
     Arrays have shape (num_layers + 1,), indexed by residual index 0..L. diff = s_sem - s_lang;
     diff_lo/diff_hi: percentile interval of diff over group-bootstrap resamples; pick_share: share of resamples
     whose argmax over `selection_range` (inclusive) is that index. best_layer = argmax of diff over
-    `selection_range`, ties -> lowest index.
+    `selection_range`, ties -> lowest index. probe_auroc: validation AUROC of the harmful-vs-benign probe per
+    index (`lasa_jax.layer_probe`), None when not computed; probe: its settings and, when unavailable, its reason.
     """
 
     best_layer: int
@@ -458,15 +493,45 @@ class BottleneckResult:
     bootstrap: str
     confidence: float
     seed: int
+    probe_auroc: np.ndarray | None = None
+    probe: Mapping[str, Any] | None = None
+
+    @property
+    def reasons(self) -> list[tuple[str, str]]:
+        """(code, message) of every reason that k* is not a bottleneck (`no_bottleneck_reasons`)."""
+        return no_bottleneck_reasons(self.diff, self.pick_share, self.best_layer, self.selection_range,
+                                     self.num_bootstrap)
+
+    @property
+    def bottleneck_found(self) -> bool:
+        return not self.reasons
+
+    @property
+    def best_probe_layer(self) -> int | None:
+        """Residual index of the highest probe AUROC (ties -> lowest), or None without a probe."""
+        if self.probe_auroc is None or not np.isfinite(self.probe_auroc).any():
+            return None
+        return int(np.nanargmax(self.probe_auroc))
 
     def layer_rows(self) -> list[dict]:
-        """One dict per residual index with the keys of LAYER_FIELDS."""
+        """One dict per residual index with the keys of CSV_FIELDS (probe_auroc None without a probe)."""
+        def probe_value(k):
+            if self.probe_auroc is None or not np.isfinite(self.probe_auroc[k]):
+                return None
+            return float(self.probe_auroc[k])
+
         return [{"layer": k, "s_lang": float(self.s_lang[k]), "s_sem": float(self.s_sem[k]),
                  "diff": float(self.diff[k]), "diff_lo": float(self.diff_lo[k]), "diff_hi": float(self.diff_hi[k]),
-                 "pick_share": float(self.pick_share[k])} for k in range(self.num_layers + 1)]
+                 "pick_share": float(self.pick_share[k]), PROBE_FIELD: probe_value(k)}
+                for k in range(self.num_layers + 1)]
 
     def to_json_dict(self) -> dict:
         """The `bottleneck.json` content."""
+        reasons = self.reasons
+        probe = dict(self.probe) if self.probe is not None else {
+            "reason": "not computed (no labels were passed to the report)"}
+        probe["best_layer"] = self.best_probe_layer
+        probe["best_auroc"] = None if self.best_probe_layer is None else float(self.probe_auroc[self.best_probe_layer])
         return {
             "best_layer": self.best_layer,
             "num_layers": self.num_layers,
@@ -475,6 +540,10 @@ class BottleneckResult:
             "num_groups": self.num_groups,
             "num_points": self.num_points,
             "selection_range": list(self.selection_range),
+            "bottleneck_found": not reasons,
+            "reason": "; ".join(message for _, message in reasons) or None,
+            "reason_codes": [code for code, _ in reasons],
+            "probe": probe,
             "metric": self.metric,
             "num_bootstrap": self.num_bootstrap,
             "bootstrap": self.bootstrap,
@@ -486,7 +555,7 @@ class BottleneckResult:
 
 
 def select_bottleneck_layer(features: Any, languages: Sequence[Any], group_ids: Sequence[Any], *,
-                            metric: str = "cosine", include_embeddings: bool = False, include_final: bool = False,
+                            metric: str = "cosine", include_embeddings: bool = False, include_final: bool = True,
                             num_bootstrap: int = 200, bootstrap: str = "points", confidence: float = 0.95,
                             seed: int = 0, normalize: bool = True, copies_are_neighbours: bool = False,
                             block_size: int = 1024, batch_size: int = 16) -> BottleneckResult:
@@ -494,7 +563,8 @@ def select_bottleneck_layer(features: Any, languages: Sequence[Any], group_ids: 
 
     features: (L+1, N, D) pooled vectors for residual indices 0..L (any float dtype; one layer is on the device
     at a time). languages, group_ids: (N,) labels. Silhouettes use `metric` on L2-normalised vectors
-    (`normalize`). Candidates: 1..L-1, plus 0 with `include_embeddings` and L (post-norm) with `include_final`.
+    (`normalize`). Candidates: 1..L-1, plus 0 with `include_embeddings` and L (post-norm) with `include_final`
+    (default: 1..L, the paper's selection).
     Bootstrap: `num_bootstrap` (>= 1) resamples of the query groups (`group_bootstrap_multiplicities(seed)`), the
     same resamples for every layer, under the `bootstrap` scheme ("points" or "expanded", module docstring);
     diff_lo/diff_hi are the (1 - confidence)/2 and (1 + confidence)/2 percentiles.
@@ -546,11 +616,12 @@ def _save_figure(figure, path: pathlib.Path) -> None:
 
 
 def plot_layer_curves(result: BottleneckResult, path: str | os.PathLike) -> None:
-    """PNG of S_lang, S_sem and diff vs residual index, the bootstrap band on diff and k* marked."""
+    """PNG of S_lang, S_sem and diff vs residual index, the bootstrap band on diff, k* marked, the probe's
+    validation AUROC on a second axis (when computed) and, when no bottleneck is found, the reasons in red."""
     from matplotlib.figure import Figure  # object API: no pyplot global state, Agg canvas
 
     layers = np.arange(result.num_layers + 1)
-    figure = Figure(figsize=(8, 4.5))
+    figure = Figure(figsize=(8, 5))
     axes = figure.add_subplot()
     axes.plot(layers, result.s_lang, marker=".", label="S_lang (by language)")
     axes.plot(layers, result.s_sem, marker=".", label="S_sem (by query group)")
@@ -558,16 +629,32 @@ def plot_layer_curves(result: BottleneckResult, path: str | os.PathLike) -> None
     axes.fill_between(layers, result.diff_lo, result.diff_hi, color="grey", alpha=0.3,
                       label=f"{100 * result.confidence:g}% group-bootstrap interval ({result.bootstrap}, "
                             f"{result.num_bootstrap} resamples)")
+    found = result.bottleneck_found
     axes.axvline(result.best_layer, color="red", linestyle="--",
-                 label=f"k* = {result.best_layer} (pick share {result.pick_share[result.best_layer]:.2f})")
+                 label=f"k* = {result.best_layer} (pick share {result.pick_share[result.best_layer]:.2f})"
+                       + ("" if found else ", NO bottleneck"))
     first, last = result.selection_range
     axes.axvspan(first - 0.5, last + 0.5, color="yellow", alpha=0.08, label=f"candidates {first}..{last}")
+    axes.axhline(0.0, color="black", linewidth=0.5)
     axes.set_xlabel(f"residual index (0 = embeddings, {result.num_layers} = after final norm)")
     axes.set_ylabel(f"silhouette ({result.metric})")
     axes.set_title(f"Semantic bottleneck: {result.num_points} texts, {result.num_groups} groups, "
                    f"{len(result.languages)} languages")
-    axes.legend(fontsize=7, loc="best")
+    handles, labels = axes.get_legend_handles_labels()
+    if result.best_probe_layer is not None:
+        probe_axes = axes.twinx()
+        best = result.best_probe_layer
+        probe_axes.plot(layers, result.probe_auroc, marker="x", color="tab:green", linestyle=":",
+                        label=f"probe val AUROC (harmful vs benign; best {result.probe_auroc[best]:.3f} at {best})")
+        probe_axes.set_ylabel("probe validation AUROC")
+        probe_axes.set_ylim(0.0, 1.02)
+        more_handles, more_labels = probe_axes.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    axes.legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)  # below
     axes.grid(alpha=0.3)
+    if not found:
+        message = "NO SEMANTIC BOTTLENECK FOUND: " + "; ".join(m for _, m in result.reasons)
+        figure.suptitle(textwrap.fill(message, 120), color="red", fontsize=7, y=1.04)
     _save_figure(figure, pathlib.Path(path))
 
 
@@ -623,7 +710,7 @@ def write_bottleneck_report(result: BottleneckResult, workdir: str | os.PathLike
              "plot": workdir / "bottleneck_layers.png"}
     atomic_write_json(paths["json"], {**result.to_json_dict(), **dict(metadata or {})})
     table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=LAYER_FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(table, fieldnames=CSV_FIELDS, lineterminator="\n")  # no probe -> empty cells
     writer.writeheader()
     writer.writerows(result.layer_rows())
     atomic_write_text(paths["csv"], table.getvalue())
@@ -684,4 +771,61 @@ def load_bottleneck(path_or_workdir: str | os.PathLike) -> dict:
         for field in LAYER_FIELDS[1:]:
             if not isinstance(row.get(field), (int, float)) or isinstance(row.get(field), bool):
                 raise ValueError(f"{path}: layers[{k}].{field} must be a number, got {row.get(field, '<missing>')!r}")
+        probe = row.get(PROBE_FIELD)
+        if probe is not None and (isinstance(probe, bool) or not isinstance(probe, (int, float)) or
+                                  not 0.0 <= probe <= 1.0):
+            raise ValueError(f"{path}: layers[{k}].{PROBE_FIELD} must be null or a number in [0, 1], got {probe!r}")
+    _check_or_fill_verdict(report, path)
     return report
+
+
+def _check_or_fill_verdict(report: dict, path: pathlib.Path) -> None:
+    """Validate `bottleneck_found` / `reason`; a file written before them gets them recomputed from its layers
+    (when it records its `selection_range`) or null, with `verdict_source` saying so."""
+    if "bottleneck_found" in report:
+        if not isinstance(report["bottleneck_found"], bool):
+            raise ValueError(f"{path}: field 'bottleneck_found' must be true or false, "
+                             f"got {report['bottleneck_found']!r}")
+        if report.get("reason") is not None and not isinstance(report["reason"], str):
+            raise ValueError(f"{path}: field 'reason' must be null or a string, got {report['reason']!r}")
+        if not report["bottleneck_found"] and not report.get("reason"):
+            raise ValueError(f"{path}: field 'reason' must say why when 'bottleneck_found' is false")
+        return
+    selection = report.get("selection_range")
+    num_layers = report["num_layers"]
+    if not (isinstance(selection, list) and len(selection) == 2 and all(isinstance(v, int) for v in selection)
+            and 0 <= selection[0] <= report["best_layer"] <= selection[1] <= num_layers):
+        report.update(bottleneck_found=None, reason="not recorded (the file predates the verdict and has no "
+                                                    "usable selection_range)", reason_codes=[],
+                      verdict_source="unknown")
+        return
+    rows = report["layers"]
+    reasons = no_bottleneck_reasons([r["diff"] for r in rows], [r["pick_share"] for r in rows],
+                                    report["best_layer"], selection, report.get("num_bootstrap"))
+    report.update(bottleneck_found=not reasons, reason="; ".join(m for _, m in reasons) or None,
+                  reason_codes=[c for c, _ in reasons],
+                  verdict_source="recomputed by load_bottleneck (the file predates the verdict fields)")
+
+
+def verdict_line(report: Mapping[str, Any]) -> str:
+    """One line on a loaded bottleneck.json's k*: whether it is a bottleneck and why not, and the probe's best."""
+    k = report["best_layer"]
+    found = report.get("bottleneck_found")
+    if found is None:
+        head = f"k* = {k} (bottleneck verdict {report.get('reason') or 'not recorded'})"
+    elif found:
+        head = f"k* = {k} is a semantic bottleneck (S_sem - S_lang = {report['layers'][k]['diff']:.4f})"
+    else:
+        head = f"k* = {k} is NOT a semantic bottleneck: {report['reason']}"
+    probe = probe_line(report)
+    return f"{head}; {probe}" if probe else head
+
+
+def probe_line(report: Mapping[str, Any]) -> str:
+    """The probe's validation AUROC at k* and its best residual index, its reason when unavailable, or ""."""
+    probe_at_k = report["layers"][report["best_layer"]].get(PROBE_FIELD)
+    probe = report.get("probe") or {}
+    if probe_at_k is not None:
+        return (f"probe val AUROC {probe_at_k:.3f} at k*, best {probe.get('best_auroc', float('nan')):.3f} at "
+                f"residual index {probe.get('best_layer')}")
+    return f"probe AUROC unavailable: {probe['reason']}" if probe.get("reason") else ""

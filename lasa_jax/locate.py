@@ -35,9 +35,17 @@ Steps:
    unknown)) with `<workdir>/activations.json` beside it: the cache key (a SHA-256 over the model fingerprint and
    dtypes, pooling, tokenisation settings, the token ids and the corpus records) and a corpus summary. A rerun
    whose key matches loads the file instead of running the model (`reuse_activations`).
-4. Selection (`select_bottleneck_layer`, `config.selection`): argmax over residual indices of S_sem - S_lang on
-   L2-normalised vectors, with a group bootstrap (interval and pick share per layer), seeded by `config.seed`.
-5. Report (`write_bottleneck_report`): bottleneck.json (with "model", the model's identity, and "corpus", the
+4. Selection (`select_bottleneck_layer`, `config.selection`): argmax over residual indices 1..L (the paper's
+   candidates; `selection.include_embeddings` adds 0, `selection.include_final=False` drops L) of S_sem - S_lang
+   on L2-normalised vectors, with a group bootstrap (interval and pick share per layer), seeded by `config.seed`,
+   and the verdict: no bottleneck when diff < 0 at every candidate, k* at a range edge, or pick share < 0.5
+   (bottleneck.json `bottleneck_found`, `reason`; a console warning).
+5. Probe (`lasa_jax.layer_probe`, `config.probe`): from the same features, the validation AUROC of a
+   harmful-vs-benign logistic probe at every residual index (split by query group; labelled rows only: PolyRefuse
+   harmful 1 / harmless 0, FLORES 0). Null with a reason when the labels do not allow it or when
+   `data.allow_held_out` is set (the probe uses non-held-out data only). Caveat: in the default corpus the benign
+   class mixes FLORES news with PolyRefuse harmless requests, so part of the AUROC can be domain, not safety.
+6. Report (`write_bottleneck_report`): bottleneck.json (with "model", the model's identity, and "corpus", the
    corpus summary and data notes), layers.csv, bottleneck_layers.png, and tsne_layer<k>.png for each of
    `report.tsne_layers`.
 
@@ -46,6 +54,7 @@ writes files. The activation file is reused only if every process can read a mat
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -67,6 +76,7 @@ from lasa_jax.data.parallel import (ParallelText, _record_from_row, check_parall
                                     load_multijail, load_parallel_hub, load_translated_safety_json,
                                     subsample_groups)
 from lasa_jax.io_utils import atomic_write_json, iter_jsonl
+from lasa_jax.layer_probe import ProbeResult, layer_probe_auroc
 from lasa_jax.runtime import is_writer, load_model, load_tokenizer, template_kwargs
 
 log = logging.getLogger(__name__)
@@ -114,6 +124,14 @@ def check_locate_config(config, model_given: bool = False) -> None:
         raise _fail("selection.num_bootstrap", "a number of group resamples >= 1", selection.num_bootstrap)
     if not 0.0 < selection.confidence < 1.0:
         raise _fail("selection.confidence", "in (0, 1)", selection.confidence)
+    probe = config.get("probe")
+    if probe is not None:
+        if not 0.0 < probe.val_fraction < 1.0:
+            raise _fail("probe.val_fraction", "in (0, 1)", probe.val_fraction)
+        if not probe.c > 0:
+            raise _fail("probe.c", "a positive inverse regularisation strength", probe.c)
+        if probe.num_steps < 1:
+            raise _fail("probe.num_steps", "a number of Newton steps >= 1", probe.num_steps)
     parse_tsne_layers(config.report.tsne_layers, best_layer=0)
     if config.report.tsne_max_iter < _TSNE_MIN_ITER:
         raise _fail("report.tsne_max_iter", f"an iteration count >= {_TSNE_MIN_ITER}", config.report.tsne_max_iter)
@@ -358,9 +376,10 @@ def locate_activations(config, workdir: pathlib.Path, model, tokenizer,
 
 
 def summary_line(result: BottleneckResult) -> str:
-    """One human-readable line: k*, its depth, S_sem - S_lang with its interval and the pick share."""
+    """One human-readable line: k*, its depth, S_sem - S_lang with its interval, the pick share, the verdict and the
+    probe's best residual index."""
     k = result.best_layer
-    return (f"semantic bottleneck k* = {k} of L = {result.num_layers} ({100 * k / result.num_layers:.0f}% depth; "
+    line = (f"semantic bottleneck k* = {k} of L = {result.num_layers} ({100 * k / result.num_layers:.0f}% depth; "
             f"residual index, 0 = embeddings): S_sem - S_lang = {result.diff[k]:.4f} "
             f"(S_sem {result.s_sem[k]:.4f}, S_lang {result.s_lang[k]:.4f}), "
             f"{100 * result.confidence:g}% group-bootstrap interval [{result.diff_lo[k]:.4f}, "
@@ -368,6 +387,28 @@ def summary_line(result: BottleneckResult) -> str:
             f"resamples; {result.num_points} texts, {result.num_groups} groups, "
             f"languages {','.join(result.languages)}, candidates {result.selection_range[0]}.."
             f"{result.selection_range[1]}")
+    if not result.bottleneck_found:
+        line += "; NO semantic bottleneck found: " + "; ".join(message for _, message in result.reasons)
+    best_probe = result.best_probe_layer
+    if best_probe is not None:
+        line += (f"; probe val AUROC {result.probe_auroc[k]:.3f} at k*, best {result.probe_auroc[best_probe]:.3f} "
+                 f"at residual index {best_probe}")
+    elif result.probe and result.probe.get("reason"):
+        line += f"; probe AUROC unavailable: {result.probe['reason']}"
+    return line
+
+
+def locate_probe(config, features: np.ndarray, records: Sequence[ParallelText]) -> ProbeResult:
+    """The per-residual-index probe AUROC of step 5 (module docstring) for the captured `features` (L+1, N, D)."""
+    probe = config.get("probe")
+    labels = np.array([UNKNOWN_LABEL if r.label is None else r.label for r in records], np.int32)
+    if probe is None or not probe.enabled:
+        return ProbeResult(None, "disabled (--config.probe.enabled=False)", {})
+    if config.data.allow_held_out:
+        return ProbeResult(None, "not computed: data.allow_held_out=True (the probe uses non-held-out data only)",
+                           {})
+    return layer_probe_auroc(features, labels, [r.group_id for r in records], seed=config.seed,
+                             val_fraction=probe.val_fraction, c=probe.c, num_steps=probe.num_steps)
 
 
 def run_locate(config, workdir: str | os.PathLike, model=None, mesh=None) -> BottleneckResult:
@@ -403,10 +444,16 @@ def run_locate(config, workdir: str | os.PathLike, model=None, mesh=None) -> Bot
                                      include_final=selection.include_final, num_bootstrap=selection.num_bootstrap,
                                      bootstrap=selection.bootstrap, confidence=selection.confidence,
                                      seed=config.seed)
+    probe = locate_probe(config, features, records)
+    settings = {key: value for key, value in probe.to_json_dict().items() if key != "auroc"}
+    result = dataclasses.replace(result, probe_auroc=probe.auroc, probe=settings)
+    if probe.reason:
+        log.warning("Locate probe AUROC not computed: %s", probe.reason)
     for row in result.layer_rows():
-        log.info("residual index %2d: S_lang %.4f  S_sem %.4f  diff %.4f  [%.4f, %.4f]  pick share %.2f",
-                 row["layer"], row["s_lang"], row["s_sem"], row["diff"], row["diff_lo"], row["diff_hi"],
-                 row["pick_share"])
+        auroc = "  n/a" if row["probe_auroc"] is None else f"{row['probe_auroc']:.3f}"
+        log.info("residual index %2d: S_lang %.4f  S_sem %.4f  diff %.4f  [%.4f, %.4f]  pick share %.2f  "
+                 "probe AUROC %s", row["layer"], row["s_lang"], row["s_sem"], row["diff"], row["diff_lo"],
+                 row["diff_hi"], row["pick_share"], auroc)
     if is_writer():
         tsne_layers = parse_tsne_layers(tsne_layers_value, result.best_layer, model.config.num_layers)
         paths = write_bottleneck_report(result, workdir, features=features if tsne_layers else None,
@@ -414,5 +461,10 @@ def run_locate(config, workdir: str | os.PathLike, model=None, mesh=None) -> Bot
                                         tsne_max_iter=config.report.tsne_max_iter,
                                         metadata={"model": model.identity(), "corpus": {**summary, "notes": notes}})
         log.info("wrote %s", ", ".join(sorted(paths.values())))
-    log.info("Locate: %s", summary_line(result))
+    if result.bottleneck_found:
+        log.info("Locate: %s", summary_line(result))
+    else:
+        log.warning("Locate: %s. Later stages that read k* from this workdir (residual_index=-1) will use index "
+                    "%d anyway; set their residual_index explicitly to choose another.", summary_line(result),
+                    result.best_layer)
     return result

@@ -271,6 +271,26 @@ def _read_json(path: str) -> Any:
         return json.load(f)
 
 
+def _locate_summary_lines(locate_dir: str) -> list[str]:
+    """The report's Locate lines: k* with its interval and pick share, the verdict, the probe AUROC."""
+    from lasa_jax.bottleneck import BOTTLENECK_FILE, load_bottleneck, probe_line
+
+    if not os.path.isfile(os.path.join(locate_dir, BOTTLENECK_FILE)):
+        return []
+    b = load_bottleneck(locate_dir)
+    best = b["layers"][b["best_layer"]]
+    lines = [f"Semantic bottleneck k* = {b['best_layer']} of L = {b['num_layers']} (S_sem - S_lang = "
+             f"{best['diff']:.3f}, 95% interval [{best['diff_lo']:.3f}, {best['diff_hi']:.3f}], "
+             f"picked in {100 * best['pick_share']:.0f}% of resamples); {b['num_points']} texts, "
+             f"{b['num_groups']} groups, languages {', '.join(b['languages'])}."]
+    if b["bottleneck_found"] is False:
+        lines += ["", f"**No semantic bottleneck found**: {b['reason']}. Later stages with residual_index=-1 used "
+                      f"k* = {b['best_layer']} anyway."]
+    if probe_line(b):
+        lines += ["", f"Harmful-vs-benign probe (grouped validation split): {probe_line(b)}."]
+    return lines
+
+
 def write_summary(workdir: str, config: ml_collections.ConfigDict) -> str:
     """`<workdir>/report.md`: what each stage produced, with links (relative paths) and headline numbers."""
     lines = ["# LASA pipeline report", "", f"Base model: `{config.model_path}`", ""]
@@ -282,13 +302,7 @@ def write_summary(workdir: str, config: ml_collections.ConfigDict) -> str:
         status = stage_status(workdir, stage)
         lines.append(f"## {stage}: {'done in %.0f s' % status['seconds'] if status else 'not run'}")
         if stage == "locate":
-            b = _read_json(os.path.join(workdir, "locate", "bottleneck.json"))
-            if b:
-                best = next(r for r in b["layers"] if r["layer"] == b["best_layer"])
-                lines.append(f"Semantic bottleneck k* = {b['best_layer']} of L = {b['num_layers']} (S_sem - S_lang = "
-                             f"{best['diff']:.3f}, 95% interval [{best['diff_lo']:.3f}, {best['diff_hi']:.3f}], "
-                             f"picked in {100 * best['pick_share']:.0f}% of resamples); {b['num_points']} texts, "
-                             f"{b['num_groups']} groups, languages {', '.join(b['languages'])}.")
+            lines += _locate_summary_lines(os.path.join(workdir, "locate"))
             lines += [f"- {link('locate/bottleneck.json')}, {link('locate/layers.csv')}, "
                       f"{link('locate/bottleneck_layers.png')}"]
         elif stage == "ssi":

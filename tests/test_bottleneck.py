@@ -1,6 +1,7 @@
 """Silhouettes against sklearn, the group bootstrap against explicitly expanded data, layer selection on features
 whose answer is known, and the report files."""
 import csv
+import dataclasses
 import json
 
 import jax.numpy as jnp
@@ -11,7 +12,11 @@ from sklearn.metrics import silhouette_score as sklearn_silhouette_score
 
 from lasa_jax import bottleneck
 from lasa_jax.bottleneck import (
+    CSV_FIELDS,
     LAYER_FIELDS,
+    PROBE_FIELD,
+    no_bottleneck_reasons,
+    verdict_line,
     group_bootstrap_multiplicities,
     layer_silhouettes,
     layerwise_silhouette_scores,
@@ -195,8 +200,9 @@ def test_selection_finds_the_semantic_layer():
     result = select_bottleneck_layer(features, languages, group_ids, num_bootstrap=50, seed=1)
     assert result.best_layer == 3
     assert result.pick_share[3] >= 0.9 and result.pick_share.sum() == pytest.approx(1.0)
-    assert result.pick_share[0] == 0.0 and result.pick_share[6] == 0.0  # outside the default range 1..L-1
-    assert result.selection_range == (1, 5) and result.num_layers == 6
+    assert result.pick_share[0] == 0.0  # outside the default range 1..L (the paper's)
+    assert result.selection_range == (1, 6) and result.num_layers == 6
+    assert result.bottleneck_found and result.reasons == []
     assert result.diff[3] > 0 > result.diff[2]
     assert (result.diff_lo <= result.diff + 1e-6).all() and (result.diff <= result.diff_hi + 1e-6).all()
     assert result.diff_lo[3] > result.diff_hi[2]  # clean case: intervals separate
@@ -217,25 +223,28 @@ def test_selection_finds_the_semantic_layer():
 def test_selection_range_options_and_ties():
     features, languages, group_ids = _known_layer_features(semantic_layers=(0, 2, 6))
     features[4] = features[2]  # a tie between residual indices 2 and 4 -> the lower one
-    default = select_bottleneck_layer(features, languages, group_ids, num_bootstrap=10)
+    default = select_bottleneck_layer(features, languages, group_ids, num_bootstrap=10, include_final=False)
     assert default.best_layer == 2
     assert default.pick_share[2] + default.pick_share[4] == pytest.approx(1.0)
     assert default.pick_share[2] == 1.0  # identical layers tie in every resample too
     features[0] = features[6] = _parallel_points(30, 5, 32, 6.0, 0.3, seed=9)[0]  # the most semantic layers
-    assert select_bottleneck_layer(features, languages, group_ids, num_bootstrap=10).best_layer == 2
-    with_final = select_bottleneck_layer(features, languages, group_ids, num_bootstrap=10, include_final=True)
+    without_final = select_bottleneck_layer(features, languages, group_ids, num_bootstrap=10, include_final=False)
+    assert without_final.selection_range == (1, 5) and without_final.best_layer == 2
+    with_final = select_bottleneck_layer(features, languages, group_ids, num_bootstrap=10)  # default: 1..L
     assert with_final.selection_range == (1, 6) and with_final.best_layer == 6
+    assert [code for code, _ in with_final.reasons] == ["argmax_at_range_edge"]  # L is the upper edge
     with_both = select_bottleneck_layer(features, languages, group_ids, num_bootstrap=10,
                                         include_embeddings=True, include_final=True)
     assert with_both.selection_range == (0, 6) and with_both.best_layer == 0  # tie with 6 -> lowest
-    euclidean = select_bottleneck_layer(features, languages, group_ids, num_bootstrap=10, metric="euclidean")
+    euclidean = select_bottleneck_layer(features, languages, group_ids, num_bootstrap=10, metric="euclidean",
+                                        include_final=False)
     assert euclidean.best_layer == 2 and euclidean.metric == "euclidean"
 
 
 def test_selection_input_errors():
     features, languages, group_ids = _known_layer_features()
     with pytest.raises(ValueError, match="no candidate layer"):
-        select_bottleneck_layer(features[:2], languages, group_ids)
+        select_bottleneck_layer(features[:2], languages, group_ids, include_final=False)  # 1..0
     with pytest.raises(ValueError, match="num_bootstrap must be >= 1"):
         select_bottleneck_layer(features, languages, group_ids, num_bootstrap=0)
     with pytest.raises(ValueError, match=r"features \(L\+1, N, D\) must be a 3-D array"):
@@ -255,17 +264,19 @@ def test_report_files_and_loader(tmp_path):
     paths = write_bottleneck_report(result, tmp_path / "locate", features=features, languages=languages,
                                     group_ids=group_ids, tsne_max_iter=250)  # t-SNE of k* by default
     report = json.loads((tmp_path / "locate/bottleneck.json").read_text())
-    assert list(report)[:7] == ["best_layer", "num_layers", "layers", "languages", "num_groups", "num_points",
-                                "selection_range"]
+    assert list(report)[:8] == ["best_layer", "num_layers", "layers", "languages", "num_groups", "num_points",
+                                "selection_range", "bottleneck_found"]
+    assert report["bottleneck_found"] is True and report["reason"] is None and report["reason_codes"] == []
+    assert report["probe"]["best_layer"] is None and "not computed" in report["probe"]["reason"]
     assert report["best_layer"] == 3 and report["num_layers"] == 6
     assert [row["layer"] for row in report["layers"]] == list(range(7))
-    assert list(report["layers"][0]) == list(LAYER_FIELDS)
+    assert list(report["layers"][0]) == list(CSV_FIELDS) and report["layers"][0][PROBE_FIELD] is None
     assert report["layers"][3]["diff"] == pytest.approx(result.diff[3])
     assert report["languages"] == ["en", "zh", "ko", "sw", "jv"]
     assert (report["num_groups"], report["num_points"]) == (30, 150)
     with open(tmp_path / "locate/layers.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 7 and tuple(rows[0]) == LAYER_FIELDS
+    assert len(rows) == 7 and tuple(rows[0]) == CSV_FIELDS and rows[0][PROBE_FIELD] == ""
     assert float(rows[3]["pick_share"]) == pytest.approx(result.pick_share[3])
     for name in ("plot", "tsne_3"):
         with open(paths[name], "rb") as f:
@@ -315,4 +326,77 @@ def test_load_bottleneck_missing_or_invalid(tmp_path):
         load_bottleneck(tmp_path)
     (tmp_path / "bottleneck.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
+        load_bottleneck(tmp_path)
+
+
+# ----------------------------------------------------------------------------------------- no-bottleneck verdict
+
+
+def test_no_bottleneck_reasons_each_and_all():
+    diff = [0.5, -0.3, 0.2, -0.1, -0.4]  # residual indices 0..4
+    share = [0.0, 0.0, 0.9, 0.1, 0.0]
+    assert no_bottleneck_reasons(diff, share, best_layer=2, selection_range=(1, 4)) == []
+    negative = [-0.5, -0.3, -0.02, -0.1, -0.4]
+    reasons = no_bottleneck_reasons(negative, share, best_layer=2, selection_range=(1, 4))
+    assert [code for code, _ in reasons] == ["diff_negative_everywhere"]
+    assert "every candidate residual index 1..4 (from -0.4000 to -0.0200)" in reasons[0][1]
+    at_edge = no_bottleneck_reasons(diff, [0, 0.9, 0.1, 0, 0], best_layer=1, selection_range=(1, 4))
+    assert [code for code, _ in at_edge] == ["argmax_at_range_edge"]
+    unstable = no_bottleneck_reasons(diff, [0, 0.3, 0.45, 0.25, 0], best_layer=2, selection_range=(1, 4),
+                                     num_bootstrap=20)
+    assert unstable == [("unstable_argmax", "k* = 2 is the argmax in only 45% of 20 bootstrap resamples (< 50%)")]
+    everything = no_bottleneck_reasons([-0.1, -0.01, -0.2, -0.3, -0.4], [0, 0.4, 0.3, 0.3, 0], best_layer=1,
+                                       selection_range=(1, 4))
+    assert [c for c, _ in everything] == ["diff_negative_everywhere", "argmax_at_range_edge", "unstable_argmax"]
+
+
+def test_no_bottleneck_is_recorded_plotted_and_loaded(tmp_path):
+    """Every layer clusters by language: diff < 0 everywhere; bottleneck.json, the plot and the loader say so."""
+    features, languages, group_ids = _known_layer_features(semantic_layers=())
+    result = select_bottleneck_layer(features, languages, group_ids, num_bootstrap=20)
+    assert not result.bottleneck_found and (result.diff[1:] < 0).all()
+    paths = write_bottleneck_report(result, tmp_path)
+    report = load_bottleneck(tmp_path)
+    assert report["bottleneck_found"] is False and "diff_negative_everywhere" in report["reason_codes"]
+    assert report["reason"].startswith("S_sem - S_lang < 0 at every candidate residual index 1..6")
+    assert len(report["reason"].split("; ")) == len(report["reason_codes"])
+    assert verdict_line(report).startswith(f"k* = {result.best_layer} is NOT a semantic bottleneck: S_sem")
+    with open(paths["plot"], "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    report["bottleneck_found"], report["reason"] = False, None
+    (tmp_path / "bottleneck.json").write_text(json.dumps(report))
+    with pytest.raises(ValueError, match="'reason' must say why"):
+        load_bottleneck(tmp_path)
+
+
+def test_old_reports_without_the_verdict_still_load(tmp_path):
+    path = tmp_path / "bottleneck.json"
+    old = _valid_report()  # written before the verdict fields, without selection_range
+    path.write_text(json.dumps(old))
+    report = load_bottleneck(tmp_path)
+    assert report["bottleneck_found"] is None and report["verdict_source"] == "unknown"
+    assert "k* = 2 (bottleneck verdict not recorded" in verdict_line(report)
+    old["selection_range"] = [1, 2]  # the old default 1..L-1: k* = 2 is its upper edge, picked in 50%
+    path.write_text(json.dumps(old))
+    report = load_bottleneck(tmp_path)
+    assert report["bottleneck_found"] is False and report["reason_codes"] == ["argmax_at_range_edge"]
+    assert report["verdict_source"].startswith("recomputed")
+
+
+def test_probe_auroc_in_json_csv_and_plot(tmp_path):
+    features, languages, group_ids = _known_layer_features(semantic_layers=(3,))
+    result = select_bottleneck_layer(features, languages, group_ids, num_bootstrap=10)
+    auroc = np.array([0.5, 0.6, 0.7, 0.95, 0.9, 0.8, np.nan])
+    result = dataclasses.replace(result, probe_auroc=auroc, probe={"reason": None, "num_val": 40})
+    write_bottleneck_report(result, tmp_path)
+    report = load_bottleneck(tmp_path)
+    assert [row[PROBE_FIELD] for row in report["layers"]] == [0.5, 0.6, 0.7, 0.95, 0.9, 0.8, None]
+    assert report["probe"] == {"reason": None, "num_val": 40, "best_layer": 3, "best_auroc": 0.95}
+    assert "probe val AUROC 0.950 at k*, best 0.950 at residual index 3" in verdict_line(report)
+    with open(tmp_path / "layers.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert float(rows[3][PROBE_FIELD]) == 0.95 and rows[6][PROBE_FIELD] == ""
+    report["layers"][2][PROBE_FIELD] = 1.5
+    (tmp_path / "bottleneck.json").write_text(json.dumps(report))
+    with pytest.raises(ValueError, match=r"layers\[2\].probe_auroc must be null or a number in \[0, 1\]"):
         load_bottleneck(tmp_path)

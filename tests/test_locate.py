@@ -2,6 +2,7 @@
 the stored activations, sklearn parity of the reported silhouettes, activation reuse), the demo JSONL, the
 held-out guard and config errors."""
 import csv
+import dataclasses
 import importlib.util
 import json
 import os
@@ -13,16 +14,18 @@ import sys
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import silhouette_score
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score, silhouette_score
 from transformers import AutoModelForCausalLM
 
 from lasa_jax.activations import load_activations, tokenize_prompts
 from lasa_jax.bottleneck import load_bottleneck
 from lasa_jax.data.heldout import HELD_OUT_FILES
 from lasa_jax.data.labelled import load_multijail_prompts
-from lasa_jax.data.parallel import corpus_summary, default_locate_corpus
+from lasa_jax.data.parallel import ParallelText, corpus_summary, default_locate_corpus
+from lasa_jax.layer_probe import grouped_split
 from lasa_jax.locate import (ACTIVATIONS_FILE, ACTIVATIONS_META_FILE, load_locate_corpus, locate_corpus_with_notes,
-                             parse_tsne_layers, run_locate)
+                             locate_probe, parse_tsne_layers, run_locate)
 from lasa_jax.models import from_pretrained
 from lasa_jax.runtime import load_tokenizer
 
@@ -66,20 +69,34 @@ def script_run(tiny_hf_dirs, shared_data, tmp_path_factory):
 def test_script_writes_every_file_with_a_valid_report(script_run):
     workdir, proc = script_run
     report = load_bottleneck(workdir)
-    assert report["num_layers"] == NUM_LAYERS and 1 <= report["best_layer"] <= NUM_LAYERS - 1
-    assert report["selection_range"] == [1, NUM_LAYERS - 1] and report["num_bootstrap"] == 50
+    assert report["num_layers"] == NUM_LAYERS and 1 <= report["best_layer"] <= NUM_LAYERS
+    assert report["selection_range"] == [1, NUM_LAYERS] and report["num_bootstrap"] == 50  # the paper's 1..L
     assert sorted(report["languages"]) == sorted(LANGUAGES)
     # 5 sources (flores + polyrefuse harmful/harmless x train/val), 8 groups each; every group has all 4 languages
     assert report["num_groups"] == 5 * GROUPS_PER_SOURCE and report["num_points"] == 4 * report["num_groups"]
     shares = [row["pick_share"] for row in report["layers"]]
-    assert sum(shares) == pytest.approx(1.0) and shares[0] == shares[NUM_LAYERS] == 0.0
+    assert sum(shares) == pytest.approx(1.0) and shares[0] == 0.0
     best = report["layers"][report["best_layer"]]
     assert best["diff_lo"] <= best["diff_hi"]
-    assert best["diff"] == max(row["diff"] for row in report["layers"][1:NUM_LAYERS])
+    assert best["diff"] == max(row["diff"] for row in report["layers"][1:NUM_LAYERS + 1])
+    # the verdict: recomputed from the reported numbers, and said on the console when there is no bottleneck
+    diffs = [row["diff"] for row in report["layers"][1:]]
+    expected = ((["diff_negative_everywhere"] if max(diffs) < 0 else [])
+                + (["argmax_at_range_edge"] if report["best_layer"] in (1, NUM_LAYERS) else [])
+                + (["unstable_argmax"] if best["pick_share"] < 0.5 else []))
+    assert report["reason_codes"] == expected and report["bottleneck_found"] is (not expected)
+    assert ("NO semantic bottleneck found" in proc.stderr) is (not report["bottleneck_found"])
+    # the probe: a val AUROC at every residual index, the grouped split's counts beside it
+    probe = report["probe"]
+    assert probe["reason"] is None and probe["num_val_harmful"] > 0 and probe["num_val_benign"] > 0
+    aurocs = [row["probe_auroc"] for row in report["layers"]]
+    assert all(0.0 <= value <= 1.0 for value in aurocs)
+    assert probe["best_auroc"] == max(aurocs) and aurocs[probe["best_layer"]] == max(aurocs)
     with open(workdir / "layers.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["layer"]) for r in rows] == list(range(NUM_LAYERS + 1))
     assert float(rows[2]["diff"]) == pytest.approx(report["layers"][2]["diff"])
+    assert float(rows[2]["probe_auroc"]) == pytest.approx(report["layers"][2]["probe_auroc"])
     assert sorted(p.name for p in workdir.glob("tsne_*.png")) == [f"tsne_layer{report['best_layer']:02d}.png"]
     for png in ("bottleneck_layers.png", f"tsne_layer{report['best_layer']:02d}.png"):
         assert (workdir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
@@ -123,8 +140,20 @@ def test_stored_activations_match_hf_and_the_reported_silhouettes(script_run, ti
             hidden = hf(input_ids=torch.tensor(ids[None].astype(np.int64)), output_hidden_states=True).hidden_states
         np.testing.assert_allclose(features[:, i], np.stack([h[0, -1].numpy() for h in hidden]), atol=1e-4)
 
-    # the reported point estimates are sklearn's cosine silhouettes of the stored vectors
+    # the reported probe AUROCs are sklearn's LogisticRegression + roc_auc_score on the stored vectors and labels
     report = load_bottleneck(workdir)
+    train, val = grouped_split(stored["label"], stored["group_id"], val_fraction=0.25, seed=SEED)
+    assert report["probe"]["num_train"] == train.sum() and report["probe"]["num_val"] == val.sum()
+    for k in range(NUM_LAYERS + 1):
+        x = features[k] / np.linalg.norm(features[k], axis=1, keepdims=True)
+        x = (x - x[train].mean(0)) / np.where(x[train].std(0) > 1e-12, x[train].std(0), 1.0)
+        probe = LogisticRegression(C=1.0, tol=1e-10, max_iter=10_000).fit(x[train], stored["label"][train])
+        expected = roc_auc_score(stored["label"][val], probe.decision_function(x[val]))
+        # tolerance: 2 swapped (harmful, benign) pairs; float32 Newton vs float64 lbfgs can swap near-tied scores
+        pairs = report["probe"]["num_val_harmful"] * report["probe"]["num_val_benign"]
+        assert report["layers"][k]["probe_auroc"] == pytest.approx(expected, abs=2.0 / pairs + 1e-9), k
+
+    # the reported point estimates are sklearn's cosine silhouettes of the stored vectors
     for k in range(NUM_LAYERS + 1):
         row = report["layers"][k]
         assert row["s_lang"] == pytest.approx(silhouette_score(features[k], stored["language"], metric="cosine"),
@@ -311,6 +340,9 @@ def test_translated_json_source_reads_the_reference_layout(tmp_path, shared_data
     ("selection.num_bootstrap", 0, "--config.selection.num_bootstrap"),
     ("report.tsne_layers", "best,middle", "--config.report.tsne_layers"),
     ("template_kwargs", "enable_thinking", "--config.template_kwargs"),
+    ("probe.val_fraction", 1.0, "--config.probe.val_fraction"),
+    ("probe.c", 0.0, "--config.probe.c"),
+    ("probe.num_steps", 0, "--config.probe.num_steps"),
 ])
 def test_bad_config_values_name_the_flag(field, value, message, tmp_path):
     config = _locate_config()
@@ -335,3 +367,22 @@ def test_default_source_needs_the_data_root_and_tsne_layers_parse():
     assert parse_tsne_layers("", best_layer=2) == ()
     with pytest.raises(ValueError, match="0..3"):
         parse_tsne_layers("4", best_layer=2, num_layers=3)
+
+
+def test_locate_probe_uses_labelled_non_held_out_rows_only():
+    rng = np.random.default_rng(0)
+    records = [ParallelText(f"text {g} {lang}", lang, f"src:{g}", "src", label)
+               for g, label in enumerate([1, 0] * 6 + [None] * 2) for lang in ("en", "zh")]
+    features = rng.normal(size=(3, len(records), 8)).astype(np.float32)
+    config = _locate_config()
+    result = locate_probe(config, features, records)
+    assert result.reason is None and result.auroc.shape == (3,)
+    assert result.settings["num_train"] + result.settings["num_val"] == 24  # the 2 unlabelled groups left out
+    config.data.allow_held_out = True
+    held_out = locate_probe(config, features, records)
+    assert held_out.auroc is None and "allow_held_out" in held_out.reason
+    config.data.allow_held_out, config.probe.enabled = False, False
+    assert "disabled" in locate_probe(config, features, records).reason
+    config.probe.enabled = True
+    unlabelled = [dataclasses.replace(r, label=None) for r in records]
+    assert "no harmful/benign labels" in locate_probe(config, features, unlabelled).reason

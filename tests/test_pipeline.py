@@ -235,3 +235,26 @@ def test_prefix_only_stage_follows_the_ssi_not_kto(tmp_path, monkeypatch):
     outcome = run_pipeline(config, str(tmp_path / "two"))
     assert sorted(s for s, state in outcome.items() if state == "done") == ["evaluate", "generate_prefix_only"]
     assert dict(calls)["evaluate"].prefix_only_generations.endswith("generate_prefix_only/generations.jsonl")
+
+
+def test_report_states_the_locate_verdict_and_probe(tmp_path):
+    """report.md's Locate section: k*, 'No semantic bottleneck found' with the reason, the probe's best index."""
+    import dataclasses
+
+    import numpy as np
+
+    from lasa_jax.bottleneck import select_bottleneck_layer, write_bottleneck_report
+    from lasa_jax.pipeline import write_summary
+
+    rng = np.random.default_rng(0)
+    languages = np.repeat(["en", "zh", "ko"], 12)
+    group_ids = np.tile([f"g{i}" for i in range(12)], 3)
+    offsets = {lang: rng.normal(size=8) * 3 for lang in ("en", "zh", "ko")}
+    features = np.stack([[offsets[lang] + rng.normal(size=8) for lang in languages] for _ in range(4)])
+    result = select_bottleneck_layer(features, languages, group_ids, num_bootstrap=10)  # language clusters only
+    result = dataclasses.replace(result, probe_auroc=np.array([0.5, 0.6, 0.9, 0.7]), probe={"reason": None})
+    write_bottleneck_report(result, tmp_path / "locate")
+    summary = open(write_summary(str(tmp_path), ml_collections.ConfigDict({"model_path": "m"}))).read()
+    assert f"Semantic bottleneck k* = {result.best_layer} of L = 3" in summary
+    assert "**No semantic bottleneck found**: S_sem - S_lang < 0 at every candidate residual index 1..3" in summary
+    assert "best 0.900 at residual index 2" in summary

@@ -24,7 +24,7 @@ from lasa_jax.models import from_pretrained
 from lasa_jax.ssi import (SSI, SSIConfig, SSIScorer, choose_threshold, classification_metrics, evaluate_by_language,
                           load_ssi, new_classifier, predict_logits, prompt_features, resolve_hidden_dims, roc_auc,
                           save_ssi, tokenization_fingerprint, train_classifier)
-from lasa_jax.ssi.artifact import CONFIG_FILE, METRICS_FILE, PARAMS_FILE, PLOT_FILE
+from lasa_jax.ssi.artifact import CONFIG_FILE, METRICS_FILE, PARAMS_FILE, PLOT_FILE, sigmoid
 from lasa_jax.ssi.mlp import flatten_params
 from lasa_jax.ssi.pipeline import load_ssi_data, resolve_residual_index, train_ssi
 from lasa_jax.ssi.training import TrainSettings, _epoch_batches, weighted_bce
@@ -93,6 +93,26 @@ def test_threshold_rules_on_hand_made_scores():
         choose_threshold(labels, probs, "f1")
     with pytest.raises(ValueError, match="harmful and benign"):
         choose_threshold([0, 0], [0.1, 0.2])
+
+
+def test_threshold_is_chosen_on_logits_where_probabilities_saturate():
+    """Logits above ~17 give float32 probabilities of exactly 1.0: on probabilities the benign 17.5 and 18 tie with
+    every harmful prompt, on logits the threshold separates them."""
+    labels = np.array([0, 0, 0, 0, 1, 1, 1])
+    logits = np.array([-2.0, 3.0, 17.5, 18.0, 19.0, 20.0, 25.0], np.float32)
+    probs = sigmoid(logits)
+    assert (probs[2:] == 1.0).all()  # saturated
+    on_probs = choose_threshold(labels, probs, "tpr_at_fpr", fpr_bound=0.0)
+    assert classification_metrics(labels, probs, on_probs)["tpr"] == 0.0  # no threshold separates ties
+    on_logits = choose_threshold(labels, logits, "tpr_at_fpr", fpr_bound=0.0, scale="logit")
+    assert on_logits == pytest.approx(18.5)  # midpoint of the benign 18 and the harmful 19
+    chosen = classification_metrics(labels, logits, on_logits)
+    assert chosen["tpr"] == 1.0 and chosen["fpr"] == 0.0
+    # the ends of a logit scale are the extreme scores -/+ 1, not the probability bounds 0 and 1
+    assert choose_threshold([0, 1], [20.0, 10.0], "tpr_at_fpr", fpr_bound=1.0, scale="logit") == pytest.approx(9.5)
+    assert choose_threshold([0, 1], [30.0, 20.0], "tpr_at_fpr", fpr_bound=0.0, scale="logit") == pytest.approx(30.5)
+    with pytest.raises(ValueError, match="scale must be one of"):
+        choose_threshold(labels, logits, scale="odds")
 
 
 def test_tpr_at_fpr_threshold_is_optimal_against_a_dense_sweep():
@@ -292,6 +312,17 @@ def test_artifact_round_trip_gives_identical_scores(llama, tmp_path):
         scorer.score("one string")
     with pytest.raises(FileExistsError):
         save_ssi(tmp_path / "ssi", ssi)
+    # a threshold chosen on logits decides on logits: 17.5 and 19 both saturate to p = 1.0 but are told apart
+    on_logits = SSI(dataclasses.replace(ssi.config, threshold=float(sigmoid(18.25)), threshold_logit=18.25),
+                    ssi.classifier)
+    np.testing.assert_array_equal(on_logits.decide(np.array([17.5, 19.0], np.float32)), [False, True])
+    np.testing.assert_array_equal(ssi.decide(np.array([17.5, 19.0], np.float32)), [True, True])
+    save_ssi(tmp_path / "logit_ssi", on_logits)
+    reloaded = load_ssi(tmp_path / "logit_ssi", model=model)
+    assert reloaded.config.threshold_logit == 18.25 and reloaded.config == on_logits.config
+    logits, logit_flags = SSIScorer(model, reloaded).score_logits(PROMPTS)
+    np.testing.assert_array_equal(logit_flags, logits > 18.25)
+    np.testing.assert_array_equal(sigmoid(logits), expected)
     # the callable form plugs into KTO latent labels (mode "ssi")
     rows = [PreferenceRow(prompt=p, completion="ok", desirable=True, source="s") for p in PROMPTS]
     labelled = assign_latent_labels(rows, mode="ssi", ssi_flags=scorer)
@@ -331,11 +362,19 @@ def test_load_ssi_validates_the_schema(llama, tmp_path):
     config_path.write_text(json.dumps({k: v for k, v in good.items() if k != "threshold"}))
     with pytest.raises(ValueError, match="missing field 'threshold'"):
         load_ssi(tmp_path / "ssi")
+    config_path.write_text(json.dumps({**good, "threshold_logit": "high"}))
+    with pytest.raises(ValueError, match="'threshold_logit' must be a number"):
+        load_ssi(tmp_path / "ssi")
+    # an artifact written before threshold_logit existed loads and keeps its rule, p > threshold
+    config_path.write_text(json.dumps({k: v for k, v in good.items() if k != "threshold_logit"}))
+    old = load_ssi(tmp_path / "ssi")
+    assert old.config.threshold_logit is None
+    np.testing.assert_array_equal(old.decide(np.array([-1.0, 0.5, 30.0])), [False, True, True])
     with pytest.raises(FileNotFoundError):
         load_ssi(tmp_path / "nothing")
 
 
-def test_residual_index_from_locate_workdir(tmp_path):
+def test_residual_index_from_locate_workdir(tmp_path, caplog):
     from ml_collections import ConfigDict
 
     layers = [{"layer": k, "s_lang": 0.1, "s_sem": 0.2, "diff": 0.1, "diff_lo": 0.0, "diff_hi": 0.2,
@@ -343,8 +382,20 @@ def test_residual_index_from_locate_workdir(tmp_path):
     (tmp_path / "bottleneck.json").write_text(json.dumps(
         {"best_layer": 2, "num_layers": 3, "layers": layers, "languages": ["en", "zh"], "num_groups": 5,
          "num_points": 10}))
-    assert resolve_residual_index(ConfigDict({"residual_index": -1, "locate_workdir": str(tmp_path)})) == 2
+    with caplog.at_level("INFO", logger="lasa_jax.ssi.pipeline"):
+        assert resolve_residual_index(ConfigDict({"residual_index": -1, "locate_workdir": str(tmp_path)})) == 2
+    assert "residual index 2 = best_layer of" in caplog.text and "verdict not recorded" in caplog.text  # old file
     assert resolve_residual_index(ConfigDict({"residual_index": 1, "locate_workdir": str(tmp_path)})) == 1
+    caplog.clear()
+    (tmp_path / "bottleneck.json").write_text(json.dumps(
+        {"best_layer": 1, "num_layers": 3, "layers": layers, "languages": ["en", "zh"], "num_groups": 5,
+         "num_points": 10, "selection_range": [1, 3], "bottleneck_found": False,
+         "reason": "the argmax k* = 1 is at the edge of the candidate range 1..3"}))
+    with caplog.at_level("INFO", logger="lasa_jax.ssi.pipeline"):
+        assert resolve_residual_index(ConfigDict({"residual_index": -1, "locate_workdir": str(tmp_path)})) == 1
+    warning = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warning) == 1 and "k* = 1 is NOT a semantic bottleneck: the argmax k* = 1 is at the edge" in \
+        warning[0].getMessage() and "--config.residual_index=K" in warning[0].getMessage()
     with pytest.raises(ValueError, match="locate_workdir"):
         resolve_residual_index(ConfigDict({"residual_index": -1, "locate_workdir": ""}))
 
@@ -408,6 +459,8 @@ def test_train_ssi_script_end_to_end_on_shared_data(tiny_hf_dirs, shared_data, t
         name: split["rows"] for name, split in notes["held_out_content"]["dropped"].items()} == {"train": 0, "val": 0}
     assert notes["multijail_evaluation"]["languages"] == ["en", "zh", "ko", "it", "vi", "ar", "th", "bn", "sw", "jv"]
     assert metrics["threshold"]["chosen"] == config["threshold"]
+    assert metrics["threshold"]["chosen_logit"] == config["threshold_logit"]  # chosen on logits
+    assert config["threshold"] == pytest.approx(1.0 / (1.0 + np.exp(-config["threshold_logit"])), rel=1e-12)
     assert set(metrics["summary"]) == set(metrics["evaluation"])
     assert metrics["threshold"]["candidates"]["tpr_at_fpr"]["validation"]["fpr"] <= 0.05
     assert notes["near_duplicates"]["dropped_val_groups"] == [

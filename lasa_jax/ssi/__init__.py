@@ -2,7 +2,7 @@
 
     from lasa_jax.ssi import load_ssi, SSIScorer
     scorer = SSIScorer(model, load_ssi(ssi_dir))       # model: the frozen base model the SSI was trained on
-    probs, flags = scorer.score(["How do I ...?", ...])  # p(harmful) (N,) float32, flags = p > threshold (N,) bool
+    probs, flags = scorer.score(["How do I ...?", ...])  # p(harmful) (N,) float32, flags (N,) bool
 
 Modules: `mlp` (the network), `training` (optax training with early stopping), `metrics` (thresholds, per-language
 metrics, AUROC, plot), `features` (truncated-trunk features with a disk cache), `artifact` (the one on-disk schema,

@@ -7,9 +7,11 @@ An SSI is a directory:
     metrics_per_language.png
 
 config.json fields: residual_index (HF hidden_states entry k the features come from; 0 = embeddings, L = after the
-final norm), threshold (harmful iff p > threshold), threshold_rule, fpr_bound, d_model (base model width = MLP input
-width), hidden_dims (MLP hidden widths, [] = linear probe), dropout, standardize (the MLP standardises its input
-with fixed training-set statistics stored among the parameters), pooling ("last" | "mean"), chat_template
+final norm), threshold_logit (harmful iff logit > threshold_logit; chosen on logits, which do not saturate),
+threshold (= sigmoid(threshold_logit), a probability kept for readers of older artifacts; an artifact without
+threshold_logit, written before it existed, decides harmful iff p > threshold), threshold_rule, fpr_bound, d_model
+(base model width = MLP input width), hidden_dims (MLP hidden widths, [] = linear probe), dropout, standardize
+(the MLP standardises its input with fixed training-set statistics stored among the parameters), pooling ("last" | "mean"), chat_template
 (bool: prompts rendered through the chat template, else raw text), template_kwargs, max_length (prompt token
 budget; longer prompts lose their oldest user-content tokens), base_model_fingerprint (`model.fingerprint` of the
 frozen model the features come from), base_model_path (informational), base_model_num_layers, base_model_dtype
@@ -71,6 +73,7 @@ class SSIConfig:
     base_model_dtype: str | None = None
     tokenizer_check: str | None = None
     best_epoch: int | None = None
+    threshold_logit: float | None = None
 
     def to_json_dict(self) -> dict[str, Any]:
         out = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "decision_rule": DECISION_RULE}
@@ -135,6 +138,7 @@ class SSIConfig:
             base_model_dtype=field("base_model_dtype", lambda v: v is None or isinstance(v, str), "a string", None),
             tokenizer_check=field("tokenizer_check", lambda v: v is None or isinstance(v, str), "a string", None),
             best_epoch=field("best_epoch", lambda v: v is None or is_int(v), "an integer", None),
+            threshold_logit=field("threshold_logit", lambda v: v is None or is_number(v), "a number", None),
         )
 
 
@@ -152,13 +156,24 @@ class SSI:
                              f"{list(self.classifier.hidden_dims)}) does not match the config (d_model "
                              f"{self.config.d_model}, hidden_dims {list(self.config.hidden_dims)})")
 
+    def logits(self, features) -> np.ndarray:
+        """(N, d_model) features -> (N,) float32 logits of p(harmful)."""
+        return predict_logits(self.classifier, features)
+
     def probabilities(self, features) -> np.ndarray:
         """(N, d_model) features -> (N,) float32 p(harmful) = sigmoid(logit)."""
-        logits = predict_logits(self.classifier, features)
-        return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
+        return sigmoid(self.logits(features))
+
+    def decide(self, logits) -> np.ndarray:
+        """(N,) logits -> (N,) bool: harmful iff logit > threshold_logit (an artifact without threshold_logit: iff
+        sigmoid(logit) > threshold, its rule when written)."""
+        logits = np.asarray(logits)
+        if self.config.threshold_logit is None:
+            return sigmoid(logits) > self.config.threshold
+        return logits > self.config.threshold_logit
 
     def flags(self, probabilities) -> np.ndarray:
-        """(N,) bool: harmful iff p > threshold."""
+        """(N,) bool: harmful iff p > threshold (probabilities saturate at 1.0; `decide` on logits is exact)."""
         return np.asarray(probabilities) > self.config.threshold
 
 
@@ -184,8 +199,19 @@ def save_ssi(path: str | os.PathLike, ssi: SSI, *, metrics: Mapping[str, Any] | 
             if metrics.get("evaluation"):
                 plot_per_language(metrics["evaluation"], os.path.join(tmp, PLOT_FILE),
                                   title=f"SSI at residual index {ssi.config.residual_index}, threshold "
-                                        f"{ssi.config.threshold:.4g} ({ssi.config.threshold_rule})")
+                                        f"{_threshold_text(ssi.config)} ({ssi.config.threshold_rule})")
     return os.path.abspath(path)
+
+
+def sigmoid(logits) -> np.ndarray:
+    """float32 sigmoid of float32 logits (computed in float64)."""
+    return (1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64)))).astype(np.float32)
+
+
+def _threshold_text(config: SSIConfig) -> str:
+    if config.threshold_logit is None:
+        return f"p > {config.threshold:.4g}"
+    return f"logit > {config.threshold_logit:.4g} (p > {config.threshold:.4g})"
 
 
 def resolve_ssi_dir(path: str | os.PathLike) -> pathlib.Path:
@@ -247,7 +273,8 @@ def check_base_model(ssi: SSI, model) -> None:
 class SSIScorer:
     """Scores prompt strings with an SSI on its base model.
 
-    `probs, flags = scorer.score(prompts)`: probs (N,) float32 p(harmful), flags (N,) bool (p > threshold).
+    `probs, flags = scorer.score(prompts)`: probs (N,) float32 p(harmful), flags (N,) bool (`SSI.decide`: logit >
+    threshold_logit). `scorer.score_logits(prompts)` returns (logits, flags).
     `scorer(prompts)` returns the flags only (the callable `assign_latent_labels(mode="ssi")` expects).
     The tokenizer defaults to the one in `model.source_path`; its rendering of fixed probe prompts must match the
     SSI's `tokenizer_check`, else ValueError.
@@ -277,7 +304,13 @@ class SSIScorer:
 
     @property
     def threshold(self) -> float:
+        """The probability threshold (sigmoid of threshold_logit), for reports."""
         return self.ssi.config.threshold
+
+    @property
+    def threshold_logit(self) -> float | None:
+        """The logit threshold the flags use (None for an artifact written before it existed)."""
+        return self.ssi.config.threshold_logit
 
     def features(self, prompts: Sequence[str]) -> np.ndarray:
         """(N, d_model) float32 features, computed exactly as at training time."""
@@ -291,8 +324,15 @@ class SSIScorer:
         """(probabilities (N,) float32, harmful flags (N,) bool) of prompt strings."""
         if isinstance(prompts, str):
             raise ValueError("SSIScorer.score takes a list of prompt strings, got a single string")
-        probabilities = self.ssi.probabilities(self.features(prompts))
-        return probabilities, self.ssi.flags(probabilities)
+        logits, flags = self.score_logits(prompts)
+        return sigmoid(logits), flags
+
+    def score_logits(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(logits (N,) float32, harmful flags (N,) bool) of prompt strings."""
+        if isinstance(prompts, str):
+            raise ValueError("SSIScorer.score_logits takes a list of prompt strings, got a single string")
+        logits = self.ssi.logits(self.features(prompts))
+        return logits, self.ssi.decide(logits)
 
     def __call__(self, prompts: Sequence[str]) -> np.ndarray:
         return self.score(prompts)[1]

@@ -1,14 +1,18 @@
 """SSI metrics: thresholds chosen on validation, per-language classification metrics, AUROC and a per-language plot.
 
-Decision rule everywhere: a prompt is flagged harmful iff p > threshold (strict), p = sigmoid(logit).
+Decision rule everywhere: a prompt is flagged harmful iff score > threshold (strict). The SSI trainer chooses and
+applies its threshold on LOGITS (harmful iff logit > threshold_logit): float32 probabilities sigmoid(logit)
+saturate to exactly 1.0 above a logit of about 16.6, so on probabilities every confident harmful prompt ties and
+no threshold can separate them. The functions below take any real scores: logits, or probabilities (0..1).
 
-Threshold rules (`choose_threshold`), on validation probabilities and labels (1 harmful, 0 benign):
+Threshold rules (`choose_threshold`), on validation scores and labels (1 harmful, 0 benign):
 - "tpr_at_fpr" (default): the highest TPR whose benign FPR <= fpr_bound (pooled over the validation rows).
 - "accuracy": the highest accuracy (ties: the lower FPR).
 Candidates are all distinct validation decisions: with sorted distinct scores u_1 < ... < u_m, flag-none, and
 "flag p > u_j" for each j (and flag-all). The returned threshold is the midpoint between the score that bounds the
-chosen decision from below and the next higher score (0 and 1 at the ends), so it reproduces that decision on the
-validation set with the widest margin on both sides. (The reference swept t = 0.30..0.70 for accuracy, METHOD.md §4.)
+chosen decision from below and the next higher score (at the ends: 0 and 1 for probabilities, the extreme score
+-/+ 1 for logits), so it reproduces that decision on the validation set with the widest margin on both sides.
+(The reference swept t = 0.30..0.70 for accuracy, METHOD.md §4.)
 
 Per-set metrics (`evaluate_by_language`): per language and "pooled" over all rows: n, counts, accuracy, TPR
 (recall on harmful), FPR (benign flagged), precision, F1, AUROC (threshold-free), with 95% Wilson intervals for
@@ -27,7 +31,9 @@ from lasa_jax.evaluate.metrics import wilson_interval
 from lasa_jax.io_utils import atomic_path
 
 THRESHOLD_RULES = ("tpr_at_fpr", "accuracy")
-DECISION_RULE = "harmful iff p > threshold"
+DECISION_RULE = ("harmful iff logit > threshold_logit (threshold = sigmoid(threshold_logit); artifacts without "
+                 "threshold_logit: harmful iff p > threshold)")
+SCORE_SCALES = ("probability", "logit")
 METRIC_NAMES = ("accuracy", "tpr", "fpr", "precision", "f1", "auroc")
 
 
@@ -63,7 +69,8 @@ def _ratio(num: int, den: int) -> float | None:
 
 
 def classification_metrics(labels: Sequence[int], probs: Sequence[float], threshold: float) -> dict[str, Any]:
-    """Metrics of the rule p > threshold (see the module docstring); None where undefined."""
+    """Metrics of the rule score > threshold (scores: logits or probabilities, with the threshold on the same
+    scale; see the module docstring); None where undefined."""
     labels, probs = _check_scores(labels, probs, "classification_metrics")
     flags = probs > threshold
     positives = labels == 1
@@ -107,15 +114,17 @@ def evaluate_by_language(labels: Sequence[int], probs: Sequence[float], language
 # ------------------------------------------------------------------------------------------------- thresholds
 
 
-def _decision_table(labels: np.ndarray, probs: np.ndarray):
-    """Candidate decisions: lower bounds b_j (flag p > b_j), the next score above, and TPR/FPR/accuracy of each.
+def _decision_table(labels: np.ndarray, probs: np.ndarray, scale: str = "probability"):
+    """Candidate decisions: lower bounds b_j (flag score > b_j), the next score above, and TPR/FPR/accuracy of each.
 
     Candidate j = 0 flags everything (bound below the smallest score), j = m flags nothing.
     """
     unique = np.unique(probs)  # ascending, m values
-    # sentinels outside the scores: probabilities lie in [0, 1]
-    lower = np.r_[0.0 if unique[0] > 0 else unique[0] - 1.0, unique]  # (m + 1,)
-    upper = np.r_[unique, 1.0 if unique[-1] < 1 else unique[-1] + 1.0]
+    # sentinels outside the scores: probabilities lie in [0, 1]; logits are unbounded
+    low_end = 0.0 if scale == "probability" and unique[0] > 0 else unique[0] - 1.0
+    high_end = 1.0 if scale == "probability" and unique[-1] < 1 else unique[-1] + 1.0
+    lower = np.r_[low_end, unique]  # (m + 1,)
+    upper = np.r_[unique, high_end]
     n_pos = int(labels.sum())
     n_neg = labels.size - n_pos
     pos_sorted = np.sort(probs[labels == 1])
@@ -129,8 +138,11 @@ def _decision_table(labels: np.ndarray, probs: np.ndarray):
 
 
 def choose_threshold(labels: Sequence[int], probs: Sequence[float], rule: str = "tpr_at_fpr",
-                     fpr_bound: float = 0.05) -> float:
-    """Threshold t (harmful iff p > t) by `rule` on validation scores; see the module docstring."""
+                     fpr_bound: float = 0.05, *, scale: str = "probability") -> float:
+    """Threshold t (harmful iff score > t) by `rule` on validation scores; see the module docstring. scale:
+    "probability" (scores in [0, 1]) or "logit" (the SSI trainer's choice: no saturation)."""
+    if scale not in SCORE_SCALES:
+        raise ValueError(f"scale must be one of {SCORE_SCALES}, got {scale!r}")
     if rule not in THRESHOLD_RULES:
         raise ValueError(f"threshold rule must be one of {THRESHOLD_RULES}, got {rule!r}")
     if not 0.0 <= fpr_bound <= 1.0:
@@ -140,7 +152,7 @@ def choose_threshold(labels: Sequence[int], probs: Sequence[float], rule: str = 
         raise ValueError("choose_threshold: no validation scores")
     if rule == "tpr_at_fpr" and labels.sum() in (0, labels.size):
         raise ValueError("choose_threshold: rule 'tpr_at_fpr' needs harmful and benign validation rows")
-    lower, upper, tpr, fpr, accuracy = _decision_table(labels, probs)
+    lower, upper, tpr, fpr, accuracy = _decision_table(labels, probs, scale)
     if rule == "tpr_at_fpr":
         feasible = fpr <= fpr_bound + 1e-12  # flag-none (fpr 0) is always feasible
         primary = np.where(feasible, tpr, -np.inf)

@@ -205,7 +205,8 @@ def _drop_near_duplicates(train, val, test, data_config, notes):
 
 
 def resolve_residual_index(config, model=None) -> int:
-    """config.residual_index, or (when < 0) `best_layer` of the Locate workdir's bottleneck.json.
+    """config.residual_index, or (when < 0) `best_layer` of the Locate workdir's bottleneck.json, logged with the
+    Locate verdict (a warning when Locate found no semantic bottleneck) and the probe AUROC there.
 
     With `model`, a located layer must come from that model: the report's number of layers and (when recorded)
     model fingerprint must match, else ValueError naming both values.
@@ -227,8 +228,21 @@ def resolve_residual_index(config, model=None) -> int:
         if located_on and model.fingerprint and located_on != model.fingerprint:
             raise ValueError(f"{where} was located on model {located_on} ({report['model'].get('path')}), but "
                              f"--config.model_path={config.model_path} is model {model.fingerprint}")
-    log.info("residual index %d = best_layer of %s", report["best_layer"], config.locate_workdir)
+    from lasa_jax.bottleneck import verdict_line
+
+    if report["bottleneck_found"] is False:
+        log.warning("residual index %d = best_layer of %s, used because --config.residual_index=-1, but %s; set "
+                    "--config.residual_index=K to train on another layer", report["best_layer"],
+                    config.locate_workdir, verdict_line(report))
+    else:
+        log.info("residual index %d = best_layer of %s: %s", report["best_layer"], config.locate_workdir,
+                 verdict_line(report))
     return int(report["best_layer"])
+
+
+def _probability(threshold_logit: float) -> float:
+    """sigmoid of a logit threshold in float64: the probability threshold stored beside it for older readers."""
+    return float(1.0 / (1.0 + np.exp(-np.float64(threshold_logit))))
 
 
 def train_settings(config) -> TrainSettings:
@@ -299,16 +313,18 @@ def train_ssi(config, workdir: str | os.PathLike, mesh=None) -> dict[str, Any]:
         best_epoch=result.best_epoch)
     ssi = SSI(provisional, result.classifier)
     val_labels = _labels(data.val)
-    val_probs = ssi.probabilities(features_of(data.val))
-    thresholds = {rule: choose_threshold(val_labels, val_probs, rule, config.threshold.fpr_bound)
+    # thresholds are chosen on logits: float32 probabilities saturate to 1.0 above logit ~16.6 (ssi/metrics.py)
+    val_logits = ssi.logits(features_of(data.val))
+    thresholds = {rule: choose_threshold(val_labels, val_logits, rule, config.threshold.fpr_bound, scale="logit")
                   for rule in ("tpr_at_fpr", "accuracy")}
     chosen = thresholds[config.threshold.rule]
-    chosen_validation = classification_metrics(val_labels, val_probs, chosen)
+    chosen_validation = classification_metrics(val_labels, val_logits, chosen)
     if not chosen_validation["tp"]:
-        log.warning("the chosen threshold %.4f flags no harmful validation prompt (rule %s, FPR bound %s): the SSI "
-                    "does not separate the classes at this layer", chosen, config.threshold.rule,
+        log.warning("the chosen threshold logit %.4f flags no harmful validation prompt (rule %s, FPR bound %s): the "
+                    "SSI does not separate the classes at this layer", chosen, config.threshold.rule,
                     config.threshold.fpr_bound)
-    ssi = SSI(dataclasses.replace(provisional, threshold=chosen), result.classifier)
+    ssi = SSI(dataclasses.replace(provisional, threshold=_probability(chosen), threshold_logit=chosen),
+              result.classifier)
 
     # the SSI (parameters and threshold) is final: only now are the held-out evaluation sets embedded and scored
     held_out_features_of = embedder([r for records in data.held_out_evaluation.values() for r in records])
@@ -317,9 +333,9 @@ def train_ssi(config, workdir: str | os.PathLike, mesh=None) -> dict[str, Any]:
     scored += [(name, records, held_out_features_of) for name, records in data.held_out_evaluation.items()]
     evaluation, at_accuracy_threshold = {}, {}
     for name, records, embed in scored:
-        probs = ssi.probabilities(embed(records))
-        evaluation[name] = evaluate_by_language(_labels(records), probs, _languages_of(records), chosen)
-        at_accuracy_threshold[name] = evaluate_by_language(_labels(records), probs, _languages_of(records),
+        logits = ssi.logits(embed(records))
+        evaluation[name] = evaluate_by_language(_labels(records), logits, _languages_of(records), chosen)
+        at_accuracy_threshold[name] = evaluate_by_language(_labels(records), logits, _languages_of(records),
                                                            thresholds["accuracy"])
     metrics = {
         "summary": {name: {key: m["macro"][key] for key in ("tpr", "fpr", "accuracy", "f1", "auroc")}
@@ -327,8 +343,10 @@ def train_ssi(config, workdir: str | os.PathLike, mesh=None) -> dict[str, Any]:
         "decision_rule": DECISION_RULE,
         "residual_index": residual_index,
         "threshold": {
-            "chosen": chosen, "rule": config.threshold.rule, "fpr_bound": config.threshold.fpr_bound,
-            "candidates": {rule: {"threshold": t, "validation": classification_metrics(val_labels, val_probs, t)}
+            "chosen": _probability(chosen), "chosen_logit": chosen, "chosen_on": "logits",
+            "rule": config.threshold.rule, "fpr_bound": config.threshold.fpr_bound,
+            "candidates": {rule: {"threshold": _probability(t), "threshold_logit": t,
+                                  "validation": classification_metrics(val_labels, val_logits, t)}
                            for rule, t in thresholds.items()},
         },
         "training": {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
@@ -349,7 +367,8 @@ def train_ssi(config, workdir: str | os.PathLike, mesh=None) -> dict[str, Any]:
     metrics["wall_seconds"] = round(time.perf_counter() - start, 2)
     if is_writer():
         save_ssi(artifact_dir, ssi, metrics=metrics, overwrite=bool(config.overwrite))
-        log.info("SSI written to %s (threshold %.4f, %s)", artifact_dir, chosen, config.threshold.rule)
+        log.info("SSI written to %s (threshold logit %.4f = p %.6f, %s)", artifact_dir, chosen, _probability(chosen),
+                 config.threshold.rule)
     for name, summary in metrics["summary"].items():
         log.info("%s (macro over languages): %s", name, summary)
     return metrics
