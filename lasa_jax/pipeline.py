@@ -92,6 +92,9 @@ def stage_configs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
     with out["evaluate"].unlocked():
         out["evaluate"].baseline_generations = os.path.join(d("generate_baseline"), out["generate_baseline"].output)
         out["evaluate"].lasa_generations = os.path.join(d("generate_lasa"), out["generate_lasa"].output)
+        if "utility" in out["evaluate"]:  # capability of the base model and of the KTO export
+            out["evaluate"].utility.data_root = config.data_root
+            out["evaluate"].utility.models.baseline, out["evaluate"].utility.models.lasa = base, kto_export
     return out
 
 
