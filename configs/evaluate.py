@@ -44,7 +44,7 @@ def get_config():
         split="test",                  # SIB-200 split classified: test | dev (never train)
         nll_split="dev",               # FLORES split for per-token NLL: dev | test
         k_shot=0,                      # shots from the train split of the same language
-        normalization="token",         # label score: token (mean log-prob per label token) | none (sum)
+        normalization="none",          # label score: none (summed log-prob) | token (mean per label token)
         batch_size=8,                  # prompts per batch (0 = default)
         seed=0,                        # which sentences / shots are drawn
         tokenizer_path="",             # "" = models.baseline (every system is tokenised the same way)

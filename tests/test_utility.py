@@ -153,6 +153,7 @@ def test_run_utility_end_to_end_and_report(tmp_path, tiny_hf_dirs):
     assert set(base["per_language"]) == {"en", "zh"}
     accuracy = base["per_language"]["en"]["accuracy"]
     assert accuracy["total"] == 4 and 0 <= accuracy["ci_low"] <= accuracy["ci_high"] <= 1
+    assert base["per_language"]["en"]["accuracy_by_normalization"]["token"] == accuracy  # the config's choice
     rows = [json.loads(line) for line in (tmp_path / "utility_baseline.jsonl").read_text().splitlines()]
     en = [r for r in rows if r["metric"] == "sib200" and r["language"] == "en"]
     assert sum(r["correct"] for r in en) == accuracy["count"]

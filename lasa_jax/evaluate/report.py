@@ -152,13 +152,14 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _mean_cell(stat: Mapping[str, Any], digits: int = 3, scale: float = 1.0) -> str:
+def _mean_cell(stat: Mapping[str, Any], digits: int = 3, scale: float = 1.0, sign: str = "+") -> str:
+    """mean [ci_low, ci_high] of a t-interval dict; sign "+" shows signs (differences), "" does not."""
     if stat["mean"] is None:
         return "–"
-    if stat["ci_low"] is None:
-        return f"{scale * stat['mean']:+.{digits}f}"
-    return (f"{scale * stat['mean']:+.{digits}f} [{scale * stat['ci_low']:+.{digits}f}, "
-            f"{scale * stat['ci_high']:+.{digits}f}]")
+    cell = f"{scale * stat['mean']:{sign}.{digits}f}"
+    if stat["ci_low"] is not None:
+        cell += f" [{scale * stat['ci_low']:{sign}.{digits}f}, {scale * stat['ci_high']:{sign}.{digits}f}]"
+    return cell
 
 
 def render_utility_markdown(utility: Mapping[str, Any]) -> list[str]:
@@ -179,7 +180,7 @@ def render_utility_markdown(utility: Mapping[str, Any]) -> list[str]:
     for lang in utility["languages"]:
         groups = [utility["systems"][s]["per_language"][lang] for s in systems]
         rows.append([lang, *(_rate_cell(g["accuracy"]) for g in groups),
-                     *(_mean_cell(g["nll"]).lstrip("+") for g in groups)])
+                     *(_mean_cell(g["nll"], sign="") for g in groups)])
     rows.append(["**macro avg**", *(_percent(utility["systems"][s]["macro_accuracy"]) for s in systems),
                  *(f"{utility['systems'][s]['macro_nll']:.3f}" for s in systems)])
     rows.append(["**pooled**", *(_rate_cell(utility["systems"][s]["pooled_accuracy"]) for s in systems),

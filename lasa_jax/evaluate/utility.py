@@ -9,15 +9,19 @@ with `np.random.default_rng(seed)` (the TSVs are grouped by topic, so a prefix w
        "Topic classification. Topics: science/technology, travel, politics, sports, health, entertainment,
         geography.\n\n" + k shots "Sentence: <train sentence>\nTopic: <its topic>\n\n" + "Sentence: <text>\nTopic:"
    and each of the 7 English label words (`SIB200_TOPICS`) is encoded alone as " <label>" (no special tokens) and
-   appended. Score of a label: log p(label tokens | prompt) summed over its tokens (`normalization="none"`) or
-   divided by its token count (`"token"`, the default: mean log-probability per label token). Prediction: the
+   appended. Score of a label: log p(label tokens | prompt) summed over its tokens (`normalization="none"`, the
+   default) or divided by its token count (`"token"`: mean log-probability per label token). Measured on
+   SmolLM2-135M-Instruct: "token" predicted "science/technology" (3 tokens; "/technology" is nearly certain after
+   "science") for every sentence, so the sum is the default; the summary holds both. Prediction: the
    argmax (ties: the first label in `SIB200_TOPICS` order). Accuracy per language with a Wilson interval
    (`metrics.wilson_interval`). Shots (`k_shot`, default 0) come from the train split of the same language
    (seeded, the same shots for every sentence of a language); the scored split is test (or dev), never train.
 2. Per-token NLL: each sentence of `nll_split` (default dev), raw text with the tokenizer's default special tokens
    (SmolLM2/Qwen add none, Llama adds BOS); NLL (nats) of every token but the first (nothing predicts it). Per
    language: the mean over sentences of each sentence's mean NLL per scored token, with a Student-t interval over
-   sentences; `pooled_nll` is the token-weighted value (all NLL / all scored tokens).
+   sentences; `pooled_nll` is the token-weighted value (all NLL / all scored tokens). Per-token NLL depends on how
+   finely the tokenizer splits a script (byte-split scripts get many easy tokens), so compare systems within a
+   language; `nll_per_byte` (all NLL / UTF-8 bytes of the sentences) is comparable across languages.
 
 Computation (`label_logprobs`): each prompt runs once (left-padded, bucketed with `activations.bucketed_batches`,
 so one compile per bucket length) and fills a KV cache; the 7 label continuations then run as 7 rows per prompt
@@ -65,7 +69,7 @@ class UtilitySettings:
     split: str = "test"                 # SIB-200 split classified (test or dev)
     nll_split: str = "dev"              # FLORES split for per-token NLL
     k_shot: int = 0
-    normalization: str = "token"
+    normalization: str = "none"
     batch_size: int | None = None       # prompts per batch (None: `default_batch_size`)
     seed: int = 0
     z: float = 1.96
@@ -186,7 +190,7 @@ def label_logprobs(model, context_ids: Sequence[np.ndarray], labels: Sequence[np
     return result
 
 
-def predict_labels(logps: np.ndarray, label_lengths: Sequence[int], normalization: str = "token") -> np.ndarray:
+def predict_labels(logps: np.ndarray, label_lengths: Sequence[int], normalization: str = "none") -> np.ndarray:
     """(N, C) summed label log-probs -> (N,) argmax label index ("token": divided by each label's token count;
     "none": the sums). Ties go to the lowest index."""
     if normalization not in NORMALIZATIONS:
@@ -239,8 +243,9 @@ def evaluate_utility(model, tokenizer, data: Mapping[str, Mapping[str, list]],
                      settings: UtilitySettings) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Both metrics of one model on `load_utility_data` output. Returns (summary, per-sentence rows).
 
-    summary: {"per_language": {language: {"accuracy": Rate JSON, "nll": t_interval JSON (mean NLL per token, nats),
-    "pooled_nll", "nll_tokens"}}, "macro_accuracy", "pooled_accuracy" (Rate JSON), "macro_nll", "wall_s"}.
+    summary: {"per_language": {language: {"accuracy": Rate JSON, "accuracy_by_normalization": {norm: Rate JSON},
+    "nll": t_interval JSON (mean NLL per token, nats), "pooled_nll", "nll_tokens", "nll_per_byte"}},
+    "macro_accuracy", "pooled_accuracy" (Rate JSON), "macro_nll", "wall_s"}.
     rows: {"metric": "sib200" | "nll", "language", "index_id", ...} (topic, predicted, correct, label_logps | nll,
     tokens).
     """
@@ -253,11 +258,13 @@ def evaluate_utility(model, tokenizer, data: Mapping[str, Mapping[str, list]],
         contexts += [encode_raw(tokenizer, topic_prompt(r["text"], shots)) for r in data[language]["classify"]]
         nll_ids += [encode_raw(tokenizer, r["text"]) for r in data[language]["nll"]]
     logps = label_logprobs(model, contexts, labels, batch_size=settings.batch_size)
-    predicted = predict_labels(logps, [len(label) for label in labels], settings.normalization)
+    by_normalization = {norm: predict_labels(logps, [len(label) for label in labels], norm)
+                        for norm in NORMALIZATIONS}
+    predicted = by_normalization[settings.normalization]
     nll, tokens = sentence_nll(model, nll_ids, batch_size=settings.batch_size)
     per_language, i, j = {}, 0, 0
     for language in languages:
-        correct = []
+        correct, first = [], i
         for r in data[language]["classify"]:
             guess = SIB200_TOPICS[int(predicted[i])]
             correct.append(guess == r["category"])
@@ -270,10 +277,16 @@ def evaluate_utility(model, tokenizer, data: Mapping[str, Mapping[str, list]],
             rows.append({"metric": "nll", "language": language, "index_id": r["index_id"], "nll": float(value),
                          "tokens": int(count)})
         j += n
+        topics = np.asarray([SIB200_TOPICS.index(r["category"]) for r in data[language]["classify"]])
+        num_bytes = sum(len(r["text"].encode("utf-8")) for r in data[language]["nll"])
         per_language[language] = {
             "accuracy": Rate(int(sum(correct)), len(correct), settings.z).to_json(),
+            "accuracy_by_normalization": {
+                norm: Rate(int((pred[first:i] == topics).sum()), len(topics), settings.z).to_json()
+                for norm, pred in by_normalization.items()},
             "nll": t_interval(lang_nll / lang_tokens, settings.z),
-            "pooled_nll": float(lang_nll.sum() / lang_tokens.sum()), "nll_tokens": int(lang_tokens.sum())}
+            "pooled_nll": float(lang_nll.sum() / lang_tokens.sum()), "nll_tokens": int(lang_tokens.sum()),
+            "nll_per_byte": float(lang_nll.sum() / num_bytes)}
     accuracies = [g["accuracy"]["rate"] for g in per_language.values()]
     summary = {"per_language": per_language, "macro_accuracy": float(np.mean(accuracies)),
                "pooled_accuracy": Rate(int(sum(r["correct"] for r in rows if r["metric"] == "sib200")),
