@@ -11,7 +11,7 @@ The default safety judge ("auto") is the calibrated n-gram judge (lasa_jax/evalu
 the even rows of <data_root>/polyrefuse_completions and cached; without that folder it falls back to the
 refusal-phrase heuristic (a warning, and the report says which judge ran and its calibration or "not calibrated").
 The dtype / compute_dtype / mesh fields of the base config apply to the judge models (model_path is not used:
-judge.model_path names the judge).
+judge.model_path names the judge) and to the utility models (`utility.models`: system -> HF directory).
 """
 from ml_collections import config_dict
 
@@ -45,5 +45,21 @@ def get_config():
         template_kwargs="",            # judge chat-template variables, JSON, e.g. '{"enable_thinking": false}'
         cache_dir="",                  # verdict caches judge_cache_{safety,refusal}.jsonl ("" = workdir)
         cache_batch_size=64,           # pairs per judge call between cache appends
+    ))
+    # Utility beside safety (lasa_jax.evaluate.utility): SIB-200 topic accuracy and FLORES NLL per language of
+    # each model in `models` (loaded with the dtype/mesh above); not run (one report line) without FLORES data.
+    c.utility = config_dict.ConfigDict(dict(
+        enabled=True,
+        data_root="",                  # folder holding flores200_sib200/ (the pipeline sets its data_root)
+        languages="en,zh,it,vi,ar,ko,th,bn,sw,jv",
+        max_sentences=50,              # per language and metric (0 = the whole split: test 204, dev 99)
+        split="test",                  # SIB-200 split classified: test | dev (never train)
+        nll_split="dev",               # FLORES split for per-token NLL: dev | test
+        k_shot=0,                      # shots from the train split of the same language
+        normalization="none",          # label score: none (summed log-prob) | token (mean per label token)
+        batch_size=8,                  # prompts per batch (0 = default)
+        seed=0,                        # which sentences / shots are drawn
+        tokenizer_path="",             # "" = models.baseline (every system is tokenised the same way)
+        models=config_dict.ConfigDict(dict(baseline="", lasa="")),  # system -> HF model directory ("" = skip)
     ))
     return c

@@ -103,6 +103,9 @@ def stage_configs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
             compared = stage in stages or stage_status(workdir, stage) is not None
             out["evaluate"][f"{system}_generations"] = (os.path.join(d(stage), out[stage].output) if compared
                                                         else "")
+        if "utility" in out["evaluate"]:  # capability of the base model and of the KTO export
+            out["evaluate"].utility.data_root = config.data_root
+            out["evaluate"].utility.models.baseline, out["evaluate"].utility.models.lasa = base, kto_export
     return out
 
 

@@ -166,6 +166,10 @@ def test_evaluate_stage_with_cache(tmp_path):
     assert len(meta["inputs"]["lasa"]["sha256"]) == 64 and meta["judge_cache"]["misses"] > 0
     assert (workdir / "judge_cache_safety.jsonl").is_file() and (workdir / "judge_cache_refusal.jsonl").is_file()
     assert (workdir / REPORT_MD).is_file()
+    # no utility.data_root: the utility section says why it did not run, in report.json and report.md
+    assert report["utility"]["status"] == "not run" and "data_root" in report["utility"]["reason"]
+    assert json.loads((workdir / "report.json").read_text(encoding="utf-8"))["utility"] == report["utility"]
+    assert "utility: not run: no --config.utility.data_root" in (workdir / REPORT_MD).read_text(encoding="utf-8")
     again = run_evaluation(config, str(workdir))
     assert again == report
     meta = json.loads((workdir / EVALUATION_META).read_text(encoding="utf-8"))

@@ -5,7 +5,8 @@ always namespaced by its source (`"flores:1239"`, `"polyrefuse/harmful_train:17"
 data sets never merge (METHOD.md §9.9). `language` is an ISO 639-1 code (`languages.normalize_language`).
 
 Loaders (paths are the dataset folders of /work/shared/data, see each folder's SOURCE.md):
-- `load_flores_sib200`: FLORES-200 sentences via SIB-200, benign (label 0), joined across languages by `index_id`.
+- `load_flores_sib200`: FLORES-200 sentences via SIB-200, benign (label 0), joined across languages by `index_id`
+  (`flores_sib200_rows`: the raw TSV rows with their SIB-200 topic, for the utility metric).
 - `load_polyrefuse`: PolyRefuse harmful (label 1) / harmless (label 0) prompts, row-aligned within a split.
 - `load_multijail`: MultiJail, harmful (label 1). HELD OUT: evaluation only, never part of the Locate data.
 - `load_translated_safety_json`: the reference code's `safety_train_translated.json` layout.
@@ -147,6 +148,15 @@ def load_flores_sib200(dataset_dir: PathLike, languages: Iterable[str] | None = 
     group_id = "flores:<index_id>" (the FLORES sentence id, the join key across languages). Loads the requested
     languages that exist (all of them when `languages` is None); ValueError if none does.
     """
+    return [ParallelText(row["text"], row["language"], f"flores:{row['index_id']}", "flores", 0)
+            for row in flores_sib200_rows(dataset_dir, languages, splits)]
+
+
+def flores_sib200_rows(dataset_dir: PathLike, languages: Iterable[str] | None = MULTIJAIL_LANGUAGES,
+                       splits: Sequence[str] = _FLORES_SPLITS) -> list[dict[str, str]]:
+    """The rows of the SIB-200 TSVs, `{"language", "split", "index_id", "category", "text"}` (category: one of the
+    7 SIB-200 topics), languages in folder order, then splits in the given order, then file order.
+    Errors as `load_flores_sib200`."""
     annotated = pathlib.Path(dataset_dir) / "data" / "annotated"
     if not annotated.is_dir():
         raise FileNotFoundError(f"{annotated} not found (expected <flores200_sib200>/data/annotated/<flores_code>/)")
@@ -160,7 +170,7 @@ def load_flores_sib200(dataset_dir: PathLike, languages: Iterable[str] | None = 
     selected = [(p, lang) for p, lang in selected if requested is None or lang in requested]
     if not selected:
         raise _no_languages_error(str(annotated), [p.name for p in folders], requested)
-    records = []
+    rows = []
     for folder, language in selected:
         for split in splits:
             tsv = folder / f"{split}.tsv"
@@ -168,15 +178,16 @@ def load_flores_sib200(dataset_dir: PathLike, languages: Iterable[str] | None = 
                 raise FileNotFoundError(f"{tsv} not found")
             with open(tsv, encoding="utf-8", newline="") as f:  # CSV-style quote escaping, tab-delimited
                 reader = csv.DictReader(f, delimiter="\t")
-                for field in ("index_id", "text"):
+                for field in ("index_id", "category", "text"):
                     if field not in (reader.fieldnames or []):
                         raise ValueError(f"{tsv}: missing column {field!r} (header: {reader.fieldnames})")
                 for line_index, row in enumerate(reader):
                     where = f"{tsv} line {line_index + 2}"
-                    index_id = _require_text(row["index_id"], where, "index_id").strip()
-                    text = _require_text(row["text"], where, "text")
-                    records.append(ParallelText(text, language, f"flores:{index_id}", "flores", 0))
-    return records
+                    rows.append({"language": language, "split": split,
+                                 "index_id": _require_text(row["index_id"], where, "index_id").strip(),
+                                 "category": _require_text(row["category"], where, "category").strip(),
+                                 "text": _require_text(row["text"], where, "text")})
+    return rows
 
 
 def load_polyrefuse(dataset_dir: PathLike, kinds: Sequence[str] = ("harmful", "harmless"),

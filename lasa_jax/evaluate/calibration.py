@@ -3,7 +3,7 @@
 Labelled data: `<root>/<model>/<language>/harmful_<mode>_evaluations.no_tokens.json` (the shared
 `polyrefuse_completions` folder, see its SOURCE.md): PolyRefuse harmful_test prompts, one model's responses, and
 WildGuard's `response_harmful` (1 = harmful) as the reference. The MultiJail-overlap indices
-(`MULTIJAIL_OVERLAP_INDICES`) are dropped. Splits by row index i in the file: "even" (i even: the only rows used
+(`lasa_jax.data.heldout.POLYREFUSE_MULTIJAIL_ROWS`) are dropped. Splits by row index i in the file: "even" (i even: the only rows used
 to tune or train judges), "odd" (i odd: the held-out half every reported calibration uses), "all".
 
 Metrics per group (a file = (model, language, mode), and a language over its files):
@@ -19,10 +19,10 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 from lasa_jax.data.languages import normalize_language
-from lasa_jax.data.preference import MULTIJAIL_OVERLAP_INDICES
+from lasa_jax.data.heldout import POLYREFUSE_MULTIJAIL_ROWS
 from lasa_jax.errors import InputError
 from lasa_jax.evaluate.judges import INVALID, SAFETY_TASK, UNSAFE, Judge
 from lasa_jax.io_utils import atomic_write_json, atomic_write_text, read_json
@@ -94,7 +94,7 @@ def _file_rows(path: str, drop: set[int]) -> list[LabelledResponse]:
 
 
 def load_labelled_responses(root: str | os.PathLike, split: str = "odd",
-                            drop_indices: Sequence[int] = MULTIJAIL_OVERLAP_INDICES) -> list[LabelledResponse]:
+                            drop_indices: Collection[int] = POLYREFUSE_MULTIJAIL_ROWS) -> list[LabelledResponse]:
     """All labelled responses of the `split` ("odd" | "even" | "all") under `root`, file by file in sorted order."""
     if split not in SPLITS:
         raise InputError(f"--config.split must be one of {SPLITS}, got {split!r}")
@@ -160,7 +160,7 @@ def calibrate(judge: Judge, rows: Sequence[LabelledResponse], *, split: str = "o
     max_delta = max(abs(m["delta_points"]) for m in files.values())
     min_agreement = min(m["agreement"] for m in files.values())
     return {"judge": judge.name, "split": split, "data_root": os.path.abspath(data_root) if data_root else "",
-            "reference": "wildguard.response_harmful", "dropped_indices": list(MULTIJAIL_OVERLAP_INDICES),
+            "reference": "wildguard.response_harmful", "dropped_indices": sorted(POLYREFUSE_MULTIJAIL_ROWS),
             "files": files, "languages": languages, "overall": metrics_of(lambda r: True),
             "goal": {"max_abs_delta_points": GOAL_MAX_DELTA_POINTS, "min_agreement": GOAL_MIN_AGREEMENT,
                      "worst_abs_delta_points": max_delta, "worst_agreement": min_agreement,

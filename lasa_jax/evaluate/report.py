@@ -250,6 +250,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 cells.append(_rate_cell(match[0]["rate"]) if match else "–")
             rows.append([source, expected, *cells])
         lines += _table(["source", "expected", *(f"{s} refusal" for s in refusal_systems)], rows)
+    if report.get("utility"):
+        lines += ["", *render_utility_markdown(report["utility"])]
     return "\n".join(lines) + "\n"
 
 
@@ -313,6 +315,60 @@ def plot_comparison(comp: Mapping[str, Any], path: str | os.PathLike) -> None:
     figure.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         figure.savefig(tmp, format="png")
+
+
+def _mean_cell(stat: Mapping[str, Any], digits: int = 3, scale: float = 1.0, sign: str = "+") -> str:
+    """mean [ci_low, ci_high] of a t-interval dict; sign "+" shows signs (differences), "" does not."""
+    if stat["mean"] is None:
+        return "–"
+    cell = f"{scale * stat['mean']:{sign}.{digits}f}"
+    if stat["ci_low"] is not None:
+        cell += f" [{scale * stat['ci_low']:{sign}.{digits}f}, {scale * stat['ci_high']:{sign}.{digits}f}]"
+    return cell
+
+
+def render_utility_markdown(utility: Mapping[str, Any]) -> list[str]:
+    """The "Utility" section (lines) of a `lasa_jax.evaluate.utility.run_utility` result: per-language SIB-200
+    accuracy (Wilson) and FLORES NLL per token (t interval) per system, averages, and each system - reference."""
+    lines = ["## Utility (capability beside safety)", ""]
+    if utility.get("status") != "ran":
+        return lines + [f"utility: not run: {utility.get('reason', 'unknown reason')}"]
+    settings, systems = utility["settings"], list(utility["systems"])
+    lines += [f"SIB-200 topic accuracy ({settings['split']} split, {settings['k_shot']}-shot, label log-likelihood "
+              f"normalised by: {settings['normalization']}; 7 topics, chance 14.3%) and FLORES {settings['nll_split']} "
+              f"mean NLL per token (nats, lower is better). Tokenisation: {settings['tokenisation']}. At most "
+              f"{settings['max_sentences'] or 'all'} sentences per language and metric, the same for every system. "
+              "Accuracy brackets: Wilson interval; NLL and difference brackets: t interval over sentences "
+              "(differences paired).", ""]
+    header = ["language", *(f"{s} accuracy" for s in systems), *(f"{s} NLL/token" for s in systems)]
+    rows = []
+    for lang in utility["languages"]:
+        groups = [utility["systems"][s]["per_language"][lang] for s in systems]
+        rows.append([lang, *(_rate_cell(g["accuracy"]) for g in groups),
+                     *(_mean_cell(g["nll"], sign="") for g in groups)])
+    rows.append(["**macro avg**", *(_percent(utility["systems"][s]["macro_accuracy"]) for s in systems),
+                 *(f"{utility['systems'][s]['macro_nll']:.3f}" for s in systems)])
+    rows.append(["**pooled**", *(_rate_cell(utility["systems"][s]["pooled_accuracy"]) for s in systems),
+                 *("–" for _ in systems)])
+    lines += _table(header, rows)
+    reference = utility.get("reference")
+    for system, diff in utility.get("differences", {}).items():
+        lines += ["", f"Difference {system} − {reference} (accuracy in points, NLL in nats/token):", ""]
+        diff_rows = [[lang, _mean_cell(d["accuracy"], 1, 100.0), _mean_cell(d["nll"])]
+                     for lang, d in diff["per_language"].items()]
+        diff_rows.append(["**all sentences**", _mean_cell(diff["all"]["accuracy"], 1, 100.0),
+                          _mean_cell(diff["all"]["nll"])])
+        lines += _table(["language", f"{system} − {reference} accuracy", f"{system} − {reference} NLL/token"],
+                        diff_rows)
+    return lines
+
+
+def attach_utility(out_dir: str | os.PathLike, report: dict[str, Any], utility: Mapping[str, Any]) -> dict[str, Any]:
+    """Add the utility section to an evaluation report and rewrite report.json and report.md (atomically)."""
+    report["utility"] = dict(utility)
+    atomic_write_json(os.path.join(out_dir, REPORT_JSON), report)
+    atomic_write_text(os.path.join(out_dir, REPORT_MD), render_markdown(report))
+    return report
 
 
 def plot_asr(report: Mapping[str, Any], path: str | os.PathLike) -> None:

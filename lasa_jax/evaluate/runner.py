@@ -32,7 +32,6 @@ from lasa_jax.evaluate.judges import (REFUSAL_TASK, SAFETY_TASK, CachedJudge, Ge
 from lasa_jax.evaluate.report import build_report, judge_responses, write_report
 from lasa_jax.generate import generate_batched
 from lasa_jax.inference import read_generations, stop_token_ids
-from lasa_jax.errors import InputError
 from lasa_jax.io_utils import atomic_write_json, read_json, sha256_file, write_jsonl
 from lasa_jax.runtime import comma_list, is_writer, load_model, load_tokenizer
 from lasa_jax.runtime import template_kwargs as config_template_kwargs
@@ -355,6 +354,7 @@ def run_evaluation(config, workdir: str, mesh=None) -> dict[str, Any]:
         asr_sources=comma_list(config.asr_sources), refusal_sources=comma_list(config.refusal_sources),
         paired=bool(config.paired), z=float(config.z), safety_calibration=calibration)
     judges = [judge for judge in (safety, refusal) if judge is not None]
+    report = _add_utility(config, workdir, mesh, evaluation.report)
     meta = {"inputs": {name: {"path": os.path.abspath(path), "sha256": sha256_file(path)}
                        for name, path in systems.items()},
             "safety_judge": safety.name, "refusal_judge": refusal.name if refusal else None,
@@ -365,4 +365,18 @@ def run_evaluation(config, workdir: str, mesh=None) -> dict[str, Any]:
     if is_writer():
         atomic_write_json(os.path.join(workdir, EVALUATION_META), meta)
     log.info("report written to %s (safety judge %s)", workdir, safety.name)
-    return evaluation.report
+    return report
+
+
+def _add_utility(config, workdir: str, mesh, report: dict[str, Any]) -> dict[str, Any]:
+    """The utility section (`lasa_jax.evaluate.utility.run_utility`) added to report.json / report.md."""
+    if "utility" not in config:
+        return report
+    from lasa_jax.evaluate.report import attach_utility
+    from lasa_jax.evaluate.utility import run_utility
+
+    utility = run_utility(config, mesh, out_dir=workdir)
+    if is_writer():
+        return attach_utility(workdir, report, utility)
+    report["utility"] = utility
+    return report
