@@ -88,4 +88,12 @@ def get_config():
     # paper generates up to 512); 16 prompts per batch (the 160 eval prompts fall into ~3 length buckets).
     c.generate.decoding.max_new_tokens = 48
     c.generate.decoding.batch_size = 16
+
+    c.report_note = (
+        "Demo settings (configs/demo.py), shortened to fit about 10 minutes on 2 CPU cores: Locate and the SSI on the "
+        "320 demo train prompts (SSI threshold: highest validation TPR at FPR <= 5%), KTO for 12 updates of 8 rows "
+        "(lr 1e-5, max_length 256) on the demo's unpaired completions, greedy generation of 48 new tokens, the "
+        "approximate refusal-phrase judge; evaluation on the 160 held-out demo prompts (8 harmful + 8 benign query "
+        "groups in each of 10 languages). After 12 updates the KTO model is still close to the base model, so this "
+        "is a small-scale run of every stage on a real model, not the paper's setting.")
     return c

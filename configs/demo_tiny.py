@@ -39,4 +39,6 @@ def get_config():
 
     c.generate.decoding.max_new_tokens = 24
     c.generate.decoding.batch_size = 16
+    c.report_note = ("A random tiny model (configs/demo_tiny.py): it shows the mechanics of every stage, not the "
+                     "paper's effect.")
     return c

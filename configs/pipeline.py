@@ -55,6 +55,7 @@ def build(model: str = "", preset: str = "cpu") -> ml_collections.ConfigDict:
     c.template_kwargs = "" if thinking is None else ('{"enable_thinking": %s}' % str(thinking).lower())
     c.stages = "locate,ssi,kto,generate_baseline,generate_prefix_only,generate_lasa,evaluate"
     c.rerun = ""                     # comma-separated stages to run again (their directories are cleared)
+    c.report_note = ""               # a paragraph written under the model line of <workdir>/report.md (e.g. settings)
 
     c.locate = stage_config("locate")
     c.locate.capture_batch_size = p.capture_batch_size
