@@ -70,15 +70,16 @@ def get_config():
     # - max_length 256: SmolLM2's tokenizer spends many tokens on Thai, Bengali and Korean (demo rows with the prefix:
     #   median 149 tokens, 90th percentile 300); 256 keeps ~85% of the rows (the drop counts are in the KTO log);
     #   512 would keep all but doubles every step.
-    # - 12 updates of 8 rows (96 of the 640 rows, seed-ordered): what ~3 minutes of the budget buys on 2 cores.
+    # - 12 updates of 4 rows (the CPU preset's batch; 48 of the 608 rows that fit, seed-ordered): what ~3 minutes of
+    #   the budget buys on 2 cores (measured: an update of 8 x 256 tokens took ~60 CPU-seconds, too much for 12).
     # - learning rate 1e-5, 2 warmup steps: a usual full fine-tuning rate for a ~100M model; the paper's 1e-6 over
     #   3 epochs (for 7-32B models) would not change a model in 12 updates. Not tuned on the demo's results.
     # - online reference (a precomputed one costs the same reference passes up front), no rematerialisation
-    #   (activations of 8 x 256 tokens fit in memory; remat would add a forward pass).
+    #   (activations of 4 x 256 tokens fit in memory; remat would add a forward pass).
     c.kto.data.max_length = 256
     c.kto.remat_policy = "none"
     c.kto.train.num_steps = 12
-    c.kto.train.batch_size = 8
+    c.kto.train.batch_size = 4
     c.kto.train.learning_rate = 1e-5
     c.kto.train.warmup_steps = 2
     c.kto.train.log_every_steps = 2
@@ -91,7 +92,7 @@ def get_config():
 
     c.report_note = (
         "Demo settings (configs/demo.py), shortened to fit about 10 minutes on 2 CPU cores: Locate and the SSI on the "
-        "320 demo train prompts (SSI threshold: highest validation TPR at FPR <= 5%), KTO for 12 updates of 8 rows "
+        "320 demo train prompts (SSI threshold: highest validation TPR at FPR <= 5%), KTO for 12 updates of 4 rows "
         "(lr 1e-5, max_length 256) on the demo's unpaired completions, greedy generation of 48 new tokens, the "
         "approximate refusal-phrase judge; evaluation on the 160 held-out demo prompts (8 harmful + 8 benign query "
         "groups in each of 10 languages). After 12 updates the KTO model is still close to the base model, so this "
