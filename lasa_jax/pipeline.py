@@ -297,6 +297,8 @@ def _locate_summary_lines(locate_dir: str) -> list[str]:
 def write_summary(workdir: str, config: ml_collections.ConfigDict) -> str:
     """`<workdir>/report.md`: what each stage produced, with links (relative paths) and headline numbers."""
     lines = ["# LASA pipeline report", "", f"Base model: `{config.model_path}`", ""]
+    if config.get("report_note"):
+        lines += [str(config.report_note), ""]
 
     def link(rel: str, text: str | None = None) -> str:
         return f"[{text or rel}]({rel})" if os.path.exists(os.path.join(workdir, rel)) else f"{text or rel} (missing)"

@@ -2,7 +2,10 @@
 
 `PAPER_MODELS[name]` holds the hub id, the architecture (for planning and shape checks without weights; the
 checkpoint's own config.json is what `from_pretrained` uses) and the bottleneck residual index reported by the
-authors (METHOD.md §3 table, residual-index convention of `lasa_jax.models.decoder`).
+authors (METHOD.md §3 table, residual-index convention of `lasa_jax.models.decoder`). One entry is not a paper
+model: `smollm2_135m`, the embedded real model (SmolLM2-135M-Instruct) for CPU runs; it has no published bottleneck
+(index -1: the run's own Locate picks it) and `asset` names its cached import (`lasa_jax.assets`), which configs use
+as model_path "asset:<asset>" instead of the hub id.
 
 `TPU_PRESETS[name]`: devices, HBM per device, mesh, and per-stage batch sizes for one TPU VM or a pod slice.
 Every mesh is FSDP over all chips (`fsdp=-1`): a KTO step holds a float32 policy, its gradient, the float32
@@ -27,6 +30,7 @@ class PaperModel:
     bottleneck_residual_index: int
     hf_config: dict
     qwen3_thinking: bool | None = None  # None: not a Qwen3 model
+    asset: str = ""  # a `lasa_jax.assets.MODELS` name: the model is the cached import, not the hub checkpoint
 
     def model_config(self, **runtime) -> ModelConfig:
         return ModelConfig.from_hf_dict(self.hf_config, source=self.hub_id, **runtime)
@@ -60,6 +64,11 @@ PAPER_MODELS: dict[str, PaperModel] = {
     "qwen3_8b": PaperModel("Qwen/Qwen3-8B", 21, _qwen3(4096, 12288, 36, 32), qwen3_thinking=False),
     "qwen3_14b": PaperModel("Qwen/Qwen3-14B", 25, _qwen3(5120, 17408, 40, 40), qwen3_thinking=False),
     "qwen3_32b": PaperModel("Qwen/Qwen3-32B", 42, _qwen3(5120, 25600, 64, 64), qwen3_thinking=False),
+    "smollm2_135m": PaperModel("HuggingFaceTB/SmolLM2-135M-Instruct", -1, dict(
+        model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+        num_attention_heads=9, num_key_value_heads=3, head_dim=64, rms_norm_eps=1e-5, max_position_embeddings=8192,
+        rope_theta=100000.0, rope_scaling=None, tie_word_embeddings=True, attention_bias=False, bos_token_id=1,
+        eos_token_id=2), asset="smollm2-135m-instruct"),
 }
 
 

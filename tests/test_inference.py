@@ -229,6 +229,9 @@ def test_load_eval_prompts(shared_data, tmp_path):
     assert ids[::2] == ids[1::2] and ids[0] != ids[2]  # row-major: the same two queries in both languages
     assert [p.language for p in by_source["multijail"]] == ["en", "sw", "en", "sw"]
     assert {p.expected for p in by_source["xstest"]} == {"benign"}
+    limited = load_eval_prompts(["multijail", "xstest_safe"], data_root=shared_data, languages=["en", "sw"],
+                                max_per_language=2, limit_sets=["multijail"])
+    assert sum(p.source == "multijail" for p in limited) == 4 and sum(p.source == "xstest" for p in limited) == 250
     jsonl = tmp_path / "mine.jsonl"
     jsonl.write_text(json.dumps({"id": "m:1", "language": "German", "prompt": "Hallo?", "expected": "benign"}) + "\n",
                      encoding="utf-8")

@@ -33,8 +33,8 @@ def _checkpoint_steps(directory) -> list[int]:
 @pytest.mark.slow
 def test_demo_runs_every_stage_and_resumes_after_sigterm(tmp_path):
     workdir = tmp_path / "demo"
-    cmd = [sys.executable, "-m", "lasa_jax.scripts.demo", f"--workdir={workdir}", "--config.kto.train.num_steps=60",
-           "--config.kto.checkpoint.every_steps=10"]
+    cmd = [sys.executable, "-m", "lasa_jax.scripts.demo", "--config=configs/demo_tiny.py", f"--workdir={workdir}",
+           "--config.kto.train.num_steps=60", "--config.kto.checkpoint.every_steps=10"]
     env = {**os.environ, "PYTHONPATH": ROOT}
     first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 600
@@ -94,7 +94,7 @@ def test_finished_stage_with_changed_config_is_refused(tmp_path, tiny_hf_dirs):
         run_pipeline(config, str(tmp_path))
 
 
-@pytest.mark.parametrize("model", sorted(PAPER_MODELS))
+@pytest.mark.parametrize("model", sorted(m for m in PAPER_MODELS if not PAPER_MODELS[m].asset))
 def test_paper_model_configs_resolve_for_every_preset(model):
     paper = PAPER_MODELS[model]
     model_config = paper.model_config()
@@ -120,6 +120,73 @@ def test_paper_model_configs_resolve_for_every_preset(model):
     # the KTO state of every paper model fits a v5p pod slice; 32B models do not fit one v5p-8 VM
     assert kto_fits(model_config, TPU_PRESETS["v5p-64"])[0]
     assert kto_fits(model_config, TPU_PRESETS["v5p-8"])[0] == (expected_billions < 20)
+
+
+def _write_cached_import(cache, name: str) -> str:
+    """A cache entry as `lasa_jax.assets.model_dir` leaves it (its import record names the expected GGUF sha256)."""
+    from lasa_jax.assets import MODELS
+    from lasa_jax.models.gguf import IMPORT_RECORD
+
+    entry = cache / "models" / MODELS[name].name
+    entry.mkdir(parents=True)
+    (entry / IMPORT_RECORD).write_text(json.dumps({"gguf_sha256": MODELS[name].member_sha256}))
+    return str(entry)
+
+
+def test_default_demo_runs_on_the_cached_smollm2_and_the_tiny_demo_on_a_random_model(tmp_path, monkeypatch):
+    from lasa_jax.assets import CACHE_ENV, asset_name, model_entry, resolve_model_path
+    from lasa_jax.errors import InputError
+    from lasa_jax.scripts.demo import demo_model_path
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    config = _load_config("demo")
+    assert config.model_path == "asset:smollm2-135m-instruct"
+    assert asset_name(config.model_path) == "smollm2-135m-instruct"
+    entry = _write_cached_import(tmp_path / "cache", "smollm2-135m-instruct")
+    assert str(model_entry("smollm2-135m-instruct")) == entry
+    assert entry == str(tmp_path / "cache" / "models" / "SmolLM2-135M-Instruct")
+    # a cached entry is reused: no download (pip would fail without an index), the directory itself is returned
+    assert demo_model_path(config.model_path, str(tmp_path / "run")) == entry == resolve_model_path(config.model_path)
+    assert resolve_model_path("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    with pytest.raises(InputError, match="model_path 'asset:smollm3'.*smollm2-135m-instruct"):
+        resolve_model_path("asset:smollm3")
+    # the demo's shortened settings on the real model; the random-model demo keeps its own
+    assert config.ssi.threshold.rule == "tpr_at_fpr" and config.dtype == config.generate.dtype == "float32"
+    assert config.kto.train.num_steps == 12 and config.kto.data.max_length == 256
+    tiny = _load_config("demo_tiny")
+    assert tiny.model_path == "" and tiny.ssi.threshold.rule == "accuracy" and tiny.kto.train.num_steps == 40
+    for c in (config, tiny):
+        stages = stage_configs(c, "/runs/demo")
+        assert stages["kto"].data.path.endswith("lasa_jax/demo_data/kto.jsonl") and c.data_root == ""
+        assert stages["evaluate"].asr_sources == stages["evaluate"].refusal_sources == "demo"
+
+
+def test_smollm2_real_data_run_config_resolves(tmp_path, monkeypatch, shared_data):
+    from lasa_jax.assets import CACHE_ENV
+    from lasa_jax.inference import eval_prompts_from_config
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    config = _load_config("pipeline", "smollm2_135m,cpu")
+    assert config.model_path == "asset:smollm2-135m-instruct" and config.residual_index == -1
+    assert config.paper_model == "smollm2_135m" and config.kto.train.num_steps == 60
+    config.data_root = str(shared_data)
+    stages = stage_configs(config, "/runs/smollm2")
+    assert stages["locate"].data.source == "default" and stages["locate"].data.root == str(shared_data)
+    assert stages["ssi"].data.source == "polyrefuse" and stages["ssi"].locate_workdir == "/runs/smollm2/locate"
+    assert stages["kto"].data.format == "polyrefuse_completions"
+    assert stages["kto"].data.path == os.path.join(str(shared_data), "polyrefuse_completions")
+    assert all(stages[s].dtype == "float32" for s in ("locate", "ssi", "generate_lasa", "evaluate"))
+    assert stages["kto"].compute_dtype == stages["kto"].reference.dtype == "float32"
+    prompts = eval_prompts_from_config(stages["generate_baseline"])
+    counts = {}
+    for p in prompts:
+        counts[(p.source, p.language)] = counts.get((p.source, p.language), 0) + 1
+    assert {k: v for k, v in counts.items() if k[0] == "multijail"} == {
+        ("multijail", lang): 30 for lang in ("en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv")}
+    assert counts[("xstest", "en")] == 450  # max_per_language bounds MultiJail only: all of XSTest
+    assert (stages["evaluate"].asr_sources, stages["evaluate"].refusal_sources) == ("multijail", "xstest")
+    # other table models keep their hub ids
+    assert _load_config("pipeline", "qwen25_7b,cpu").model_path == "Qwen/Qwen2.5-7B-Instruct"
 
 
 def test_peak_flops_lookup_by_device_kind():

