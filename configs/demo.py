@@ -22,7 +22,12 @@ _spec = importlib.util.spec_from_file_location(
 _pipeline = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_pipeline)
 
-DEMO_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lasa_jax", "demo_data")
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO_DATA = os.path.join(_REPO, "lasa_jax", "demo_data")
+# the shared-data folder beside the checkout (or $LASA_SHARED_DATA), used by the real-model demo only for what needs
+# no training data of its own: the held-out guard, the calibrated judge (WildGuard-labelled responses) and the
+# utility metric (SIB-200 / FLORES)
+SHARED_DATA = os.environ.get("LASA_SHARED_DATA") or os.path.join(os.path.dirname(_REPO), "shared", "data")
 
 
 def demo_data_config(c):
@@ -96,11 +101,20 @@ def get_config():
     c.generate.decoding.max_new_tokens = 48
     c.generate.decoding.batch_size = 16
 
+    # Evaluation: with the shared data beside the checkout, the calibrated n-gram judge (trained once on the even
+    # rows of the WildGuard-labelled responses, cached) and utility on 10 SIB-200 / FLORES sentences per language for
+    # the base and the KTO model; the held-out guard then also checks the demo data against the held-out files.
+    # Without it: the refusal-phrase heuristic (reported as not calibrated) and no utility section.
+    if os.path.isdir(SHARED_DATA):
+        c.data_root = SHARED_DATA
+    c.evaluate.utility.max_sentences = 10
+
     c.report_note = (
         "Demo settings (configs/demo.py), shortened to fit about 10 minutes on 2 CPU cores: Locate and the SSI on the "
         "320 demo train prompts (SSI threshold: highest validation TPR at FPR <= 5%), KTO for 12 updates of 4 rows "
         "(lr 1e-5, max_length 256) on the demo's unpaired completions, greedy generation of 48 new tokens, the "
-        "approximate refusal-phrase judge; evaluation on the 160 held-out demo prompts (8 harmful + 8 benign query "
+        "calibrated n-gram judge when the shared data is present (else the refusal-phrase heuristic), utility on 10 "
+        "sentences per language; evaluation on the 160 held-out demo prompts (8 harmful + 8 benign query "
         "groups in each of 10 languages). After 12 updates the KTO model is still close to the base model, so this "
         "is a small-scale run of every stage on a real model, not the paper's setting.")
     return c
