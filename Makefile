@@ -9,7 +9,7 @@ DATA_ROOT ?= ../shared/data
 REAL_RUN_DIR ?= runs/smollm2_real
 PYTEST_ARGS ?=
 
-.PHONY: test demo bench clean venv smollm2 real-run
+.PHONY: test demo bench clean venv lint smollm2 real-run
 
 venv: $(STAMP)
 
@@ -26,6 +26,10 @@ test: $(STAMP)
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 # The whole pipeline on SmolLM2-135M-Instruct (fetched once into $LASA_JAX_CACHE) and lasa_jax/demo_data, on CPU.
+# ruff (ruff.toml): pyflakes, pycodestyle at 120 columns, import order, bugbear, pyupgrade
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
 demo: $(STAMP)
 	$(PY) -m lasa_jax.scripts.demo --workdir=$(DEMO_DIR)
 

@@ -153,11 +153,17 @@ def test_default_demo_runs_on_the_cached_smollm2_and_the_tiny_demo_on_a_random_m
     # the demo's shortened settings on the real model; the random-model demo keeps its own
     assert config.ssi.threshold.rule == "tpr_at_fpr" and config.dtype == config.generate.dtype == "float32"
     assert config.kto.train.num_steps == 12 and config.kto.data.max_length == 256
+    # the real-model demo reads the shared data (when present) only for the guard, the judge and utility
+    shared = os.path.join(os.path.dirname(ROOT), "shared", "data")
+    if os.path.isdir(shared) and "LASA_SHARED_DATA" not in os.environ:
+        assert os.path.realpath(config.data_root) == os.path.realpath(shared)
     tiny = _load_config("demo_tiny")
+    assert tiny.data_root == ""
     assert tiny.model_path == "" and tiny.ssi.threshold.rule == "accuracy" and tiny.kto.train.num_steps == 40
     for c in (config, tiny):
         stages = stage_configs(c, "/runs/demo")
-        assert stages["kto"].data.path.endswith("lasa_jax/demo_data/kto.jsonl") and c.data_root == ""
+        assert stages["kto"].data.path.endswith("lasa_jax/demo_data/kto.jsonl")
+        assert stages["locate"].data.source == "jsonl" and stages["ssi"].data.source == "jsonl"
         assert stages["evaluate"].asr_sources == stages["evaluate"].refusal_sources == "demo"
 
 
