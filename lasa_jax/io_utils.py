@@ -13,6 +13,8 @@ import tempfile
 import pathlib
 from typing import Any, Iterator, Mapping, Sequence
 
+from lasa_jax.errors import InputError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -106,7 +108,7 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         try:
             return json.load(f)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
+            raise InputError(f"{path}: not valid JSON ({e})") from None
 
 
 def iter_jsonl(path: str | os.PathLike, what: str = "JSON Lines file") -> Iterator[tuple[int, Any]]:
@@ -127,7 +129,7 @@ def _jsonl_records(path: pathlib.Path) -> Iterator[tuple[int, Any]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_number}: not valid JSON ({e})") from None
+                raise InputError(f"{path}:{line_number}: not valid JSON ({e})") from None
             yield line_number, record
 
 

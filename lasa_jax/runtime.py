@@ -127,8 +127,16 @@ def load_model(config: ml_collections.ConfigDict, mesh=None, path: str | None = 
                            **kwargs)
 
 
-def load_tokenizer(path: str):
-    """The model directory's tokenizer (never `trust_remote_code`)."""
+def load_tokenizer(path: str, require_chat_template: bool = False):
+    """The model directory's tokenizer (never `trust_remote_code`), checked against the directory's config.json: every
+    token id must index an embedding row; `require_chat_template` refuses a tokenizer without a chat template."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    from lasa_jax.io_utils import read_json
+    from lasa_jax.models.integrity import check_tokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    config_file = os.path.join(path, "config.json")
+    vocab_size = read_json(config_file, "config.json").get("vocab_size") if os.path.isfile(config_file) else None
+    check_tokenizer(tokenizer, path, vocab_size if isinstance(vocab_size, int) else None, require_chat_template)
+    return tokenizer

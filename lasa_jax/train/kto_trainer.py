@@ -422,7 +422,7 @@ def train_kto(config: ml_collections.ConfigDict, workdir: str, mesh) -> TrainRes
         return frozen[directory]
 
     # data (SSI labels score prompts on the base model; it is kept only if it is also the reference)
-    tokenizer = load_tokenizer(model_dir)
+    tokenizer = load_tokenizer(model_dir, require_chat_template=True)
     examples, data_summary = prepare_examples(config, tokenizer, lambda: frozen_model(model_dir, "model_path"))
     if model_dir != model_dirs.reference:
         frozen.pop(model_dir, None)
