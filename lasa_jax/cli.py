@@ -39,7 +39,9 @@ def error_lines(error: BaseException) -> list[str]:
     """The lines `run` prints for a user error: detail lines first, then `error: <first line>` last."""
     text = str(error).strip() or type(error).__name__
     first, *details = text.splitlines()
-    return [line for line in details if line.strip()] + [f"error: {first}" + (" (details above)" if details else "")]
+    if details:
+        first = first.rstrip(":") + " (details above)"
+    return [line for line in details if line.strip()] + [f"error: {first}"]
 
 
 def debug_requested() -> bool:
