@@ -13,7 +13,6 @@ and its first line last. Anything else is an unexpected failure and keeps absl's
 """
 from __future__ import annotations
 
-import errno
 import os
 import sys
 from typing import Callable
@@ -21,11 +20,10 @@ from typing import Callable
 from absl import app, flags
 
 from lasa_jax.errors import InputError
+from lasa_jax.io_utils import WRITE_REFUSED
 
 EXIT_USER_ERROR = 2
 DEBUG_ENV = "LASA_JAX_DEBUG"
-# OSError numbers that mean "the file system refused the write", not a bug
-WRITE_REFUSED = {errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM}
 
 
 def is_user_error(error: BaseException) -> bool:

@@ -33,7 +33,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 
 from lasa_jax.config import ModelConfig
-from lasa_jax.io_utils import atomic_directory, read_json, set_default_permissions
+from lasa_jax.io_utils import atomic_directory, read_json, set_default_permissions, write_failed
 from lasa_jax.errors import InputError
 from lasa_jax.models.decoder import Decoder, abstract_decoder, param_shardings
 from lasa_jax.models.integrity import check_dtypes, check_shards, read_header, read_index
@@ -495,5 +495,10 @@ def save_pretrained(model: Decoder, out_dir: str | os.PathLike, *, dtype: str | 
 
 def _write_shard(save_file, directory: str, k: int, tensors: dict[str, np.ndarray]) -> None:
     path = os.path.join(directory, f"shard-{k:05d}.tmp")
-    save_file(tensors, path, metadata={"format": "pt"})
+    try:
+        save_file(tensors, path, metadata={"format": "pt"})
+    except Exception as e:  # safetensors reports I/O failures as SafetensorError "... (os error N)"
+        if "os error" in str(e):
+            raise write_failed(e, path) from e
+        raise
     set_default_permissions(path)  # safetensors writes owner-only files
