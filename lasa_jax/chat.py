@@ -256,8 +256,8 @@ def render_example(tokenizer, prompt: Prompt, completion: str, *, prefix: str | 
 
 def _apply_template(tokenizer, messages, *, add_generation_prompt: bool, template_kwargs) -> str:
     if getattr(tokenizer, "chat_template", None) is None:
-        raise InputError(f"{getattr(tokenizer, 'name_or_path', '') or 'tokenizer'}: the tokenizer has no chat_template; "
-                         "pass use_chat_template=False for raw text")
+        name = getattr(tokenizer, "name_or_path", "") or "tokenizer"
+        raise InputError(f"{name}: the tokenizer has no chat_template; pass use_chat_template=False for raw text")
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
                                          **dict(template_kwargs or {}))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import json
 import os
@@ -100,7 +101,8 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Non
 def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterator[str]:
     """Yield a temporary directory next to `path`; it replaces `path` only once the block finishes.
 
-    Raises FileExistsError naming `path` if it exists and `overwrite` is False.
+    Raises FileExistsError naming `path` if it exists and `overwrite` is False. Temporary directories of `path`
+    left by a writer that was killed are removed first (one writer per output directory).
     """
     path = os.path.abspath(os.fspath(path))
     if os.path.exists(path) and not overwrite:
@@ -108,6 +110,9 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
     parent = os.path.dirname(path)
     with named_write_errors(path):
         os.makedirs(parent, exist_ok=True)
+        pattern = glob.escape("." + os.path.basename(path)) + ".*.tmp*"
+        for stale in glob.glob(os.path.join(glob.escape(parent), pattern)):
+            shutil.rmtree(stale, ignore_errors=True)  # left by a writer killed mid-way (never read: not final)
         tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=parent)
     try:
         with named_write_errors(path):

@@ -75,13 +75,28 @@ def assert_complete(directory) -> None:
             zipfile.ZipFile(path).testzip()
 
 
+# JSON fields that record wall time: compared by presence only
+TIME_FIELDS = {"wall_seconds", "elapsed_seconds", "seconds", "created", "timestamp"}
+
+
+def _without_times(value):
+    if isinstance(value, dict):
+        return {k: (k in TIME_FIELDS) or _without_times(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_times(v) for v in value]
+    return value
+
+
 def tree_bytes(directory, ignore=()) -> dict[str, bytes]:
-    """{relative path: content} of the final files under `directory`, skipping names in `ignore`."""
+    """{relative path: content} of the final files under `directory`, skipping names in `ignore`; JSON files
+    compare without the values of `TIME_FIELDS`."""
     out = {}
     for path in final_files(directory):
         rel = str(path.relative_to(directory))
         if not any(part in ignore for part in pathlib.Path(rel).parts):
             out[rel] = path.read_bytes()
+            if rel.endswith(".json"):
+                out[rel] = json.dumps(_without_times(json.loads(out[rel])), sort_keys=True).encode()
     return out
 
 

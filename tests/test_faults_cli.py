@@ -64,16 +64,17 @@ def test_debug_switches_show_the_traceback(truncated_model, tmp_path):
 def test_missing_model_directory(tmp_path):
     prompts = tmp_path / "eval.jsonl"
     prompts.write_text('{"id": "a", "language": "en", "prompt": "Hi", "expected": "benign", "source": "demo"}\n')
-    proc = _script("generate", "--config=configs/generate.py", f"--workdir={tmp_path / 'run'}", "--config.mode=baseline",
-                   f"--config.model_path={tmp_path / 'no_such_model'}", f"--config.eval_sets=jsonl:{prompts}")
+    proc = _script("generate", "--config=configs/generate.py", f"--workdir={tmp_path / 'run'}",
+                   "--config.mode=baseline", f"--config.model_path={tmp_path / 'no_such_model'}",
+                   f"--config.eval_sets=jsonl:{prompts}")
     _user_error(proc, "no_such_model")
 
 
 def test_evaluation_file_with_a_bad_record(tmp_path):
     prompts = tmp_path / "eval.jsonl"
     prompts.write_text('{"language": "en", "prompt": "Hi"}\n')
-    proc = _script("generate", "--config=configs/generate.py", f"--workdir={tmp_path / 'run'}", "--config.mode=baseline",
-                   f"--config.model_path={tmp_path}", f"--config.eval_sets=jsonl:{prompts}")
+    proc = _script("generate", "--config=configs/generate.py", f"--workdir={tmp_path / 'run'}",
+                   "--config.mode=baseline", f"--config.model_path={tmp_path}", f"--config.eval_sets=jsonl:{prompts}")
     _user_error(proc, f"{prompts}:1: field 'id' must be a non-empty string, got None")
 
 

@@ -4,6 +4,7 @@ stage is deterministic on CPU), while every file at a final path right after the
 half-written is ever read as complete). One seed per stage by default; more seeds are marked slow. KTO's kill -9
 test is tests/test_kto_train.py::test_sigterm_then_kill9_then_rerun_gives_bit_identical_parameters."""
 import json
+import os
 import shutil
 import sys
 
@@ -152,6 +153,7 @@ def test_evaluation_with_llm_judges_survives_kill9(evaluate_stage, seed):
 @pytest.mark.parametrize("seed", SEEDS)
 def test_hf_export_survives_kill9(export_stage, seed):
     export_stage.kill_then_rerun(seed)
+    assert os.listdir(export_stage.workdir) == ["hf_export"]  # a killed writer's temporary directory is swept
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(export_stage.workdir / "hf_export")  # the consumer reads it
@@ -174,3 +176,26 @@ def test_generation_stops_on_a_full_disk_and_the_rerun_continues(generate_stage)
     assert "resuming from" in rerun.stderr
     assert ((workdir / "generations.jsonl").read_bytes()
             == (generate_stage.reference / "generations.jsonl").read_bytes())
+
+
+# files whose content records wall time, throughput or run identity (compared by their consumers' fields instead)
+PIPELINE_VOLATILE = ("run_summary.json", "metrics.jsonl", "tensorboard", "checkpoints", "stage_done.json",
+                     "report.md", "pipeline_config.json", "config.json", "data_summary.json")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0])
+def test_whole_pipeline_survives_kill9(tmp_path, seed):
+    """The demo pipeline (every stage) killed at a random point and rerun ends with the same deterministic stage
+    outputs as an uninterrupted run: k*, the SSI parameters, the exported KTO policy, both generation files and
+    the evaluation report (bit-identical); every file at a final path right after the kill parses completely."""
+    def command(workdir):
+        return script("demo", f"--workdir={workdir}", "--config.kto.train.num_steps=12",
+                      "--config.kto.checkpoint.every_steps=4", "--config.ssi.train.num_epochs=4",
+                      "--config.locate.selection.num_bootstrap=20", "--config.generate.decoding.max_new_tokens=6")
+
+    stage = Stage(tmp_path, command, ignore=PIPELINE_VOLATILE)
+    stage.kill_then_rerun(seed)
+    for name in ("locate/bottleneck.json", "ssi/ssi/params.safetensors", "kto/hf_export/model.safetensors.index.json",
+                 "generate_lasa/generations.jsonl", "generate_baseline/generations.jsonl", "evaluate/report.json"):
+        assert (stage.workdir / name).read_bytes() == (stage.reference / name).read_bytes(), name

@@ -33,8 +33,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 
 from lasa_jax.config import ModelConfig
-from lasa_jax.io_utils import atomic_directory, read_json, set_default_permissions, write_failed
 from lasa_jax.errors import InputError
+from lasa_jax.io_utils import atomic_directory, read_json, set_default_permissions, write_failed
 from lasa_jax.models.decoder import Decoder, abstract_decoder, param_shardings
 from lasa_jax.models.integrity import check_dtypes, check_shards, read_header, read_index
 from lasa_jax.sharding import check_replicated, logical_to_spec, to_host
