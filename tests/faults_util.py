@@ -89,7 +89,8 @@ def _without_times(value):
 
 def tree_bytes(directory, ignore=()) -> dict[str, bytes]:
     """{relative path: content} of the final files under `directory`, skipping names in `ignore`; JSON files
-    compare without the values of `TIME_FIELDS`."""
+    compare without the values of `TIME_FIELDS`, safetensors files with their header's keys sorted (the tensor
+    bytes as they are)."""
     out = {}
     for path in final_files(directory):
         rel = str(path.relative_to(directory))
@@ -97,6 +98,10 @@ def tree_bytes(directory, ignore=()) -> dict[str, bytes]:
             out[rel] = path.read_bytes()
             if rel.endswith(".json"):
                 out[rel] = json.dumps(_without_times(json.loads(out[rel])), sort_keys=True).encode()
+            elif rel.endswith(".safetensors"):  # the library writes __metadata__ keys in hash order
+                raw = out[rel]
+                n = int.from_bytes(raw[:8], "little")
+                out[rel] = json.dumps(json.loads(raw[8:8 + n]), sort_keys=True).encode() + raw[8 + n:]
     return out
 
 
