@@ -75,13 +75,17 @@ def assert_complete(directory) -> None:
             zipfile.ZipFile(path).testzip()
 
 
-# JSON fields that record wall time: compared by presence only
+# JSON fields that record wall time (and any "*_seconds" / "*per_second*" field): compared by presence only
 TIME_FIELDS = {"wall_seconds", "elapsed_seconds", "seconds", "created", "timestamp"}
+
+
+def _is_time(key: str) -> bool:
+    return key in TIME_FIELDS or key.endswith("_seconds") or "per_second" in key
 
 
 def _without_times(value):
     if isinstance(value, dict):
-        return {k: (k in TIME_FIELDS) or _without_times(v) for k, v in value.items()}
+        return {k: _is_time(k) or _without_times(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_without_times(v) for v in value]
     return value

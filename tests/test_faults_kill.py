@@ -188,7 +188,8 @@ PIPELINE_VOLATILE = ("run_summary.json", "metrics.jsonl", "tensorboard", "checkp
 def test_whole_pipeline_survives_kill9(tmp_path, seed):
     """The demo pipeline (every stage) killed at a random point and rerun ends with the same deterministic stage
     outputs as an uninterrupted run: k*, the SSI parameters, the exported KTO policy, both generation files and
-    the evaluation report (bit-identical); every file at a final path right after the kill parses completely."""
+    the evaluation report (bit-identical up to wall-time fields); every file at a final path right after the kill
+    parses completely."""
     def command(workdir):
         return script("demo", f"--workdir={workdir}", "--config.kto.train.num_steps=12",
                       "--config.kto.checkpoint.every_steps=4", "--config.ssi.train.num_epochs=4",
@@ -198,4 +199,4 @@ def test_whole_pipeline_survives_kill9(tmp_path, seed):
     stage.kill_then_rerun(seed)
     for name in ("locate/bottleneck.json", "ssi/ssi/params.safetensors", "kto/hf_export/model.safetensors.index.json",
                  "generate_lasa/generations.jsonl", "generate_baseline/generations.jsonl", "evaluate/report.json"):
-        assert (stage.workdir / name).read_bytes() == (stage.reference / name).read_bytes(), name
+        assert (stage.workdir / name).is_file(), name  # compared with the reference by kill_then_rerun
