@@ -117,7 +117,8 @@ def generate_stage(tiny_hf_dirs, eval_prompts, tmp_path_factory):
 @pytest.fixture(scope="module")
 def evaluate_stage(tiny_hf_dirs, generate_stage, tmp_path_factory):
     generations = generate_stage.reference / "generations.jsonl"
-    return Stage(tmp_path_factory.mktemp("kill_evaluate"), _evaluate(tiny_hf_dirs["llama"], generations))
+    return Stage(tmp_path_factory.mktemp("kill_evaluate"), _evaluate(tiny_hf_dirs["llama"], generations),
+                 ignore=("evaluation_meta.json",))  # compared below: its cache hit / miss split depends on the kill
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +149,12 @@ def test_evaluation_with_llm_judges_survives_kill9(evaluate_stage, seed):
     evaluate_stage.kill_then_rerun(seed)
     report = json.loads((evaluate_stage.workdir / "report.json").read_text())
     assert report["systems"] == ["baseline", "lasa"]
+    metas = [json.loads((d / "evaluation_meta.json").read_text()) for d in (evaluate_stage.reference,
+                                                                           evaluate_stage.workdir)]
+    for meta in metas:  # the pairs judged in all (served from the verdict cache or sent to the judge)
+        cache = meta.pop("judge_cache")
+        meta["judged_pairs"] = cache["hits"] + cache["misses"]
+    assert metas[0] == metas[1]
 
 
 @pytest.mark.parametrize("seed", SEEDS)
