@@ -28,6 +28,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from lasa_jax.chat import render_prompt
+from lasa_jax.errors import InputError
 from lasa_jax.io_utils import atomic_path
 from lasa_jax.models.decoder import Decoder, forward
 from lasa_jax.sharding import put_batch, to_host
@@ -61,7 +62,7 @@ POOLING_FNS = {"last": pool_last_token, "mean": pool_mean}
 
 def _pooling_fn(pooling: str):
     if pooling not in POOLING_FNS:
-        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        raise InputError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     return POOLING_FNS[pooling]
 
 
@@ -95,10 +96,10 @@ def bucketed_batches(token_ids: Sequence[np.ndarray], batch_size: int, *, pad_id
     changes (and stays divisible by the mesh's batch shards).
     """
     if padding_side not in ("left", "right"):
-        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        raise InputError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     lengths = np.array([len(t) for t in token_ids])
     if (lengths == 0).any():
-        raise ValueError(f"prompt {int(np.argmin(lengths))} has no tokens")
+        raise InputError(f"prompt {int(np.argmin(lengths))} has no tokens")
     order = np.argsort(lengths, kind="stable")
     buckets: dict[int, list[int]] = {}
     for i in order:
@@ -172,13 +173,13 @@ def capture(model: Decoder, token_ids: Sequence[np.ndarray], *, pooling: str = "
     _pooling_fn(pooling)
     config = model.config
     if residual_index is not None and not 0 <= residual_index <= config.num_layers:
-        raise ValueError(f"residual_index must be in [0, {config.num_layers}], got {residual_index}")
+        raise InputError(f"residual_index must be in [0, {config.num_layers}], got {residual_index}")
     mesh = mesh if mesh is not None else model.mesh
     batch_size = default_batch_size(model, batch_size)
     if mesh is not None:
         shards = mesh.shape["data"] * mesh.shape["fsdp"]
         if batch_size % shards:
-            raise ValueError(f"batch_size {batch_size} must be a multiple of the mesh's data x fsdp = {shards}")
+            raise InputError(f"batch_size {batch_size} must be a multiple of the mesh's data x fsdp = {shards}")
     if pad_id is None:
         pad_id = config.pad_token_id if config.pad_token_id is not None else 0
     n = len(token_ids)

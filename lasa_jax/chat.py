@@ -56,6 +56,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from lasa_jax.errors import InputError
+
 CONDITIONAL_PREFIX = (
     "Harmful query detected. I should refuse this request and provide a safe response in the user's language.")
 
@@ -137,15 +139,15 @@ def chat_messages(prompt: Prompt) -> list[dict[str, str]]:
     if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}]
     if not isinstance(prompt, Sequence) or not prompt:
-        raise ValueError(f"prompt must be a string or a non-empty list of chat messages, got {type(prompt).__name__}")
+        raise InputError(f"prompt must be a string or a non-empty list of chat messages, got {type(prompt).__name__}")
     messages = []
     for i, message in enumerate(prompt):
         if not isinstance(message, Mapping) or not isinstance(message.get("role"), str) \
                 or not isinstance(message.get("content"), str):
-            raise ValueError(f"prompt message {i} must be a mapping with string 'role' and 'content', got {message!r}")
+            raise InputError(f"prompt message {i} must be a mapping with string 'role' and 'content', got {message!r}")
         messages.append({"role": message["role"], "content": message["content"]})
     if messages[-1]["role"] != "user":
-        raise ValueError(f"the last prompt message must have role 'user', got {messages[-1]['role']!r}")
+        raise InputError(f"the last prompt message must have role 'user', got {messages[-1]['role']!r}")
     return messages
 
 
@@ -172,7 +174,7 @@ def _end_of_turn_ids(tokenizer, template_kwargs: Mapping[str, Any] | None) -> li
     text = _apply_template(tokenizer, messages, add_generation_prompt=False, template_kwargs=template_kwargs)
     position = text.rfind(_SENTINEL)
     if position < 0:
-        raise ValueError("the chat template does not reproduce assistant content verbatim; cannot find the "
+        raise InputError("the chat template does not reproduce assistant content verbatim; cannot find the "
                          "end-of-turn token")
     suffix_ids = tokenizer(text[position + len(_SENTINEL):], add_special_tokens=False)["input_ids"]
     special = _special_ids(tokenizer)
@@ -180,7 +182,7 @@ def _end_of_turn_ids(tokenizer, template_kwargs: Mapping[str, Any] | None) -> li
         if token in special:
             return [int(t) for t in suffix_ids[:i + 1]]
     if tokenizer.eos_token_id is None:
-        raise ValueError("the chat template writes no special token after assistant content and the tokenizer "
+        raise InputError("the chat template writes no special token after assistant content and the tokenizer "
                          "has no eos_token; cannot determine the end-of-turn token")
     return [int(tokenizer.eos_token_id)]
 
@@ -204,7 +206,7 @@ def render_prompt(tokenizer, prompt: Prompt, *, prefix: str | None = None, use_c
         ids, content_start, content_end = _template_ids(tokenizer, chat_messages(prompt), template_kwargs)
     else:
         if not isinstance(prompt, str):
-            raise ValueError("use_chat_template=False needs the prompt as a string, got a message list")
+            raise InputError("use_chat_template=False needs the prompt as a string, got a message list")
         encoding = tokenizer(prompt, add_special_tokens=True, return_offsets_mapping=True)
         ids = list(encoding["input_ids"])
         content_start, content_end = _token_span(encoding["offset_mapping"], 0, len(prompt))
@@ -214,7 +216,7 @@ def render_prompt(tokenizer, prompt: Prompt, *, prefix: str | None = None, use_c
     if max_prompt_length is not None:
         excess = len(rendered.input_ids) - max_prompt_length
         if excess > rendered.max_droppable:
-            raise ValueError(f"the prompt has {len(rendered.input_ids)} tokens and at most {rendered.max_droppable} "
+            raise InputError(f"the prompt has {len(rendered.input_ids)} tokens and at most {rendered.max_droppable} "
                              f"user-content tokens can be dropped: it cannot be cut to max_prompt_length="
                              f"{max_prompt_length}")
         rendered = rendered.drop_content_front(excess)
@@ -234,7 +236,7 @@ def assemble_example(prompt: RenderedPrompt, completion_ids: Sequence[int] | np.
     completion_ids = np.asarray(completion_ids, dtype=np.int32)
     end_of_turn = np.asarray(end_of_turn, dtype=np.int32)
     if completion_ids.ndim != 1 or completion_ids.size == 0:
-        raise ValueError(f"completion_ids must be a non-empty 1-D sequence, got shape {completion_ids.shape}")
+        raise InputError(f"completion_ids must be a non-empty 1-D sequence, got shape {completion_ids.shape}")
     whole = np.concatenate([completion_ids, end_of_turn])
     budget = max_length - whole.size
     if max_prompt_length is not None:
@@ -271,7 +273,7 @@ def render_example(tokenizer, prompt: Prompt, completion: str, *, prefix: str | 
     None when the row cannot fit (module docstring: truncation rule).
     """
     if not isinstance(completion, str) or not completion.strip():
-        raise ValueError(f"completion must be a non-empty string, got {completion!r}")
+        raise InputError(f"completion must be a non-empty string, got {completion!r}")
     rendered_prompt = render_prompt(tokenizer, prompt, prefix=prefix, template_kwargs=template_kwargs)
     end_of_turn = end_of_turn_ids(tokenizer, template_kwargs) if complete else []
     return assemble_example(rendered_prompt, _encode(tokenizer, completion.strip()), max_length=max_length,
@@ -281,7 +283,8 @@ def render_example(tokenizer, prompt: Prompt, completion: str, *, prefix: str | 
 
 def _apply_template(tokenizer, messages, *, add_generation_prompt: bool, template_kwargs) -> str:
     if getattr(tokenizer, "chat_template", None) is None:
-        raise ValueError("the tokenizer has no chat_template; pass use_chat_template=False for raw text")
+        name = getattr(tokenizer, "name_or_path", "") or "tokenizer"
+        raise InputError(f"{name}: the tokenizer has no chat_template; pass use_chat_template=False for raw text")
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
                                          **dict(template_kwargs or {}))
 

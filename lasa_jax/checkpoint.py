@@ -27,6 +27,8 @@ from typing import Any, Mapping
 import jax
 import orbax.checkpoint as ocp
 
+from lasa_jax.errors import InputError
+
 log = logging.getLogger(__name__)
 
 STATE_ITEM = "state"
@@ -56,7 +58,7 @@ class Checkpointer:
 
     def __init__(self, directory: str | os.PathLike, *, max_to_keep: int | None = 3, async_save: bool = True):
         if max_to_keep is not None and max_to_keep < 1:
-            raise ValueError(f"max_to_keep must be >= 1 or None, got {max_to_keep}")
+            raise InputError(f"max_to_keep must be >= 1 or None, got {max_to_keep}")
         self.directory = os.fspath(directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
                                                enable_async_checkpointing=async_save)
@@ -129,7 +131,7 @@ class Checkpointer:
         problems += [f"{path}: checkpoint {saved[path][0]} {saved[path][1]}, expected {wanted[path][0]} "
                      f"{wanted[path][1]}" for path in sorted(set(saved) & set(wanted)) if saved[path] != wanted[path]]
         if problems:
-            raise ValueError(f"{self.directory}: checkpoint step {step} does not match the expected state "
+            raise InputError(f"{self.directory}: checkpoint step {step} does not match the expected state "
                              f"({len(problems)} problems):\n  " + "\n  ".join(problems[:20]))
 
     def _check_step(self, step: int) -> None:
@@ -159,7 +161,7 @@ def check_run_identity(saved: Mapping[str, Any], current: Mapping[str, Any], whe
                    for key in sorted(set(saved_flat) | set(current_flat))
                    if saved_flat.get(key, "<absent>") != current_flat.get(key, "<absent>")]
     if differences:
-        raise ValueError(f"{where} was written by a different run; cannot resume it with this configuration:\n  "
+        raise InputError(f"{where} was written by a different run; cannot resume it with this configuration:\n  "
                          + "\n  ".join(differences)
                          + "\nUse a new --workdir, or restore the configuration the checkpoint was written with.")
 

@@ -21,6 +21,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from lasa_jax.errors import InputError
+
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 SUPPORTED_ROPE_TYPES = ("default", "llama3")
 DTYPES = ("float32", "bfloat16")
@@ -68,16 +70,16 @@ class ModelConfig:
 
     def __post_init__(self):
         if self.model_type not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(f"model_type {self.model_type!r} is not supported; expected one of {SUPPORTED_MODEL_TYPES}")
+            raise InputError(f"model_type {self.model_type!r} is not supported; expected one of {SUPPORTED_MODEL_TYPES}")
         if self.rope_type not in SUPPORTED_ROPE_TYPES:
-            raise ValueError(f"rope type {self.rope_type!r} is not supported; expected one of {SUPPORTED_ROPE_TYPES}")
+            raise InputError(f"rope type {self.rope_type!r} is not supported; expected one of {SUPPORTED_ROPE_TYPES}")
         for name in ("param_dtype", "compute_dtype"):
             if getattr(self, name) not in DTYPES:
-                raise ValueError(f"{name} must be one of {DTYPES}, got {getattr(self, name)!r}")
+                raise InputError(f"{name} must be one of {DTYPES}, got {getattr(self, name)!r}")
         if self.remat_policy not in REMAT_POLICIES:
-            raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
+            raise InputError(f"remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"num_attention_heads ({self.num_heads}) must be a multiple of num_key_value_heads "
+            raise InputError(f"num_attention_heads ({self.num_heads}) must be a multiple of num_key_value_heads "
                              f"({self.num_kv_heads})")
 
     @property
@@ -123,12 +125,12 @@ class ModelConfig:
         """Build from a parsed HF config dict. `source` names the file in error messages."""
         model_type = hf.get("model_type")
         if model_type not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(f"{source}: model_type {model_type!r} is not supported; expected one of "
+            raise InputError(f"{source}: model_type {model_type!r} is not supported; expected one of "
                              f"{SUPPORTED_MODEL_TYPES}")
 
         def need(key):
             if key not in hf or hf[key] is None:
-                raise ValueError(f"{source}: required field {key!r} is missing")
+                raise InputError(f"{source}: required field {key!r} is missing")
             return hf[key]
 
         hidden, heads = int(need("hidden_size")), int(need("num_attention_heads"))
@@ -136,11 +138,11 @@ class ModelConfig:
         head_dim = hf.get("head_dim") or hidden // heads
         act = hf.get("hidden_act", "silu")
         if act != "silu":
-            raise ValueError(f"{source}: hidden_act {act!r} is not supported (expected 'silu')")
+            raise InputError(f"{source}: hidden_act {act!r} is not supported (expected 'silu')")
         if hf.get("mlp_bias"):
-            raise ValueError(f"{source}: mlp_bias=true is not supported")
+            raise InputError(f"{source}: mlp_bias=true is not supported")
         if hf.get("use_sliding_window"):
-            raise ValueError(f"{source}: use_sliding_window=true is not supported (full attention only)")
+            raise InputError(f"{source}: use_sliding_window=true is not supported (full attention only)")
         rope = _read_rope(hf, source)
         eos = hf.get("eos_token_id")
         eos_ids = tuple(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None)
@@ -178,7 +180,7 @@ class ModelConfig:
             try:
                 hf = json.load(f)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{file}: not valid JSON ({e})") from None
+                raise InputError(f"{file}: not valid JSON ({e})") from None
         return cls.from_hf_dict(hf, source=file, **runtime)
 
     def to_hf_dict(self) -> dict:
@@ -207,7 +209,7 @@ def _read_rope(hf: Mapping[str, Any], source: str) -> dict:
     """RoPE fields from `rope_parameters` (transformers 5) or `rope_theta` + `rope_scaling` (older files)."""
     params = hf.get("rope_parameters")
     if params is not None and not isinstance(params, Mapping):
-        raise ValueError(f"{source}: rope_parameters must be an object, got {type(params).__name__}")
+        raise InputError(f"{source}: rope_parameters must be an object, got {type(params).__name__}")
     scaling = hf.get("rope_scaling")
     if params is None:
         params = dict(scaling or {})
@@ -216,10 +218,10 @@ def _read_rope(hf: Mapping[str, Any], source: str) -> dict:
     elif "rope_theta" not in params and "rope_theta" in hf:
         params = {**params, "rope_theta": hf["rope_theta"]}
     if isinstance(params, Mapping) and any(isinstance(v, Mapping) for v in params.values()):
-        raise ValueError(f"{source}: per-layer-type rope_parameters are not supported")
+        raise InputError(f"{source}: per-layer-type rope_parameters are not supported")
     rope_type = params.get("rope_type", params.get("type", "default")) or "default"
     if rope_type not in SUPPORTED_ROPE_TYPES:
-        raise ValueError(f"{source}: rope type {rope_type!r} is not supported; expected one of "
+        raise InputError(f"{source}: rope type {rope_type!r} is not supported; expected one of "
                          f"{SUPPORTED_ROPE_TYPES}")
     out = dict(rope_type=rope_type, rope_theta=float(params.get("rope_theta", 10000.0)))
     if rope_type == "llama3":
@@ -228,5 +230,5 @@ def _read_rope(hf: Mapping[str, Any], source: str) -> dict:
                        rope_high_freq_factor=float(params["high_freq_factor"]),
                        rope_original_max_position=int(params["original_max_position_embeddings"]))
         except KeyError as e:
-            raise ValueError(f"{source}: llama3 rope scaling needs field {e.args[0]!r}") from None
+            raise InputError(f"{source}: llama3 rope scaling needs field {e.args[0]!r}") from None
     return out

@@ -39,6 +39,7 @@ from jax.sharding import Mesh
 
 from lasa_jax.activations import bucket_length, bucketed_batches
 from lasa_jax.config import ModelConfig
+from lasa_jax.errors import InputError
 from lasa_jax.models.decoder import Decoder, Params, forward, init_cache, lm_logits, split_layers
 from lasa_jax.sharding import constrain, put_batch, to_host
 
@@ -129,7 +130,7 @@ def _eos_array(eos_token_id: int | Iterable[int] | None) -> np.ndarray:
     ids = [] if eos_token_id is None else (
         [eos_token_id] if isinstance(eos_token_id, (int, np.integer)) else list(eos_token_id))
     if not all(isinstance(i, (int, np.integer)) and i >= 0 for i in ids):
-        raise ValueError(f"eos_token_id must be a non-negative int or a list of them, got {eos_token_id!r}")
+        raise InputError(f"eos_token_id must be a non-negative int or a list of them, got {eos_token_id!r}")
     unique = sorted(set(int(i) for i in ids))
     size = max(_EOS_SLOTS, -(-len(unique) // _EOS_SLOTS) * _EOS_SLOTS)
     return np.asarray(unique + [-1] * (size - len(unique)), np.int32)
@@ -137,13 +138,13 @@ def _eos_array(eos_token_id: int | Iterable[int] | None) -> np.ndarray:
 
 def _check_sampling(max_new_tokens: int, temperature: float, top_p: float, top_k: int) -> None:
     if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+        raise InputError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
     if not temperature >= 0.0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
+        raise InputError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
     if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+        raise InputError(f"top_p must be in (0, 1], got {top_p!r}")
     if not isinstance(top_k, (int, np.integer)) or top_k < 0:
-        raise ValueError(f"top_k must be a non-negative int (0 = off), got {top_k!r}")
+        raise InputError(f"top_k must be a non-negative int (0 = off), got {top_k!r}")
 
 
 def resolve_special_ids(config: ModelConfig, eos_token_id, pad_token_id) -> tuple[np.ndarray, int]:
@@ -153,7 +154,7 @@ def resolve_special_ids(config: ModelConfig, eos_token_id, pad_token_id) -> tupl
     if pad_token_id is None:
         pad_token_id = config.pad_token_id if config.pad_token_id is not None else max(int(eos[0]), 0)
     if not isinstance(pad_token_id, (int, np.integer)) or not 0 <= pad_token_id < config.vocab_size:
-        raise ValueError(f"pad_token_id must be an int in [0, {config.vocab_size}), got {pad_token_id!r}")
+        raise InputError(f"pad_token_id must be an int in [0, {config.vocab_size}), got {pad_token_id!r}")
     return eos, int(pad_token_id)
 
 
@@ -209,13 +210,13 @@ def generate(model: Decoder, input_ids, attention_mask=None, *, max_new_tokens: 
     _check_sampling(max_new_tokens, temperature, top_p, top_k)
     input_ids = np.asarray(input_ids)
     if input_ids.ndim != 2 or input_ids.shape[0] == 0:
-        raise ValueError(f"input_ids must have shape (B, T) with B >= 1, got {input_ids.shape}")
+        raise InputError(f"input_ids must have shape (B, T) with B >= 1, got {input_ids.shape}")
     attention_mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask)
     if attention_mask.shape != input_ids.shape:
-        raise ValueError(f"attention_mask shape {attention_mask.shape} != input_ids shape {input_ids.shape}")
+        raise InputError(f"attention_mask shape {attention_mask.shape} != input_ids shape {input_ids.shape}")
     lengths = attention_mask.astype(bool).sum(axis=1)
     if (lengths == 0).any():
-        raise ValueError(f"row {int(np.argmin(lengths))} of attention_mask has no real token")
+        raise InputError(f"row {int(np.argmin(lengths))} of attention_mask has no real token")
     eos, pad_id = resolve_special_ids(model.config, eos_token_id, pad_token_id)
     B = input_ids.shape[0]
     shards = _batch_shards(model.mesh)
@@ -254,7 +255,7 @@ def generate_batched(model: Decoder, token_ids: Sequence[Sequence[int] | np.ndar
     """
     _check_sampling(max_new_tokens, temperature, top_p, top_k)
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
     eos, pad_id = resolve_special_ids(model.config, eos_token_id, pad_token_id)
     arrays = [np.asarray(t, np.int32) for t in token_ids]
     shards = _batch_shards(model.mesh)

@@ -35,7 +35,7 @@ from lasa_jax.data import eval_sets
 from lasa_jax.data.eval_sets import EvalPrompt
 from lasa_jax.errors import InputError
 from lasa_jax.generate import generate_batched
-from lasa_jax.io_utils import atomic_write_json, iter_jsonl, write_jsonl
+from lasa_jax.io_utils import append_durably, atomic_write_json, iter_jsonl, write_jsonl
 from lasa_jax.runtime import comma_list, is_writer, load_model, load_tokenizer
 from lasa_jax.runtime import template_kwargs as config_template_kwargs
 
@@ -312,12 +312,7 @@ def run_inference(model, tokenizer, prompts: Sequence[EvalPrompt], *, mode: str,
 def _append_records(path: str | os.PathLike, records: Sequence[Mapping[str, Any]]) -> None:
     if not is_writer() or not records:
         return
-    payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "ab") as f:
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
+    append_durably(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8"))
 
 
 def read_partial(path: str | os.PathLike) -> dict[str, dict[str, Any]]:

@@ -1,17 +1,24 @@
 """Atomic file output shared by every stage: write to a temporary path in the same directory, then rename.
 
 Nothing half-written is ever left at a final path: readers either see the old file/directory or the complete new one.
+A write the file system refuses (disk full, file too large, read-only, permission) raises an OSError of the same
+errno whose message names the final path; the temporary file is removed and the old file is left as it was.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import hashlib
 import json
 import os
+import pathlib
+import re
 import shutil
 import tempfile
-import pathlib
 from typing import Any, Iterator, Mapping, Sequence
+
+from lasa_jax.errors import InputError
 
 
 def _umask() -> int:
@@ -25,21 +32,59 @@ def set_default_permissions(path: str | os.PathLike) -> None:
     os.chmod(path, 0o666 & ~_umask())
 
 
+# errno values of a write the file system refused
+WRITE_REFUSED = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO})
+
+
+def write_failed(error: BaseException, path: str | os.PathLike) -> OSError:
+    """`error` (an OSError, or a library error carrying "(os error N)") as an OSError naming `path`."""
+    number = getattr(error, "errno", None)
+    if number is None:
+        found = re.search(r"os error (\d+)", str(error))
+        number = int(found.group(1)) if found else errno.EIO
+    reason = os.strerror(number) if number else str(error)
+    return OSError(number, reason, os.fspath(path))  # str: "[Errno N] <reason>: '<path>'"
+
+
+@contextlib.contextmanager
+def named_write_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Re-raise a refused write of the block that names no file (e.g. EFBIG from `write`) as one naming `path`."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None or e.errno not in WRITE_REFUSED:
+            raise  # names its file already, or is not a refused write
+        raise write_failed(e, path) from e
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
     """Yield a temporary file path next to `path`; rename it onto `path` when the block exits without error."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=suffix + ".tmp", dir=directory)
-    os.close(fd)
+    with named_write_errors(path):
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=suffix + ".tmp", dir=directory)
+        os.close(fd)
     try:
-        yield tmp
-        set_default_permissions(tmp)  # mkstemp creates 0600
-        os.replace(tmp, path)
+        with named_write_errors(path):
+            yield tmp
+            set_default_permissions(tmp)  # mkstemp creates 0600
+            os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def append_durably(path: str | os.PathLike, data: bytes) -> None:
+    """Append `data` to `path` (created if missing) and fsync it: for resume files whose reader drops a cut last
+    line. A refused write names `path` (module docstring)."""
+    with named_write_errors(path):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "ab") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -56,16 +101,22 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Non
 def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterator[str]:
     """Yield a temporary directory next to `path`; it replaces `path` only once the block finishes.
 
-    Raises FileExistsError naming `path` if it exists and `overwrite` is False.
+    Raises FileExistsError naming `path` if it exists and `overwrite` is False. Temporary directories of `path`
+    left by a writer that was killed are removed first (one writer per output directory).
     """
     path = os.path.abspath(os.fspath(path))
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"{path} already exists; pass overwrite=True (or choose another output directory)")
     parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=parent)
+    with named_write_errors(path):
+        os.makedirs(parent, exist_ok=True)
+        pattern = glob.escape("." + os.path.basename(path)) + ".*.tmp*"
+        for stale in glob.glob(os.path.join(glob.escape(parent), pattern)):
+            shutil.rmtree(stale, ignore_errors=True)  # left by a writer killed mid-way (never read: not final)
+        tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=parent)
     try:
-        yield tmp
+        with named_write_errors(path):
+            yield tmp
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
         if os.path.exists(path):
             old = tmp + ".old"
@@ -106,7 +157,7 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         try:
             return json.load(f)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
+            raise InputError(f"{path}: not valid JSON ({e})") from None
 
 
 def iter_jsonl(path: str | os.PathLike, what: str = "JSON Lines file") -> Iterator[tuple[int, Any]]:
@@ -127,7 +178,7 @@ def _jsonl_records(path: pathlib.Path) -> Iterator[tuple[int, Any]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_number}: not valid JSON ({e})") from None
+                raise InputError(f"{path}:{line_number}: not valid JSON ({e})") from None
             yield line_number, record
 
 

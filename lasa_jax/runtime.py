@@ -13,6 +13,7 @@ from typing import Any
 
 import ml_collections
 
+from lasa_jax.errors import InputError
 from lasa_jax.io_utils import atomic_write_json
 
 log = logging.getLogger("lasa_jax")
@@ -45,9 +46,9 @@ def template_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
     try:
         parsed = json.loads(value)
     except json.JSONDecodeError as e:
-        raise ValueError(f"--config.template_kwargs must be a JSON object, got {value!r} ({e})") from None
+        raise InputError(f"--config.template_kwargs must be a JSON object, got {value!r} ({e})") from None
     if not isinstance(parsed, dict):
-        raise ValueError(f"--config.template_kwargs must be a JSON object, got {value!r}")
+        raise InputError(f"--config.template_kwargs must be a JSON object, got {value!r}")
     return parsed
 
 
@@ -70,7 +71,7 @@ def maybe_initialize_distributed(mode: str = "auto") -> bool:
     address, SLURM/MPI). Returns whether it initialised.
     """
     if mode not in DISTRIBUTED_MODES:
-        raise ValueError(f"--config.distributed must be one of {DISTRIBUTED_MODES}, got {mode!r}")
+        raise InputError(f"--config.distributed must be one of {DISTRIBUTED_MODES}, got {mode!r}")
     if mode == "off":
         return False
     if mode == "auto":
@@ -109,7 +110,7 @@ def start_run(config: ml_collections.ConfigDict, workdir: str, config_name: str 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     maybe_initialize_distributed(config.get("distributed", "auto"))
     if not workdir:
-        raise ValueError("--workdir is required")
+        raise InputError("--workdir is required")
     if is_writer():
         os.makedirs(workdir, exist_ok=True)
         atomic_write_json(os.path.join(workdir, config_name), json.loads(config.to_json_best_effort()))
@@ -122,13 +123,21 @@ def load_model(config: ml_collections.ConfigDict, mesh=None, path: str | None = 
 
     path = path or config.model_path
     if not path:
-        raise ValueError("--config.model_path is required (a local Hugging Face model directory or a hub id)")
+        raise InputError("--config.model_path is required (a local Hugging Face model directory or a hub id)")
     return from_pretrained(path, dtype=config.dtype, mesh=mesh, compute_dtype=config.get("compute_dtype") or None,
                            **kwargs)
 
 
-def load_tokenizer(path: str):
-    """The model directory's tokenizer (never `trust_remote_code`)."""
+def load_tokenizer(path: str, require_chat_template: bool = False):
+    """The model directory's tokenizer (never `trust_remote_code`), checked against the directory's config.json: every
+    token id must index an embedding row; `require_chat_template` refuses a tokenizer without a chat template."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    from lasa_jax.io_utils import read_json
+    from lasa_jax.models.integrity import check_tokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    config_file = os.path.join(path, "config.json")
+    vocab_size = read_json(config_file, "config.json").get("vocab_size") if os.path.isfile(config_file) else None
+    check_tokenizer(tokenizer, path, vocab_size if isinstance(vocab_size, int) else None, require_chat_template)
+    return tokenizer

@@ -15,6 +15,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from lasa_jax.errors import InputError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # logical axis -> mesh axes (None = replicated). One table for parameters and activations.
@@ -50,15 +52,15 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence[
     devices = list(devices) if devices is not None else jax.devices()
     sizes = [data, fsdp, tensor]
     if sizes.count(-1) > 1:
-        raise ValueError(f"at most one mesh size may be -1, got data={data} fsdp={fsdp} tensor={tensor}")
+        raise InputError(f"at most one mesh size may be -1, got data={data} fsdp={fsdp} tensor={tensor}")
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if known <= 0 or len(devices) % known:
-            raise ValueError(f"mesh data={data} fsdp={fsdp} tensor={tensor}: {len(devices)} devices are not "
+            raise InputError(f"mesh data={data} fsdp={fsdp} tensor={tensor}: {len(devices)} devices are not "
                              f"divisible by {known}")
         sizes[sizes.index(-1)] = len(devices) // known
     if any(s < 1 for s in sizes) or math.prod(sizes) != len(devices):
-        raise ValueError(f"mesh data={sizes[0]} fsdp={sizes[1]} tensor={sizes[2]} needs {math.prod(sizes)} "
+        raise InputError(f"mesh data={sizes[0]} fsdp={sizes[1]} tensor={sizes[2]} needs {math.prod(sizes)} "
                          f"devices, have {len(devices)}")
     return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 

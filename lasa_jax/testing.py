@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from typing import Iterable, Sequence
 
+from lasa_jax.errors import InputError
+
 # Chat templates (jinja, as `transformers` renders them). They follow the layout of the real templates of
 # Llama-3.1-Instruct, Qwen2.5-Instruct and Qwen3, shortened (no tool calling).
 LLAMA3_CHAT_TEMPLATE = (
@@ -100,7 +102,7 @@ def build_tokenizer(out_dir: str | os.PathLike, style: str = "llama3", corpus: I
     from transformers import PreTrainedTokenizerFast
 
     if style not in _STYLES:
-        raise ValueError(f"tokenizer style must be one of {sorted(_STYLES)}, got {style!r}")
+        raise InputError(f"tokenizer style must be one of {sorted(_STYLES)}, got {style!r}")
     specials, bos, eos, pad, template, add_bos = _STYLES[style]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -151,7 +153,7 @@ def hf_config(family: str, **overrides):
     from transformers import AutoConfig
 
     if family not in TINY_CONFIGS:
-        raise ValueError(f"family must be one of {sorted(TINY_CONFIGS)}, got {family!r}")
+        raise InputError(f"family must be one of {sorted(TINY_CONFIGS)}, got {family!r}")
     kwargs = dict(TINY_CONFIGS[family])
     kwargs.update(overrides)
     model_type = kwargs.pop("model_type")

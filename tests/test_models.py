@@ -14,6 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from lasa_jax.config import ModelConfig
+from lasa_jax.errors import InputError
 from lasa_jax.models import from_pretrained, init_cache, save_pretrained
 from lasa_jax.models.decoder import forward_jit, init_decoder, rms_norm
 from lasa_jax.sharding import LOGICAL_AXIS_RULES, check_replicated, logical_to_spec, make_mesh
@@ -308,18 +309,18 @@ def test_import_errors_for_broken_shard_files(tiny_hf_dirs, tmp_path):
     indexed = _copy_checkpoint(tiny_hf_dirs["llama"], tmp_path / "indexed")
     (indexed / "model.safetensors.index.json").write_text(json.dumps(
         {"metadata": {}, "weight_map": {"model.embed_tokens.weight": "model-00001-of-00002.safetensors"}}))
-    with pytest.raises(FileNotFoundError, match="lists shard files that do not exist"):
+    with pytest.raises(InputError, match="shard model-00001-of-00002.safetensors .* does not exist"):
         from_pretrained(indexed)
     (indexed / "model.safetensors.index.json").write_text("{not json")
-    with pytest.raises(ValueError, match="expected a JSON object with a 'weight_map'"):
+    with pytest.raises(InputError, match="index.json: not valid JSON"):
         from_pretrained(indexed)
     truncated = _copy_checkpoint(tiny_hf_dirs["llama"], tmp_path / "truncated")
     (truncated / "model.safetensors").write_bytes(b"\x10\x00")
-    with pytest.raises(ValueError, match="not a safetensors file"):
+    with pytest.raises(InputError, match="truncated safetensors file: expected at least 8 bytes"):
         from_pretrained(truncated)
     garbled = _copy_checkpoint(tiny_hf_dirs["llama"], tmp_path / "garbled")
     (garbled / "model.safetensors").write_bytes((20).to_bytes(8, "little") + b"{broken header......")
-    with pytest.raises(ValueError, match="not a safetensors file"):
+    with pytest.raises(InputError, match="corrupt safetensors header"):
         from_pretrained(garbled)
 
 

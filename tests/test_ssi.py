@@ -606,7 +606,10 @@ def test_train_ssi_on_demo_jsonl(tiny_hf_dirs, tmp_path, shared_data):
     assert ssi.config.hidden_dims == (256, 128) and ssi.config.threshold_rule == "accuracy"
     assert ssi.config.threshold == metrics["threshold"]["candidates"]["accuracy"]["threshold"]
     assert ssi.config.residual_index == 1 and metrics["training"]["settings"]["class_balance"] == "balanced_batches"
-    with pytest.raises(FileExistsError, match="overwrite"):  # before any work is done
+    again = train_ssi(config, tmp_path)  # the same run again (e.g. after a kill): already finished, nothing redone
+    assert again["wall_seconds"] == metrics["wall_seconds"] and again["run_config_hash"] == metrics["run_config_hash"]
+    config.train.num_epochs = 4
+    with pytest.raises(FileExistsError, match="overwrite"):  # another configuration: before any work is done
         train_ssi(config, tmp_path)
 
 

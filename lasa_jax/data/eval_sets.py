@@ -20,6 +20,7 @@ import pathlib
 from typing import Any, Iterable, Mapping, Sequence
 
 from lasa_jax.data.languages import MULTIJAIL_LANGUAGES, normalize_language
+from lasa_jax.errors import InputError
 from lasa_jax.io_utils import iter_jsonl, read_json, require_file
 
 HARMFUL = "harmful"
@@ -56,10 +57,10 @@ class EvalPrompt:
 
     def __post_init__(self):
         if self.expected not in EXPECTED_VALUES:
-            raise ValueError(f"EvalPrompt {self.id!r}: expected must be one of {EXPECTED_VALUES}, "
+            raise InputError(f"EvalPrompt {self.id!r}: expected must be one of {EXPECTED_VALUES}, "
                              f"got {self.expected!r}")
         if not isinstance(self.prompt, str) or not self.prompt.strip():
-            raise ValueError(f"EvalPrompt {self.id!r}: prompt must be a non-empty string, got {self.prompt!r:.80}")
+            raise InputError(f"EvalPrompt {self.id!r}: prompt must be a non-empty string, got {self.prompt!r:.80}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -72,7 +73,7 @@ def _normalized_language_filter(languages: Iterable[str] | None, available: Sequ
     requested = [normalize_language(lang) for lang in languages]
     missing = [lang for lang in requested if lang not in available]
     if missing:
-        raise ValueError(f"{what} has no language(s) {missing}; available: {list(available)}")
+        raise InputError(f"{what} has no language(s) {missing}; available: {list(available)}")
     return list(dict.fromkeys(requested))
 
 
@@ -91,7 +92,7 @@ def load_multijail(path: str | os.PathLike, languages: Iterable[str] | None = No
         columns = ["id", "tags", *MULTIJAIL_LANGUAGES]
         missing = [c for c in columns if c not in (reader.fieldnames or [])]
         if missing:
-            raise ValueError(f"{path}: missing column(s) {missing}; header is {reader.fieldnames}")
+            raise InputError(f"{path}: missing column(s) {missing}; header is {reader.fieldnames}")
         prompts = []
         for row in reader:
             where = f"{path}:{reader.line_num} (id {row['id']!r})"  # line_num: last line of the (multi-line) record
@@ -99,18 +100,18 @@ def load_multijail(path: str | os.PathLike, languages: Iterable[str] | None = No
             try:
                 tags = ast.literal_eval(raw_tags) if raw_tags.strip() else []
             except (ValueError, SyntaxError) as e:
-                raise ValueError(f"{where}: field 'tags' must be a list literal, got {raw_tags!r}") from e
+                raise InputError(f"{where}: field 'tags' must be a list literal, got {raw_tags!r}") from e
             if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-                raise ValueError(f"{where}: field 'tags' must be a list of strings, got {row['tags']!r}")
+                raise InputError(f"{where}: field 'tags' must be a list of strings, got {row['tags']!r}")
             for lang in langs:
                 text = row[lang]
                 if text is None or not text.strip():
-                    raise ValueError(f"{where}: field {lang!r} is empty")
+                    raise InputError(f"{where}: field {lang!r} is empty")
                 prompts.append(EvalPrompt(id=f"multijail:{row['id']}:{lang}", language=lang, prompt=text,
                                           source="multijail", expected=HARMFUL,
                                           category="; ".join(tags) if tags else None))
     if not prompts:
-        raise ValueError(f"{path}: no rows")
+        raise InputError(f"{path}: no rows")
     return prompts
 
 
@@ -121,7 +122,7 @@ def load_xstest(path: str | os.PathLike, split: str = "safe") -> list[EvalPrompt
     or "all". Ids are "xstest:<id>"; category = the `type` column.
     """
     if split not in XSTEST_SPLITS:
-        raise ValueError(f"XSTest split must be one of {XSTEST_SPLITS}, got {split!r}")
+        raise InputError(f"XSTest split must be one of {XSTEST_SPLITS}, got {split!r}")
     path = require_file(path, "evaluation file")
     label_to_expected = {"safe": BENIGN, "unsafe": HARMFUL}
     prompts = []
@@ -129,16 +130,16 @@ def load_xstest(path: str | os.PathLike, split: str = "safe") -> list[EvalPrompt
         reader = csv.DictReader(f)
         missing = [c for c in ("id", "prompt", "type", "label") if c not in (reader.fieldnames or [])]
         if missing:
-            raise ValueError(f"{path}: missing column(s) {missing}; header is {reader.fieldnames}")
+            raise InputError(f"{path}: missing column(s) {missing}; header is {reader.fieldnames}")
         for row in reader:
             where = f"{path}:{reader.line_num} (id {row['id']!r})"
             label = row["label"]
             if label not in label_to_expected:
-                raise ValueError(f"{where}: field 'label' must be 'safe' or 'unsafe', got {label!r}")
+                raise InputError(f"{where}: field 'label' must be 'safe' or 'unsafe', got {label!r}")
             if split != "all" and label != split:
                 continue
             if not (row["prompt"] or "").strip():
-                raise ValueError(f"{where}: field 'prompt' is empty")
+                raise InputError(f"{where}: field 'prompt' is empty")
             prompts.append(EvalPrompt(id=f"xstest:{row['id']}", language="en", prompt=row["prompt"], source="xstest",
                                       expected=label_to_expected[label], category=row["type"] or None))
     return prompts
@@ -152,20 +153,20 @@ def load_instruction_json(path: str | os.PathLike, source: str, expected: str,
     Ids are "<source>:<index in the list>".
     """
     if expected not in EXPECTED_VALUES:
-        raise ValueError(f"expected must be one of {EXPECTED_VALUES}, got {expected!r}")
+        raise InputError(f"expected must be one of {EXPECTED_VALUES}, got {expected!r}")
     records = read_json(path, "evaluation file")
     if not isinstance(records, list):
-        raise ValueError(f"{path}: expected a JSON list of objects, got {type(records).__name__}")
+        raise InputError(f"{path}: expected a JSON list of objects, got {type(records).__name__}")
     language = normalize_language(language)
     prompts = []
     for index, record in enumerate(records):
         where = f"{path}: record {index}"
         if not isinstance(record, Mapping) or not isinstance(record.get("instruction"), str) \
                 or not record["instruction"].strip():
-            raise ValueError(f"{where}: expected an object with a non-empty string field 'instruction'")
+            raise InputError(f"{where}: expected an object with a non-empty string field 'instruction'")
         category = record.get("category")
         if category is not None and not isinstance(category, str):
-            raise ValueError(f"{where}: field 'category' must be a string or null, got {category!r}")
+            raise InputError(f"{where}: field 'category' must be a string or null, got {category!r}")
         prompts.append(EvalPrompt(id=f"{source}:{index}", language=language, prompt=record["instruction"],
                                   source=source, expected=expected, category=category))
     return prompts
@@ -185,27 +186,27 @@ def _record_to_eval_prompt(record: Mapping[str, Any], where: str, default_source
                            expected: str | None, language: str | None) -> EvalPrompt:
     """Validate one generic record {id, language, prompt, expected[, source, category]}; `where` names it in errors."""
     if not isinstance(record, Mapping):
-        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        raise InputError(f"{where}: expected a JSON object, got {type(record).__name__}")
     values = {}
     for field, override in (("id", None), ("prompt", None), ("language", language), ("expected", expected)):
         value = override if override is not None else record.get(field)
         if field == "id" and isinstance(value, int) and not isinstance(value, bool):
             value = str(value)
         if not isinstance(value, str) or not value.strip():
-            raise ValueError(f"{where}: field {field!r} must be a non-empty string, got {value!r}")
+            raise InputError(f"{where}: field {field!r} must be a non-empty string, got {value!r}")
         values[field] = value
     if values["expected"] not in EXPECTED_VALUES:
-        raise ValueError(f"{where}: field 'expected' must be one of {EXPECTED_VALUES}, got {values['expected']!r}")
+        raise InputError(f"{where}: field 'expected' must be one of {EXPECTED_VALUES}, got {values['expected']!r}")
     try:
         values["language"] = normalize_language(values["language"])
     except ValueError as e:
-        raise ValueError(f"{where}: field 'language': {e}") from e
+        raise InputError(f"{where}: field 'language': {e}") from e
     source = record.get("source", default_source)
     category = record.get("category")
     if not isinstance(source, str) or not source:
-        raise ValueError(f"{where}: field 'source' must be a non-empty string, got {source!r}")
+        raise InputError(f"{where}: field 'source' must be a non-empty string, got {source!r}")
     if category is not None and not isinstance(category, str):
-        raise ValueError(f"{where}: field 'category' must be a string or null, got {category!r}")
+        raise InputError(f"{where}: field 'category' must be a string or null, got {category!r}")
     return EvalPrompt(id=values["id"], language=values["language"], prompt=values["prompt"], source=source,
                       expected=values["expected"], category=category)
 
@@ -214,7 +215,7 @@ def _check_unique_ids(prompts: Sequence[EvalPrompt], what: str) -> None:
     seen = set()
     for p in prompts:
         if p.id in seen:
-            raise ValueError(f"{what}: duplicate id {p.id!r}")
+            raise InputError(f"{what}: duplicate id {p.id!r}")
         seen.add(p.id)
 
 
@@ -228,7 +229,7 @@ def load_jsonl(path: str | os.PathLike, source: str | None = None) -> list[EvalP
     prompts = [_record_to_eval_prompt(record, f"{path}:{line_number}", default_source, expected=None, language=None)
                for line_number, record in iter_jsonl(path, "evaluation file")]
     if not prompts:
-        raise ValueError(f"{path}: no records")
+        raise InputError(f"{path}: no records")
     _check_unique_ids(prompts, os.fspath(path))
     return prompts
 
@@ -255,7 +256,7 @@ def load_hf_dataset(path: str, *, name: str | None = None, split: str = "test", 
         where = f"dataset {path!r} ({name or 'default'}, split {split!r}) row {index}"
         prompts.append(_record_to_eval_prompt(record, where, default_source, expected=expected, language=language))
     if not prompts:
-        raise ValueError(f"dataset {path!r} split {split!r} has no rows")
+        raise InputError(f"dataset {path!r} split {split!r} has no rows")
     _check_unique_ids(prompts, f"dataset {path!r} split {split!r}")
     return prompts
 

@@ -43,6 +43,7 @@ import numpy as np
 
 from lasa_jax.data.heldout import NEAR_DUPLICATE_JACCARD, TextIndex
 from lasa_jax.data.languages import normalize_language
+from lasa_jax.errors import InputError
 from lasa_jax.io_utils import iter_jsonl
 from lasa_jax.data.parallel import (
     _read_json_list,
@@ -90,7 +91,7 @@ def load_polyrefuse_prompts(dataset_dir: PathLike, splits: Sequence[str] = ("tra
     records = []
     for split in splits:
         if split not in SPLITS:
-            raise ValueError(f"unknown PolyRefuse split {split!r}; expected one of {SPLITS}")
+            raise InputError(f"unknown PolyRefuse split {split!r}; expected one of {SPLITS}")
         for kind in ("harmful", "harmless"):
             for text in load_polyrefuse(dataset_dir, kinds=(kind,), splits=(split,), languages=languages):
                 records.append(LabelledPrompt(text.text, text.language, int(text.label), text.group_id,
@@ -126,16 +127,16 @@ def load_unsafe_train_json(path: PathLike, languages: Iterable[str] | None = Non
         text = _prompt_text(row, where, ("prompt", "query"))
         language = _language(row, where, ("language", "lingual"))
         if row.get("is_unsafe") is False:
-            raise ValueError(f"{where}: 'is_unsafe' is false; unsafe_train.json is expected to hold harmful "
+            raise InputError(f"{where}: 'is_unsafe' is false; unsafe_train.json is expected to hold harmful "
                              f"prompts only")
         source = _require_text(row.get("source") or "unsafe_train", where, "source")
         group = row.get("group_id", row.get("idx", i))
         if isinstance(group, bool) or not isinstance(group, (int, str)) or str(group).strip() == "":
-            raise ValueError(f"{where}: field 'group_id' (or 'idx') must be a string or an integer, got {group!r}")
+            raise InputError(f"{where}: field 'group_id' (or 'idx') must be a string or an integer, got {group!r}")
         if requested is None or language in requested:
             records.append(LabelledPrompt(text, language, 1, f"{source}:{group}", source, None))
     if not records:
-        raise ValueError(f"{path}: no records in the requested languages {sorted(requested or ())}")
+        raise InputError(f"{path}: no records in the requested languages {sorted(requested or ())}")
     return records
 
 
@@ -160,7 +161,7 @@ def load_ultrafeedback_prompts(path: PathLike, languages: Iterable[str] | None =
     for file in files:
         match = _ULTRAFEEDBACK_FILE.match(file.name)
         if not match:
-            raise ValueError(f"{file}: expected a file name monolingual_first1000_<lang>.json")
+            raise InputError(f"{file}: expected a file name monolingual_first1000_<lang>.json")
         language = normalize_language(match.group(1))
         if requested is not None and language not in requested:
             continue
@@ -171,7 +172,7 @@ def load_ultrafeedback_prompts(path: PathLike, languages: Iterable[str] | None =
             idx = _require_field(row, "idx", where)
             records.append(LabelledPrompt(text, language, 0, f"ultrafeedback:{idx}", "ultrafeedback", None))
     if not records:
-        raise ValueError(f"{path}: no UltraFeedback prompts in the requested languages {sorted(requested or ())}")
+        raise InputError(f"{path}: no UltraFeedback prompts in the requested languages {sorted(requested or ())}")
     return records
 
 
@@ -190,43 +191,43 @@ def load_labelled_jsonl(path: PathLike, source: str | None = None,
         if keep is None or record.split in keep:
             records.append(record)
     if not records:
-        raise ValueError(f"{path}: no records" + ("" if keep is None else f" with split in {sorted(map(str, keep))}"))
+        raise InputError(f"{path}: no records" + ("" if keep is None else f" with split in {sorted(map(str, keep))}"))
     return records
 
 
 def _jsonl_record(row: Any, where: str, default_source: str) -> LabelledPrompt:
     if not isinstance(row, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        raise InputError(f"{where}: expected a JSON object, got {type(row).__name__}")
     present = [field for field in ("prompt", "text") if row.get(field) is not None]
     if not present:
-        raise ValueError(f"{where}: missing field 'prompt' (or its alias 'text')")
+        raise InputError(f"{where}: missing field 'prompt' (or its alias 'text')")
     if len(present) == 2 and row["prompt"] != row["text"]:
-        raise ValueError(f"{where}: fields 'prompt' and 'text' differ; give one of them")
+        raise InputError(f"{where}: fields 'prompt' and 'text' differ; give one of them")
     text = _require_text(row[present[0]], where, present[0])
     language = _language(row, where, ("language",))
     label = _require_field(row, "label", where)
     if label not in (0, 1):  # True/False compare equal to 1/0
-        raise ValueError(f"{where}: field 'label' must be 0 (benign) or 1 (harmful), got {label!r}")
+        raise InputError(f"{where}: field 'label' must be 0 (benign) or 1 (harmful), got {label!r}")
     group = _require_field(row, "group_id", where)
     if isinstance(group, bool) or not isinstance(group, (str, int)) or str(group).strip() == "":
-        raise ValueError(f"{where}: field 'group_id' must be a non-empty string or an integer, got {group!r}")
+        raise InputError(f"{where}: field 'group_id' must be a non-empty string or an integer, got {group!r}")
     source = _require_text(row.get("source") or default_source, where, "source")
     split = row.get("split")
     if split is not None and not isinstance(split, str):
-        raise ValueError(f"{where}: field 'split' must be a string, got {split!r}")
+        raise InputError(f"{where}: field 'split' must be a string, got {split!r}")
     return LabelledPrompt(text, language, int(label), f"{source}:{group}", source, split)
 
 
 def _prompt_text(row: Any, where: str, fields: Sequence[str]) -> str:
     if not isinstance(row, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        raise InputError(f"{where}: expected a JSON object, got {type(row).__name__}")
     field = next((f for f in fields if row.get(f) is not None), None)
     if field is None:
-        raise ValueError(f"{where}: missing field {fields[0]!r}" + (f" (or {fields[1:]})" if len(fields) > 1 else ""))
+        raise InputError(f"{where}: missing field {fields[0]!r}" + (f" (or {fields[1:]})" if len(fields) > 1 else ""))
     value = row[field]
     if isinstance(value, list):  # chat messages: the first message's content
         if not value or not isinstance(value[0], dict) or "content" not in value[0]:
-            raise ValueError(f"{where}: field {field!r} is a list but not of chat messages with 'content'")
+            raise InputError(f"{where}: field {field!r} is a list but not of chat messages with 'content'")
         value = value[0]["content"]
     return _require_text(value, where, field)
 
@@ -234,11 +235,11 @@ def _prompt_text(row: Any, where: str, fields: Sequence[str]) -> str:
 def _language(row: Mapping, where: str, fields: Sequence[str]) -> str:
     field = next((f for f in fields if row.get(f) is not None), None)
     if field is None:
-        raise ValueError(f"{where}: missing field {' or '.join(map(repr, fields))}")
+        raise InputError(f"{where}: missing field {' or '.join(map(repr, fields))}")
     try:
         return normalize_language(row[field])
     except ValueError as err:
-        raise ValueError(f"{where}: field {field!r}: {err}") from err
+        raise InputError(f"{where}: field {field!r}: {err}") from err
 
 
 def _language_set(languages: Iterable[str] | None) -> frozenset[str] | None:
@@ -266,7 +267,7 @@ def grouped_split(records: Sequence[LabelledPrompt], fractions: Mapping[str, flo
     names = list(fractions)
     shares = np.array([float(fractions[n]) for n in names])
     if not names or (shares <= 0).any() or abs(shares.sum() - 1.0) > 1e-6:
-        raise ValueError(f"fractions must be positive and sum to 1, got {dict(fractions)}")
+        raise InputError(f"fractions must be positive and sum to 1, got {dict(fractions)}")
     group_label: dict[str, int] = {}
     for r in records:
         group_label[r.group_id] = max(group_label.get(r.group_id, 0), r.label)
@@ -310,7 +311,7 @@ def limit_groups(records: Sequence[LabelledPrompt], max_groups: int | None, seed
     if not max_groups:
         return list(records)
     if max_groups < 0:
-        raise ValueError(f"max_groups must be >= 0 or None, got {max_groups}")
+        raise InputError(f"max_groups must be >= 0 or None, got {max_groups}")
     groups_by_label: dict[int, set[str]] = collections.defaultdict(set)
     for r in records:
         groups_by_label[r.label].add(r.group_id)
@@ -331,7 +332,7 @@ def check_disjoint_groups(splits: Mapping[str, Sequence[LabelledPrompt]]) -> Non
         for r in records:
             other = owner.setdefault(r.group_id, name)
             if other != name:
-                raise ValueError(f"query group {r.group_id!r} occurs in splits {other!r} and {name!r}; "
+                raise InputError(f"query group {r.group_id!r} occurs in splits {other!r} and {name!r}; "
                                  f"translations of one query must stay in one split")
 
 
@@ -347,7 +348,7 @@ def drop_near_duplicate_groups(candidates: Sequence, reference: Sequence, *, lan
     paraphrases of train rows at this threshold (e.g. "...women being inherently less intelligent than men").
     """
     if not 0.0 < threshold <= 1.0:
-        raise ValueError(f"near-duplicate threshold must be in (0, 1], got {threshold}")
+        raise InputError(f"near-duplicate threshold must be in (0, 1], got {threshold}")
     language = normalize_language(language)
     texts = [r.text for r in reference if r.language == language]
     index = TextIndex(texts, [str(i) for i in range(len(texts))])

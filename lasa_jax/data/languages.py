@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import re
 
+from lasa_jax.errors import InputError
+
 MULTIJAIL_LANGUAGES = ("en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv")
 
 # ISO 639-1 -> (English names, other codes: ISO 639-3/639-2 incl. individual languages of a macrolanguage, legacy).
@@ -83,7 +85,7 @@ def normalize_language(name: str) -> str:
     Raises ValueError naming `name` when it is not a known language.
     """
     if not isinstance(name, str):
-        raise ValueError(f"language must be a string, got {type(name).__name__} {name!r}")
+        raise InputError(f"language must be a string, got {type(name).__name__} {name!r}")
     key = _key(name)
     if key in _CODES:
         return _CODES[key]
@@ -95,7 +97,7 @@ def normalize_language(name: str) -> str:
     base_name = re.sub(r"\s*\(.*\)\s*$", "", key)  # "chinese (simplified)" -> "chinese"
     if base_name in _NAMES:
         return _NAMES[base_name]
-    raise ValueError(
+    raise InputError(
         f"unknown language {name!r}: expected a language name ('Javanese'), an ISO 639-1 code ('jv'), "
         f"an ISO 639-3 or FLORES-200 code ('jav', 'jav_Latn') or an NTREX-128 code ('zho-CN')"
     )

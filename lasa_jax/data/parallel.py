@@ -33,6 +33,7 @@ import numpy as np
 
 from lasa_jax.data.heldout import POLYREFUSE_MULTIJAIL_ROWS
 from lasa_jax.data.languages import MULTIJAIL_LANGUAGES, normalize_language
+from lasa_jax.errors import InputError
 from lasa_jax.io_utils import iter_jsonl, read_json
 
 PathLike = str | os.PathLike
@@ -73,27 +74,27 @@ def _language(label: Any, where: str) -> str:
     try:
         return normalize_language(label)
     except ValueError as err:
-        raise ValueError(f"{where}: {err}") from err
+        raise InputError(f"{where}: {err}") from err
 
 
 def _require_text(value: Any, where: str, field: str) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{where}: field {field!r} must be a non-empty string, got {value!r}")
+        raise InputError(f"{where}: field {field!r} must be a non-empty string, got {value!r}")
     return value
 
 
 def _require_field(row: Any, field: str, where: str) -> Any:
     if not isinstance(row, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        raise InputError(f"{where}: expected a JSON object, got {type(row).__name__}")
     if field not in row or row[field] is None:
-        raise ValueError(f"{where}: missing field {field!r}")
+        raise InputError(f"{where}: missing field {field!r}")
     return row[field]
 
 
 def _read_json_list(path: pathlib.Path) -> list:
     rows = read_json(path, "JSON data file")
     if not isinstance(rows, list):
-        raise ValueError(f"{path}: expected a JSON list of records, got {type(rows).__name__}")
+        raise InputError(f"{path}: expected a JSON list of records, got {type(rows).__name__}")
     return rows
 
 
@@ -120,7 +121,7 @@ def load_multijail(path: PathLike, languages: Iterable[str] | None = MULTIJAIL_L
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
         if "id" not in header:
-            raise ValueError(f"{csv_path}: missing column 'id' (header: {header})")
+            raise InputError(f"{csv_path}: missing column 'id' (header: {header})")
         language_columns = {}
         for column in header:
             if column in ("id", "source", "tags"):
@@ -162,7 +163,7 @@ def flores_sib200_rows(dataset_dir: PathLike, languages: Iterable[str] | None = 
         raise FileNotFoundError(f"{annotated} not found (expected <flores200_sib200>/data/annotated/<flores_code>/)")
     unknown_splits = set(splits) - set(_FLORES_SPLITS)
     if unknown_splits:
-        raise ValueError(f"unknown FLORES/SIB-200 splits {sorted(unknown_splits)}; "
+        raise InputError(f"unknown FLORES/SIB-200 splits {sorted(unknown_splits)}; "
                          f"expected a subset of {_FLORES_SPLITS}")
     requested = _requested_languages(languages)
     folders = sorted(p for p in annotated.iterdir() if p.is_dir())
@@ -180,7 +181,7 @@ def flores_sib200_rows(dataset_dir: PathLike, languages: Iterable[str] | None = 
                 reader = csv.DictReader(f, delimiter="\t")
                 for field in ("index_id", "category", "text"):
                     if field not in (reader.fieldnames or []):
-                        raise ValueError(f"{tsv}: missing column {field!r} (header: {reader.fieldnames})")
+                        raise InputError(f"{tsv}: missing column {field!r} (header: {reader.fieldnames})")
                 for line_index, row in enumerate(reader):
                     where = f"{tsv} line {line_index + 2}"
                     rows.append({"language": language, "split": split,
@@ -212,13 +213,13 @@ def load_polyrefuse(dataset_dir: PathLike, kinds: Sequence[str] = ("harmful", "h
     records = []
     for kind in kinds:
         if kind not in ("harmful", "harmless"):
-            raise ValueError(f"unknown PolyRefuse kind {kind!r}; expected 'harmful' or 'harmless'")
+            raise InputError(f"unknown PolyRefuse kind {kind!r}; expected 'harmful' or 'harmless'")
         for split in splits:
             if split not in ("train", "val", "test"):
-                raise ValueError(f"unknown PolyRefuse split {split!r}; expected 'train', 'val' or 'test'")
+                raise InputError(f"unknown PolyRefuse split {split!r}; expected 'train', 'val' or 'test'")
             records.extend(_load_polyrefuse_split(root, kind, split, requested))
     if not records:
-        raise ValueError(f"{translated_dir}: none of the requested languages {sorted(requested or ())} has a "
+        raise InputError(f"{translated_dir}: none of the requested languages {sorted(requested or ())} has a "
                          f"file for kinds {list(kinds)} and splits {list(splits)}")
     return records
 
@@ -254,12 +255,12 @@ def _load_polyrefuse_split(root: pathlib.Path, kind: str, split: str,
             if english_originals is not None and i < len(english_originals):
                 original = _require_field(row, "instruction", where)
                 if original != english_originals[i]:
-                    raise ValueError(f"{where}: 'instruction' differs from record {i} of {files['en']}; "
+                    raise InputError(f"{where}: 'instruction' differs from record {i} of {files['en']}; "
                                      f"the files are not row-aligned")
         rows_by_language[language] = (path, texts)
     lengths = {path.name: len(texts) for path, texts in rows_by_language.values()}
     if len(set(lengths.values())) != 1:
-        raise ValueError(f"{source}: files are not row-aligned, row counts differ: {lengths}")
+        raise InputError(f"{source}: files are not row-aligned, row counts differ: {lengths}")
 
     label = 1 if kind == "harmful" else 0
     dropped = POLYREFUSE_MULTIJAIL_ROWS if (kind, split) == ("harmful", "test") else frozenset()
@@ -284,13 +285,13 @@ def load_translated_safety_json(path: PathLike, source: str = "safety_translated
         where = f"{path} record {i}"
         idx = _require_field(row, "idx", where)
         if idx in seen_ids:
-            raise ValueError(f"{where}: duplicate idx {idx!r}")
+            raise InputError(f"{where}: duplicate idx {idx!r}")
         seen_ids.add(idx)
         group_id = f"{source}:{idx}"
         texts = {"en": _require_text(_require_field(row, "original_query", where), where, "original_query")}
         translations = _require_field(row, "translations", where)
         if not isinstance(translations, dict):
-            raise ValueError(f"{where}: field 'translations' must be an object {{language: text}}")
+            raise InputError(f"{where}: field 'translations' must be an object {{language: text}}")
         for name, text in translations.items():
             language = _language(name, f"{where}: field 'translations'")
             texts[language] = _require_text(text, where, f"translations.{name}")
@@ -301,21 +302,21 @@ def load_translated_safety_json(path: PathLike, source: str = "safety_translated
 
 def _record_from_row(row: Any, where: str, default_source: str) -> ParallelText:
     if not isinstance(row, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        raise InputError(f"{where}: expected a JSON object, got {type(row).__name__}")
     present = [field for field in ("text", "prompt") if row.get(field) is not None]
     if not present or (len(present) == 2 and row["text"] != row["prompt"]):
-        raise ValueError(f"{where}: expected the field 'text' (or its alias 'prompt'; both only if equal), "
+        raise InputError(f"{where}: expected the field 'text' (or its alias 'prompt'; both only if equal), "
                          f"got {present}")
     text = _require_text(row[present[0]], where, present[0])
     language = _language(_require_field(row, "language", where), f"{where}: field 'language'")
     raw_group = _require_field(row, "group_id", where)
     if isinstance(raw_group, bool) or not isinstance(raw_group, (str, int)) or str(raw_group).strip() == "":
-        raise ValueError(f"{where}: field 'group_id' must be a non-empty string or an integer, got {raw_group!r}")
+        raise InputError(f"{where}: field 'group_id' must be a non-empty string or an integer, got {raw_group!r}")
     source = row.get("source") if row.get("source") is not None else default_source
     source = _require_text(source, where, "source")
     label = row.get("label")
     if label is not None and (isinstance(label, bool) or label not in (0, 1)):
-        raise ValueError(f"{where}: field 'label' must be 0 (benign) or 1 (harmful), got {label!r}")
+        raise InputError(f"{where}: field 'label' must be 0 (benign) or 1 (harmful), got {label!r}")
     return ParallelText(text, language, f"{source}:{raw_group}", source, label)
 
 
@@ -329,7 +330,7 @@ def load_parallel_jsonl(path: PathLike, source: str | None = None) -> list[Paral
     records = [_record_from_row(row, f"{path}:{line_number}", default_source)
                for line_number, row in iter_jsonl(path, "parallel JSONL file")]
     if not records:
-        raise ValueError(f"{path}: no records")
+        raise InputError(f"{path}: no records")
     return records
 
 
@@ -349,7 +350,7 @@ def load_parallel_hub(dataset_id: str, split: str = "train", data_files: Any = N
                                      cache_dir=None if cache_dir is None else os.fspath(cache_dir))
     records = [_record_from_row(row, f"{dataset_id} ({split}) record {i}", source) for i, row in enumerate(dataset)]
     if not records:
-        raise ValueError(f"{dataset_id} ({split}): no records")
+        raise InputError(f"{dataset_id} ({split}): no records")
     return records
 
 
@@ -377,7 +378,7 @@ def check_parallel_corpus(records: Sequence[ParallelText], what: str = "parallel
     languages = sorted({r.language for r in records})
     groups = {r.group_id for r in records}
     if len(languages) < 2 or len(groups) < 2:
-        raise ValueError(f"{what}: need at least 2 languages and 2 groups, got {len(languages)} languages "
+        raise InputError(f"{what}: need at least 2 languages and 2 groups, got {len(languages)} languages "
                          f"{languages} and {len(groups)} groups ({len(records)} texts)")
 
 
@@ -388,7 +389,7 @@ def subsample_groups(records: Sequence[ParallelText], max_groups_per_source: int
     if max_groups_per_source is None:
         return list(records)
     if max_groups_per_source < 1:
-        raise ValueError(f"max_groups_per_source must be >= 1 or None, got {max_groups_per_source}")
+        raise InputError(f"max_groups_per_source must be >= 1 or None, got {max_groups_per_source}")
     groups_by_source = collections.defaultdict(dict)  # source -> ordered set of group ids
     for r in records:
         groups_by_source[r.source].setdefault(r.group_id)
@@ -415,7 +416,7 @@ def keep_common_sources(records: Sequence[ParallelText], languages: Iterable[str
     dropped = {source: sorted(langs) for source, langs in sorted(covered.items()) if langs != requested}
     kept = [r for r in records if r.source not in dropped]
     if not kept:
-        raise ValueError(f"no source has texts in every requested language {sorted(requested)}; languages per "
+        raise InputError(f"no source has texts in every requested language {sorted(requested)}; languages per "
                          f"source: {dropped}")
     return kept, dropped
 

@@ -35,6 +35,7 @@ from flax import nnx, struct
 from jax.sharding import Mesh
 
 from lasa_jax.config import ModelConfig
+from lasa_jax.errors import InputError
 from lasa_jax.sharding import constrain, put_batch
 
 Params = dict[str, Any]
@@ -304,7 +305,7 @@ def forward(params: Params, config: ModelConfig, input_ids: jax.Array, attention
     c = config
     n = c.num_layers if num_blocks is None else int(num_blocks)
     if not 0 <= n <= c.num_layers:
-        raise ValueError(f"num_blocks must be in [0, {c.num_layers}], got {n}")
+        raise InputError(f"num_blocks must be in [0, {c.num_layers}], got {n}")
     if attention_mask is None:
         attention_mask = jnp.ones(input_ids.shape, jnp.int32)
     if positions is None:

@@ -22,7 +22,6 @@ import logging
 import os
 import re
 import shutil
-import struct
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -34,8 +33,10 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 
 from lasa_jax.config import ModelConfig
-from lasa_jax.io_utils import atomic_directory, set_default_permissions
+from lasa_jax.errors import InputError
+from lasa_jax.io_utils import atomic_directory, read_json, set_default_permissions, write_failed
 from lasa_jax.models.decoder import Decoder, abstract_decoder, param_shardings
+from lasa_jax.models.integrity import check_dtypes, check_shards, read_header, read_index
 from lasa_jax.sharding import check_replicated, logical_to_spec, to_host
 
 log = logging.getLogger(__name__)
@@ -63,27 +64,11 @@ class TensorInfo:
     offset: int  # absolute byte offset of the data in `file`
 
 
-def read_safetensors_header(file: str) -> tuple[dict[str, TensorInfo], bytes]:
-    """Parse a .safetensors header: {name: TensorInfo}, plus the raw header bytes."""
-    with open(file, "rb") as f:
-        head = f.read(8)
-        if len(head) != 8:
-            raise ValueError(f"{file}: not a safetensors file (truncated header)")
-        (n,) = struct.unpack("<Q", head)
-        raw = f.read(n)
-    try:
-        header = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{file}: not a safetensors file ({e})") from None
-    infos = {}
-    for name, meta in header.items():
-        if name == "__metadata__":
-            continue
-        if meta["dtype"] not in SAFETENSORS_DTYPES:
-            raise ValueError(f"{file}: tensor {name} has unsupported dtype {meta['dtype']}")
-        begin, _ = meta["data_offsets"]
-        infos[name] = TensorInfo(file, SAFETENSORS_DTYPES[meta["dtype"]], tuple(meta["shape"]), 8 + n + begin)
-    return infos, raw
+def read_safetensors_header(file: str) -> dict[str, TensorInfo]:
+    """Parse and validate a .safetensors header (`integrity.read_header`): {name: TensorInfo}."""
+    entries, n = read_header(file)
+    return {name: TensorInfo(file, SAFETENSORS_DTYPES[e["dtype"]], e["shape"], 8 + n + e["data_offsets"][0])
+            for name, e in entries.items()}
 
 
 class SafetensorsReader:
@@ -92,10 +77,10 @@ class SafetensorsReader:
     def __init__(self, directory: str):
         self.directory = directory
         self.files = checkpoint_files(directory)
+        self.entries = check_shards(directory, self.files, read_index(directory))  # validated before any read
         self.tensors: dict[str, TensorInfo] = {}
         for file in self.files:
-            infos, _ = read_safetensors_header(file)
-            self.tensors.update(infos)
+            self.tensors.update(read_safetensors_header(file))
         self._maps: dict[str, np.memmap] = {}
 
     def array(self, name: str) -> np.ndarray:
@@ -110,19 +95,10 @@ class SafetensorsReader:
 
 def checkpoint_files(directory: str) -> list[str]:
     """The safetensors files of a local checkpoint; refuses pickle checkpoints with a clear message."""
-    index = os.path.join(directory, "model.safetensors.index.json")
     single = os.path.join(directory, "model.safetensors")
-    if os.path.isfile(index):
-        with open(index, encoding="utf-8") as f:
-            try:
-                weight_map = json.load(f)["weight_map"]
-            except (json.JSONDecodeError, KeyError) as e:
-                raise ValueError(f"{index}: expected a JSON object with a 'weight_map' ({e})") from None
-        files = sorted({os.path.join(directory, v) for v in weight_map.values()})
-        missing = [f for f in files if not os.path.isfile(f)]
-        if missing:
-            raise FileNotFoundError(f"{index} lists shard files that do not exist: {missing}")
-        return files
+    weight_map = read_index(directory)
+    if weight_map is not None:
+        return sorted({os.path.join(directory, v) for v in weight_map.values()})
     if os.path.isfile(single):
         return [single]
     shards = sorted(glob.glob(os.path.join(directory, "model-*.safetensors")))
@@ -131,7 +107,7 @@ def checkpoint_files(directory: str) -> list[str]:
     pickles = [os.path.basename(p) for p in glob.glob(os.path.join(directory, "*.bin")) +
                glob.glob(os.path.join(directory, "*.pt")) + glob.glob(os.path.join(directory, "*.pth"))]
     if pickles:
-        raise ValueError(f"{directory}: only pickle checkpoints found ({', '.join(sorted(pickles))}); lasa_jax never "
+        raise InputError(f"{directory}: only pickle checkpoints found ({', '.join(sorted(pickles))}); lasa_jax never "
                          "unpickles. Convert them to safetensors first (e.g. load with transformers in a trusted "
                          "environment and call save_pretrained(..., safe_serialization=True)).")
     raise FileNotFoundError(f"{directory}: no model.safetensors, model-*.safetensors or "
@@ -270,7 +246,7 @@ def resolve_model_path(path: str | os.PathLike) -> str:
     if os.path.isdir(path):
         return path
     if os.path.exists(path):
-        raise ValueError(f"{path}: expected a Hugging Face model directory, got a file")
+        raise InputError(f"{path}: expected a Hugging Face model directory, got a file")
     if re.fullmatch(r"[\w.-]+/[\w.-]+", path):
         from huggingface_hub import snapshot_download
 
@@ -298,7 +274,7 @@ def _check_tensors(reader: SafetensorsReader, mappings: list[ParamMapping], conf
             shown = "\n    ".join(items[:25]) + ("\n    ..." if len(items) > 25 else "")
             return f"  {title} ({len(items)}):\n    {shown}" if items else ""
         parts = [listing("missing", missing), listing("unexpected", unexpected), listing("wrong shape", misshaped)]
-        raise ValueError(f"{directory}: checkpoint does not match its config.json "
+        raise InputError(f"{directory}: checkpoint does not match its config.json "
                          f"({config.model_type}, {config.num_layers} layers):\n" + "\n".join(p for p in parts if p))
 
 
@@ -315,7 +291,8 @@ def from_pretrained(path: str | os.PathLike, dtype: str = "float32", mesh: Mesh 
     directory = resolve_model_path(path)
     config = ModelConfig.from_pretrained(directory, param_dtype=dtype, compute_dtype=compute_dtype or dtype,
                                          scan_layers=scan_layers, remat_policy=remat_policy)
-    reader = SafetensorsReader(directory)
+    reader = SafetensorsReader(directory)  # validates every header, the index and the shards (integrity.py)
+    check_dtypes(directory, reader.entries, read_json(os.path.join(directory, "config.json"), "config.json"))
     model = abstract_decoder(config, mesh)
     mappings = param_mappings(model)
     _check_tensors(reader, mappings, config, directory)
@@ -399,7 +376,7 @@ def model_fingerprint(path: str | os.PathLike, windows_per_tensor: int = 3, wind
     h.update(json.dumps(ModelConfig.from_pretrained(directory).to_hf_dict(), sort_keys=True).encode())
     infos: dict[str, TensorInfo] = {}
     for file in checkpoint_files(directory):
-        infos.update(read_safetensors_header(file)[0])
+        infos.update(read_safetensors_header(file))
     handles: dict[str, object] = {}
     try:
         for name in sorted(infos):
@@ -423,7 +400,7 @@ def _parse_size(size: int | str) -> int:
         return size
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B)?\s*", size, re.IGNORECASE)
     if not m:
-        raise ValueError(f"max_shard_size: expected bytes or a size like '2GB', got {size!r}")
+        raise InputError(f"max_shard_size: expected bytes or a size like '2GB', got {size!r}")
     unit = (m.group(2) or "B").upper()
     mult = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}[unit]
     return int(float(m.group(1)) * mult)
@@ -466,7 +443,7 @@ def save_pretrained(model: Decoder, out_dir: str | os.PathLike, *, dtype: str | 
         raise FileExistsError(f"{out_dir} already exists; pass overwrite=True to replace it")
     dtype = dtype or model.config.param_dtype
     if dtype not in NP_DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(NP_DTYPES)}, got {dtype!r}")
+        raise InputError(f"dtype must be one of {sorted(NP_DTYPES)}, got {dtype!r}")
     cap = _parse_size(max_shard_size)
     if not writer:
         for _ in iter_hf_tensors(model, dtype):  # take part in the collective gathers
@@ -518,5 +495,10 @@ def save_pretrained(model: Decoder, out_dir: str | os.PathLike, *, dtype: str | 
 
 def _write_shard(save_file, directory: str, k: int, tensors: dict[str, np.ndarray]) -> None:
     path = os.path.join(directory, f"shard-{k:05d}.tmp")
-    save_file(tensors, path, metadata={"format": "pt"})
+    try:
+        save_file(tensors, path, metadata={"format": "pt"})
+    except Exception as e:  # safetensors reports I/O failures as SafetensorError "... (os error N)"
+        if "os error" in str(e):
+            raise write_failed(e, path) from e
+        raise
     set_default_permissions(path)  # safetensors writes owner-only files

@@ -19,6 +19,8 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from lasa_jax.cli import run
+
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                                "configs", "demo.py")
 _CONFIG = config_flags.DEFINE_config_file(
@@ -124,4 +126,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

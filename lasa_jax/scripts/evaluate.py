@@ -10,6 +10,7 @@ without it, the refusal-phrase heuristic. The report states which judge ran and 
 from absl import app, flags
 from ml_collections import config_flags
 
+from lasa_jax.cli import run
 from lasa_jax.evaluate.runner import run_evaluation
 from lasa_jax.runtime import start_run
 
@@ -26,4 +27,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

@@ -13,6 +13,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from lasa_jax.cli import run
 from lasa_jax.runtime import start_run
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Stage 3 config file (configs/kto.py).")
@@ -34,4 +35,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    run(main)

@@ -9,6 +9,7 @@ Output: <workdir>/config.json (the resolved run config) and the SSI artifact <wo
 from absl import app, flags
 from ml_collections import config_flags
 
+from lasa_jax.cli import run
 from lasa_jax.runtime import start_run
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Stage 2 config file (configs/ssi.py).")
@@ -27,4 +28,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    run(main)

@@ -37,6 +37,8 @@ at the chosen threshold (and at the accuracy-optimal one), "multijail_harmful" i
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import os
 import pathlib
@@ -63,9 +65,10 @@ from lasa_jax.data.labelled import (
 )
 from lasa_jax.data.eval_sets import MULTIJAIL_CSV
 from lasa_jax.data.languages import MULTIJAIL_LANGUAGES, normalize_language
+from lasa_jax.io_utils import read_json
 from lasa_jax.runtime import is_writer, load_model, load_tokenizer
 from lasa_jax.runtime import template_kwargs as runtime_template_kwargs
-from lasa_jax.ssi.artifact import ARTIFACT_SUBDIR, SSI, SSIConfig, save_ssi
+from lasa_jax.ssi.artifact import ARTIFACT_SUBDIR, METRICS_FILE, SSI, SSIConfig, save_ssi
 from lasa_jax.ssi.features import prompt_features, tokenization_fingerprint
 from lasa_jax.ssi.metrics import DECISION_RULE, choose_threshold, classification_metrics, evaluate_by_language
 from lasa_jax.ssi.mlp import resolve_hidden_dims
@@ -262,12 +265,26 @@ def _languages_of(records):
     return [r.language for r in records]
 
 
+def _finished_metrics(artifact_dir: pathlib.Path, run_hash: str) -> dict[str, Any] | None:
+    """The metrics of a complete artifact written by the run whose config hashes to `run_hash`, else None."""
+    try:
+        metrics = read_json(artifact_dir / METRICS_FILE)
+    except (FileNotFoundError, ValueError):
+        return None
+    return metrics if isinstance(metrics, dict) and metrics.get("run_config_hash") == run_hash else None
+
+
 def train_ssi(config, workdir: str | os.PathLike, mesh=None) -> dict[str, Any]:
     """Run Stage 2 with a `configs/ssi.py` config; writes `<workdir>/ssi/` and returns its metrics dict."""
     start = time.perf_counter()
     workdir = pathlib.Path(workdir)
     artifact_dir = workdir / ARTIFACT_SUBDIR
+    run_hash = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
     if artifact_dir.exists() and not config.overwrite:
+        finished = _finished_metrics(artifact_dir, run_hash)
+        if finished is not None:  # this very run finished before (e.g. killed after the artifact was written)
+            log.info("%s was already written by this configuration; nothing to do", artifact_dir)
+            return finished
         raise FileExistsError(f"{artifact_dir} already exists; pass --config.overwrite=True or another --workdir")
     data = load_ssi_data(config.data, seed=config.seed)
     model = load_model(config, mesh)
@@ -365,6 +382,7 @@ def train_ssi(config, workdir: str | os.PathLike, mesh=None) -> dict[str, Any]:
                        "dtype": model.config.param_dtype},
     }
     metrics["wall_seconds"] = round(time.perf_counter() - start, 2)
+    metrics["run_config_hash"] = run_hash
     if is_writer():
         save_ssi(artifact_dir, ssi, metrics=metrics, overwrite=bool(config.overwrite))
         log.info("SSI written to %s (threshold logit %.4f = p %.6f, %s)", artifact_dir, chosen, _probability(chosen),

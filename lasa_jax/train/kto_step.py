@@ -39,6 +39,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lasa_jax.config import ModelConfig
+from lasa_jax.errors import InputError
 from lasa_jax.flops import forward_flops
 from lasa_jax.kto import completion_logps, kto_loss
 from lasa_jax.models.decoder import forward, lm_logits
@@ -80,7 +81,7 @@ class OptimizerConfig:
 def learning_rate_schedule(config: OptimizerConfig) -> Callable[[jax.Array], jax.Array]:
     """step (updates done before this one) -> learning rate of this update."""
     if config.total_steps < 1:
-        raise ValueError(f"total_steps must be >= 1, got {config.total_steps}")
+        raise InputError(f"total_steps must be >= 1, got {config.total_steps}")
     warmup = min(max(config.warmup_steps, 0), config.total_steps)
     decay = max(config.total_steps - warmup, 1)
     peak = config.learning_rate
@@ -234,7 +235,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], ref_params: Any |
     params = state["params"]
     num_rows = batch["input_ids"].shape[0]
     if num_rows % sc.grad_accum_steps:
-        raise ValueError(f"batch of {num_rows} rows is not divisible by grad_accum_steps={sc.grad_accum_steps}")
+        raise InputError(f"batch of {num_rows} rows is not divisible by grad_accum_steps={sc.grad_accum_steps}")
     micro = _micro_batches(batch, sc.grad_accum_steps, mesh)
     total_valid = jnp.maximum(batch["valid"].sum().astype(jnp.float32), 1.0)
 

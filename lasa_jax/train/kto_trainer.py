@@ -123,10 +123,10 @@ def load_rows(data: ml_collections.ConfigDict,
     selects the family of `model_type`, the base model's config.json model_type).
     """
     if data.format not in DATA_FORMATS:
-        raise ValueError(f"--config.data.format must be one of {DATA_FORMATS}, got {data.format!r}")
+        raise InputError(f"--config.data.format must be one of {DATA_FORMATS}, got {data.format!r}")
     paths = [p.strip() for p in str(data.path).split(",") if p.strip()]
     if not paths:
-        raise ValueError("--config.data.path is required (a preference file, or the PolyRefuse completions root)")
+        raise InputError("--config.data.path is required (a preference file, or the PolyRefuse completions root)")
     rows: list[PreferenceRow] = []
     counts: dict[str, Any] = {}
     for path in paths:
@@ -178,7 +178,7 @@ def parse_unsafe_probs(spec: str) -> dict[str, float]:
                 raise ValueError
             probs[name.strip()] = float(value)
         except ValueError:
-            raise ValueError(f"--config.labels.unsafe_prob_by_source: expected 'source=prob,...', got {spec!r}") \
+            raise InputError(f"--config.labels.unsafe_prob_by_source: expected 'source=prob,...', got {spec!r}") \
                 from None
     return probs
 
@@ -189,12 +189,12 @@ def label_rows(rows: Sequence[PreferenceRow], config: ml_collections.ConfigDict,
     frozen `model_path` model the SSI was trained on, neither the initial policy nor the reference)."""
     labels = config.labels
     if labels.mode not in LABEL_MODES:
-        raise ValueError(f"--config.labels.mode must be one of {LABEL_MODES}, got {labels.mode!r}")
+        raise InputError(f"--config.labels.mode must be one of {LABEL_MODES}, got {labels.mode!r}")
     if labels.mode == "paper":
         return assign_latent_labels(rows, "paper", unsafe_prob_by_source=parse_unsafe_probs(
             labels.unsafe_prob_by_source), default_prob=labels.default_prob, seed=labels.seed)
     if not labels.ssi_dir:
-        raise ValueError("--config.labels.ssi_dir is required with labels.mode='ssi' (a trained SSI directory)")
+        raise InputError("--config.labels.ssi_dir is required with labels.mode='ssi' (a trained SSI directory)")
     from lasa_jax.ssi import SSIScorer, load_ssi
 
     model = base_model()
@@ -337,24 +337,24 @@ def _decoder_from_params(config: ModelConfig, params: Any, mesh, source_path: st
 def _validate(config: ml_collections.ConfigDict, mesh) -> None:
     t = config.train
     if config.reference.mode not in REFERENCE_MODES:
-        raise ValueError(f"--config.reference.mode must be one of {REFERENCE_MODES}, got {config.reference.mode!r}")
+        raise InputError(f"--config.reference.mode must be one of {REFERENCE_MODES}, got {config.reference.mode!r}")
     if t.batch_size < 2:
-        raise ValueError(f"--config.train.batch_size must be >= 2 (KL rows need a partner), got {t.batch_size}")
+        raise InputError(f"--config.train.batch_size must be >= 2 (KL rows need a partner), got {t.batch_size}")
     if t.grad_accum_steps < 1 or t.batch_size % t.grad_accum_steps:
-        raise ValueError(f"--config.train.batch_size ({t.batch_size}) must be a multiple of "
+        raise InputError(f"--config.train.batch_size ({t.batch_size}) must be a multiple of "
                          f"--config.train.grad_accum_steps ({t.grad_accum_steps})")
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     if (t.batch_size // t.grad_accum_steps) % shards:
-        raise ValueError(f"the micro-batch (--config.train.batch_size / grad_accum_steps = "
+        raise InputError(f"the micro-batch (--config.train.batch_size / grad_accum_steps = "
                          f"{t.batch_size // t.grad_accum_steps}) must be a multiple of the mesh's data x fsdp = "
                          f"{shards} devices")
     if t.num_steps < 0 or (t.num_steps == 0 and t.num_epochs < 1):
-        raise ValueError(f"need --config.train.num_steps > 0 or --config.train.num_epochs >= 1, got "
+        raise InputError(f"need --config.train.num_steps > 0 or --config.train.num_epochs >= 1, got "
                          f"num_steps={t.num_steps}, num_epochs={t.num_epochs}")
     if t.log_every_steps < 1:
-        raise ValueError(f"--config.train.log_every_steps must be >= 1, got {t.log_every_steps}")
+        raise InputError(f"--config.train.log_every_steps must be >= 1, got {t.log_every_steps}")
     if not config.model_path:
-        raise ValueError("--config.model_path is required (the base model: a local Hugging Face directory)")
+        raise InputError("--config.model_path is required (the base model: a local Hugging Face directory)")
 
 
 def _batch_stats(batch: KTOBatch, position: DataPosition, num_examples: int, policy_config: ModelConfig,
@@ -470,7 +470,7 @@ def _resolve_flag(flag: str, value: str) -> str:
 def _check_architecture(model_config: ModelConfig, policy_config: ModelConfig, flag: str, directory: str) -> None:
     """ValueError unless the model loaded from --config.<flag> has the architecture of --config.model_path."""
     if model_config.to_hf_dict() != policy_config.to_hf_dict():
-        raise ValueError(f"--config.{flag}={directory}: architecture differs from --config.model_path (policy, "
+        raise InputError(f"--config.{flag}={directory}: architecture differs from --config.model_path (policy, "
                          "reference and base model must share one architecture and tokenizer)")
 
 
@@ -520,13 +520,13 @@ def train_kto(config: ml_collections.ConfigDict, workdir: str, mesh) -> TrainRes
         return frozen[directory]
 
     # data (SSI labels score prompts on the base model; it is kept only if it is also the reference)
-    tokenizer = load_tokenizer(model_dir)
+    tokenizer = load_tokenizer(model_dir, require_chat_template=True)
     examples, data_summary = prepare_examples(config, tokenizer, lambda: frozen_model(model_dir, "model_path"))
     if model_dir != model_dirs.reference:
         frozen.pop(model_dir, None)
     per_epoch = batches_per_epoch(len(examples), t.batch_size, t.drop_last)
     if per_epoch == 0:
-        raise ValueError(f"{len(examples)} training examples give no batch of --config.train.batch_size="
+        raise InputError(f"{len(examples)} training examples give no batch of --config.train.batch_size="
                          f"{t.batch_size}")
     total_steps = t.num_steps if t.num_steps > 0 else t.num_epochs * per_epoch
     pad_id = policy_config.pad_token_id if policy_config.pad_token_id is not None else (tokenizer.pad_token_id or 0)

@@ -11,6 +11,7 @@ import json
 import os
 from typing import Mapping
 
+from lasa_jax.errors import InputError
 from lasa_jax.io_utils import atomic_write_text
 from lasa_jax.runtime import is_writer
 
@@ -83,7 +84,7 @@ def read_metrics(path: str) -> list[dict]:
         except json.JSONDecodeError as e:
             if number == len(lines):
                 break
-            raise ValueError(f"{path}: line {number} is not valid JSON ({e})") from None
+            raise InputError(f"{path}: line {number} is not valid JSON ({e})") from None
     return records
 
 

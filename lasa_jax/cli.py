@@ -1,0 +1,67 @@
+"""Command-line entry for every absl script in lasa_jax/scripts: user errors read like errors.
+
+    from lasa_jax.cli import run
+    if __name__ == "__main__":
+        run(main)                      # instead of absl's app.run(main)
+
+A user error (bad input, config or data: `lasa_jax.errors.InputError`; a named input that does not exist
+(FileNotFoundError, NotADirectoryError); an output that exists and may not be replaced (FileExistsError); a write
+refused by the file system: disk full, file too large, read-only, permission denied) prints its message on stderr
+as the last line, `error: <message>`, and exits with status 2. A multi-line message prints its detail lines first
+and its first line last. Anything else is an unexpected failure and keeps absl's traceback. `LASA_JAX_DEBUG=1` or
+`--verbosity=1` (absl's flag, also `-v 1`) shows the traceback of user errors too.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+from absl import app, flags
+
+from lasa_jax.errors import InputError
+from lasa_jax.io_utils import WRITE_REFUSED
+
+EXIT_USER_ERROR = 2
+DEBUG_ENV = "LASA_JAX_DEBUG"
+
+
+def is_user_error(error: BaseException) -> bool:
+    """True for the errors `run` prints as one `error:` line (module docstring)."""
+    if isinstance(error, (InputError, FileNotFoundError, NotADirectoryError, FileExistsError)):
+        return True
+    return isinstance(error, OSError) and error.errno in WRITE_REFUSED
+
+
+def error_lines(error: BaseException) -> list[str]:
+    """The lines `run` prints for a user error: detail lines first, then `error: <first line>` last."""
+    text = str(error).strip() or type(error).__name__
+    first, *details = text.splitlines()
+    if details:
+        first = first.rstrip(":") + " (details above)"
+    return [line for line in details if line.strip()] + [f"error: {first}"]
+
+
+def debug_requested() -> bool:
+    if os.environ.get(DEBUG_ENV, "").strip() not in ("", "0"):
+        return True
+    try:
+        return flags.FLAGS["verbosity"].value >= 1
+    except (KeyError, flags.UnparsedFlagAccessError):
+        return False
+
+
+def run(main: Callable[[list[str]], object]) -> None:
+    """`absl.app.run(main)` with user errors reported as `error: <message>` and exit status 2."""
+    def guarded(argv):
+        try:
+            return main(argv)
+        except Exception as error:  # noqa: BLE001 -- sorted into user errors and unexpected failures
+            if not is_user_error(error) or debug_requested():
+                raise
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            print("\n".join(error_lines(error)), file=sys.stderr, flush=True)
+            sys.exit(EXIT_USER_ERROR)
+
+    app.run(guarded)
