@@ -31,7 +31,8 @@ setup(
         "gguf==0.19.0",
     ],
     extras_require={
-        "test": ["pytest>=8", "torch==2.13.0", "scikit-learn>=1.5", "trl==1.16.0", "accelerate==1.15.0", "ruff==0.17.6"],
+        "test": ["pytest>=8", "torch==2.13.0", "scikit-learn>=1.5", "trl==1.16.0", "accelerate==1.15.0",
+                 "ruff==0.17.6"],
         "tpu": [f"jax[tpu]=={JAX_VERSION}"],
     },
 )

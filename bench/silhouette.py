@@ -83,7 +83,7 @@ def bench_bootstrap(x: np.ndarray, groups: np.ndarray, languages: np.ndarray) ->
                                      bottleneck.group_bootstrap_multiplicities(NUM_GROUPS, NUM_BOOTSTRAP, seed=0)])
     result = {"num_bootstrap": NUM_BOOTSTRAP}
     for scheme in bottleneck.BOOTSTRAP_MODES:
-        run = lambda: bottleneck.layer_silhouettes(x, languages, groups, multiplicities, bootstrap=scheme)  # noqa: E731
+        run = lambda: bottleneck.layer_silhouettes(x, languages, groups, multiplicities, bootstrap=scheme)
         run()  # warm-up
         seconds, (s_lang, s_sem) = best_seconds(run, 3)
         print(f"[bootstrap {scheme}] one layer, point estimate + {NUM_BOOTSTRAP} group resamples: {seconds:.3f} s "

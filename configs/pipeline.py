@@ -23,7 +23,7 @@ import os
 
 import ml_collections
 
-from lasa_jax.presets import PAPER_MODELS, TPU_PRESETS, CPU_PRESET
+from lasa_jax.presets import CPU_PRESET, PAPER_MODELS, TPU_PRESETS
 from lasa_jax.runtime import base_config
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -54,7 +54,7 @@ def build(model: str = "", preset: str = "cpu") -> ml_collections.ConfigDict:
     c.residual_index = PAPER_MODELS[model].bottleneck_residual_index if model else -1
     thinking = PAPER_MODELS[model].qwen3_thinking if model else None
     # chat-template variables used identically by KTO, generation and (with chat_template) SSI/Locate
-    c.template_kwargs = "" if thinking is None else ('{"enable_thinking": %s}' % str(thinking).lower())
+    c.template_kwargs = "" if thinking is None else f'{{"enable_thinking": {str(thinking).lower()}}}'
     c.stages = "locate,ssi,kto,generate_baseline,generate_prefix_only,generate_lasa,evaluate"
     c.rerun = ""                     # comma-separated stages to run again (their directories are cleared)
     # before the first stage: check | warn | off. check stops (InputError) when the KTO or generation stage does not

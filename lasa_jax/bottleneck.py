@@ -72,7 +72,8 @@ import json
 import os
 import pathlib
 import textwrap
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -385,7 +386,7 @@ class _PointLabels:
     groups: np.ndarray  # sorted unique group ids
 
     @classmethod
-    def build(cls, languages: Sequence[Any], group_ids: Sequence[Any], num_points: int) -> "_PointLabels":
+    def build(cls, languages: Sequence[Any], group_ids: Sequence[Any], num_points: int) -> _PointLabels:
         language_codes, unique_languages = _factorize(languages, num_points, "languages")
         group_codes, unique_groups = _factorize(group_ids, num_points, "group_ids")
         _check_num_labels(len(unique_languages), num_points, "languages")

@@ -52,7 +52,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import weakref
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -85,7 +86,7 @@ class RenderedPrompt:
     content_end: int
     num_dropped: int = 0
 
-    def drop_content_front(self, num_tokens: int) -> "RenderedPrompt":
+    def drop_content_front(self, num_tokens: int) -> RenderedPrompt:
         """Remove the `num_tokens` oldest tokens of the user content (caller checks `max_droppable`)."""
         if num_tokens <= 0:
             return self
@@ -290,7 +291,7 @@ def _apply_template(tokenizer, messages, *, add_generation_prompt: bool, templat
 
 
 # tokenizer -> ((vocabulary size, chat template), {key: value}); entries vanish with their tokenizer.
-_TOKENIZER_MEMO: "weakref.WeakKeyDictionary[Any, tuple[tuple[Any, Any], dict]]" = weakref.WeakKeyDictionary()
+_TOKENIZER_MEMO: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, Any], dict]] = weakref.WeakKeyDictionary()
 _MAX_CACHED_PROBES = 1024
 
 

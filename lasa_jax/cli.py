@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from absl import app, flags
 
@@ -56,7 +56,7 @@ def run(main: Callable[[list[str]], object]) -> None:
     def guarded(argv):
         try:
             return main(argv)
-        except Exception as error:  # noqa: BLE001 -- sorted into user errors and unexpected failures
+        except Exception as error:
             if not is_user_error(error) or debug_requested():
                 raise
             for stream in (sys.stdout, sys.stderr):

@@ -17,7 +17,8 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -70,7 +71,8 @@ class ModelConfig:
 
     def __post_init__(self):
         if self.model_type not in SUPPORTED_MODEL_TYPES:
-            raise InputError(f"model_type {self.model_type!r} is not supported; expected one of {SUPPORTED_MODEL_TYPES}")
+            raise InputError(f"model_type {self.model_type!r} is not supported; expected one of "
+                             f"{SUPPORTED_MODEL_TYPES}")
         if self.rope_type not in SUPPORTED_ROPE_TYPES:
             raise InputError(f"rope type {self.rope_type!r} is not supported; expected one of {SUPPORTED_ROPE_TYPES}")
         for name in ("param_dtype", "compute_dtype"):
@@ -87,7 +89,7 @@ class ModelConfig:
         """Query heads per key/value head (GQA)."""
         return self.num_heads // self.num_kv_heads
 
-    def replace(self, **changes) -> "ModelConfig":
+    def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
     def num_params(self, include_embeddings: bool = True) -> int:
@@ -121,7 +123,7 @@ class ModelConfig:
 
     # ------------------------------------------------------------------ HF conversion
     @classmethod
-    def from_hf_dict(cls, hf: Mapping[str, Any], source: str = "config.json", **runtime) -> "ModelConfig":
+    def from_hf_dict(cls, hf: Mapping[str, Any], source: str = "config.json", **runtime) -> ModelConfig:
         """Build from a parsed HF config dict. `source` names the file in error messages."""
         model_type = hf.get("model_type")
         if model_type not in SUPPORTED_MODEL_TYPES:
@@ -170,7 +172,7 @@ class ModelConfig:
         )
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, **runtime) -> "ModelConfig":
+    def from_pretrained(cls, path: str | os.PathLike, **runtime) -> ModelConfig:
         """Read `<path>/config.json` (or `path` itself if it is a file)."""
         path = os.fspath(path)
         file = path if os.path.isfile(path) else os.path.join(path, "config.json")

@@ -30,7 +30,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import jax
 import jax.numpy as jnp

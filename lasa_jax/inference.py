@@ -26,7 +26,8 @@ import json
 import logging
 import os
 import time
-from typing import Any, Mapping, Protocol, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -87,7 +88,7 @@ def load_eval_prompts(specs: Sequence[str], *, data_root: str | os.PathLike = ""
     Ids must be unique across all sets.
     """
     if max_per_language < 0:
-        raise ValueError(f"max_per_language must be >= 0 (0 = all), got {max_per_language}")
+        raise InputError(f"max_per_language must be >= 0 (0 = all), got {max_per_language}")
     root = os.fspath(data_root)
     prompts: list[EvalPrompt] = []
     for spec in specs:
@@ -100,7 +101,7 @@ def load_eval_prompts(specs: Sequence[str], *, data_root: str | os.PathLike = ""
                                                field_map=hub.field_map)
         elif spec in STANDARD_SETS:
             if not root:
-                raise ValueError(f"eval set {spec!r} needs the shared data root (--config.data_root)")
+                raise InputError(f"eval set {spec!r} needs the shared data root (--config.data_root)")
             if spec == "multijail":
                 loaded = eval_sets.load_multijail(os.path.join(root, eval_sets.MULTIJAIL_CSV), languages)
             elif spec.startswith("xstest"):
@@ -111,7 +112,7 @@ def load_eval_prompts(specs: Sequence[str], *, data_root: str | os.PathLike = ""
             else:
                 loaded = eval_sets.load_oktest(os.path.join(root, eval_sets.OKTEST_JSON))
         else:
-            raise ValueError(f"unknown eval set {spec!r}: expected one of {STANDARD_SETS}, 'jsonl:<path>' or "
+            raise InputError(f"unknown eval set {spec!r}: expected one of {STANDARD_SETS}, 'jsonl:<path>' or "
                              "'hub:<dataset id>'")
         if max_per_language and (limit_sets is None or spec in limit_sets):
             kept: dict[tuple[str, str], int] = {}
@@ -126,7 +127,7 @@ def load_eval_prompts(specs: Sequence[str], *, data_root: str | os.PathLike = ""
     seen: set[str] = set()
     for p in prompts:
         if p.id in seen:
-            raise ValueError(f"eval sets {list(specs)}: duplicate prompt id {p.id!r}")
+            raise InputError(f"eval sets {list(specs)}: duplicate prompt id {p.id!r}")
         seen.add(p.id)
     return prompts
 
@@ -140,16 +141,16 @@ def prefix_decisions(mode: str, prompts: Sequence[EvalPrompt],
     is given.
     """
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise InputError(f"mode must be one of {MODES}, got {mode!r}")
     n = len(prompts)
     if scorer is None:
         if mode in GATED_MODES:
-            raise ValueError(f"mode {mode!r} needs an SSI scorer (--config.ssi_dir and --config.base_model_path)")
+            raise InputError(f"mode {mode!r} needs an SSI scorer (--config.ssi_dir and --config.base_model_path)")
         return None, np.zeros(n, bool)
     probs, flags = scorer.score([p.prompt for p in prompts])
     probs, flags = np.asarray(probs, np.float32), np.asarray(flags)
     if probs.shape != (n,) or flags.shape != (n,) or flags.dtype != bool:
-        raise ValueError(f"scorer.score must return (probs (N,), flags (N,) bool) for N={n} prompts, got shapes "
+        raise InputError(f"scorer.score must return (probs (N,), flags (N,) bool) for N={n} prompts, got shapes "
                          f"{probs.shape}, {flags.shape} and flag dtype {flags.dtype}")
     return probs, (flags if mode in GATED_MODES else np.zeros(n, bool))
 
@@ -160,14 +161,14 @@ def render_inputs(tokenizer, prompts: Sequence[EvalPrompt], prefix_flags: Sequen
                   max_prompt_length: int | None = None) -> list[RenderedPrompt]:
     """Model inputs: chat template with generation prompt, plus `prefix` where the flag is set (`render_prompt`)."""
     if len(prefix_flags) != len(prompts):
-        raise ValueError(f"{len(prompts)} prompts but {len(prefix_flags)} prefix flags")
+        raise InputError(f"{len(prompts)} prompts but {len(prefix_flags)} prefix flags")
     rendered = []
     for p, flag in zip(prompts, prefix_flags):
         try:
             rendered.append(render_prompt(tokenizer, p.prompt, prefix=prefix if flag else None,
                                           template_kwargs=template_kwargs, max_prompt_length=max_prompt_length))
         except ValueError as e:
-            raise ValueError(f"prompt {p.id!r}: {e}") from e
+            raise InputError(f"prompt {p.id!r}: {e}") from e
     return rendered
 
 
@@ -208,7 +209,7 @@ def stop_token_ids(model_config, tokenizer, template_kwargs: Mapping[str, Any] |
         except ValueError as e:  # templates that rewrite assistant content (e.g. guard models): config ids only
             log.info("no end-of-turn token from the chat template (%s); stopping on %s", e, sorted(ids))
     if not ids:
-        raise ValueError("no stop token: the model config has no eos_token_id and the tokenizer no eos_token")
+        raise InputError("no stop token: the model config has no eos_token_id and the tokenizer no eos_token")
     return sorted(ids)
 
 
@@ -253,16 +254,16 @@ def generate_responses(model, tokenizer, prompts: Sequence[EvalPrompt], *, mode:
     Returns records (module docstring) in the order of `prompts`.
     """
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise InputError(f"mode must be one of {MODES}, got {mode!r}")
     n = len(prompts)
     flags = np.asarray(prefix_flags, bool)
     if flags.shape != (n,) or (ssi_scores is not None and np.shape(ssi_scores) != (n,)):
-        raise ValueError(f"prefix_flags and ssi_scores need shape ({n},), got {flags.shape} and "
+        raise InputError(f"prefix_flags and ssi_scores need shape ({n},), got {flags.shape} and "
                          f"{None if ssi_scores is None else np.shape(ssi_scores)}")
     if mode not in GATED_MODES and flags.any():
-        raise ValueError("baseline mode never injects the prefix, but some prefix_flags are set")
+        raise InputError("baseline mode never injects the prefix, but some prefix_flags are set")
     if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
     stop_ids = list(eos_token_id) if eos_token_id is not None else stop_token_ids(
         model.config, tokenizer, template_kwargs, model_dir=getattr(model, "source_path", None))
     done = read_partial(partial_path) if partial_path is not None and resume else {}
@@ -271,7 +272,7 @@ def generate_responses(model, tokenizer, prompts: Sequence[EvalPrompt], *, mode:
     for i, p in enumerate(prompts):
         old = done.get(p.id)
         if old is not None and (old["mode"], old["prompt"], old["prefix_used"]) != (mode, p.prompt, bool(flags[i])):
-            raise ValueError(f"{partial_path}: record {p.id!r} was generated with mode {old['mode']!r}, prefix_used "
+            raise InputError(f"{partial_path}: record {p.id!r} was generated with mode {old['mode']!r}, prefix_used "
                              f"{old['prefix_used']} or another prompt text; this run has mode {mode!r}, prefix_used "
                              f"{bool(flags[i])}: delete the file or disable resuming")
     todo = [i for i, p in enumerate(prompts) if p.id not in done]
@@ -331,7 +332,7 @@ def read_partial(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_number}: not valid JSON ({e})") from None
+                raise InputError(f"{path}:{line_number}: not valid JSON ({e})") from None
             record = _checked_record(record, f"{path}:{line_number}")
             records[record["id"]] = record
     return records
@@ -340,9 +341,9 @@ def read_partial(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
 def _checked_record(record: Any, where: str) -> dict[str, Any]:
     missing = [f for f in RECORD_FIELDS if not isinstance(record, dict) or f not in record]
     if missing:
-        raise ValueError(f"{where}: generation record lacks field(s) {missing}")
+        raise InputError(f"{where}: generation record lacks field(s) {missing}")
     if not isinstance(record["response"], str) or not isinstance(record["id"], str):
-        raise ValueError(f"{where}: fields 'id' and 'response' must be strings")
+        raise InputError(f"{where}: fields 'id' and 'response' must be strings")
     return record
 
 
@@ -357,11 +358,11 @@ def read_generations(path: str | os.PathLike) -> list[dict[str, Any]]:
     records = [_checked_record(record, f"{path}:{line_number}")
                for line_number, record in iter_jsonl(path, "generation file")]
     if not records:
-        raise ValueError(f"{path}: no generation records")
+        raise InputError(f"{path}: no generation records")
     seen: set[str] = set()
     for record in records:
         if record["id"] in seen:
-            raise ValueError(f"{path}: duplicate id {record['id']!r}")
+            raise InputError(f"{path}: duplicate id {record['id']!r}")
         seen.add(record["id"])
     return records
 
@@ -393,10 +394,10 @@ def eval_prompts_from_config(config) -> list[EvalPrompt]:
     hub = config.hub
     field_map = json.loads(hub.field_map) if hub.field_map else None
     if field_map is not None and not isinstance(field_map, dict):
-        raise ValueError(f"--config.hub.field_map must be a JSON object, got {hub.field_map!r}")
+        raise InputError(f"--config.hub.field_map must be a JSON object, got {hub.field_map!r}")
     specs = comma_list(config.eval_sets)
     if not specs:
-        raise ValueError("--config.eval_sets is empty")
+        raise InputError("--config.eval_sets is empty")
     limit_sets = comma_list(config.get("max_per_language_sets", "")) or None
     unknown = sorted(set(limit_sets or ()) - set(specs))
     if unknown:

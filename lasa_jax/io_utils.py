@@ -16,7 +16,8 @@ import pathlib
 import re
 import shutil
 import tempfile
-from typing import Any, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 from lasa_jax.errors import InputError
 

@@ -60,21 +60,44 @@ import json
 import logging
 import os
 import pathlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
 
-from lasa_jax.activations import (POOLINGS, capture, default_batch_size, load_activations, save_activations,
-                                  token_ids_digest, tokenize_prompts)
-from lasa_jax.bottleneck import (BOOTSTRAP_MODES, METRICS, BottleneckResult, select_bottleneck_layer,
-                                 write_bottleneck_report)
+from lasa_jax.activations import (
+    POOLINGS,
+    capture,
+    default_batch_size,
+    load_activations,
+    save_activations,
+    token_ids_digest,
+    tokenize_prompts,
+)
+from lasa_jax.bottleneck import (
+    BOOTSTRAP_MODES,
+    METRICS,
+    BottleneckResult,
+    select_bottleneck_layer,
+    write_bottleneck_report,
+)
 from lasa_jax.data.heldout import guard_inputs
 from lasa_jax.data.languages import normalize_language
-from lasa_jax.data.parallel import (ParallelText, _record_from_row, check_parallel_corpus, corpus_summary,
-                                    default_locate_corpus, filter_parallel_groups, keep_common_sources,
-                                    load_multijail, load_parallel_hub, load_translated_safety_json,
-                                    subsample_groups)
+from lasa_jax.data.parallel import (
+    ParallelText,
+    _record_from_row,
+    check_parallel_corpus,
+    corpus_summary,
+    default_locate_corpus,
+    filter_parallel_groups,
+    keep_common_sources,
+    load_multijail,
+    load_parallel_hub,
+    load_translated_safety_json,
+    subsample_groups,
+)
+from lasa_jax.errors import InputError
 from lasa_jax.io_utils import atomic_write_json, iter_jsonl
 from lasa_jax.layer_probe import ProbeResult, layer_probe_auroc
 from lasa_jax.runtime import is_writer, load_model, load_tokenizer, template_kwargs
@@ -99,7 +122,7 @@ def _fail(flag: str, expected: str, value: Any) -> ValueError:
 def check_locate_config(config, model_given: bool = False) -> None:
     """ValueError naming the flag of the first bad value in a `configs/locate.py` config (before any work)."""
     if not model_given and not config.model_path:
-        raise ValueError("--config.model_path is required (a local Hugging Face model directory or a hub id)")
+        raise InputError("--config.model_path is required (a local Hugging Face model directory or a hub id)")
     if config.pooling not in POOLINGS:
         raise _fail("pooling", f"one of {POOLINGS}", config.pooling)
     if config.max_length < 1:
@@ -144,7 +167,7 @@ def _requested_languages(languages: Sequence[str]) -> tuple[str, ...]:
     try:
         codes = tuple(dict.fromkeys(normalize_language(str(lang).strip()) for lang in languages))
     except ValueError as err:
-        raise ValueError(f"--config.data.languages: {err}") from err
+        raise InputError(f"--config.data.languages: {err}") from err
     if len(codes) < 2:
         raise _fail("data.languages", "at least 2 language codes", languages)
     return codes
@@ -185,13 +208,13 @@ def load_parallel_jsonl_split(path: str | os.PathLike, splits: Sequence[str] = (
     for line_number, row in iter_jsonl(path, "parallel JSONL file (--config.data.path of data.source='jsonl')"):
         where = f"{path}:{line_number}"
         if not isinstance(row, dict):
-            raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            raise InputError(f"{where}: expected a JSON object, got {type(row).__name__}")
         split = row.get("split")
         if keep and split is not None and split not in keep:
             continue
         records.append(_record_from_row(row, where, source or path.stem))
     if not records:
-        raise ValueError(f"{path}: no records" + (f" with split in {sorted(keep)}" if keep else ""))
+        raise InputError(f"{path}: no records" + (f" with split in {sorted(keep)}" if keep else ""))
     return records
 
 
@@ -215,7 +238,7 @@ def locate_corpus_with_notes(data_config, seed: int) -> tuple[list[ParallelText]
 
     if source == "default":
         if root is None:
-            raise ValueError("--config.data.root is required for data.source='default' (the shared data folder "
+            raise InputError("--config.data.root is required for data.source='default' (the shared data folder "
                              "holding flores200_sib200/ and polyrefuse/)")
         records = default_locate_corpus(root, languages=languages, max_groups_per_source=max_groups, seed=seed,
                                         common_sources_only=common_sources_only)
@@ -225,18 +248,18 @@ def locate_corpus_with_notes(data_config, seed: int) -> tuple[list[ParallelText]
 
     if source == "multijail":
         if not data_config.allow_held_out:
-            raise ValueError("data.source='multijail' is a held-out evaluation set: picking the layer with it "
+            raise InputError("data.source='multijail' is a held-out evaluation set: picking the layer with it "
                              "leaks the test set. Use data.source='default', or pass "
                              "--config.data.allow_held_out=True to analyse it deliberately")
         if not path and root is None:
-            raise ValueError("data.source='multijail' needs --config.data.path (MultiJail.csv) or --config.data.root")
+            raise InputError("data.source='multijail' needs --config.data.path (MultiJail.csv) or --config.data.root")
         log.warning("!!! Locate runs on MultiJail, a HELD-OUT EVALUATION SET (--config.data.allow_held_out=True). "
                     "A layer chosen this way must not be used for results evaluated on MultiJail. !!!")
         notes["held_out_content"] = "not applied: data.source='multijail' (data.allow_held_out=True)"
         records = load_multijail(path or root / "multijail", languages=languages)
     else:
         if not path:
-            raise ValueError(f"--config.data.path is required for data.source={source!r}")
+            raise InputError(f"--config.data.path is required for data.source={source!r}")
         if source == "jsonl":
             records = load_parallel_jsonl_split(path, splits=tuple(data_config.splits))
         elif source == "hub":
@@ -429,7 +452,7 @@ def run_locate(config, workdir: str | os.PathLike, model=None, mesh=None) -> Bot
         model = load_model(config, mesh)
     tokenizer_path = config.model_path or model.source_path
     if not tokenizer_path:
-        raise ValueError("--config.model_path is required to load the tokenizer of the given model")
+        raise InputError("--config.model_path is required to load the tokenizer of the given model")
     tsne_layers_value = config.report.tsne_layers
     parse_tsne_layers(tsne_layers_value, best_layer=0, num_layers=model.config.num_layers)
     if is_writer():

@@ -27,7 +27,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from lasa_jax.config import ModelConfig
 from lasa_jax.errors import InputError

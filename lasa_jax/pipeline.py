@@ -33,10 +33,12 @@ import os
 import shutil
 import time
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import ml_collections
 
+from lasa_jax.errors import InputError
 from lasa_jax.io_utils import atomic_write_json, atomic_write_text
 from lasa_jax.runtime import is_writer
 
@@ -173,7 +175,7 @@ def stage_decision(workdir: str, stage: str, digest: str, consumed: dict[str, st
     if changed:
         return "clear", f"{stage}'s input stage(s) {', '.join(changed)} ran again"
     if status.get("config_hash") != digest:
-        raise ValueError(f"pipeline stage {stage!r} already finished in {_stage_dir(workdir, stage)} with a "
+        raise InputError(f"pipeline stage {stage!r} already finished in {_stage_dir(workdir, stage)} with a "
                          f"different configuration (hash {status.get('config_hash')} != {digest}); add it to "
                          f"--config.rerun to run it again (its directory is cleared) or use another workdir")
     return "skip", f"already done ({status.get('finished_at')})"
@@ -184,12 +186,12 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> 
     stages = _comma(config.stages)
     unknown = [s for s in stages if s not in STAGES]
     if unknown or not stages:
-        raise ValueError(f"--config.stages: unknown stage(s) {unknown}; expected a comma-separated subset of {STAGES}")
+        raise InputError(f"--config.stages: unknown stage(s) {unknown}; expected a comma-separated subset of {STAGES}")
     rerun = _comma(config.rerun)
     if [s for s in rerun if s not in STAGES]:
-        raise ValueError(f"--config.rerun: expected a comma-separated subset of {STAGES}, got {config.rerun!r}")
+        raise InputError(f"--config.rerun: expected a comma-separated subset of {STAGES}, got {config.rerun!r}")
     if not config.model_path:
-        raise ValueError("--config.model_path is required (the base model: a local Hugging Face directory or hub id)")
+        raise InputError("--config.model_path is required (the base model: a local Hugging Face directory or hub id)")
     configs = stage_configs(config, workdir)
     inputs = stage_inputs(config)
     _check_memory_plan(config, stages)
@@ -226,7 +228,7 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> 
             atomic_write_json(os.path.join(stage_dir, DONE_FILE), {
                 "stage": stage, "config_hash": digest, "run_id": uuid.uuid4().hex, "inputs": consumed,
                 "seconds": round(time.perf_counter() - start, 1),
-                "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+                "finished_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")})
         _barrier(f"pipeline-{stage}-done")
         outcome[stage] = "done"
     if is_writer():
@@ -305,7 +307,8 @@ def write_summary(workdir: str, config: ml_collections.ConfigDict) -> str:
 
     for stage in STAGES:
         status = stage_status(workdir, stage)
-        lines.append(f"## {stage}: {'done in %.0f s' % status['seconds'] if status else 'not run'}")
+        done = f"done in {status['seconds']:.0f} s" if status else "not run"
+        lines.append(f"## {stage}: {done}")
         if stage == "locate":
             lines += _locate_summary_lines(os.path.join(workdir, "locate"))
             lines += [f"- {link('locate/bottleneck.json')}, {link('locate/layers.csv')}, "
@@ -358,7 +361,7 @@ def headline_lines(report: dict) -> list[str]:
                  for system, summary in report.get("asr", {}).get("systems", {}).items()]
         return ["Average ASR over languages: " + ", ".join(parts) + "."] if parts else []
     lines = []
-    for name, metric in comp["metrics"].items():
+    for metric in comp["metrics"].values():
         parts = [f"{system} **{_percent(metric['systems'][system]['average'])}**" for system in comp["systems"]
                  if system in metric["systems"]]
         lines.append(f"- Average {metric['label']} over languages: " + ", ".join(parts) + ".")

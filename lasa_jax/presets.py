@@ -22,6 +22,7 @@ import dataclasses
 from typing import Any
 
 from lasa_jax.config import ModelConfig
+from lasa_jax.errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +145,7 @@ def kto_fits(config: ModelConfig, preset: TPUPreset, precomputed_reference: bool
 
     name = next((n for n, p in TPU_PRESETS.items() if p is preset), "cpu" if preset is CPU_PRESET else None)
     if name is None:
-        raise ValueError(f"kto_fits: {preset.accelerator_type} is not one of lasa_jax.presets.TPU_PRESETS")
+        raise InputError(f"kto_fits: {preset.accelerator_type} is not one of lasa_jax.presets.TPU_PRESETS")
     reference = "precomputed" if precomputed_reference else preset.kto_reference_mode
     plan = kto_plan(config, name, batch_size=preset.kto_batch_size, grad_accum_steps=preset.kto_micro_batches,
                     max_length=512, reference_mode=reference)

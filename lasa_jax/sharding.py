@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import jax
 import numpy as np

@@ -9,7 +9,7 @@ checkpoints.
 from __future__ import annotations
 
 import os
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from lasa_jax.errors import InputError
 
@@ -25,7 +25,8 @@ LLAMA3_CHAT_TEMPLATE = (
     "{{- 'Cutting Knowledge Date: December 2023\\nToday Date: 26 Jul 2024\\n\\n' }}"
     "{{- system_message }}{{- '<|eot_id|>' }}"
     "{%- for message in messages %}"
-    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim "
+    "+ '<|eot_id|>' }}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
 )
@@ -88,7 +89,7 @@ DEFAULT_CORPUS = (
 
 
 def build_tokenizer(out_dir: str | os.PathLike, style: str = "llama3", corpus: Iterable[str] | None = None,
-                    vocab_size: int = 400) -> "PreTrainedTokenizerFast":  # noqa: F821
+                    vocab_size: int = 400) -> PreTrainedTokenizerFast:  # noqa: F821
     """Train a byte-level BPE tokenizer offline and save it as a Hugging Face tokenizer directory.
 
     Args:

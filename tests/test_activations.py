@@ -4,8 +4,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lasa_jax.activations import (bucketed_batches, capture, capture_step, load_activations, save_activations,
-                                  tokenize_prompts)
+from lasa_jax.activations import (
+    bucketed_batches,
+    capture,
+    capture_step,
+    load_activations,
+    save_activations,
+    tokenize_prompts,
+)
 from lasa_jax.models import from_pretrained
 from lasa_jax.sharding import make_mesh
 

@@ -15,15 +15,15 @@ from lasa_jax.bottleneck import (
     CSV_FIELDS,
     LAYER_FIELDS,
     PROBE_FIELD,
-    no_bottleneck_reasons,
-    verdict_line,
     group_bootstrap_multiplicities,
     layer_silhouettes,
     layerwise_silhouette_scores,
     load_bottleneck,
+    no_bottleneck_reasons,
     select_bottleneck_layer,
     silhouette_samples,
     silhouette_score,
+    verdict_line,
     write_bottleneck_report,
 )
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from lasa_jax.chat import (CONDITIONAL_PREFIX, assemble_example, end_of_turn_ids, render_example, render_prompt)
+from lasa_jax.chat import CONDITIONAL_PREFIX, assemble_example, end_of_turn_ids, render_example, render_prompt
 from lasa_jax.testing import build_tokenizer
 
 STYLES = ("llama3", "qwen2", "qwen3")
@@ -145,7 +145,8 @@ def test_bad_inputs(styled):
         render_example(tok, PROMPT, "   ", template_kwargs=kwargs)
 
 
-@pytest.mark.parametrize("prompt", ["如何在家烤面包？", "كيف أخبز الخبز في المنزل؟", "  Spaces around, émojis 🙂 too.  ",
+@pytest.mark.parametrize("prompt", ["如何在家烤面包？", "كيف أخبز الخبز في المنزل؟",
+                                    "  Spaces around, émojis 🙂 too.  ",
                                     "ฉันจะอบขนมปังที่บ้านได้อย่างไร"])
 def test_unicode_user_content_span_and_truncation(styled, prompt):
     style, tok, kwargs = styled

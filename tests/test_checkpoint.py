@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from lasa_jax.checkpoint import Checkpointer, abstract_target, check_run_identity
 from lasa_jax.sharding import make_mesh

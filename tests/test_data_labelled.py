@@ -6,6 +6,7 @@ import pathlib
 import numpy as np
 import pytest
 
+from lasa_jax.data.heldout import POLYREFUSE_MULTIJAIL_ROWS
 from lasa_jax.data.labelled import (
     LabelledPrompt,
     check_disjoint_groups,
@@ -20,7 +21,6 @@ from lasa_jax.data.labelled import (
     select_languages,
     split_summary,
 )
-from lasa_jax.data.heldout import POLYREFUSE_MULTIJAIL_ROWS
 
 DEMO_PROMPTS = pathlib.Path(__file__).resolve().parents[1] / "lasa_jax" / "demo_data" / "prompts.jsonl"
 

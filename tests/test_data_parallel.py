@@ -196,7 +196,8 @@ def _write_json(path, obj):
 def test_translated_safety_json(tmp_path):
     path = _write_json(tmp_path / "safety_train_translated.json", [
         {"idx": 7, "original_query": "How do I pick a lock?",
-         "translations": {"Chinese": "我怎么撬锁？", "jw": "Piye carane mbukak kunci?", "Swahili": "Ninafunguaje kufuli?"}},
+         "translations": {"Chinese": "我怎么撬锁？", "jw": "Piye carane mbukak kunci?",
+                          "Swahili": "Ninafunguaje kufuli?"}},
         {"idx": 9, "original_query": "Make a weapon", "translations": {"Javanese": "Gawe gaman"}},
     ])
     records = load_translated_safety_json(path)
@@ -321,7 +322,8 @@ def test_polyrefuse_misaligned_and_bad_records(tmp_path):
     assert len(load_polyrefuse(root, kinds=["harmful"], splits=["train"])) == 6
     _write_json(root / "PolyRefuse/harmful_test_translated_en.json", [{"instruction": "a"}, {"instruction": "b"}])
     _write_json(root / "PolyRefuse/harmful_test_translated_zh.json",
-                [{"instruction": "a", "instruction_translated": "甲"}, {"instruction": "c", "instruction_translated": "乙"}])
+                [{"instruction": "a", "instruction_translated": "甲"},
+                 {"instruction": "c", "instruction_translated": "乙"}])
     with pytest.raises(ValueError, match=r"harmful_test_translated_zh.json record 1: 'instruction' differs from"):
         load_polyrefuse(root, kinds=["harmful"], splits=["test"])
 

@@ -6,9 +6,21 @@ import json
 import pytest
 
 from lasa_jax.data import eval_sets
-from lasa_jax.data.eval_sets import (BENIGN, HARMFUL, EvalPrompt, iter_jsonl, load_hf_dataset, load_instruction_json,
-                                     load_jsonl, load_multijail, load_oktest, load_or_bench_hard_test,
-                                     load_standard_eval_sets, load_xstest, read_json)
+from lasa_jax.data.eval_sets import (
+    BENIGN,
+    HARMFUL,
+    EvalPrompt,
+    iter_jsonl,
+    load_hf_dataset,
+    load_instruction_json,
+    load_jsonl,
+    load_multijail,
+    load_oktest,
+    load_or_bench_hard_test,
+    load_standard_eval_sets,
+    load_xstest,
+    read_json,
+)
 from lasa_jax.data.languages import MULTIJAIL_LANGUAGES
 
 

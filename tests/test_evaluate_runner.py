@@ -8,8 +8,13 @@ import pytest
 
 from lasa_jax.evaluate.judges import INVALID, SAFE, UNSAFE, LlamaGuard3Judge, RefusalHeuristicJudge, RubricJudge
 from lasa_jax.evaluate.report import ASR_CHART_PNG, REPORT_JSON, REPORT_MD
-from lasa_jax.evaluate.runner import EVALUATION_META, build_judge, evaluate_generations, model_generate_fn, \
-    run_evaluation
+from lasa_jax.evaluate.runner import (
+    EVALUATION_META,
+    build_judge,
+    evaluate_generations,
+    model_generate_fn,
+    run_evaluation,
+)
 from lasa_jax.generate import generate, trim_after_eos
 from lasa_jax.inference import RECORD_FIELDS, stop_token_ids, write_generations
 from lasa_jax.models import from_pretrained

@@ -9,7 +9,6 @@ import shutil
 import sys
 
 import pytest
-
 from faults_util import REPO, assert_complete, assert_same_tree, kill_after, kill_points, run, script
 
 DEMO_PROMPTS = REPO / "lasa_jax" / "demo_data" / "prompts.jsonl"

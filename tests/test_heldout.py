@@ -9,9 +9,18 @@ import numpy as np
 import pytest
 
 from lasa_jax.data import eval_sets
-from lasa_jax.data.heldout import (HELD_OUT_FILES, NEAR_DUPLICATE_JACCARD, POLYREFUSE_MULTIJAIL_ROWS, TextIndex,
-                                   check_source_names, guard_held_out, guard_inputs, load_held_out_reference,
-                                   normalize_text, shingles)
+from lasa_jax.data.heldout import (
+    HELD_OUT_FILES,
+    NEAR_DUPLICATE_JACCARD,
+    POLYREFUSE_MULTIJAIL_ROWS,
+    TextIndex,
+    check_source_names,
+    guard_held_out,
+    guard_inputs,
+    load_held_out_reference,
+    normalize_text,
+    shingles,
+)
 from lasa_jax.data.labelled import LabelledPrompt, load_polyrefuse_prompts
 from lasa_jax.data.preference import PreferenceRow
 from lasa_jax.errors import InputError

@@ -10,9 +10,20 @@ import pytest
 from lasa_jax.chat import CONDITIONAL_PREFIX
 from lasa_jax.data.eval_sets import EvalPrompt
 from lasa_jax.generate import generate, trim_after_eos
-from lasa_jax.inference import (RECORD_FIELDS, Decoding, generate_responses, load_eval_prompts, prefix_decisions,
-                                read_generations, render_inputs, run_generation, run_inference, split_reasoning,
-                                stop_token_ids, write_generations)
+from lasa_jax.inference import (
+    RECORD_FIELDS,
+    Decoding,
+    generate_responses,
+    load_eval_prompts,
+    prefix_decisions,
+    read_generations,
+    render_inputs,
+    run_generation,
+    run_inference,
+    split_reasoning,
+    stop_token_ids,
+    write_generations,
+)
 from lasa_jax.models import from_pretrained
 from lasa_jax.runtime import load_tokenizer
 
@@ -135,7 +146,7 @@ def test_prefix_only_puts_the_prefix_after_the_header_of_flagged_prompts_only(ll
     assert [r["ssi_score"] for r in records] == pytest.approx(list(probs))
     prefix, header = encode(tokenizer, CONDITIONAL_PREFIX), encode(tokenizer, ASSISTANT_HEADER)
     fed = []
-    for p, flag, rendered in zip(PROMPTS, flags, render_inputs(tokenizer, PROMPTS, flags)):
+    for flag, rendered in zip(flags, render_inputs(tokenizer, PROMPTS, flags)):
         ids = rendered.input_ids.tolist()
         body = ids[:len(ids) - len(prefix)] if flag else ids
         assert body[-len(header):] == header and (ids[len(body):] == prefix) == bool(flag)

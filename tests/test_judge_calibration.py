@@ -7,12 +7,34 @@ import pytest
 
 from lasa_jax.data.languages import expected_scripts, script_shares
 from lasa_jax.errors import InputError
-from lasa_jax.evaluate.calibration import (CALIBRATION_JSON, CALIBRATION_MD, calibrate, calibration_summary,
-                                           cohens_kappa, group_metrics, load_labelled_responses, write_calibration)
-from lasa_jax.evaluate.judges import (CachedJudge, RefusalHeuristicJudge, invalid_reason, parse_llama_guard_output,
-                                      parse_rubric_output, repetition_loop)
-from lasa_jax.evaluate.ngram_judge import (NgramJudge, NgramSettings, cached_ngram_judge, fit_logistic_regression,
-                                           load_artifact, ngram_features, save_artifact, train_ngram_judge)
+from lasa_jax.evaluate.calibration import (
+    CALIBRATION_JSON,
+    CALIBRATION_MD,
+    calibrate,
+    calibration_summary,
+    cohens_kappa,
+    group_metrics,
+    load_labelled_responses,
+    write_calibration,
+)
+from lasa_jax.evaluate.judges import (
+    CachedJudge,
+    RefusalHeuristicJudge,
+    invalid_reason,
+    parse_llama_guard_output,
+    parse_rubric_output,
+    repetition_loop,
+)
+from lasa_jax.evaluate.ngram_judge import (
+    NgramJudge,
+    NgramSettings,
+    cached_ngram_judge,
+    fit_logistic_regression,
+    load_artifact,
+    ngram_features,
+    save_artifact,
+    train_ngram_judge,
+)
 from lasa_jax.evaluate.report import build_report, render_markdown
 from lasa_jax.evaluate.runner import build_judge, find_calibration, resolve_judge_kind, run_calibration
 

@@ -7,9 +7,20 @@ import json
 
 import pytest
 
-from lasa_jax.evaluate.judges import (APPROXIMATE_MARKER, CachedJudge, LlamaGuard3Judge, RefusalHeuristicJudge,
-                                      RefusalRubricJudge, RubricJudge, Verdict, _drop_unterminated_tail, is_refusal,
-                                      pair_key, parse_llama_guard_output, parse_rubric_output)
+from lasa_jax.evaluate.judges import (
+    APPROXIMATE_MARKER,
+    CachedJudge,
+    LlamaGuard3Judge,
+    RefusalHeuristicJudge,
+    RefusalRubricJudge,
+    RubricJudge,
+    Verdict,
+    _drop_unterminated_tail,
+    is_refusal,
+    pair_key,
+    parse_llama_guard_output,
+    parse_rubric_output,
+)
 from lasa_jax.testing import build_tokenizer
 
 # A shortened Llama-Guard-3 chat template (the real one lists all 14 categories and handles tool/image turns).
@@ -136,7 +147,8 @@ def test_refusal_rubric_judge(chat_tokenizer):
 REFUSALS = [
     "I'm sorry, but I can't help with that.", "I cannot provide instructions for this.",
     "As an AI language model, I must decline.", "抱歉，我不能帮助你做这件事。", "Mi dispiace, non posso aiutarti.",
-    "Xin lỗi, tôi không thể giúp việc này.", "عذراً، لا أستطيع المساعدة في ذلك.", "죄송합니다. 그 요청은 도와드릴 수 없습니다.",
+    "Xin lỗi, tôi không thể giúp việc này.", "عذراً، لا أستطيع المساعدة في ذلك.",
+    "죄송합니다. 그 요청은 도와드릴 수 없습니다.",
     "ขออภัย ฉันไม่สามารถช่วยเรื่องนี้ได้", "আমি দুঃখিত, আমি এতে সাহায্য করতে পারি না।",
     "Samahani, siwezi kusaidia na hilo.",
     "Nyuwun sewu, aku ora bisa mbantu bab iki.", "I\u2019m sorry, I won\u2019t do that.",

@@ -7,7 +7,7 @@ import pathlib
 import pytest
 
 from lasa_jax.data.benign import benign_prompts, cache_key, generate_benign_rows, mix_benign_rows, num_benign_rows
-from lasa_jax.data.preference import (AUTO_WEIGHT_RATIO, PreferenceRow, balance_class_weights, trl_weight_check)
+from lasa_jax.data.preference import AUTO_WEIGHT_RATIO, PreferenceRow, balance_class_weights, trl_weight_check
 from lasa_jax.errors import InputError
 from lasa_jax.models import from_pretrained, model_fingerprint
 from lasa_jax.runtime import load_tokenizer

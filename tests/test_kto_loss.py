@@ -13,7 +13,7 @@ def trl_kto_reference(policy, ref, kl_policy, kl_ref, desirable, beta, w_d, w_u)
     """TRL (loss_type="kto"): kl = mean(kl_policy - kl_ref).clamp(min=0); losses = cat(w_d * chosen_losses,
     w_u * rejected_losses); loss = losses.nanmean(); rewards = beta * logratios."""
     kl = max(float(np.mean(kl_policy - kl_ref)), 0.0)
-    sigmoid = lambda x: 1.0 / (1.0 + np.exp(-x))  # noqa: E731
+    sigmoid = lambda x: 1.0 / (1.0 + np.exp(-x))
     chosen = policy[desirable] - ref[desirable]
     rejected = policy[~desirable] - ref[~desirable]
     losses = np.concatenate([w_d * (1 - sigmoid(beta * (chosen - kl))), w_u * (1 - sigmoid(beta * (kl - rejected)))])

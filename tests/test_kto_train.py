@@ -31,8 +31,15 @@ from lasa_jax.models.decoder import forward, param_shardings
 from lasa_jax.runtime import load_tokenizer
 from lasa_jax.sharding import make_mesh, put_batch
 from lasa_jax.train import kto_step
-from lasa_jax.train.kto_trainer import (CHECKPOINT_DIR, EXIT_PREEMPTED, NonFiniteLossError, REFERENCE_TABLE_FILE,
-                                        label_rows, prepare_examples, train_kto)
+from lasa_jax.train.kto_trainer import (
+    CHECKPOINT_DIR,
+    EXIT_PREEMPTED,
+    REFERENCE_TABLE_FILE,
+    NonFiniteLossError,
+    label_rows,
+    prepare_examples,
+    train_kto,
+)
 from lasa_jax.train.metric_writer import read_metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

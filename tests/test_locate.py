@@ -24,8 +24,15 @@ from lasa_jax.data.heldout import HELD_OUT_FILES
 from lasa_jax.data.labelled import load_multijail_prompts
 from lasa_jax.data.parallel import ParallelText, corpus_summary, default_locate_corpus
 from lasa_jax.layer_probe import grouped_split
-from lasa_jax.locate import (ACTIVATIONS_FILE, ACTIVATIONS_META_FILE, load_locate_corpus, locate_corpus_with_notes,
-                             locate_probe, parse_tsne_layers, run_locate)
+from lasa_jax.locate import (
+    ACTIVATIONS_FILE,
+    ACTIVATIONS_META_FILE,
+    load_locate_corpus,
+    locate_corpus_with_notes,
+    locate_probe,
+    parse_tsne_layers,
+    run_locate,
+)
 from lasa_jax.models import from_pretrained
 from lasa_jax.runtime import load_tokenizer
 

@@ -6,12 +6,12 @@ import socket
 import subprocess
 import sys
 
+import multihost_worker
 import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-import multihost_worker
 from lasa_jax.sharding import make_mesh
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -11,11 +11,26 @@ import pytest
 
 from lasa_jax.chat import CONDITIONAL_PREFIX, end_of_turn_ids, render_prompt
 from lasa_jax.data.heldout import POLYREFUSE_MULTIJAIL_ROWS
-from lasa_jax.data.preference import (NATURAL_END_CHARS, DataPosition, PreferenceRow, assign_latent_labels,
-                                      batches_per_epoch, build_kto_batch, convert_polyrefuse_completions, derangement,
-                                      ends_naturally, epoch_permutation, family_completion_models, iterate_kto_batches,
-                                      kl_partners, load_paired_preference_json, load_square_responses,
-                                      load_unpaired_jsonl, prompt_group_id, tokenize_rows)
+from lasa_jax.data.preference import (
+    NATURAL_END_CHARS,
+    DataPosition,
+    PreferenceRow,
+    assign_latent_labels,
+    batches_per_epoch,
+    build_kto_batch,
+    convert_polyrefuse_completions,
+    derangement,
+    ends_naturally,
+    epoch_permutation,
+    family_completion_models,
+    iterate_kto_batches,
+    kl_partners,
+    load_paired_preference_json,
+    load_square_responses,
+    load_unpaired_jsonl,
+    prompt_group_id,
+    tokenize_rows,
+)
 from lasa_jax.errors import InputError
 from lasa_jax.testing import build_tokenizer
 

@@ -4,8 +4,14 @@ import json
 import ml_collections
 import pytest
 
-from lasa_jax.runtime import (base_config, comma_list, maybe_initialize_distributed, on_cloud_tpu_vm, start_run,
-                              template_kwargs)
+from lasa_jax.runtime import (
+    base_config,
+    comma_list,
+    maybe_initialize_distributed,
+    on_cloud_tpu_vm,
+    start_run,
+    template_kwargs,
+)
 
 
 def test_template_kwargs_and_comma_lists():

@@ -21,9 +21,23 @@ from lasa_jax.data.languages import MULTIJAIL_LANGUAGES
 from lasa_jax.data.preference import PreferenceRow, assign_latent_labels
 from lasa_jax.errors import InputError
 from lasa_jax.models import from_pretrained
-from lasa_jax.ssi import (SSI, SSIConfig, SSIScorer, choose_threshold, classification_metrics, evaluate_by_language,
-                          load_ssi, new_classifier, predict_logits, prompt_features, resolve_hidden_dims, roc_auc,
-                          save_ssi, tokenization_fingerprint, train_classifier)
+from lasa_jax.ssi import (
+    SSI,
+    SSIConfig,
+    SSIScorer,
+    choose_threshold,
+    classification_metrics,
+    evaluate_by_language,
+    load_ssi,
+    new_classifier,
+    predict_logits,
+    prompt_features,
+    resolve_hidden_dims,
+    roc_auc,
+    save_ssi,
+    tokenization_fingerprint,
+    train_classifier,
+)
 from lasa_jax.ssi.artifact import CONFIG_FILE, METRICS_FILE, PARAMS_FILE, PLOT_FILE, sigmoid
 from lasa_jax.ssi.mlp import flatten_params
 from lasa_jax.ssi.pipeline import load_ssi_data, resolve_residual_index, train_ssi

@@ -21,7 +21,8 @@ import json
 import logging
 import os
 import pathlib
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from lasa_jax.data.preference import PreferenceRow
 from lasa_jax.errors import InputError

@@ -17,7 +17,8 @@ import csv
 import dataclasses
 import os
 import pathlib
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from lasa_jax.data.languages import MULTIJAIL_LANGUAGES, normalize_language
 from lasa_jax.errors import InputError

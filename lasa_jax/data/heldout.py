@@ -37,12 +37,21 @@ import os
 import pathlib
 import re
 import unicodedata
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from lasa_jax.data.eval_sets import (MULTIJAIL_CSV, OKTEST_JSON, OR_BENCH_HARD_TEST_JSON, XSTEST_CSV,
-                                     load_multijail, load_oktest, load_or_bench_hard_test, load_xstest)
+from lasa_jax.data.eval_sets import (
+    MULTIJAIL_CSV,
+    OKTEST_JSON,
+    OR_BENCH_HARD_TEST_JSON,
+    XSTEST_CSV,
+    load_multijail,
+    load_oktest,
+    load_or_bench_hard_test,
+    load_xstest,
+)
 from lasa_jax.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -104,7 +113,7 @@ class TextIndex:
 
     def __init__(self, references: Sequence[str], labels: Sequence[str]):
         if len(references) != len(labels):
-            raise ValueError(f"{len(references)} reference texts but {len(labels)} labels")
+            raise InputError(f"{len(references)} reference texts but {len(labels)} labels")
         self.labels = list(labels)
         self._exact: dict[str, int] = {}
         for i, text in enumerate(references):
@@ -127,7 +136,7 @@ class TextIndex:
     def near(self, text: str, threshold: float = NEAR_DUPLICATE_JACCARD) -> tuple[int, float] | None:
         """(index, Jaccard) of the most similar reference with shingle Jaccard >= threshold, or None."""
         if not 0.0 < threshold <= 1.0:
-            raise ValueError(f"near-duplicate threshold must be in (0, 1], got {threshold}")
+            raise InputError(f"near-duplicate threshold must be in (0, 1], got {threshold}")
         units = shingles(text)
         if not units:
             return None

@@ -37,14 +37,13 @@ import logging
 import os
 import pathlib
 import re
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from lasa_jax.data.heldout import NEAR_DUPLICATE_JACCARD, TextIndex
 from lasa_jax.data.languages import normalize_language
-from lasa_jax.errors import InputError
-from lasa_jax.io_utils import iter_jsonl
 from lasa_jax.data.parallel import (
     _read_json_list,
     _require_field,
@@ -53,6 +52,8 @@ from lasa_jax.data.parallel import (
     load_multijail,
     load_polyrefuse,
 )
+from lasa_jax.errors import InputError
+from lasa_jax.io_utils import iter_jsonl
 
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike

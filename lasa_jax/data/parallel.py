@@ -27,7 +27,8 @@ import dataclasses
 import os
 import pathlib
 import re
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 

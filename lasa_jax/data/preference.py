@@ -20,12 +20,20 @@ import json
 import logging
 import os
 import unicodedata
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from lasa_jax.chat import CONDITIONAL_PREFIX, Prompt, RenderedExample, assemble_example, chat_messages, \
-    prompt_text, render_example
+from lasa_jax.chat import (
+    CONDITIONAL_PREFIX,
+    Prompt,
+    RenderedExample,
+    assemble_example,
+    chat_messages,
+    prompt_text,
+    render_example,
+)
 from lasa_jax.data.heldout import POLYREFUSE_MULTIJAIL_ROWS
 from lasa_jax.data.languages import normalize_language
 from lasa_jax.errors import InputError
@@ -101,12 +109,12 @@ def load_paired_preference_json(path: str | os.PathLike) -> list[PreferenceRow]:
     path = os.fspath(path)
     records = read_json(path, "preference file")
     if not isinstance(records, list):
-        raise ValueError(f"{path}: expected a JSON list of preference pairs, got {type(records).__name__}")
+        raise InputError(f"{path}: expected a JSON list of preference pairs, got {type(records).__name__}")
     rows = []
     for index, record in enumerate(records):
         where = f"{path}: record {index}"
         if not isinstance(record, Mapping):
-            raise ValueError(f"{where}: expected an object, got {type(record).__name__}")
+            raise InputError(f"{where}: expected an object, got {type(record).__name__}")
         prompt = _prompt_field(record, where)
         source = _string_field(record, "source", where)
         language = _language_field(record, where)
@@ -115,7 +123,7 @@ def load_paired_preference_json(path: str | os.PathLike) -> list[PreferenceRow]:
             rows.append(PreferenceRow(prompt, _completion_field(record, field, where), desirable, source, language,
                                       group_id, origin=f"{path}#{index}.{field}"))
     if not rows:
-        raise ValueError(f"{path}: no preference pairs")
+        raise InputError(f"{path}: no preference pairs")
     return rows
 
 
@@ -133,7 +141,7 @@ def load_unpaired_jsonl(path: str | os.PathLike) -> list[PreferenceRow]:
     for line_number, record in iter_jsonl(path, "preference JSONL file"):
         where = f"{path}:{line_number}"
         if not isinstance(record, Mapping):
-            raise ValueError(f"{where}: expected an object, got {type(record).__name__}")
+            raise InputError(f"{where}: expected an object, got {type(record).__name__}")
         prompt = _prompt_field(record, where)
         rows.append(PreferenceRow(
             prompt, _completion_field(record, "completion", where),
@@ -141,7 +149,7 @@ def load_unpaired_jsonl(path: str | os.PathLike) -> list[PreferenceRow]:
             _language_field(record, where), _group_id(record, where, default=prompt_group_id(prompt)),
             origin=f"{path}#{line_number}", complete=_complete_field(record, where)))
     if not rows:
-        raise ValueError(f"{path}: no preference rows")
+        raise InputError(f"{path}: no preference rows")
     return rows
 
 
@@ -199,28 +207,28 @@ def convert_polyrefuse_completions(
         try:
             language = normalize_language(language)
         except ValueError as e:
-            raise ValueError(f"{path}: language folder: {e}") from None
+            raise InputError(f"{path}: language folder: {e}") from None
         data = read_json(path, "PolyRefuse completions file")
         completions = data.get("completions") if isinstance(data, Mapping) else None
         if not isinstance(completions, list):
-            raise ValueError(f"{path}: expected an object with a 'completions' list")
+            raise InputError(f"{path}: expected an object with a 'completions' list")
         for index, record in enumerate(completions):
             where = f"{path}: completions[{index}]"
             counts["records"] += 1
             if not isinstance(record, Mapping):
-                raise ValueError(f"{where}: expected an object, got {type(record).__name__}")
+                raise InputError(f"{where}: expected an object, got {type(record).__name__}")
             instruction = _string_field(record, "instruction", where)
             english = _string_field(record, "instruction_en", where)
             response = record.get("response")
             if not isinstance(response, str):
-                raise ValueError(f"{where}: field 'response' must be a string, got {type(response).__name__}")
+                raise InputError(f"{where}: field 'response' must be a string, got {type(response).__name__}")
             wildguard = record.get("wildguard")
             if not isinstance(wildguard, Mapping):
-                raise ValueError(f"{where}: field 'wildguard' must be an object")
+                raise InputError(f"{where}: field 'wildguard' must be an object")
             refusal = _binary(wildguard, "refusal", where + ".wildguard")
             harmful = _binary(wildguard, "response_harmful", where + ".wildguard")
             if english_by_index.setdefault(index, english) != english:
-                raise ValueError(f"{where}: instruction_en differs from another file's record {index}; the files "
+                raise InputError(f"{where}: instruction_en differs from another file's record {index}; the files "
                                  "are not in harmful_test order")
             group_index = group_index_by_english.setdefault(english, index)
             if index in drop:
@@ -258,12 +266,12 @@ def load_square_responses(path: str | os.PathLike, *, source: str = "square",
     path = os.fspath(path)
     records = read_json(path, "SQuARe responses file")
     if not isinstance(records, list):
-        raise ValueError(f"{path}: expected a JSON list of responses, got {type(records).__name__}")
+        raise InputError(f"{path}: expected a JSON list of responses, got {type(records).__name__}")
     rows = []
     for index, record in enumerate(records):
         where = f"{path}: record {index}"
         if not isinstance(record, Mapping):
-            raise ValueError(f"{where}: expected an object, got {type(record).__name__}")
+            raise InputError(f"{where}: expected an object, got {type(record).__name__}")
         question = _string_field(record, "question", where)
         rows.append(PreferenceRow(question, _string_field(record, "response", where),
                                   bool(_binary(record, "acceptable?", where)), source, "ko",
@@ -296,11 +304,11 @@ def assign_latent_labels(rows: Sequence[PreferenceRow], mode: str = "paper",
     """
     if mode == "paper":
         if ssi_flags is not None:
-            raise ValueError("ssi_flags is only used with mode='ssi'")
+            raise InputError("ssi_flags is only used with mode='ssi'")
         probs = dict(DEFAULT_UNSAFE_PROB_BY_SOURCE if unsafe_prob_by_source is None else unsafe_prob_by_source)
         for name, p in [*probs.items(), ("default_prob", default_prob)]:
             if not 0.0 <= float(p) <= 1.0:
-                raise ValueError(f"unsafe probability for {name!r} must be in [0, 1], got {p}")
+                raise InputError(f"unsafe probability for {name!r} must be in [0, 1], got {p}")
         labels = []
         for row in rows:
             p = float(probs.get(row.source, default_prob))
@@ -308,7 +316,7 @@ def assign_latent_labels(rows: Sequence[PreferenceRow], mode: str = "paper",
             labels.append(int(generator.random() < p))
     elif mode == "ssi":
         if ssi_flags is None:
-            raise ValueError("mode='ssi' needs ssi_flags: per-row flags or a callable scoring prompt texts")
+            raise InputError("mode='ssi' needs ssi_flags: per-row flags or a callable scoring prompt texts")
         if callable(ssi_flags):
             texts = [prompt_text(row.prompt) for row in rows]
             distinct = sorted(set(texts))
@@ -318,7 +326,7 @@ def assign_latent_labels(rows: Sequence[PreferenceRow], mode: str = "paper",
         else:
             labels = [int(f) for f in _binary_array(ssi_flags, len(rows), "ssi_flags")]
     else:
-        raise ValueError(f"latent-label mode must be 'paper' or 'ssi', got {mode!r}")
+        raise InputError(f"latent-label mode must be 'paper' or 'ssi', got {mode!r}")
     return [dataclasses.replace(row, is_unsafe=label) for row, label in zip(rows, labels)]
 
 
@@ -365,7 +373,7 @@ def tokenize_rows(rows: Sequence[PreferenceRow], tokenizer, *, prefix: str = CON
                                   with_prefix=0, by_class={}, by_source={}, by_language={})
     for index, row in enumerate(rows):
         if row.is_unsafe not in (0, 1):
-            raise ValueError(f"row {index} ({row.origin or row.group_id}): is_unsafe is {row.is_unsafe!r}; run "
+            raise InputError(f"row {index} ({row.origin or row.group_id}): is_unsafe is {row.is_unsafe!r}; run "
                              "assign_latent_labels first")
         rendered = render_example(tokenizer, row.prompt, row.completion, prefix=prefix if row.is_unsafe else None,
                                   max_length=max_length, max_prompt_length=max_prompt_length,
@@ -487,7 +495,7 @@ def derangement(n: int, rng: np.random.Generator) -> np.ndarray:
     A random permutation is a derangement with probability ≈ 1/e, so this takes about e draws on average.
     """
     if n < 2:
-        raise ValueError(f"a derangement needs n >= 2, got {n}")
+        raise InputError(f"a derangement needs n >= 2, got {n}")
     while True:
         permutation = rng.permutation(n)
         if not np.any(permutation == np.arange(n)):
@@ -578,7 +586,7 @@ def build_kto_batch(examples: Sequence[KTOExample], indices: Sequence[int], *, b
     """
     n = len(indices)
     if not 2 <= n <= batch_size:
-        raise ValueError(f"a KTO batch needs between 2 and batch_size={batch_size} rows, got {n}")
+        raise InputError(f"a KTO batch needs between 2 and batch_size={batch_size} rows, got {n}")
     chosen = [examples[int(i)] for i in indices]
     groups, prompt_keys = [e.group_id for e in chosen], [e.prompt_key for e in chosen]
     partner = kl_partners(groups, rng, prompt_keys=prompt_keys)
@@ -587,7 +595,7 @@ def build_kto_batch(examples: Sequence[KTOExample], indices: Sequence[int], *, b
     num_kl_truncated = 0
     for position, example in enumerate(chosen):
         if len(example.rendered.input_ids) > seq_len:
-            raise ValueError(f"row {example.row_index} has {len(example.rendered.input_ids)} tokens > seq_len="
+            raise InputError(f"row {example.row_index} has {len(example.rendered.input_ids)} tokens > seq_len="
                              f"{seq_len}; render with max_length <= seq_len")
         policy_rows.append((example.rendered.input_ids, example.rendered.loss_mask))
         kl_row, truncated = _kl_row(example.rendered, chosen[partner[position]].rendered, seq_len)
@@ -622,11 +630,11 @@ class DataPosition:
         return {"epoch": self.epoch, "index": self.index}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "DataPosition":
+    def from_dict(cls, d: Mapping[str, Any]) -> DataPosition:
         try:
             return cls(int(d["epoch"]), int(d["index"]))
         except (KeyError, TypeError, ValueError):
-            raise ValueError(f"data position must be {{'epoch': int, 'index': int}}, got {d!r}") from None
+            raise InputError(f"data position must be {{'epoch': int, 'index': int}}, got {d!r}") from None
 
 
 def batches_per_epoch(num_rows: int, batch_size: int, drop_last: bool = True) -> int:
@@ -646,13 +654,13 @@ def iterate_kto_batches(examples: Sequence[KTOExample], *, batch_size: int, seq_
     a final single row is always skipped (no KL partner).
     """
     if batch_size < 2:
-        raise ValueError(f"batch_size must be >= 2 (KL rows need a partner), got {batch_size}")
+        raise InputError(f"batch_size must be >= 2 (KL rows need a partner), got {batch_size}")
     num_rows = len(examples)
     if batches_per_epoch(num_rows, batch_size, drop_last) == 0:
-        raise ValueError(f"{num_rows} examples give no batch of size {batch_size} (drop_last={drop_last})")
+        raise InputError(f"{num_rows} examples give no batch of size {batch_size} (drop_last={drop_last})")
     epoch, index = start.epoch, start.index
     if epoch < 0 or not 0 <= index <= num_rows:
-        raise ValueError(f"data position {start} does not fit {num_rows} examples (need epoch >= 0 and "
+        raise InputError(f"data position {start} does not fit {num_rows} examples (need epoch >= 0 and "
                          f"0 <= index <= {num_rows}); was the checkpoint written for other data?")
     while num_epochs is None or epoch < num_epochs:
         order = epoch_permutation(num_rows, epoch, seed)
@@ -715,7 +723,7 @@ def _string_field(record: Mapping, field: str, where: str, required: bool = True
     if value is None and not required:
         return ""
     if not isinstance(value, str) or (required and not value.strip()):
-        raise ValueError(f"{where}: field {field!r} must be a non-empty string, got {value!r}")
+        raise InputError(f"{where}: field {field!r} must be a non-empty string, got {value!r}")
     return value.strip() if field == "source" else value
 
 
@@ -727,7 +735,7 @@ def _language_field(record: Mapping, where: str) -> str:
     try:
         return normalize_language(value)
     except ValueError as e:
-        raise ValueError(f"{where}: field 'language': {e}") from None
+        raise InputError(f"{where}: field 'language': {e}") from None
 
 
 def _prompt_field(record: Mapping, where: str) -> Prompt:
@@ -735,9 +743,9 @@ def _prompt_field(record: Mapping, where: str) -> Prompt:
     try:
         messages = chat_messages(prompt)
     except ValueError as e:
-        raise ValueError(f"{where}: field 'prompt': {e}") from None
+        raise InputError(f"{where}: field 'prompt': {e}") from None
     if not messages[-1]["content"].strip():
-        raise ValueError(f"{where}: field 'prompt' has an empty user message")
+        raise InputError(f"{where}: field 'prompt' has an empty user message")
     return prompt if isinstance(prompt, str) else messages
 
 
@@ -746,11 +754,11 @@ def _completion_field(record: Mapping, field: str, where: str) -> str:
     value = record.get(field)
     if isinstance(value, list):
         if len(value) != 1 or not isinstance(value[0], Mapping) or value[0].get("role") != "assistant":
-            raise ValueError(f"{where}: field {field!r} must be a string or a list of exactly one assistant "
+            raise InputError(f"{where}: field {field!r} must be a string or a list of exactly one assistant "
                              f"message, got {value!r:.200}")
         value = value[0].get("content")
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{where}: field {field!r} must hold non-empty text, got {value!r:.200}")
+        raise InputError(f"{where}: field {field!r} must hold non-empty text, got {value!r:.200}")
     return value
 
 
@@ -769,7 +777,7 @@ def _label_field(record: Mapping, where: str) -> bool:
         return bool(label)
     if isinstance(label, str) and label.strip().lower() in ("desirable", "undesirable"):
         return label.strip().lower() == "desirable"
-    raise ValueError(f"{where}: field 'label' must be true/false, 1/0 or 'desirable'/'undesirable', got {label!r}")
+    raise InputError(f"{where}: field 'label' must be true/false, 1/0 or 'desirable'/'undesirable', got {label!r}")
 
 
 def _group_id(record: Mapping, where: str, default: str) -> str:
@@ -777,7 +785,7 @@ def _group_id(record: Mapping, where: str, default: str) -> str:
         value = record.get(field)
         if value is not None:
             if not isinstance(value, (str, int)) or isinstance(value, bool) or str(value) == "":
-                raise ValueError(f"{where}: field {field!r} must be a non-empty string or an integer, got {value!r}")
+                raise InputError(f"{where}: field {field!r} must be a non-empty string or an integer, got {value!r}")
             return str(value)
     return default
 
@@ -785,16 +793,16 @@ def _group_id(record: Mapping, where: str, default: str) -> str:
 def _binary(record: Mapping, field: str, where: str) -> int:
     value = record.get(field)
     if isinstance(value, bool) or value not in (0, 1):
-        raise ValueError(f"{where}: field {field!r} must be 0 or 1, got {value!r}")
+        raise InputError(f"{where}: field {field!r} must be 0 or 1, got {value!r}")
     return int(value)
 
 
 def _binary_array(values, n: int, name: str) -> np.ndarray:
     array = np.asarray(values)
     if array.shape != (n,):
-        raise ValueError(f"{name} must have shape ({n},), got {array.shape}")
+        raise InputError(f"{name} must have shape ({n},), got {array.shape}")
     if array.dtype != bool and not np.all((array == 0) | (array == 1)):
-        raise ValueError(f"{name} must hold booleans or 0/1 flags, got values {np.unique(array)[:5]}")
+        raise InputError(f"{name} must hold booleans or 0/1 flags, got values {np.unique(array)[:5]}")
     return array.astype(bool)
 
 

@@ -3,7 +3,8 @@
 Labelled data: `<root>/<model>/<language>/harmful_<mode>_evaluations.no_tokens.json` (the shared
 `polyrefuse_completions` folder, see its SOURCE.md): PolyRefuse harmful_test prompts, one model's responses, and
 WildGuard's `response_harmful` (1 = harmful) as the reference. The MultiJail-overlap indices
-(`lasa_jax.data.heldout.POLYREFUSE_MULTIJAIL_ROWS`) are dropped. Splits by row index i in the file: "even" (i even: the only rows used
+(`lasa_jax.data.heldout.POLYREFUSE_MULTIJAIL_ROWS`) are dropped. Splits by row index i in the file: "even" (i even:
+the only rows used
 to tune or train judges), "odd" (i odd: the held-out half every reported calibration uses), "all".
 
 Metrics per group (a file = (model, language, mode), and a language over its files):
@@ -19,10 +20,11 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
-from typing import Any, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
 
-from lasa_jax.data.languages import normalize_language
 from lasa_jax.data.heldout import POLYREFUSE_MULTIJAIL_ROWS
+from lasa_jax.data.languages import normalize_language
 from lasa_jax.errors import InputError
 from lasa_jax.evaluate.judges import INVALID, SAFETY_TASK, UNSAFE, Judge
 from lasa_jax.io_utils import atomic_write_json, atomic_write_text, read_json
@@ -110,7 +112,7 @@ def cohens_kappa(a: Sequence[bool], b: Sequence[bool]) -> float | None:
     """Cohen's kappa of two binary label lists; None when undefined (chance agreement 1, e.g. both constant)."""
     n = len(a)
     if n == 0 or n != len(b):
-        raise ValueError(f"cohens_kappa needs two equally long non-empty lists, got {len(a)} and {len(b)}")
+        raise InputError(f"cohens_kappa needs two equally long non-empty lists, got {len(a)} and {len(b)}")
     observed = sum(x == y for x, y in zip(a, b)) / n
     pa, pb = sum(a) / n, sum(b) / n
     chance = pa * pb + (1 - pa) * (1 - pb)

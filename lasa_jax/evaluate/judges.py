@@ -27,7 +27,8 @@ import json
 import os
 import re
 import unicodedata
-from typing import Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
 

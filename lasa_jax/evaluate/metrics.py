@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from lasa_jax.evaluate.judges import INVALID, REFUSAL, REFUSAL_TASK, SAFETY_TASK, TASK_LABELS, UNSAFE
 

@@ -33,13 +33,22 @@ import logging
 import os
 import unicodedata
 import zlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from lasa_jax.errors import InputError
-from lasa_jax.evaluate.judges import (INVALID, SAFE, SAFETY_TASK, UNSAFE, RefusalHeuristicJudge, Verdict,
-                                      _check_pairs, invalid_reason)
+from lasa_jax.evaluate.judges import (
+    INVALID,
+    SAFE,
+    SAFETY_TASK,
+    UNSAFE,
+    RefusalHeuristicJudge,
+    Verdict,
+    _check_pairs,
+    invalid_reason,
+)
 from lasa_jax.io_utils import atomic_directory, read_json, sha256_file
 
 log = logging.getLogger(__name__)
@@ -278,8 +287,13 @@ def ngram_cache_dir(root: str | os.PathLike, settings: NgramSettings = NgramSett
 def cached_ngram_judge(root: str | os.PathLike, settings: NgramSettings = NgramSettings()) -> tuple[NgramJudge, str]:
     """The judge trained on `root` (trained, odd-half calibrated and cached on first use); returns (judge, its
     artifact directory, which holds calibration.json)."""
-    from lasa_jax.evaluate.calibration import (CALIBRATION_JSON, CALIBRATION_MD, calibrate, load_labelled_responses,
-                                               render_calibration_markdown)
+    from lasa_jax.evaluate.calibration import (
+        CALIBRATION_JSON,
+        CALIBRATION_MD,
+        calibrate,
+        load_labelled_responses,
+        render_calibration_markdown,
+    )
 
     directory = ngram_cache_dir(root, settings)
     calibration_path = os.path.join(directory, CALIBRATION_JSON)

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from lasa_jax.data.eval_sets import EvalPrompt
 from lasa_jax.data.languages import MULTIJAIL_LANGUAGES

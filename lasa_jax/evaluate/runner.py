@@ -23,12 +23,22 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from lasa_jax.data.eval_sets import EvalPrompt
 from lasa_jax.errors import InputError
-from lasa_jax.evaluate.judges import (REFUSAL_TASK, SAFETY_TASK, CachedJudge, GenerateFn, Judge, LlamaGuard3Judge,
-                                      RefusalHeuristicJudge, RefusalRubricJudge, RubricJudge)
+from lasa_jax.evaluate.judges import (
+    REFUSAL_TASK,
+    SAFETY_TASK,
+    CachedJudge,
+    GenerateFn,
+    Judge,
+    LlamaGuard3Judge,
+    RefusalHeuristicJudge,
+    RefusalRubricJudge,
+    RubricJudge,
+)
 from lasa_jax.evaluate.report import build_report, judge_responses, write_report
 from lasa_jax.generate import generate_batched
 from lasa_jax.inference import read_generations, stop_token_ids
@@ -78,7 +88,7 @@ class JudgeModels:
 
     def get(self, path: str) -> tuple[Any, Any]:
         if not path:
-            raise ValueError("an LLM judge needs --config.judge.model_path (a local Hugging Face model directory)")
+            raise InputError("an LLM judge needs --config.judge.model_path (a local Hugging Face model directory)")
         if path not in self._loaded:
             self._loaded[path] = (load_model(self.config, self.mesh, path=path), load_tokenizer(path))
         return self._loaded[path]
@@ -123,7 +133,7 @@ def build_judge(kind: str, task: str, *, models: JudgeModels | None = None, mode
     load `model_path` through `models` and generate with lasa_jax.
     """
     if task not in (SAFETY_TASK, REFUSAL_TASK):
-        raise ValueError(f"task must be {SAFETY_TASK!r} or {REFUSAL_TASK!r}, got {task!r}")
+        raise InputError(f"task must be {SAFETY_TASK!r} or {REFUSAL_TASK!r}, got {task!r}")
     kind = resolve_judge_kind(kind, task, labelled)
     if kind == "heuristic":
         return RefusalHeuristicJudge(task=task)
@@ -141,7 +151,7 @@ def build_judge(kind: str, task: str, *, models: JudgeModels | None = None, mode
 
         return cached_ngram_judge(labelled)[0]
     if models is None:
-        raise ValueError(f"judge kind {kind!r} needs a JudgeModels loader")
+        raise InputError(f"judge kind {kind!r} needs a JudgeModels loader")
     model, tokenizer = models.get(model_path)
     generate_fn = model_generate_fn(model, tokenizer, batch_size=batch_size, max_new_tokens=max_new_tokens,
                                     progress=progress)
@@ -163,8 +173,7 @@ def find_calibration(judge: Judge, explicit_path: str = "", labelled: str = "",
     odd rows of `labelled` (seconds) and written to `<out_dir>/judge_calibration/`. LLM judges without an
     explicit file are not calibrated (run `scripts.calibrate_judge` and pass --config.judge.calibration).
     """
-    from lasa_jax.evaluate.calibration import (calibrate, calibration_summary, load_labelled_responses,
-                                               write_calibration)
+    from lasa_jax.evaluate.calibration import calibrate, calibration_summary, load_labelled_responses, write_calibration
     from lasa_jax.evaluate.ngram_judge import NgramJudge
 
     inner = getattr(judge, "inner", judge)
@@ -240,9 +249,9 @@ def evaluate_generations(generations: Mapping[str, Sequence[Mapping[str, Any]]],
     judges (LLM judges take part in sharded generation). ValueError if no system has ASR records.
     """
     if not generations:
-        raise ValueError("evaluate_generations: no systems given")
+        raise InputError("evaluate_generations: no systems given")
     if safety_judge.task != SAFETY_TASK or (refusal_judge is not None and refusal_judge.task != REFUSAL_TASK):
-        raise ValueError("safety_judge must have task 'safety' and refusal_judge task 'refusal'")
+        raise InputError("safety_judge must have task 'safety' and refusal_judge task 'refusal'")
     dropped = {s: 0 for s in generations}
     if paired and len(generations) > 1:
         generations, dropped = _paired(generations)
@@ -263,7 +272,7 @@ def evaluate_generations(generations: Mapping[str, Sequence[Mapping[str, Any]]],
         if refusal:
             refusal_rows[system] = _judged_rows(refusal_judge, refusal)
     if not any(asr_rows.values()):
-        raise ValueError(f"no records with expected='harmful' and source in {list(asr_sources)}: nothing to "
+        raise InputError(f"no records with expected='harmful' and source in {list(asr_sources)}: nothing to "
                          "compute ASR on (check --config.asr_sources and the generation files)")
     if any(skipped.values()):
         log.info("records in neither the ASR nor the refusal sources (skipped) per system: %s", skipped)
@@ -333,7 +342,7 @@ def run_evaluation(config, workdir: str, mesh=None) -> dict[str, Any]:
     generations = {name: read_generations(path) for name, path in systems.items()}
     j = config.judge
     if j.safety not in JUDGE_KINDS or j.refusal not in REFUSAL_JUDGE_KINDS:
-        raise ValueError(f"--config.judge.safety must be one of {JUDGE_KINDS} and --config.judge.refusal one of "
+        raise InputError(f"--config.judge.safety must be one of {JUDGE_KINDS} and --config.judge.refusal one of "
                          f"{REFUSAL_JUDGE_KINDS}; got {j.safety!r} and {j.refusal!r}")
     labelled = labelled_dir(config.get("data_root", ""), j.get("labelled_dir", ""))
     common = dict(models=JudgeModels(config, mesh), batch_size=int(j.batch_size),

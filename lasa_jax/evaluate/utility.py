@@ -36,7 +36,8 @@ import logging
 import math
 import os
 import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -170,7 +171,7 @@ def label_logprobs(model, context_ids: Sequence[np.ndarray], labels: Sequence[np
     right-padded (C, T_label) array. Rows in the order of `context_ids`.
     """
     if not labels or any(len(label) == 0 for label in labels):
-        raise ValueError("label_logprobs: every label needs at least one token")
+        raise InputError("label_logprobs: every label needs at least one token")
     config, mesh = model.config, model.mesh
     pad_id = pad_id if pad_id is not None else (config.pad_token_id if config.pad_token_id is not None else 0)
     label_len = max(len(label) for label in labels)
@@ -194,7 +195,7 @@ def predict_labels(logps: np.ndarray, label_lengths: Sequence[int], normalizatio
     """(N, C) summed label log-probs -> (N,) argmax label index ("token": divided by each label's token count;
     "none": the sums). Ties go to the lowest index."""
     if normalization not in NORMALIZATIONS:
-        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+        raise InputError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
     scores = np.asarray(logps, np.float64)
     if normalization == "token":
         scores = scores / np.asarray(label_lengths, np.float64)[None, :]
@@ -209,7 +210,7 @@ def sentence_nll(model, token_ids: Sequence[np.ndarray], *, batch_size: int | No
 
     short = [i for i, ids in enumerate(token_ids) if len(ids) < 2]
     if short:
-        raise ValueError(f"sentence_nll: sentences {short[:5]} have fewer than 2 tokens (nothing to score)")
+        raise InputError(f"sentence_nll: sentences {short[:5]} have fewer than 2 tokens (nothing to score)")
     config, mesh = model.config, model.mesh
     pad_id = pad_id if pad_id is not None else (config.pad_token_id if config.pad_token_id is not None else 0)
     nll = np.zeros(len(token_ids), np.float64)
@@ -314,7 +315,7 @@ def compare_utility(rows_by_system: Mapping[str, Sequence[Mapping[str, Any]]], r
             continue
         other = values(rows)
         if other.keys() != base.keys():
-            raise ValueError(f"compare_utility: {system!r} and {reference!r} were scored on different sentences")
+            raise InputError(f"compare_utility: {system!r} and {reference!r} were scored on different sentences")
         diff: dict[str, dict[str, list]] = {}
         for (metric, language, _), value in other.items():
             key = "accuracy" if metric == "sib200" else "nll"

@@ -26,7 +26,8 @@ and compute): logit error against the float32 reference at most 2x the error of 
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -340,8 +341,9 @@ def forward(params: Params, config: ModelConfig, input_ids: jax.Array, attention
         if cache_k is not None:
             def kv_update(k, v):
                 nonlocal cache_k, cache_v
-                cache_k = jax.lax.dynamic_update_slice(cache_k, k[None].astype(cache_k.dtype), (i, 0, cache_index, 0, 0))
-                cache_v = jax.lax.dynamic_update_slice(cache_v, v[None].astype(cache_v.dtype), (i, 0, cache_index, 0, 0))
+                at = (i, 0, cache_index, 0, 0)
+                cache_k = jax.lax.dynamic_update_slice(cache_k, k[None].astype(cache_k.dtype), at)
+                cache_v = jax.lax.dynamic_update_slice(cache_v, v[None].astype(cache_v.dtype), at)
                 keys = jax.lax.dynamic_index_in_dim(cache_k, i, keepdims=False).astype(k.dtype)
                 values = jax.lax.dynamic_index_in_dim(cache_v, i, keepdims=False).astype(v.dtype)
                 return keys, values

@@ -22,8 +22,8 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -385,7 +385,8 @@ def model_fingerprint(path: str | os.PathLike, windows_per_tensor: int = 3, wind
             h.update(f"{name}|{info.dtype.str}|{info.shape}".encode())
             f = handles.get(info.file) or handles.setdefault(info.file, open(info.file, "rb"))
             for k in range(windows_per_tensor):
-                start = max(0, min(nbytes - window_bytes, (nbytes - window_bytes) * k // max(1, windows_per_tensor - 1)))
+                span = nbytes - window_bytes
+                start = max(0, min(span, span * k // max(1, windows_per_tensor - 1)))
                 f.seek(info.offset + start)
                 h.update(f.read(min(window_bytes, nbytes)))
     finally:

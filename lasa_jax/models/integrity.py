@@ -18,7 +18,8 @@ import json
 import math
 import os
 import struct
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from lasa_jax.errors import InputError
 

@@ -6,6 +6,7 @@
 from absl import app, flags
 from ml_collections import config_flags
 
+from lasa_jax.cli import run
 from lasa_jax.evaluate.runner import run_calibration
 from lasa_jax.runtime import start_run
 
@@ -24,4 +25,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

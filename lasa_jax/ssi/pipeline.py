@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from lasa_jax.data.eval_sets import MULTIJAIL_CSV
 from lasa_jax.data.heldout import check_source_names, guard_inputs
 from lasa_jax.data.labelled import (
     LabelledPrompt,
@@ -63,8 +64,8 @@ from lasa_jax.data.labelled import (
     select_languages,
     split_summary,
 )
-from lasa_jax.data.eval_sets import MULTIJAIL_CSV
 from lasa_jax.data.languages import MULTIJAIL_LANGUAGES, normalize_language
+from lasa_jax.errors import InputError
 from lasa_jax.io_utils import read_json
 from lasa_jax.runtime import is_writer, load_model, load_tokenizer
 from lasa_jax.runtime import template_kwargs as runtime_template_kwargs
@@ -105,10 +106,10 @@ def load_ssi_data(data_config, seed: int) -> SSIData:
     """Assemble the splits described in the module docstring from `config.data`."""
     source = data_config.source
     if source not in DATA_SOURCES:
-        raise ValueError(f"--config.data.source must be one of {DATA_SOURCES}, got {source!r}")
+        raise InputError(f"--config.data.source must be one of {DATA_SOURCES}, got {source!r}")
     train_languages = _languages(data_config.train_languages)
     if not train_languages:
-        raise ValueError("--config.data.train_languages must name at least one language")
+        raise InputError("--config.data.train_languages must name at least one language")
     test_languages = tuple(lang for lang in _languages(data_config.test_languages) if lang not in train_languages)
     root = pathlib.Path(data_config.root) if data_config.root else None
     notes: dict[str, Any] = {"source": source, "train_languages": list(train_languages)}
@@ -116,7 +117,7 @@ def load_ssi_data(data_config, seed: int) -> SSIData:
 
     if source == "polyrefuse":
         if root is None:
-            raise ValueError("--config.data.root is required for data.source='polyrefuse' (the shared data folder "
+            raise InputError("--config.data.root is required for data.source='polyrefuse' (the shared data folder "
                              "holding polyrefuse/ and flores200_sib200/)")
         polyrefuse = root / "polyrefuse"
         train = load_polyrefuse_prompts(polyrefuse, ("train",), train_languages)
@@ -127,12 +128,12 @@ def load_ssi_data(data_config, seed: int) -> SSIData:
     else:
         if source == "jsonl":
             if not data_config.jsonl_path:
-                raise ValueError("--config.data.jsonl_path is required for data.source='jsonl'")
+                raise InputError("--config.data.jsonl_path is required for data.source='jsonl'")
             keep = set(data_config.jsonl_splits)
             records = load_labelled_jsonl(data_config.jsonl_path, splits=keep | ({None} if "train" in keep else set()))
         else:
             if not data_config.unsafe_train_path or not data_config.ultrafeedback_dir:
-                raise ValueError("data.source='authors' needs --config.data.unsafe_train_path (unsafe_train.json) "
+                raise InputError("data.source='authors' needs --config.data.unsafe_train_path (unsafe_train.json) "
                                  "and --config.data.ultrafeedback_dir (monolingual_first1000_<lang>.json files)")
             records = load_unsafe_train_json(data_config.unsafe_train_path)
             records += load_ultrafeedback_prompts(data_config.ultrafeedback_dir,
@@ -168,7 +169,7 @@ def load_ssi_data(data_config, seed: int) -> SSIData:
                            "held_out_evaluation": [r for rs in held_out_evaluation.values() for r in rs]})
     for name, records in (("train", train), ("val", val)):
         if len({r.label for r in records}) < 2:
-            raise ValueError(f"the SSI {name} split needs harmful and benign prompts; got {split_summary(records)}")
+            raise InputError(f"the SSI {name} split needs harmful and benign prompts; got {split_summary(records)}")
     return SSIData(train, val, evaluation, notes, held_out_evaluation)
 
 
@@ -217,7 +218,7 @@ def resolve_residual_index(config, model=None) -> int:
     if config.residual_index >= 0:
         return int(config.residual_index)
     if not config.locate_workdir:
-        raise ValueError("set --config.residual_index=K or --config.locate_workdir=DIR (a Locate workdir with "
+        raise InputError("set --config.residual_index=K or --config.locate_workdir=DIR (a Locate workdir with "
                          "bottleneck.json) to read k* from")
     from lasa_jax.bottleneck import load_bottleneck
 
@@ -225,11 +226,11 @@ def resolve_residual_index(config, model=None) -> int:
     if model is not None:
         where = f"{config.locate_workdir}/bottleneck.json"
         if report["num_layers"] != model.config.num_layers:
-            raise ValueError(f"{where} was located on a model with {report['num_layers']} layers, but "
+            raise InputError(f"{where} was located on a model with {report['num_layers']} layers, but "
                              f"--config.model_path has {model.config.num_layers}")
         located_on = (report.get("model") or {}).get("fingerprint")
         if located_on and model.fingerprint and located_on != model.fingerprint:
-            raise ValueError(f"{where} was located on model {located_on} ({report['model'].get('path')}), but "
+            raise InputError(f"{where} was located on model {located_on} ({report['model'].get('path')}), but "
                              f"--config.model_path={config.model_path} is model {model.fingerprint}")
     from lasa_jax.bottleneck import verdict_line
 
@@ -290,9 +291,9 @@ def train_ssi(config, workdir: str | os.PathLike, mesh=None) -> dict[str, Any]:
     model = load_model(config, mesh)
     residual_index = resolve_residual_index(config, model)
     if model.fingerprint is None:
-        raise ValueError(f"the model at {config.model_path} has no fingerprint; an SSI must record its base model")
+        raise InputError(f"the model at {config.model_path} has no fingerprint; an SSI must record its base model")
     if residual_index > model.config.num_layers:
-        raise ValueError(f"residual_index {residual_index} exceeds the model's {model.config.num_layers} layers")
+        raise InputError(f"residual_index {residual_index} exceeds the model's {model.config.num_layers} layers")
     tokenizer = load_tokenizer(config.model_path)
     template_kwargs = runtime_template_kwargs(config)
     cache_dir = config.feature_cache_dir or str(workdir / "feature_cache")

@@ -14,7 +14,8 @@ Padding rows of the last batch have weight 0. An epoch is ceil(n_train / batch_s
 
 Optimiser: clip_by_global_norm(grad_clip) then AdamW(learning_rate, weight_decay) (decoupled decay, as PyTorch).
 The learning rate is multiplied by `lr_plateau_factor` when the early-stopping metric has not improved for more than
-`lr_plateau_patience` epochs (PyTorch ReduceLROnPlateau semantics, as the reference; 0 disables), passed to the compiled epoch as a scale
+`lr_plateau_patience` epochs (PyTorch ReduceLROnPlateau semantics, as the reference; 0 disables), passed to the
+compiled epoch as a scale
 of the whole update, which is exactly a learning-rate change for AdamW.
 
 Early stopping: after each epoch the validation metric (`early_stopping_metric`: "loss" = class-balanced BCE,
@@ -42,8 +43,14 @@ import optax
 from flax import nnx
 
 from lasa_jax.ssi.metrics import roc_auc
-from lasa_jax.ssi.mlp import (SSIClassifier, classifier_logits, flatten_params, new_classifier, split_classifier,
-                              unflatten_params)
+from lasa_jax.ssi.mlp import (
+    SSIClassifier,
+    classifier_logits,
+    flatten_params,
+    new_classifier,
+    split_classifier,
+    unflatten_params,
+)
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -298,7 +299,8 @@ def step_flops(config: ModelConfig, policy_lengths: np.ndarray, kl_lengths: np.n
     """(policy-only FLOPs, total FLOPs) of one KTO step over rows of the given real (unpadded) lengths.
 
     Forward FLOPs per row: `lasa_jax.flops.forward_flops` (weight matmuls, causal attention, LM head; backward =
-    2 x forward; remat recomputation is not counted). Policy-only ("useful", as for SFT): forward + backward of the policy rows, 3 forwards. Total adds the policy
+    2 x forward; remat recomputation is not counted). Policy-only ("useful", as for SFT): forward + backward of the
+    policy rows, 3 forwards. Total adds the policy
     forward on the KL rows and, with an online reference, its forwards on the policy and KL rows (ANCHORS.md: about
     6 forward-equivalents online, 4 with a precomputed reference).
     """

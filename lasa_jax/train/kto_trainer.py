@@ -54,7 +54,8 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import jax
 import ml_collections
@@ -64,10 +65,21 @@ from flax import nnx
 from lasa_jax.checkpoint import Checkpointer, check_run_identity
 from lasa_jax.config import ModelConfig
 from lasa_jax.data.heldout import guard_inputs
-from lasa_jax.data.preference import (DataPosition, KTOBatch, KTOExample, PreferenceRow, assign_latent_labels,
-                                      balance_class_weights, batches_per_epoch, convert_polyrefuse_completions,
-                                      family_completion_models, iterate_kto_batches, load_paired_preference_json,
-                                      load_unpaired_jsonl, tokenize_rows)
+from lasa_jax.data.preference import (
+    DataPosition,
+    KTOBatch,
+    KTOExample,
+    PreferenceRow,
+    assign_latent_labels,
+    balance_class_weights,
+    batches_per_epoch,
+    convert_polyrefuse_completions,
+    family_completion_models,
+    iterate_kto_batches,
+    load_paired_preference_json,
+    load_unpaired_jsonl,
+    tokenize_rows,
+)
 from lasa_jax.errors import InputError
 from lasa_jax.io_utils import atomic_path, atomic_write_json, read_json
 from lasa_jax.models import from_pretrained, model_fingerprint, save_pretrained
@@ -209,7 +221,7 @@ def data_fingerprint(examples: Sequence[KTOExample]) -> str:
     for e in examples:
         h.update(np.asarray(e.rendered.input_ids, np.int32).tobytes())
         h.update(np.asarray(e.rendered.loss_mask, np.int8).tobytes())
-        h.update(f"|{int(e.desirable)}|{e.group_id}|{e.row_index}\n".encode("utf-8"))
+        h.update(f"|{int(e.desirable)}|{e.group_id}|{e.row_index}\n".encode())
     return h.hexdigest()[:24]
 
 
@@ -223,7 +235,7 @@ class ReferenceTable:
 
     @classmethod
     def compute(cls, ref_params: Any, ref_config: ModelConfig, mesh, batches: Iterator[KTOBatch], num_batches: int,
-                chunk_size: int, progress: bool = True) -> "ReferenceTable":
+                chunk_size: int, progress: bool = True) -> ReferenceTable:
         """Run the reference over the KL rows of every batch and the policy rows of batches with unseen rows."""
         policy: dict[int, float] = {}
         kl: dict[tuple[int, int], float] = {}
@@ -280,7 +292,7 @@ class ReferenceTable:
                          kl_logps=np.array([self.kl[(int(a), int(b))] for a, b in kl_pairs], np.float32))
 
     @classmethod
-    def load(cls, path: str, identity: Mapping[str, Any]) -> "ReferenceTable | None":
+    def load(cls, path: str, identity: Mapping[str, Any]) -> ReferenceTable | None:
         """The table at `path` if it exists and belongs to a run with this identity, else None."""
         if not os.path.isfile(path):
             return None
@@ -306,7 +318,7 @@ class _PreemptionSignal:
     def _handle(self, signum, frame):
         self.received = True
 
-    def __enter__(self) -> "_PreemptionSignal":
+    def __enter__(self) -> _PreemptionSignal:
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
             self._installed = True
@@ -451,7 +463,7 @@ class ModelDirs:
     reference_flag: str  # the setting the reference directory comes from, for error messages
 
     @classmethod
-    def from_config(cls, config: ml_collections.ConfigDict) -> "ModelDirs":
+    def from_config(cls, config: ml_collections.ConfigDict) -> ModelDirs:
         base = _resolve_flag("model_path", config.model_path)
         policy_init = _resolve_flag("init_from", config.init_from) if config.init_from else base
         if config.reference.path:

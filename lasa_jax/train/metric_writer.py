@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 from lasa_jax.errors import InputError
 from lasa_jax.io_utils import atomic_write_text
