@@ -106,40 +106,42 @@ def float32_everywhere(c: ml_collections.ConfigDict) -> ml_collections.ConfigDic
 def smollm2_cpu_budget(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The real-data run of SmolLM2-135M-Instruct on CPU: the method's data (Locate on FLORES + PolyRefuse, SSI on
     PolyRefuse en/zh/ko, KTO on the PolyRefuse completions, MultiJail in all ten languages and XSTest) with the
-    CPU-time bounds stated here, chosen so the whole run takes under an hour on 2 cores (measured: RESULTS.md)."""
+    CPU-time bounds stated here, chosen so the whole run takes about half an hour on 2 cores (measured: RESULTS.md)."""
     float32_everywhere(c)
     # no published bottleneck for this model: the run's own Locate picks k* (residual_index -1, from the table). On
     # SmolLM2, S_sem - S_lang is negative at every index and Locate reports "no bottleneck" (k* = 1, the edge of the
     # range); --config.residual_index=K fixes the SSI layer instead
-    c.kto.remat_policy = "none"          # activations of 4 x 384 tokens fit in CPU memory; remat costs a forward
+    c.kto.remat_policy = "none"          # activations of 4 x 256 tokens fit in CPU memory; remat costs a forward
     # SSI feature capture: at most 200 query groups per label in every split (train/val/test, each language)
     c.ssi.data.max_groups_per_split = 200
-    # KTO step budget: 30 updates of 4 rows (the CPU preset's batch; 120 rows of the PolyRefuse completions of the
-    # Llama family plus generated benign answers, seed-ordered), max_length 384 (over-long answers are tail-truncated,
-    # not dropped); learning rate 1e-5 with 3 warmup steps (a usual full fine-tuning rate for a ~100M model: the
-    # paper's 1e-6 over 3 epochs is for 7-32B models and would not move this one in 30 updates). Not tuned on results.
-    c.kto.data.max_length = 384
-    c.kto.train.num_steps = 30
+    # KTO step budget: 20 updates of 4 rows (the CPU preset's batch; 80 rows of the PolyRefuse completions of the
+    # Llama family plus generated benign answers, seed-ordered; ~25 s per update here), max_length 256 (over-long
+    # answers are tail-truncated, not dropped); learning rate 1e-5 with 3 warmup steps (a usual full fine-tuning rate
+    # for a ~100M model: the paper's 1e-6 over 3 epochs is for 7-32B models and would not move this one in 20
+    # updates). Not tuned on results.
+    c.kto.data.max_length = 256
+    c.kto.train.num_steps = 20
     c.kto.train.batch_size = 4
     c.kto.train.grad_accum_steps = 1
     c.kto.train.learning_rate = 1e-5
     c.kto.train.warmup_steps = 3
     c.kto.train.log_every_steps = 5
     c.kto.checkpoint.every_steps = 10
-    # benign helpful answers of the base model (desirable rows anchoring helpfulness): 48 PolyRefuse harmless-train
-    # prompts, 96 new tokens, generated once and cached
-    c.kto.data.benign.max_prompts = 48
-    c.kto.data.benign.max_new_tokens = 96
-    # evaluation: the first 25 MultiJail queries in each of the ten languages (250 harmful prompts, the same queries
-    # in every language) and all 250 safe XSTest prompts (over-refusal); 64 new tokens, greedy
+    # benign helpful answers of the base model (desirable rows anchoring helpfulness): 32 PolyRefuse harmless-train
+    # prompts, 64 new tokens, generated once and cached
+    c.kto.data.benign.max_prompts = 32
+    c.kto.data.benign.max_new_tokens = 64
+    # evaluation: the first 20 MultiJail queries in each of the ten languages (200 harmful prompts, the same queries
+    # in every language) and all 250 safe XSTest prompts (over-refusal); 48 new tokens (the opening of the answer,
+    # which decides refusal or compliance; the paper generates up to 512), greedy
     c.generate.eval_sets = "multijail,xstest_safe"
-    c.generate.max_per_language = 25
+    c.generate.max_per_language = 20
     c.generate.max_per_language_sets = "multijail"
-    c.generate.decoding.max_new_tokens = 64
+    c.generate.decoding.max_new_tokens = 48
     c.generate.decoding.batch_size = 16
     c.evaluate.asr_sources = "multijail"
     c.evaluate.refusal_sources = "xstest"
-    c.evaluate.utility.max_sentences = 20    # SIB-200 test and FLORES dev sentences per language, both systems
+    c.evaluate.utility.max_sentences = 10    # SIB-200 test and FLORES dev sentences per language, both systems
     return c
 
 

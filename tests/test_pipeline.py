@@ -174,7 +174,7 @@ def test_smollm2_real_data_run_config_resolves(tmp_path, monkeypatch, shared_dat
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     config = _load_config("pipeline", "smollm2_135m,cpu")
     assert config.model_path == "asset:smollm2-135m-instruct" and config.residual_index == -1
-    assert config.paper_model == "smollm2_135m" and config.kto.train.num_steps == 60
+    assert config.paper_model == "smollm2_135m" and config.kto.train.num_steps == 20
     config.data_root = str(shared_data)
     stages = stage_configs(config, "/runs/smollm2")
     assert stages["locate"].data.source == "default" and stages["locate"].data.root == str(shared_data)
@@ -188,8 +188,8 @@ def test_smollm2_real_data_run_config_resolves(tmp_path, monkeypatch, shared_dat
     for p in prompts:
         counts[(p.source, p.language)] = counts.get((p.source, p.language), 0) + 1
     assert {k: v for k, v in counts.items() if k[0] == "multijail"} == {
-        ("multijail", lang): 30 for lang in ("en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv")}
-    assert counts[("xstest", "en")] == 450  # max_per_language bounds MultiJail only: all of XSTest
+        ("multijail", lang): 20 for lang in ("en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv")}
+    assert counts[("xstest", "en")] == 250  # max_per_language bounds MultiJail only: all safe XSTest prompts
     assert (stages["evaluate"].asr_sources, stages["evaluate"].refusal_sources) == ("multijail", "xstest")
     # other table models keep their hub ids
     assert _load_config("pipeline", "qwen25_7b,cpu").model_path == "Qwen/Qwen2.5-7B-Instruct"
