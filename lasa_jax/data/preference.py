@@ -153,6 +153,24 @@ def load_unpaired_jsonl(path: str | os.PathLike) -> list[PreferenceRow]:
     return rows
 
 
+COMPLETIONS_SUFFIX = "_evaluations.no_tokens.json"
+
+
+def read_completions_file(path: str, what: str = "PolyRefuse completions file") -> tuple[str, str, str, list]:
+    """(model, language (ISO 639-1), mode, completions list) of `<model>/<language>/harmful_<mode>` + the suffix."""
+    model, language = _path_part(path, 3), _path_part(path, 2)
+    mode = os.path.basename(path)[len("harmful_"):-len(COMPLETIONS_SUFFIX)]
+    try:
+        language = normalize_language(language)
+    except ValueError as e:
+        raise InputError(f"{path}: language folder: {e}") from None
+    data = read_json(path, what)
+    completions = data.get("completions") if isinstance(data, Mapping) else None
+    if not isinstance(completions, list):
+        raise InputError(f"{path}: expected an object with a 'completions' list")
+    return model, language, mode, completions
+
+
 def convert_polyrefuse_completions(
         root: str | os.PathLike, *, models: Sequence[str] | None = None, languages: Sequence[str] | None = None,
         modes: Sequence[str] = ("baseline", "harm_ablation"), source: str = "safety",
@@ -184,7 +202,7 @@ def convert_polyrefuse_completions(
     modes = [modes] if isinstance(modes, str) else list(modes)
     paths = []
     for mode in modes:
-        paths += glob.glob(os.path.join(root, "*", "*", f"harmful_{mode}_evaluations.no_tokens.json"))
+        paths += glob.glob(os.path.join(root, "*", "*", f"harmful_{mode}{COMPLETIONS_SUFFIX}"))
     models = [models] if isinstance(models, str) else models
     wanted_languages = None if languages is None else {
         normalize_language(lang) for lang in ([languages] if isinstance(languages, str) else languages)}
@@ -202,16 +220,7 @@ def convert_polyrefuse_completions(
     seen: set[tuple[str, str, str]] = set()
     rows = []
     for path in paths:
-        model, language = _path_part(path, 3), _path_part(path, 2)
-        mode = os.path.basename(path)[len("harmful_"):-len("_evaluations.no_tokens.json")]
-        try:
-            language = normalize_language(language)
-        except ValueError as e:
-            raise InputError(f"{path}: language folder: {e}") from None
-        data = read_json(path, "PolyRefuse completions file")
-        completions = data.get("completions") if isinstance(data, Mapping) else None
-        if not isinstance(completions, list):
-            raise InputError(f"{path}: expected an object with a 'completions' list")
+        model, language, mode, completions = read_completions_file(path)
         for index, record in enumerate(completions):
             where = f"{path}: completions[{index}]"
             counts["records"] += 1

@@ -24,17 +24,17 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from lasa_jax.data.heldout import POLYREFUSE_MULTIJAIL_ROWS
-from lasa_jax.data.languages import normalize_language
+from lasa_jax.data.preference import COMPLETIONS_SUFFIX, read_completions_file
 from lasa_jax.errors import InputError
 from lasa_jax.evaluate.judges import INVALID, SAFETY_TASK, UNSAFE, Judge
-from lasa_jax.io_utils import atomic_write_json, atomic_write_text, read_json
+from lasa_jax.io_utils import atomic_write_json, atomic_write_text
 
 SPLITS = ("odd", "even", "all")
 GOAL_MAX_DELTA_POINTS = 5.0
 GOAL_MIN_AGREEMENT = 0.90
 CALIBRATION_JSON = "calibration.json"
 CALIBRATION_MD = "calibration.md"
-_FILE_SUFFIX = "_evaluations.no_tokens.json"
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,24 +59,14 @@ def labelled_files(root: str | os.PathLike) -> list[str]:
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise InputError(f"{root}: labelled-response directory (polyrefuse_completions) not found")
-    paths = sorted(glob.glob(os.path.join(root, "*", "*", f"harmful_*{_FILE_SUFFIX}")))
+    paths = sorted(glob.glob(os.path.join(root, "*", "*", f"harmful_*{COMPLETIONS_SUFFIX}")))
     if not paths:
-        raise InputError(f"{root}: no <model>/<language>/harmful_<mode>{_FILE_SUFFIX} files")
+        raise InputError(f"{root}: no <model>/<language>/harmful_<mode>{COMPLETIONS_SUFFIX} files")
     return paths
 
 
 def _file_rows(path: str, drop: set[int]) -> list[LabelledResponse]:
-    parts = os.path.normpath(path).split(os.sep)
-    model, language = parts[-3], parts[-2]
-    mode = parts[-1][len("harmful_"):-len(_FILE_SUFFIX)]
-    try:
-        language = normalize_language(language)
-    except ValueError as e:
-        raise InputError(f"{path}: language folder: {e}") from None
-    data = read_json(path, "labelled response file")
-    completions = data.get("completions") if isinstance(data, Mapping) else None
-    if not isinstance(completions, list):
-        raise InputError(f"{path}: expected a JSON object with a 'completions' list")
+    model, language, mode, completions = read_completions_file(path, "labelled response file")
     rows = []
     for index, record in enumerate(completions):
         if index in drop:
