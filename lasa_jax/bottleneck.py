@@ -79,6 +79,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lasa_jax.errors import InputError
 from lasa_jax.io_utils import atomic_path, atomic_write_json, atomic_write_text
 
 METRICS = ("cosine", "euclidean")
@@ -741,11 +742,11 @@ def load_bottleneck(path_or_workdir: str | os.PathLike) -> dict:
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
+        raise InputError(f"{path}: not valid JSON ({err})") from err
 
     def fail(field: str, expected: str):
         value = report.get(field, "<missing>") if isinstance(report, dict) else report
-        raise ValueError(f"{path}: field {field!r} must be {expected}, got {value!r}")
+        raise InputError(f"{path}: field {field!r} must be {expected}, got {value!r}")
 
     def is_int(value) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
@@ -768,14 +769,14 @@ def load_bottleneck(path_or_workdir: str | os.PathLike) -> dict:
         fail("layers", f"a list of {num_layers + 1} per-layer objects (residual indices 0..{num_layers})")
     for k, row in enumerate(rows):
         if not isinstance(row, dict) or row.get("layer") != k:
-            raise ValueError(f"{path}: layers[{k}] must be an object with \"layer\": {k}, got {row!r}")
+            raise InputError(f"{path}: layers[{k}] must be an object with \"layer\": {k}, got {row!r}")
         for field in LAYER_FIELDS[1:]:
             if not isinstance(row.get(field), (int, float)) or isinstance(row.get(field), bool):
-                raise ValueError(f"{path}: layers[{k}].{field} must be a number, got {row.get(field, '<missing>')!r}")
+                raise InputError(f"{path}: layers[{k}].{field} must be a number, got {row.get(field, '<missing>')!r}")
         probe = row.get(PROBE_FIELD)
         if probe is not None and (isinstance(probe, bool) or not isinstance(probe, (int, float)) or
                                   not 0.0 <= probe <= 1.0):
-            raise ValueError(f"{path}: layers[{k}].{PROBE_FIELD} must be null or a number in [0, 1], got {probe!r}")
+            raise InputError(f"{path}: layers[{k}].{PROBE_FIELD} must be null or a number in [0, 1], got {probe!r}")
     _check_or_fill_verdict(report, path)
     return report
 
@@ -785,12 +786,12 @@ def _check_or_fill_verdict(report: dict, path: pathlib.Path) -> None:
     (when it records its `selection_range`) or null, with `verdict_source` saying so."""
     if "bottleneck_found" in report:
         if not isinstance(report["bottleneck_found"], bool):
-            raise ValueError(f"{path}: field 'bottleneck_found' must be true or false, "
+            raise InputError(f"{path}: field 'bottleneck_found' must be true or false, "
                              f"got {report['bottleneck_found']!r}")
         if report.get("reason") is not None and not isinstance(report["reason"], str):
-            raise ValueError(f"{path}: field 'reason' must be null or a string, got {report['reason']!r}")
+            raise InputError(f"{path}: field 'reason' must be null or a string, got {report['reason']!r}")
         if not report["bottleneck_found"] and not report.get("reason"):
-            raise ValueError(f"{path}: field 'reason' must say why when 'bottleneck_found' is false")
+            raise InputError(f"{path}: field 'reason' must say why when 'bottleneck_found' is false")
         return
     selection = report.get("selection_range")
     num_layers = report["num_layers"]

@@ -237,7 +237,7 @@ def assemble_example(prompt: RenderedPrompt, completion_ids: Sequence[int] | np.
     completion_ids = np.asarray(completion_ids, dtype=np.int32)
     end_of_turn = np.asarray(end_of_turn, dtype=np.int32)
     if completion_ids.ndim != 1 or completion_ids.size == 0:
-        raise InputError(f"completion_ids must be a non-empty 1-D sequence, got shape {completion_ids.shape}")
+        raise ValueError(f"completion_ids must be a non-empty 1-D sequence, got shape {completion_ids.shape}")
     whole = np.concatenate([completion_ids, end_of_turn])
     budget = max_length - whole.size
     if max_prompt_length is not None:
@@ -245,13 +245,16 @@ def assemble_example(prompt: RenderedPrompt, completion_ids: Sequence[int] | np.
     excess = len(prompt.input_ids) - budget
     if excess <= prompt.max_droppable:
         return _joined(prompt.drop_content_front(excess), whole, ends_turn=end_of_turn.size > 0, num_cut=0)
-    if not truncate_completion:
-        return None
+    shortest_prompt = len(prompt.input_ids) - prompt.max_droppable
+    if not truncate_completion or (max_prompt_length is not None and shortest_prompt > max_prompt_length):
+        return None  # (the second: inference could not render this prompt either)
     budget = max_length // 2 if max_prompt_length is None else min(max_length // 2, max_prompt_length)
     prompt = prompt.drop_content_front(min(max(len(prompt.input_ids) - budget, 0), prompt.max_droppable))
     room = max_length - len(prompt.input_ids)
     if room < 1:
         return None
+    if whole.size <= room:  # the cut prompt leaves room for the whole completion part
+        return _joined(prompt, whole, ends_turn=end_of_turn.size > 0, num_cut=0)
     return _joined(prompt, completion_ids[:room], ends_turn=False, num_cut=max(completion_ids.size - room, 0))
 
 

@@ -150,7 +150,7 @@ def prefix_decisions(mode: str, prompts: Sequence[EvalPrompt],
     probs, flags = scorer.score([p.prompt for p in prompts])
     probs, flags = np.asarray(probs, np.float32), np.asarray(flags)
     if probs.shape != (n,) or flags.shape != (n,) or flags.dtype != bool:
-        raise InputError(f"scorer.score must return (probs (N,), flags (N,) bool) for N={n} prompts, got shapes "
+        raise ValueError(f"scorer.score must return (probs (N,), flags (N,) bool) for N={n} prompts, got shapes "
                          f"{probs.shape}, {flags.shape} and flag dtype {flags.dtype}")
     return probs, (flags if mode in GATED_MODES else np.zeros(n, bool))
 
@@ -161,7 +161,7 @@ def render_inputs(tokenizer, prompts: Sequence[EvalPrompt], prefix_flags: Sequen
                   max_prompt_length: int | None = None) -> list[RenderedPrompt]:
     """Model inputs: chat template with generation prompt, plus `prefix` where the flag is set (`render_prompt`)."""
     if len(prefix_flags) != len(prompts):
-        raise InputError(f"{len(prompts)} prompts but {len(prefix_flags)} prefix flags")
+        raise ValueError(f"{len(prompts)} prompts but {len(prefix_flags)} prefix flags")
     rendered = []
     for p, flag in zip(prompts, prefix_flags):
         try:
@@ -258,10 +258,10 @@ def generate_responses(model, tokenizer, prompts: Sequence[EvalPrompt], *, mode:
     n = len(prompts)
     flags = np.asarray(prefix_flags, bool)
     if flags.shape != (n,) or (ssi_scores is not None and np.shape(ssi_scores) != (n,)):
-        raise InputError(f"prefix_flags and ssi_scores need shape ({n},), got {flags.shape} and "
+        raise ValueError(f"prefix_flags and ssi_scores need shape ({n},), got {flags.shape} and "
                          f"{None if ssi_scores is None else np.shape(ssi_scores)}")
     if mode not in GATED_MODES and flags.any():
-        raise InputError("baseline mode never injects the prefix, but some prefix_flags are set")
+        raise ValueError("baseline mode never injects the prefix, but some prefix_flags are set")
     if chunk_size < 1:
         raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
     stop_ids = list(eos_token_id) if eos_token_id is not None else stop_token_ids(
@@ -452,6 +452,7 @@ def run_generation(config, workdir: str, mesh=None) -> str:
                            progress=bool(config.progress))
         meta.update(base_model_path=base_model_path, base_fingerprint=base.fingerprint,
                     ssi_dir=config.ssi_dir, ssi_threshold=scorer.threshold,
+                    ssi_threshold_logit=getattr(scorer, "threshold_logit", None),
                     ssi_residual_index=scorer.ssi.config.residual_index)
         scores, flags = prefix_decisions(config.mode, prompts, scorer)
         if config.mode == "prefix_only":

@@ -98,12 +98,28 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Non
     atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=indent, sort_keys=False) + "\n")
 
 
+def _writer_alive(temporary: str, path: str) -> bool:
+    """Whether the process named in an `atomic_directory` temporary name (".<name>.<pid>-<random>.tmp") still runs."""
+    rest = os.path.basename(temporary)[len(os.path.basename(path)) + 2:]
+    pid = rest.split("-", 1)[0]
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterator[str]:
     """Yield a temporary directory next to `path`; it replaces `path` only once the block finishes.
 
     Raises FileExistsError naming `path` if it exists and `overwrite` is False. Temporary directories of `path`
-    left by a writer that was killed are removed first (one writer per output directory).
+    left by a writer that was killed are removed first; the temporary name carries its writer's pid, so a live
+    concurrent writer on this host keeps its directory (the last rename wins).
     """
     path = os.path.abspath(os.fspath(path))
     if os.path.exists(path) and not overwrite:
@@ -113,8 +129,9 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
         os.makedirs(parent, exist_ok=True)
         pattern = glob.escape("." + os.path.basename(path)) + ".*.tmp*"
         for stale in glob.glob(os.path.join(glob.escape(parent), pattern)):
-            shutil.rmtree(stale, ignore_errors=True)  # left by a writer killed mid-way (never read: not final)
-        tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=parent)
+            if not _writer_alive(stale, path):  # left by a writer killed mid-way (never read: not final)
+                shutil.rmtree(stale, ignore_errors=True)
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.{os.getpid()}-", suffix=".tmp", dir=parent)
     try:
         with named_write_errors(path):
             yield tmp

@@ -115,8 +115,8 @@ _TSNE_MIN_ITER = 250  # sklearn's lower bound for TSNE max_iter
 # ------------------------------------------------------------------------------------------------- config checks
 
 
-def _fail(flag: str, expected: str, value: Any) -> ValueError:
-    return ValueError(f"--config.{flag} must be {expected}, got {value!r}")
+def _fail(flag: str, expected: str, value: Any) -> InputError:
+    return InputError(f"--config.{flag} must be {expected}, got {value!r}")
 
 
 def check_locate_config(config, model_given: bool = False) -> None:

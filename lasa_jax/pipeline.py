@@ -331,7 +331,7 @@ def write_summary(workdir: str, config: ml_collections.ConfigDict) -> str:
             if meta and meta.get("summary"):
                 s = meta["summary"]
                 lines.append(f"{s['prompts']} prompts, conditional prefix used on {s['prefix_used']}"
-                             + (f" (SSI threshold {meta['ssi_threshold']:.4f} at residual index "
+                             + (f" (SSI threshold {_ssi_threshold_text(meta)} at residual index "
                                 f"{meta['ssi_residual_index']})" if meta.get("ssi_threshold") is not None else "")
                              + f"; {s['finished_at_eos']} finished at EOS.")
             lines += [f"- {link(stage + '/generations.jsonl')}"]
@@ -370,3 +370,10 @@ def headline_lines(report: dict) -> list[str]:
         lines.append(f"- The SSI flagged {_percent(ssi['harmful']['average'])} of harmful and "
                      f"{_percent(ssi['benign']['average'])} of benign prompts (averaged over languages).")
     return lines
+
+
+def _ssi_threshold_text(meta: dict) -> str:
+    """The SSI decision threshold of a generation meta record: the logit it compares (and its probability)."""
+    if meta.get("ssi_threshold_logit") is not None:
+        return f"logit {meta['ssi_threshold_logit']:.3f} (p {meta['ssi_threshold']:.4f})"
+    return f"p {meta['ssi_threshold']:.4f}"

@@ -103,7 +103,8 @@ def mesh_from_config(mesh_config) -> Any:
 
 
 def start_run(config: ml_collections.ConfigDict, workdir: str, config_name: str = "config.json"):
-    """Initialise multi-host if needed, create `workdir`, write the resolved config there (process 0), build the mesh.
+    """Initialise multi-host if needed, resolve "asset:<name>" model paths (the lasa-jax cache, fetched once),
+    create `workdir`, write the resolved config there (process 0), build the mesh.
 
     Returns the mesh.
     """
@@ -111,10 +112,22 @@ def start_run(config: ml_collections.ConfigDict, workdir: str, config_name: str 
     maybe_initialize_distributed(config.get("distributed", "auto"))
     if not workdir:
         raise InputError("--workdir is required")
+    _resolve_asset_paths(config)
     if is_writer():
         os.makedirs(workdir, exist_ok=True)
         atomic_write_json(os.path.join(workdir, config_name), json.loads(config.to_json_best_effort()))
     return mesh_from_config(config.mesh)
+
+
+def _resolve_asset_paths(config: ml_collections.ConfigDict) -> None:
+    """Replace "asset:<name>" in the model-path fields of a stage config by the cached directory."""
+    from lasa_jax.assets import asset_name, resolve_asset_path
+
+    for field in ("model_path", "base_model_path", "tokenizer_path", "init_from"):
+        value = config.get(field)
+        if isinstance(value, str) and asset_name(value) is not None:
+            with config.unlocked():
+                config[field] = resolve_asset_path(value)
 
 
 def load_model(config: ml_collections.ConfigDict, mesh=None, path: str | None = None, **kwargs):

@@ -134,7 +134,7 @@ def _write_cached_import(cache, name: str) -> str:
 
 
 def test_default_demo_runs_on_the_cached_smollm2_and_the_tiny_demo_on_a_random_model(tmp_path, monkeypatch):
-    from lasa_jax.assets import CACHE_ENV, asset_name, model_entry, resolve_model_path
+    from lasa_jax.assets import CACHE_ENV, asset_name, model_entry, resolve_asset_path
     from lasa_jax.errors import InputError
     from lasa_jax.scripts.demo import demo_model_path
 
@@ -146,10 +146,10 @@ def test_default_demo_runs_on_the_cached_smollm2_and_the_tiny_demo_on_a_random_m
     assert str(model_entry("smollm2-135m-instruct")) == entry
     assert entry == str(tmp_path / "cache" / "models" / "SmolLM2-135M-Instruct")
     # a cached entry is reused: no download (pip would fail without an index), the directory itself is returned
-    assert demo_model_path(config.model_path, str(tmp_path / "run")) == entry == resolve_model_path(config.model_path)
-    assert resolve_model_path("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert demo_model_path(config.model_path, str(tmp_path / "run")) == entry == resolve_asset_path(config.model_path)
+    assert resolve_asset_path("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
     with pytest.raises(InputError, match="model_path 'asset:smollm3'.*smollm2-135m-instruct"):
-        resolve_model_path("asset:smollm3")
+        resolve_asset_path("asset:smollm3")
     # the demo's shortened settings on the real model; the random-model demo keeps its own
     assert config.ssi.threshold.rule == "tpr_at_fpr" and config.dtype == config.generate.dtype == "float32"
     assert config.kto.train.num_steps == 12 and config.kto.data.max_length == 256

@@ -83,7 +83,7 @@ def generate_benign_rows(model, tokenizer, prompts: Sequence, *, model_fingerpri
 
     if max_new_tokens < 1:
         raise InputError(f"--config.data.benign.max_new_tokens: expected >= 1, got {max_new_tokens}")
-    stop_ids = stop_token_ids(model.config, tokenizer, template_kwargs)
+    stop_ids = stop_token_ids(model.config, tokenizer, template_kwargs, model_dir=getattr(model, "source_path", None))
     settings = {"max_new_tokens": int(max_new_tokens), "temperature": 0.0, "stop_ids": stop_ids,
                 "template_kwargs": dict(template_kwargs or {})}
     path = pathlib.Path(cache_dir) / f"benign_{cache_key(model_fingerprint, prompts, settings)}.jsonl"

@@ -67,12 +67,12 @@ def build_demo_model(directory: str, seed: int = 0) -> str:
 
 def demo_model_path(model_path: str, workdir: str, seed: int = 0) -> str:
     """The directory the demo runs on: "" = the random tiny model built in <workdir>/base_model; "asset:<name>" =
-    the cached import of that model (`lasa_jax.assets.resolve_model_path`, fetched once); a directory as given."""
+    the cached import of that model (`lasa_jax.assets.resolve_asset_path`, fetched once); a directory as given."""
     if not model_path:
         return build_demo_model(os.path.join(workdir, "base_model"), seed=seed)
-    from lasa_jax.assets import resolve_model_path
+    from lasa_jax.assets import resolve_asset_path
 
-    return resolve_model_path(model_path)
+    return resolve_asset_path(model_path)
 
 
 def write_eval_prompts(path: str) -> str:
@@ -122,8 +122,9 @@ def main(argv):
         print("Note: a random tiny model shows the mechanics of every stage, not the paper's effect.")
     else:
         print(f"Note: {config.model_path} with the demo's shortened settings (configs/demo.py: "
-              f"{config.kto.train.num_steps} KTO updates, {config.generate.decoding.max_new_tokens} new tokens, "
-              "heuristic judge): a small-scale run of every stage, not the paper's setting.")
+              f"{config.kto.train.num_steps} KTO updates, {config.generate.decoding.max_new_tokens} new tokens): "
+              "a small-scale run of every stage, not the paper's setting (the report names its judge and its "
+              "calibration).")
 
 
 if __name__ == "__main__":

@@ -25,11 +25,11 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory; one subdirectory
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from lasa_jax.assets import resolve_model_path
+    from lasa_jax.assets import resolve_asset_path
     from lasa_jax.pipeline import run_pipeline
     from lasa_jax.train.kto_trainer import EXIT_PREEMPTED
 
-    _CONFIG.value.model_path = resolve_model_path(_CONFIG.value.model_path)
+    _CONFIG.value.model_path = resolve_asset_path(_CONFIG.value.model_path)
     mesh = start_run(_CONFIG.value, _WORKDIR.value, config_name="pipeline_config.json")
     outcome = run_pipeline(_CONFIG.value, _WORKDIR.value, mesh)
     if outcome.get("kto") == "preempted":

@@ -175,10 +175,6 @@ class SSI:
             return sigmoid(logits) > self.config.threshold
         return logits > self.config.threshold_logit
 
-    def flags(self, probabilities) -> np.ndarray:
-        """(N,) bool: harmful iff p > threshold (probabilities saturate at 1.0; `decide` on logits is exact)."""
-        return np.asarray(probabilities) > self.config.threshold
-
 
 # ------------------------------------------------------------------------------------------------ save / load
 
