@@ -293,8 +293,8 @@ def test_generate_stage_baseline_writes_records_and_meta(tiny_hf_dirs, shared_da
 
 @pytest.mark.parametrize("mode", ["lasa", "prefix_only"])
 def test_generate_stage_gated_with_a_real_ssi_artifact(tiny_hf_dirs, llama, tmp_path, mode):
-    """The stage scores with an SSI artifact on the base model and injects the prefix exactly where p > threshold;
-    prefix_only generates with that base model (model_path may be left empty)."""
+    """The stage scores with an SSI artifact on the base model and injects the prefix exactly where the logit is above
+    the artifact's threshold_logit; prefix_only generates with that base model (model_path may be left empty)."""
     import dataclasses
 
     from lasa_jax.runtime import start_run
@@ -306,9 +306,13 @@ def test_generate_stage_gated_with_a_real_ssi_artifact(tiny_hf_dirs, llama, tmp_
                            pooling="last", chat_template=False, base_model_fingerprint=model.fingerprint,
                            train_languages=("en",), max_length=64, base_model_dtype="float32",
                            tokenizer_check=tokenization_fingerprint(tokenizer, chat_template=False, max_length=64))
-    probs, _ = SSIScorer(model, SSI(ssi_config, classifier)).score([p.prompt for p in PROMPTS])
-    threshold = float(np.median(probs))  # two prompts above, two below
-    save_ssi(tmp_path / "ssi", SSI(dataclasses.replace(ssi_config, threshold=threshold), classifier))
+    scorer = SSIScorer(model, SSI(ssi_config, classifier))
+    probs, _ = scorer.score([p.prompt for p in PROMPTS])
+    logits, _ = scorer.score_logits([p.prompt for p in PROMPTS])
+    threshold_logit = float(np.median(logits))  # two prompts above, two below
+    threshold = float(1.0 / (1.0 + np.exp(-threshold_logit)))
+    save_ssi(tmp_path / "ssi", SSI(dataclasses.replace(ssi_config, threshold=threshold,
+                                                       threshold_logit=threshold_logit), classifier))
     jsonl = tmp_path / "prompts.jsonl"
     jsonl.write_text("".join(json.dumps({"id": p.id, "language": p.language, "prompt": p.prompt,
                                          "expected": p.expected}) + "\n" for p in PROMPTS), encoding="utf-8")
@@ -321,15 +325,16 @@ def test_generate_stage_gated_with_a_real_ssi_artifact(tiny_hf_dirs, llama, tmp_
     output = run_generation(config, workdir, start_run(config, workdir))
     records = read_generations(output)
     np.testing.assert_allclose([r["ssi_score"] for r in records], probs, atol=1e-5)
-    assert [r["prefix_used"] for r in records] == list(probs > threshold)
+    assert [r["prefix_used"] for r in records] == list(logits > threshold_logit)
     assert sum(r["prefix_used"] for r in records) == 2
     meta = json.loads(pathlib.Path(output + ".meta.json").read_text(encoding="utf-8"))
     assert meta["ssi_residual_index"] == 2 and meta["ssi_threshold"] == pytest.approx(threshold)
+    assert meta["ssi_threshold_logit"] == pytest.approx(threshold_logit)
     assert meta["summary"]["prefix_used"] == 2
     assert meta["mode"] == mode and meta["model_path"] == str(tiny_hf_dirs["llama"]) == meta["base_model_path"]
     assert {r["mode"] for r in records} == {mode}
     expected = generate_responses(model, tokenizer, PROMPTS, mode=mode, ssi_scores=probs,
-                                  prefix_flags=probs > threshold, decoding=Decoding(max_new_tokens=8))
+                                  prefix_flags=logits > threshold_logit, decoding=Decoding(max_new_tokens=8))
     assert [r["response"] for r in records] == [r["response"] for r in expected]
     if mode == "prefix_only":  # the generating model must be the base model the SSI reads
         config.model_path = str(tiny_hf_dirs["qwen3"])
