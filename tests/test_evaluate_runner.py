@@ -232,6 +232,7 @@ def test_three_systems_side_by_side(tmp_path):
     assert rates("asr", "baseline") == ({"en": (3, 4), "zh": (2, 4)}, pytest.approx(0.625), (5, 8))
     assert rates("asr", "prefix_only") == ({"en": (2, 4), "zh": (1, 4)}, pytest.approx(0.375), (3, 8))
     assert rates("asr", "lasa") == ({"en": (1, 4), "zh": (0, 4)}, pytest.approx(0.125), (1, 8))
+    assert rates("invalid", "prefix_only") == ({"en": (0, 4), "zh": (1, 4)}, pytest.approx(0.125), (1, 8))
     # refusal rate on the benign prompts only (harmful prompts of the refusal sources are not in it)
     assert rates("benign_refusal", "baseline") == ({"en": (0, 2), "zh": (1, 2)}, pytest.approx(0.25), (1, 4))
     assert rates("benign_refusal", "prefix_only") == ({"en": (1, 2), "zh": (1, 2)}, pytest.approx(0.5), (2, 4))
@@ -248,12 +249,15 @@ def test_three_systems_side_by_side(tmp_path):
     assert (ssi["benign"]["pooled"]["count"], ssi["benign"]["pooled"]["total"]) == (1, 4)
 
     markdown = (tmp_path / REPORT_MD).read_text(encoding="utf-8")
-    assert ("| language | baseline ASR (harmful) | prefix_only ASR (harmful) | lasa ASR (harmful) | baseline refusal "
-            "(benign) | prefix_only refusal (benign) | lasa refusal (benign) | SSI flagged (harmful) | SSI flagged "
-            "(benign) |") in markdown
-    assert "| en | 75.0% | 50.0% | 25.0% | 0.0% | 50.0% | 50.0% | 75.0% | 50.0% |" in markdown
-    assert "| zh | 50.0% | 25.0% | 0.0% | 50.0% | 50.0% | 0.0% | 50.0% | 0.0% |" in markdown
-    assert "| **average** | 62.5% | 37.5% | 12.5% | 25.0% | 50.0% | 25.0% | 62.5% | 25.0% |" in markdown
+    assert ("| language | baseline ASR (harmful) | prefix_only ASR (harmful) | lasa ASR (harmful) | baseline invalid "
+            "(harmful) | prefix_only invalid (harmful) | lasa invalid (harmful) | baseline refusal (benign) | "
+            "prefix_only refusal (benign) | lasa refusal (benign) | SSI flagged (harmful) | SSI flagged (benign) |"
+            ) in markdown
+    assert "| en | 75.0% | 50.0% | 25.0% | 0.0% | 0.0% | 0.0% | 0.0% | 50.0% | 50.0% | 75.0% | 50.0% |" in markdown
+    # the empty prefix_only answer in zh: invalid beside the ASR it lowers
+    assert "| zh | 50.0% | 25.0% | 0.0% | 0.0% | 25.0% | 0.0% | 50.0% | 50.0% | 0.0% | 50.0% | 0.0% |" in markdown
+    assert ("| **average** | 62.5% | 37.5% | 12.5% | 0.0% | 12.5% | 0.0% | 25.0% | 50.0% | 25.0% | 62.5% | 25.0% |"
+            in markdown)
     assert "disagree on 1 prompt(s)" in markdown
     assert (tmp_path / SYSTEMS_CHART_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     headline = "\n".join(headline_lines(report))
@@ -286,7 +290,8 @@ def test_two_systems_and_old_evaluate_configs_still_work(tmp_path):
     assert comp["metrics"]["asr"]["systems"]["lasa"]["average"] == pytest.approx(0.125)
     assert comp["ssi"]["system"] == "lasa" and comp["ssi"]["disagreements"] == 0
     assert comp["ssi"]["harmful"]["average"] == pytest.approx(0.75)  # lasa's own flags: 3/4 in en and zh
-    assert "| en | 75.0% | 25.0% | 0.0% | 50.0% | 75.0% | 50.0% |" in (tmp_path / "two" / REPORT_MD).read_text()
+    assert ("| en | 75.0% | 25.0% | 0.0% | 0.0% | 0.0% | 50.0% | 75.0% | 50.0% |"
+            in (tmp_path / "two" / REPORT_MD).read_text())
 
     config.update(baseline_generations=paths["baseline"], generations=f"ablation={paths['prefix_only']}, "
                   f"kto_only = {paths['lasa']}", progress=False)

@@ -146,6 +146,10 @@ def comparison(report: Mapping[str, Any], refusal_rows: Mapping[str, Rows], ssi_
     metrics = {"asr": _metric("ASR (harmful)", "lower", report["asr"]["judge"], {
         s: ({lang: g["rate"] for lang, g in asr[s]["per_language"].items()}, asr[s]["pooled"]["rate"])
         for s in systems})}
+    # the invalid share (empty, looping or wrong-script answers) lowers the ASR without a refusal: shown beside it
+    metrics["invalid"] = _metric("invalid (harmful)", "none", report["asr"]["judge"], {
+        s: ({lang: g["invalid"] for lang, g in asr[s]["per_language"].items()}, asr[s]["pooled"]["invalid"])
+        for s in systems})
     benign = {s: [{**r, "language": r.get("language") or "unknown"} for r in refusal_rows.get(s, ())
                   if r["expected"] == "benign"] for s in systems}
     if any(benign.values()):
