@@ -197,9 +197,10 @@ def test_whole_pipeline_survives_kill9(tmp_path, seed):
     the evaluation report (bit-identical up to wall-time fields); every file at a final path right after the kill
     parses completely."""
     def command(workdir):
-        return script("demo", f"--workdir={workdir}", "--config.kto.train.num_steps=12",
-                      "--config.kto.checkpoint.every_steps=4", "--config.ssi.train.num_epochs=4",
-                      "--config.locate.selection.num_bootstrap=20", "--config.generate.decoding.max_new_tokens=6")
+        return script("demo", "--config=configs/demo_tiny.py", f"--workdir={workdir}",
+                      "--config.kto.train.num_steps=12", "--config.kto.checkpoint.every_steps=4",
+                      "--config.ssi.train.num_epochs=4", "--config.locate.selection.num_bootstrap=20",
+                      "--config.generate.decoding.max_new_tokens=6")
 
     stage = Stage(tmp_path, command, ignore=PIPELINE_VOLATILE)
     stage.kill_then_rerun(seed)
