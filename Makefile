@@ -9,7 +9,7 @@ DATA_ROOT ?= ../shared/data
 REAL_RUN_DIR ?= runs/smollm2_real
 PYTEST_ARGS ?=
 
-.PHONY: test demo bench clean venv lint smollm2 real-run
+.PHONY: test test-slow demo bench clean venv lint smollm2 real-run
 
 venv: $(STAMP)
 
@@ -20,10 +20,16 @@ $(STAMP): setup.py
 	$(PY) -m pip install -e '.[test]'
 	touch $(STAMP)
 
+# `make test`: every test not marked slow (the suite a contributor runs, ~10 min on 2 cores); `make test-slow`: the
+# tests marked slow (whole-pipeline runs, extra kill -9 seeds, multi-process); .ci/run runs both.
 # pytest exit 5 ("no tests collected") counts as a failure.
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS) tests; rc=$$?; \
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS) tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow $(PYTEST_ARGS) tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no slow tests: failing"; exit 1; fi; exit $$rc
 
 # The whole pipeline on SmolLM2-135M-Instruct (fetched once into $LASA_JAX_CACHE) and lasa_jax/demo_data, on CPU.
 # ruff (ruff.toml): pyflakes, pycodestyle at 120 columns, import order, bugbear, pyupgrade

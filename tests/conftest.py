@@ -18,7 +18,7 @@ if "LASA_SHARED_DATA" in os.environ:
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: longer tests (run in CI; deselect locally with -m 'not slow')")
+    config.addinivalue_line("markers", "slow: longer tests (make test-slow; .ci/run runs them after make test)")
 
 
 @pytest.fixture(scope="session")
