@@ -108,6 +108,14 @@ def constrain(x: jax.Array, mesh: Mesh | None, names: Sequence[str | None]) -> j
     return jax.lax.with_sharding_constraint(x, named_sharding(mesh, names, x.shape))
 
 
+def batch_shards(mesh: Mesh | None) -> int:
+    """How many ways the `batch` rule splits a batch dimension (1 without a mesh): a global batch must be a
+    multiple of this to be sharded evenly."""
+    if mesh is None:
+        return 1
+    return math.prod(mesh.shape[axis] for axis in (LOGICAL_AXIS_RULES["batch"] or ()))
+
+
 def batch_sharding(mesh: Mesh, shape: Sequence[int]) -> NamedSharding:
     """Sharding of an input array whose first dimension is the batch (split over data and fsdp)."""
     return named_sharding(mesh, ("batch",) + (None,) * (len(shape) - 1), shape)

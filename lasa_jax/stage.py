@@ -1,0 +1,67 @@
+"""The one contract every pipeline stage follows (locate, ssi, kto, generate, evaluate).
+
+A stage is one module (`lasa_jax.locate`, `lasa_jax.ssi.stage`, `lasa_jax.train.kto_stage`,
+`lasa_jax.generation_stage`, `lasa_jax.evaluate.stage`) that exposes:
+
+    NAME: str                                       the stage's name ("locate", "ssi", "kto", "generate", "evaluate")
+    settings(config) -> <Settings dataclass>        reads and validates its config section; the only code of the
+                                                    stage that knows config field names (errors name the field as
+                                                    `config_field("kto.train.batch_size")` spells it)
+    run(config | settings, workdir, mesh=None) -> StageResult
+    report_lines(stage_dir) -> list[str]            markdown lines for <workdir>/report.md (empty when not run)
+
+`run` accepts the config section or its already-read settings (`as_settings` does the dispatch) and writes all its
+outputs under `workdir`. The pipeline (`lasa_jax.pipeline`) loops over a table of (pipeline stage, module, mode)
+rows and needs no special case: a stage that returns `completed=False` (e.g. KTO preempted) stops the pipeline
+and is run again (continuing) by the next invocation.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, TypeVar
+
+S = TypeVar("S")
+
+
+@dataclasses.dataclass(frozen=True)
+class StageResult:
+    """What a stage's `run` returns.
+
+    stage: the stage name; status: "completed" or why it stopped early ("preempted", "stopped", ...);
+    outputs: named artifact paths it wrote (e.g. {"bottleneck": ".../bottleneck.json"});
+    summary: small JSON-serialisable headline values (e.g. {"best_layer": 14}); details: the stage's own
+    richer result object (e.g. Locate's `BottleneckResult`, KTO's `TrainResult`) for Python callers.
+    """
+    stage: str
+    status: str = "completed"
+    outputs: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    summary: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    details: Any = None
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "completed"
+
+
+class Stage(Protocol):
+    NAME: str
+
+    def settings(self, config) -> Any: ...
+
+    def run(self, config, workdir: str, mesh=None) -> StageResult: ...
+
+    def report_lines(self, stage_dir: str) -> list[str]: ...
+
+
+def as_settings(config_or_settings: Any, settings_type: type[S], read: Callable[[Any], S]) -> S:
+    """`config_or_settings` itself when it already is a `settings_type`, else `read(config_or_settings)`."""
+    if isinstance(config_or_settings, settings_type):
+        return config_or_settings
+    return read(config_or_settings)
+
+
+def config_field(name: str) -> str:
+    """How library errors name a config field: "config field kto.train.batch_size" (the CLI spells the same field
+    `--config.kto.train.batch_size`; library code never spells flags)."""
+    return f"config field {name}"
