@@ -144,7 +144,8 @@ def test_source_names_are_refused():
 
 def test_missing_reference_files_are_an_error_unless_waived(shared_data, tmp_path, caplog):
     records = [LabelledPrompt("anything", "en", 1, "mine:a", "mine")]
-    with pytest.raises(InputError, match=r"held-out reference file\(s\) not found.*allow_missing_held_out"):
+    with pytest.raises(InputError,
+                       match=r"held-out reference file\(s\) not found.*config field data\.allow_missing_held_out"):
         guard_inputs({"train": records}, None, "fixture")
     partial = tmp_path / "data"
     (partial / "multijail").mkdir(parents=True)

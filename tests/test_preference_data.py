@@ -26,7 +26,6 @@ from lasa_jax.data.preference import (
     iterate_kto_batches,
     kl_partners,
     load_paired_preference_json,
-    load_square_responses,
     load_unpaired_jsonl,
     prompt_group_id,
     tokenize_rows,
@@ -170,14 +169,6 @@ def test_polyrefuse_converter(shared_data):
     assert named_counts == en_counts
     with pytest.raises(FileNotFoundError):
         convert_polyrefuse_completions(root, languages=["sw"])
-
-
-def test_square_loader(shared_data):
-    path = shared_data / "square_ko" / "data" / "SQuARe" / "response_test_ood.json"
-    rows = load_square_responses(path)
-    assert len(rows) == 480 and sum(r.desirable for r in rows) == 215 and len({r.group_id for r in rows}) == 254
-    paired = load_square_responses(path, only_paired=True)
-    assert len({r.group_id for r in paired}) == 104 and {r.language for r in paired} == {"ko"}
 
 
 # --------------------------------------------------------------------------------------------- latent labels

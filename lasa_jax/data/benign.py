@@ -16,17 +16,16 @@ share)) for n safety rows (fewer, with a warning, when fewer were generated).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lasa_jax.data.preference import PreferenceRow
+from lasa_jax.data.preference.rows import PreferenceRow, content_hash
 from lasa_jax.errors import InputError
 from lasa_jax.io_utils import iter_jsonl, write_jsonl
+from lasa_jax.stage import config_field
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +36,7 @@ _CACHE_VERSION = 1
 def num_benign_rows(num_safety_rows: int, share: float) -> int:
     """Benign rows that make `share` of the mixed data: round(share * n / (1 - share))."""
     if not 0.0 <= share < 1.0:
-        raise InputError(f"--config.data.benign.share: expected a fraction in [0, 1), got {share}")
+        raise InputError(f"{config_field('kto.data.benign.share')}: expected a fraction in [0, 1), got {share}")
     return int(round(share * num_safety_rows / (1.0 - share)))
 
 
@@ -70,7 +69,7 @@ def cache_key(model_fingerprint: str, prompts: Sequence, settings: Mapping[str, 
     """24 hex of the SHA-256 of what determines the generated answers (module docstring)."""
     payload = {"version": _CACHE_VERSION, "model": model_fingerprint, "settings": dict(settings),
                "prompts": [[p.id, p.language, p.prompt] for p in prompts]}
-    return hashlib.sha256(json.dumps(payload, ensure_ascii=False, sort_keys=True).encode("utf-8")).hexdigest()[:24]
+    return content_hash(payload)[:24]
 
 
 def generate_benign_rows(model, tokenizer, prompts: Sequence, *, model_fingerprint: str, cache_dir: str | os.PathLike,
@@ -82,7 +81,7 @@ def generate_benign_rows(model, tokenizer, prompts: Sequence, *, model_fingerpri
     from lasa_jax.inference import Decoding, generate_responses, stop_token_ids
 
     if max_new_tokens < 1:
-        raise InputError(f"--config.data.benign.max_new_tokens: expected >= 1, got {max_new_tokens}")
+        raise InputError(f"{config_field('kto.data.benign.max_new_tokens')}: expected >= 1, got {max_new_tokens}")
     stop_ids = stop_token_ids(model.config, tokenizer, template_kwargs, model_dir=getattr(model, "source_path", None))
     settings = {"max_new_tokens": int(max_new_tokens), "temperature": 0.0, "stop_ids": stop_ids,
                 "template_kwargs": dict(template_kwargs or {})}
@@ -126,8 +125,8 @@ def mix_benign_rows(safety_rows: Sequence[PreferenceRow], benign_rows: Sequence[
     wanted = num_benign_rows(len(safety_rows), share)
     used = list(benign_rows[:wanted])
     if len(used) < wanted:
-        log.warning("benign KTO rows: %d wanted for share %.2f, only %d available (raise "
-                    "--config.data.benign.max_prompts)", wanted, share, len(used))
+        log.warning("benign KTO rows: %d wanted for share %.2f, only %d available (raise %s)", wanted, share,
+                    len(used), config_field("kto.data.benign.max_prompts"))
     total = len(safety_rows) + len(used)
     return list(safety_rows) + used, {"wanted": wanted, "used": len(used),
                                       "share_used": len(used) / total if total else 0.0}

@@ -53,6 +53,7 @@ from lasa_jax.data.eval_sets import (
     load_xstest,
 )
 from lasa_jax.errors import InputError
+from lasa_jax.stage import config_field
 
 log = logging.getLogger(__name__)
 
@@ -193,9 +194,9 @@ def load_held_out_reference(data_root: str | os.PathLike | None, *, allow_missin
                for name, p in paths.items() if p is None or not p.is_file()}
     if missing and not allow_missing:
         raise InputError(f"{what}: held-out reference file(s) not found: {sorted(missing.values())}; the held-out "
-                         f"guard needs the shared data root (--config.data.root) holding "
-                         f"{sorted(HELD_OUT_FILES.values())}. Pass --config.{WAIVER_FIELD}=True to run without them "
-                         "(e.g. the offline demo)")
+                         f"guard needs the shared data root (the stage's {config_field('data.root')}) holding "
+                         f"{sorted(HELD_OUT_FILES.values())}. Set {config_field(WAIVER_FIELD)}=True to run without "
+                         "them (e.g. the offline demo)")
     present = tuple(sorted((name, str(p), os.stat(p).st_mtime_ns) for name, p in paths.items() if name not in missing))
     if not present:
         return None
