@@ -13,9 +13,10 @@ and its first line last. Anything else is an unexpected failure and keeps absl's
 """
 from __future__ import annotations
 
+import importlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from absl import app, flags
 
@@ -65,3 +66,34 @@ def run(main: Callable[[list[str]], object]) -> None:
             sys.exit(EXIT_USER_ERROR)
 
     app.run(guarded)
+
+
+def stage_main(stage_module: str, *, config_help: str, default_config: str | None = None,
+               workdir_help: str = "Output directory.", config_name: str = "config.json",
+               exit_codes: Mapping[str, int] | None = None) -> None:
+    """The whole body of a stage script (lasa_jax/scripts/<stage>.py): define `--config` (a config file) and
+    `--workdir`, then `start_run` and the stage module's `run(config, workdir, mesh)` (lasa_jax.stage) under `run`.
+
+    `default_config` None makes both flags required. `exit_codes` maps a `StageResult.status` other than
+    "completed" to the exit status of the script (e.g. {"preempted": 75}).
+    """
+    from ml_collections import config_flags
+
+    from lasa_jax.runtime import start_run
+
+    config_flag = config_flags.DEFINE_config_file("config", default_config, config_help)
+    workdir_flag = flags.DEFINE_string("workdir", None if default_config is None else "", workdir_help)
+
+    def main(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        stage = importlib.import_module(stage_module)
+        config = config_flag.value
+        mesh = start_run(config, workdir_flag.value, config_name=config_name)
+        result = stage.run(config, workdir_flag.value, mesh)
+        if result.status in (exit_codes or {}):
+            sys.exit(exit_codes[result.status])
+
+    if default_config is None:
+        flags.mark_flags_as_required(["config", "workdir"])
+    run(main)
