@@ -174,3 +174,13 @@ def test_model_config_field():
     assert hash(other) != hash(config)  # but part of the jit static key
     with pytest.raises(InputError, match="attention_backend must be one of"):
         ModelConfig(**base, attention_backend="flash")
+
+
+def test_reference_is_the_decoder_attention():
+    """The einsum reference is the decoder's attention (moved verbatim): same masked value, same numbers."""
+    from lasa_jax.models import attention_kernels, decoder
+
+    assert attention_kernels.MASK_VALUE == decoder.MASK_VALUE
+    mask = padded_mask(128, [128, 50], "right")
+    q, k, v = qkv(2, 128, 128, seed=7)
+    np.testing.assert_array_equal(einsum_attention(q, k, v, mask, K), decoder.attention(q, k, v, mask, K))
