@@ -28,6 +28,7 @@ SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 SUPPORTED_ROPE_TYPES = ("default", "llama3")
 DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "minimal")
+ATTENTION_BACKENDS = ("einsum", "xla", "cudnn", "splash", "auto")  # lasa_jax.models.attention_kernels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +38,9 @@ class ModelConfig:
     Runtime fields: `param_dtype` (storage of parameters), `compute_dtype` (matmuls and activations; RMSNorm
     statistics, RoPE angles and softmax are always float32), `scan_layers` (run the stacked blocks with `lax.scan`
     instead of an unrolled Python loop) and `remat_policy` ("none", "full": recompute each block in the backward
-    pass, "minimal": keep the outputs of weight matmuls and recompute the rest).
+    pass, "minimal": keep the outputs of weight matmuls and recompute the rest) and `attention_backend` (one of
+    ATTENTION_BACKENDS, see lasa_jax.models.attention_kernels). Runtime fields are not part of `to_hf_dict`, so they
+    change neither a saved config.json nor a checkpoint's fingerprint or run identity.
     """
 
     model_type: str
@@ -68,6 +71,7 @@ class ModelConfig:
     compute_dtype: str = "float32"
     scan_layers: bool = True
     remat_policy: str = "none"
+    attention_backend: str = "einsum"
 
     def __post_init__(self):
         if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -80,6 +84,8 @@ class ModelConfig:
                 raise InputError(f"{name} must be one of {DTYPES}, got {getattr(self, name)!r}")
         if self.remat_policy not in REMAT_POLICIES:
             raise InputError(f"remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise InputError(f"attention_backend must be one of {ATTENTION_BACKENDS}, got {self.attention_backend!r}")
         if self.num_heads % self.num_kv_heads:
             raise InputError(f"num_attention_heads ({self.num_heads}) must be a multiple of num_key_value_heads "
                              f"({self.num_kv_heads})")
