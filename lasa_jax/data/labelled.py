@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from lasa_jax.data.groups import sample_groups
 from lasa_jax.data.heldout import NEAR_DUPLICATE_JACCARD, TextIndex
 from lasa_jax.data.languages import normalize_language
 from lasa_jax.data.parallel import (
@@ -264,6 +265,10 @@ def grouped_split(records: Sequence[LabelledPrompt], fractions: Mapping[str, flo
     label is its records' maximum label): within each label the groups, in sorted id order, are shuffled with
     `np.random.default_rng(seed)` and cut by cumulative share (rounded; every split with a positive share gets at
     least one group of a label when that label has enough groups). Record order is preserved inside each split.
+
+    `lasa_jax.layer_probe.grouped_split` is a second, deliberate grouped split: a two-way train/val row mask over
+    arrays that include unlabelled rows (left in neither), taking val groups first with its own rounding. Merging the
+    two would change the groups of every existing SSI split or Locate probe, so both stay.
     """
     names = list(fractions)
     shares = np.array([float(fractions[n]) for n in names])
@@ -307,23 +312,9 @@ def _split_counts(num_groups: int, shares: np.ndarray) -> list[int]:
 
 
 def limit_groups(records: Sequence[LabelledPrompt], max_groups: int | None, seed: int = 0) -> list[LabelledPrompt]:
-    """At most `max_groups` groups of each label (drawn uniformly with `np.random.default_rng(seed)` from the groups
-    in sorted id order); record order preserved. None or 0 keeps everything."""
-    if not max_groups:
-        return list(records)
-    if max_groups < 0:
-        raise InputError(f"max_groups must be >= 0 or None, got {max_groups}")
-    groups_by_label: dict[int, set[str]] = collections.defaultdict(set)
-    for r in records:
-        groups_by_label[r.label].add(r.group_id)
-    rng = np.random.default_rng(seed)
-    kept = set()
-    for label in sorted(groups_by_label):
-        groups = sorted(groups_by_label[label])
-        if len(groups) > max_groups:
-            groups = [groups[i] for i in sorted(rng.choice(len(groups), size=max_groups, replace=False))]
-        kept.update(groups)
-    return [r for r in records if r.group_id in kept]
+    """At most `max_groups` groups of each label, drawn from the groups in sorted id order; record order preserved;
+    None or 0 keeps everything (`lasa_jax.data.groups.sample_groups`, the one subsampler)."""
+    return sample_groups(records, max_groups, stratum=lambda r: r.label, seed=seed, candidates="sorted")
 
 
 def check_disjoint_groups(splits: Mapping[str, Sequence[LabelledPrompt]]) -> None:

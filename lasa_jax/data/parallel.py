@@ -30,8 +30,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import numpy as np
-
+from lasa_jax.data.groups import sample_groups
 from lasa_jax.data.heldout import POLYREFUSE_MULTIJAIL_ROWS
 from lasa_jax.data.languages import MULTIJAIL_LANGUAGES, normalize_language
 from lasa_jax.errors import InputError
@@ -383,28 +382,6 @@ def check_parallel_corpus(records: Sequence[ParallelText], what: str = "parallel
                          f"{languages} and {len(groups)} groups ({len(records)} texts)")
 
 
-def subsample_groups(records: Sequence[ParallelText], max_groups_per_source: int | None,
-                     seed: int = 0) -> list[ParallelText]:
-    """Keep at most `max_groups_per_source` groups of each source, drawn uniformly without replacement with
-    `np.random.default_rng(seed)`; record order is preserved. None keeps everything."""
-    if max_groups_per_source is None:
-        return list(records)
-    if max_groups_per_source < 1:
-        raise InputError(f"max_groups_per_source must be >= 1 or None, got {max_groups_per_source}")
-    groups_by_source = collections.defaultdict(dict)  # source -> ordered set of group ids
-    for r in records:
-        groups_by_source[r.source].setdefault(r.group_id)
-    rng = np.random.default_rng(seed)
-    kept_groups = set()
-    for source in sorted(groups_by_source):
-        group_ids = list(groups_by_source[source])
-        if len(group_ids) > max_groups_per_source:
-            chosen = rng.choice(len(group_ids), size=max_groups_per_source, replace=False)
-            group_ids = [group_ids[i] for i in chosen]
-        kept_groups.update(group_ids)
-    return [r for r in records if r.group_id in kept_groups]
-
-
 def keep_common_sources(records: Sequence[ParallelText], languages: Iterable[str],
                         ) -> tuple[list[ParallelText], dict[str, list[str]]]:
     """Keep the records of sources that have texts in every one of `languages` (so no language is represented by
@@ -442,7 +419,8 @@ def default_locate_corpus(data_root: PathLike, languages: Iterable[str] = MULTIJ
     records = filter_parallel_groups(records, languages=languages, min_languages=2)
     if common_sources_only:
         records, _ = keep_common_sources(records, languages)
-    records = subsample_groups(records, max_groups_per_source, seed=seed)
+    records = sample_groups(records, max_groups_per_source, stratum=lambda r: r.source, seed=seed,
+                            candidates="first_seen", what="max_groups_per_source")
     check_parallel_corpus(records, what=f"default Locate corpus under {data_root}")
     return records
 
