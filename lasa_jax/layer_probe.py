@@ -122,7 +122,7 @@ def grouped_split(labels: Sequence[int], group_ids: Sequence[Any], *, val_fracti
     """(train (N,) bool, val (N,) bool) over the labelled rows (label 0 or 1), split by query group and stratified
     by the group's class (module docstring). Rows with other labels are in neither.
 
-    Deliberately not `lasa_jax.data.labelled.grouped_split` (named multi-way splits of labelled records, a group's
+    Deliberately not `lasa_jax.data.groups.grouped_split` (named multi-way splits of labelled records, a group's
     class = its maximum label, train cut first): this one works on row arrays with unlabelled rows and draws the val
     groups first, and its draws define the probe AUROC of existing Locate runs."""
     labels = np.asarray(labels)

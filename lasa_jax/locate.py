@@ -76,7 +76,8 @@ from lasa_jax import activation_cache
 from lasa_jax.activations import capture, default_batch_size, tokenize_prompts
 from lasa_jax.bottleneck_report import BOTTLENECK_FILE, load_bottleneck, probe_line, write_bottleneck_report
 from lasa_jax.bottleneck_selection import BottleneckResult, select_bottleneck_layer
-from lasa_jax.data.parallel import ParallelText, corpus_summary
+from lasa_jax.data.parallel import ParallelText
+from lasa_jax.data.parallel_corpus import corpus_summary
 from lasa_jax.errors import InputError
 from lasa_jax.layer_probe import ProbeResult, layer_probe_auroc
 from lasa_jax.locate_data import load_locate_corpus, load_parallel_jsonl_split, locate_corpus_with_notes

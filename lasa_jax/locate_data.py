@@ -15,13 +15,15 @@ from lasa_jax.data.heldout import guard_inputs
 from lasa_jax.data.parallel import (
     ParallelText,
     _record_from_row,
+    load_multijail,
+    load_parallel_hub,
+    load_translated_safety_json,
+)
+from lasa_jax.data.parallel_corpus import (
     check_parallel_corpus,
     default_locate_corpus,
     filter_parallel_groups,
     keep_common_sources,
-    load_multijail,
-    load_parallel_hub,
-    load_translated_safety_json,
 )
 from lasa_jax.errors import InputError
 from lasa_jax.io_utils import iter_jsonl
