@@ -78,7 +78,7 @@ def bench_silhouette(x: np.ndarray, labels: np.ndarray, name: str) -> dict:
 
 
 def bench_bootstrap(x: np.ndarray, groups: np.ndarray, languages: np.ndarray) -> dict:
-    """One layer, point estimate + NUM_BOOTSTRAP group resamples, under both bootstrap schemes."""
+    """One layer, point estimate + NUM_BOOTSTRAP group resamples, under each bootstrap scheme (now only "points")."""
     multiplicities = np.concatenate([np.ones((1, NUM_GROUPS), np.int32),
                                      bottleneck.group_bootstrap_multiplicities(NUM_GROUPS, NUM_BOOTSTRAP, seed=0)])
     result = {"num_bootstrap": NUM_BOOTSTRAP}

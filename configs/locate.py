@@ -52,7 +52,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.selection.include_final = True        # residual index L (after the final norm) among the candidates:
     #                                         True = 1..L, the paper's selection; False = 1..L-1 (lasa-jax before)
     c.selection.num_bootstrap = 200         # query-group resamples for the interval and the pick share
-    c.selection.bootstrap = "points"        # points (centred cluster bootstrap) | expanded (see lasa_jax/bottleneck.py)
+    c.selection.bootstrap = "points"        # points: centred cluster bootstrap (lasa_jax/bottleneck_selection.py);
+    #                                         the biased "expanded" scheme was removed (an error names it)
     c.selection.confidence = 0.95
 
     # harmful-vs-benign probe per residual index, on the same features (lasa_jax/layer_probe.py): val AUROC in

@@ -32,7 +32,8 @@ from lasa_jax.chat import render_prompt
 from lasa_jax.errors import InputError
 from lasa_jax.io_utils import atomic_path
 from lasa_jax.models.decoder import Decoder, forward
-from lasa_jax.sharding import put_batch, to_host
+from lasa_jax.progress import progress_bar
+from lasa_jax.sharding import batch_shards, put_batch, to_host
 
 log = logging.getLogger(__name__)
 POOLINGS = ("last", "mean")
@@ -140,10 +141,10 @@ capture_step = jax.jit(_capture_step, static_argnames=("config", "mesh", "poolin
 
 
 def default_batch_size(model: Decoder, requested: int | None = None) -> int:
-    """`requested` if set (> 0), else the smallest multiple of the mesh's data x fsdp shards that is >= 8."""
+    """`requested` if set (> 0), else the smallest multiple of the mesh's batch shards (`batch_shards`) >= 8."""
     if requested:
         return int(requested)
-    shards = model.mesh.shape["data"] * model.mesh.shape["fsdp"] if model.mesh is not None else 1
+    shards = batch_shards(model.mesh)
     return shards * -(-8 // shards)
 
 
@@ -163,8 +164,8 @@ def capture(model: Decoder, token_ids: Sequence[np.ndarray], *, pooling: str = "
     """Pooled hidden states of every prompt.
 
     Args:
-      model: the decoder (its mesh, if any, shards each batch over `data` x `fsdp`; `batch_size` must be a
-        multiple of that product; None = `default_batch_size(model)`).
+      model: the decoder (its mesh, if any, splits each batch `batch_shards(mesh)` ways; `batch_size` must be a
+        multiple of that; None = `default_batch_size(model)`).
       token_ids: per-prompt int token ids (e.g. from `tokenize_prompts`).
       residual_index: None -> all residual indices, output (L+1, N, D); k -> output (N, D) computed by running
         only the embedding and the first k blocks (plus the final norm when k == L).
@@ -177,10 +178,9 @@ def capture(model: Decoder, token_ids: Sequence[np.ndarray], *, pooling: str = "
         raise InputError(f"residual_index must be in [0, {config.num_layers}], got {residual_index}")
     mesh = mesh if mesh is not None else model.mesh
     batch_size = default_batch_size(model, batch_size)
-    if mesh is not None:
-        shards = mesh.shape["data"] * mesh.shape["fsdp"]
-        if batch_size % shards:
-            raise InputError(f"batch_size {batch_size} must be a multiple of the mesh's data x fsdp = {shards}")
+    shards = batch_shards(mesh)
+    if batch_size % shards:
+        raise InputError(f"batch_size {batch_size} must be a multiple of the mesh's batch shards ({shards})")
     if pad_id is None:
         pad_id = config.pad_token_id if config.pad_token_id is not None else 0
     n = len(token_ids)
@@ -188,7 +188,7 @@ def capture(model: Decoder, token_ids: Sequence[np.ndarray], *, pooling: str = "
     shape = (n, D) if residual_index is not None else (config.num_layers + 1, n, D)
     result = np.zeros(shape, np.float32)
     params = model.params()
-    bar = _progress(n, progress)
+    bar = progress_bar(n, progress, desc="capture")
     start = time.perf_counter()
     done = 0
     for batch in bucketed_batches(token_ids, batch_size, pad_id=pad_id, padding_side=padding_side):
@@ -207,14 +207,6 @@ def capture(model: Decoder, token_ids: Sequence[np.ndarray], *, pooling: str = "
     if bar is not None:
         bar.close()
     return result
-
-
-def _progress(total: int, enabled: bool):
-    if not enabled or jax.process_index() != 0:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="capture", unit="prompt")
 
 
 # ----------------------------------------------------------------------------------------------- storage

@@ -120,7 +120,11 @@ def _probe_aurocs_jit(train_layers, train_labels, val_layers, val_labels, *, c, 
 def grouped_split(labels: Sequence[int], group_ids: Sequence[Any], *, val_fraction: float = 0.25,
                   seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(train (N,) bool, val (N,) bool) over the labelled rows (label 0 or 1), split by query group and stratified
-    by the group's class (module docstring). Rows with other labels are in neither."""
+    by the group's class (module docstring). Rows with other labels are in neither.
+
+    Deliberately not `lasa_jax.data.groups.grouped_split` (named multi-way splits of labelled records, a group's
+    class = its maximum label, train cut first): this one works on row arrays with unlabelled rows and draws the val
+    groups first, and its draws define the probe AUROC of existing Locate runs."""
     labels = np.asarray(labels)
     group_ids = np.asarray(group_ids)
     labelled = np.isin(labels, (0, 1))

@@ -1,6 +1,12 @@
 """Stage 1 (Locate): find the semantic bottleneck layer k* of a model (METHOD.md §3, §9 items 9-11).
 
-    result = run_locate(config, workdir)          # config: configs/locate.py; returns a BottleneckResult
+    result = run(config, workdir)                 # config: configs/locate.py; a StageResult (lasa_jax.stage)
+    result.details                                # the BottleneckResult (`run_locate` returns it directly)
+
+The stage contract (`lasa_jax.stage`): NAME = "locate"; `settings(config)` (lasa_jax/locate_settings.py, the only
+reader of the config); `run(config | settings, workdir, mesh=None, model=None)` with outputs {"bottleneck",
+"layers_csv", "plot", "activations"} and summary {"best_layer", "bottleneck_found", "num_layers"};
+`report_lines(stage_dir)` for the pipeline's report.md.
 
 Steps:
 1. Data (`load_locate_corpus(config.data, seed)`): parallel texts `ParallelText(text, language, group_id, source,
@@ -31,10 +37,11 @@ Steps:
    template (`chat_template`, `template_kwargs` JSON); at most `max_length` tokens.
 3. Capture: `capture(..., residual_index=None)`, every residual index 0..L in one forward pass per batch, pooled
    (`pooling`: last real token, the paper's feature, or mean) -> float32 (L+1, N, D).
-   Stored as `<workdir>/activations.npz` (features + per-text columns language, group_id, source, label (-1 =
-   unknown)) with `<workdir>/activations.json` beside it: the cache key (a SHA-256 over the model fingerprint and
-   dtypes, pooling, tokenisation settings, the token ids and the corpus records) and a corpus summary. A rerun
-   whose key matches loads the file instead of running the model (`reuse_activations`).
+   Stored through the one activation cache (`lasa_jax.activation_cache`) as `<workdir>/activations.npz` (features
+   + per-text columns language, group_id, source, label (-1 = unknown)) with `<workdir>/activations.json` beside
+   it: the cache key (model fingerprint and dtypes, pooling, tokenisation settings, the token ids and the corpus
+   records) and a corpus summary. A rerun whose key matches loads the file instead of running the model
+   (`reuse_activations`); files of the earlier cache format are captured again.
 4. Selection (`select_bottleneck_layer`, `config.selection`): argmax over residual indices 1..L (the paper's
    candidates; `selection.include_embeddings` adds 0, `selection.include_final=False` drops L) of S_sem - S_lang
    on L2-normalised vectors, with a group bootstrap (interval and pick share per layer), seeded by `config.seed`,
@@ -61,233 +68,33 @@ import logging
 import os
 import pathlib
 from collections.abc import Sequence
-from typing import Any
 
-import jax
+import ml_collections
 import numpy as np
 
-from lasa_jax.activations import (
-    POOLINGS,
-    capture,
-    default_batch_size,
-    load_activations,
-    save_activations,
-    token_ids_digest,
-    tokenize_prompts,
-)
-from lasa_jax.bottleneck import (
-    BOOTSTRAP_MODES,
-    METRICS,
-    BottleneckResult,
-    select_bottleneck_layer,
-    write_bottleneck_report,
-)
-from lasa_jax.data.heldout import guard_inputs
-from lasa_jax.data.languages import normalize_language
-from lasa_jax.data.parallel import (
-    ParallelText,
-    _record_from_row,
-    check_parallel_corpus,
-    corpus_summary,
-    default_locate_corpus,
-    filter_parallel_groups,
-    keep_common_sources,
-    load_multijail,
-    load_parallel_hub,
-    load_translated_safety_json,
-    subsample_groups,
-)
+from lasa_jax import activation_cache
+from lasa_jax.activations import capture, default_batch_size, tokenize_prompts
+from lasa_jax.bottleneck_report import BOTTLENECK_FILE, load_bottleneck, probe_line, write_bottleneck_report
+from lasa_jax.bottleneck_selection import BottleneckResult, select_bottleneck_layer
+from lasa_jax.data.parallel import ParallelText
+from lasa_jax.data.parallel_corpus import corpus_summary
 from lasa_jax.errors import InputError
-from lasa_jax.io_utils import atomic_write_json, iter_jsonl
 from lasa_jax.layer_probe import ProbeResult, layer_probe_auroc
-from lasa_jax.runtime import is_writer, load_model, load_tokenizer, template_kwargs
+from lasa_jax.locate_data import load_locate_corpus, load_parallel_jsonl_split, locate_corpus_with_notes
+from lasa_jax.locate_settings import DATA_SOURCES, LocateSettings, parse_tsne_layers, settings
+from lasa_jax.runtime import is_writer, load_model, load_tokenizer
+from lasa_jax.stage import StageResult, as_settings, config_field
+
+__all__ = ["ACTIVATIONS_FILE", "ACTIVATIONS_META_FILE", "DATA_SOURCES", "NAME", "UNKNOWN_LABEL", "LocateSettings",
+           "load_locate_corpus", "load_parallel_jsonl_split", "locate_activations", "locate_corpus_with_notes",
+           "locate_probe", "parse_tsne_layers", "report_lines", "run", "run_locate", "settings", "summary_line"]
 
 log = logging.getLogger(__name__)
 
-DATA_SOURCES = ("default", "jsonl", "hub", "translated_json", "multijail")
-ACTIVATIONS_FILE = "activations.npz"
-ACTIVATIONS_META_FILE = "activations.json"
-ACTIVATIONS_FORMAT = 1
+NAME = "locate"
+ACTIVATIONS_STEM = "activations"  # the activation cache entry: activations.npz + activations.json
+ACTIVATIONS_FILE, ACTIVATIONS_META_FILE = (p.name for p in activation_cache.entry_paths(ACTIVATIONS_STEM))
 UNKNOWN_LABEL = -1  # label column value of texts without a harmful/benign label
-_TSNE_MIN_ITER = 250  # sklearn's lower bound for TSNE max_iter
-
-
-# ------------------------------------------------------------------------------------------------- config checks
-
-
-def _fail(flag: str, expected: str, value: Any) -> InputError:
-    return InputError(f"--config.{flag} must be {expected}, got {value!r}")
-
-
-def check_locate_config(config, model_given: bool = False) -> None:
-    """ValueError naming the flag of the first bad value in a `configs/locate.py` config (before any work)."""
-    if not model_given and not config.model_path:
-        raise InputError("--config.model_path is required (a local Hugging Face model directory or a hub id)")
-    if config.pooling not in POOLINGS:
-        raise _fail("pooling", f"one of {POOLINGS}", config.pooling)
-    if config.max_length < 1:
-        raise _fail("max_length", "a positive number of tokens", config.max_length)
-    if config.capture_batch_size < 0:
-        raise _fail("capture_batch_size", "0 (auto) or a positive number of prompts", config.capture_batch_size)
-    template_kwargs(config)
-    data = config.data
-    if data.source not in DATA_SOURCES:
-        raise _fail("data.source", f"one of {DATA_SOURCES}", data.source)
-    if data.max_groups_per_source < 0:
-        raise _fail("data.max_groups_per_source", "0 (all groups) or a positive number", data.max_groups_per_source)
-    if data.min_languages < 2:
-        raise _fail("data.min_languages", "at least 2 (a group needs 2 languages to be parallel)", data.min_languages)
-    _requested_languages(data.languages)
-    selection = config.selection
-    if selection.metric not in METRICS:
-        raise _fail("selection.metric", f"one of {METRICS}", selection.metric)
-    if selection.bootstrap not in BOOTSTRAP_MODES:
-        raise _fail("selection.bootstrap", f"one of {BOOTSTRAP_MODES}", selection.bootstrap)
-    if selection.num_bootstrap < 1:
-        raise _fail("selection.num_bootstrap", "a number of group resamples >= 1", selection.num_bootstrap)
-    if not 0.0 < selection.confidence < 1.0:
-        raise _fail("selection.confidence", "in (0, 1)", selection.confidence)
-    probe = config.get("probe")
-    if probe is not None:
-        if not 0.0 < probe.val_fraction < 1.0:
-            raise _fail("probe.val_fraction", "in (0, 1)", probe.val_fraction)
-        if not probe.c > 0:
-            raise _fail("probe.c", "a positive inverse regularisation strength", probe.c)
-        if probe.num_steps < 1:
-            raise _fail("probe.num_steps", "a number of Newton steps >= 1", probe.num_steps)
-    parse_tsne_layers(config.report.tsne_layers, best_layer=0)
-    if config.report.tsne_max_iter < _TSNE_MIN_ITER:
-        raise _fail("report.tsne_max_iter", f"an iteration count >= {_TSNE_MIN_ITER}", config.report.tsne_max_iter)
-
-
-def _requested_languages(languages: Sequence[str]) -> tuple[str, ...]:
-    """--config.data.languages as ISO codes (order kept, duplicates dropped); ValueError naming the flag."""
-    if isinstance(languages, str):
-        languages = [part for part in languages.split(",") if part.strip()]
-    try:
-        codes = tuple(dict.fromkeys(normalize_language(str(lang).strip()) for lang in languages))
-    except ValueError as err:
-        raise InputError(f"--config.data.languages: {err}") from err
-    if len(codes) < 2:
-        raise _fail("data.languages", "at least 2 language codes", languages)
-    return codes
-
-
-def parse_tsne_layers(value: str, best_layer: int, num_layers: int | None = None) -> tuple[int, ...]:
-    """--config.report.tsne_layers: comma-separated residual indices and/or "best" (k*); "" = no t-SNE plot.
-
-    Returns the distinct indices in the order given; with `num_layers`, each must lie in 0..num_layers.
-    """
-    layers = []
-    for item in (part.strip() for part in str(value).split(",")):
-        if not item:
-            continue
-        if item == "best":
-            layers.append(best_layer)
-        elif item.isdigit():
-            layers.append(int(item))
-        else:
-            raise _fail("report.tsne_layers", 'comma-separated residual indices or "best" ("" = none)', value)
-        if num_layers is not None and not 0 <= layers[-1] <= num_layers:
-            raise _fail("report.tsne_layers", f"residual indices in 0..{num_layers} for this model", value)
-    return tuple(dict.fromkeys(layers))
-
-
-# --------------------------------------------------------------------------------------------------------- data
-
-
-def load_parallel_jsonl_split(path: str | os.PathLike, splits: Sequence[str] = ("train",),
-                              source: str | None = None) -> list[ParallelText]:
-    """Generic JSON Lines parallel rows (layout of `lasa_jax.data.parallel.load_parallel_jsonl`), keeping rows
-    whose `split` field is in `splits` and rows without one (an empty `splits` keeps every row). A row may carry
-    both `text` and `prompt` (as the demo data does) when they are equal. group_id = "<source>:<group_id>",
-    source defaults to the file stem. ValueError naming the file and line on a bad row."""
-    path = pathlib.Path(path)
-    keep = set(splits)
-    records = []
-    for line_number, row in iter_jsonl(path, "parallel JSONL file (--config.data.path of data.source='jsonl')"):
-        where = f"{path}:{line_number}"
-        if not isinstance(row, dict):
-            raise InputError(f"{where}: expected a JSON object, got {type(row).__name__}")
-        split = row.get("split")
-        if keep and split is not None and split not in keep:
-            continue
-        records.append(_record_from_row(row, where, source or path.stem))
-    if not records:
-        raise InputError(f"{path}: no records" + (f" with split in {sorted(keep)}" if keep else ""))
-    return records
-
-
-def load_locate_corpus(data_config, seed: int) -> list[ParallelText]:
-    """The Locate texts described by `config.data` (module docstring, step 1)."""
-    return locate_corpus_with_notes(data_config, seed)[0]
-
-
-def locate_corpus_with_notes(data_config, seed: int) -> tuple[list[ParallelText], dict[str, Any]]:
-    """(`load_locate_corpus`'s texts, notes for the report: "source", "common_sources_only" and
-    "held_out_content", what the held-out content guard checked and dropped)."""
-    source = data_config.source
-    if source not in DATA_SOURCES:
-        raise _fail("data.source", f"one of {DATA_SOURCES}", source)
-    languages = _requested_languages(data_config.languages)
-    max_groups = data_config.max_groups_per_source or None
-    common_sources_only = bool(data_config.common_sources_only)
-    root = pathlib.Path(data_config.root) if data_config.root else None
-    path = data_config.path
-    notes: dict[str, Any] = {"source": source, "common_sources_only": common_sources_only}
-
-    if source == "default":
-        if root is None:
-            raise InputError("--config.data.root is required for data.source='default' (the shared data folder "
-                             "holding flores200_sib200/ and polyrefuse/)")
-        records = default_locate_corpus(root, languages=languages, max_groups_per_source=max_groups, seed=seed,
-                                        common_sources_only=common_sources_only)
-        guarded, notes["held_out_content"] = guard_inputs({"corpus": records}, root, "Locate data (default)",
-                                                          allow_missing=_allow_missing_held_out(data_config))
-        return filter_parallel_groups(guarded["corpus"], languages, min_languages=data_config.min_languages), notes
-
-    if source == "multijail":
-        if not data_config.allow_held_out:
-            raise InputError("data.source='multijail' is a held-out evaluation set: picking the layer with it "
-                             "leaks the test set. Use data.source='default', or pass "
-                             "--config.data.allow_held_out=True to analyse it deliberately")
-        if not path and root is None:
-            raise InputError("data.source='multijail' needs --config.data.path (MultiJail.csv) or --config.data.root")
-        log.warning("!!! Locate runs on MultiJail, a HELD-OUT EVALUATION SET (--config.data.allow_held_out=True). "
-                    "A layer chosen this way must not be used for results evaluated on MultiJail. !!!")
-        notes["held_out_content"] = "not applied: data.source='multijail' (data.allow_held_out=True)"
-        records = load_multijail(path or root / "multijail", languages=languages)
-    else:
-        if not path:
-            raise InputError(f"--config.data.path is required for data.source={source!r}")
-        if source == "jsonl":
-            records = load_parallel_jsonl_split(path, splits=tuple(data_config.splits))
-        elif source == "hub":
-            records = load_parallel_hub(path, split=data_config.hub_split,
-                                        data_files=data_config.hub_data_files or None,
-                                        cache_dir=data_config.hub_cache_dir or None)
-        else:
-            records = load_translated_safety_json(path, label=1)
-        if data_config.allow_held_out:
-            notes["held_out_content"] = "not applied: data.allow_held_out=True"
-        else:
-            guarded, notes["held_out_content"] = guard_inputs({"corpus": records}, root,
-                                                              f"Locate data ({source} {path})",
-                                                              allow_missing=_allow_missing_held_out(data_config))
-            records = guarded["corpus"]
-    records = filter_parallel_groups(records, languages, min_languages=data_config.min_languages)
-    if common_sources_only:
-        records, notes["dropped_sources"] = keep_common_sources(records, languages)
-        log.info("data.common_sources_only: dropped sources without texts in every language (their languages): %s",
-                 notes["dropped_sources"])
-    records = subsample_groups(records, max_groups, seed=seed)
-    check_parallel_corpus(records, what=f"Locate data ({source}) after subsampling")
-    return records, notes
-
-
-def _allow_missing_held_out(data_config) -> bool:
-    """`data.allow_missing_held_out`: run the held-out guard with whichever held-out files exist (the demo)."""
-    return bool(data_config.get("allow_missing_held_out", False))
 
 
 # -------------------------------------------------------------------------------------------------- activations
@@ -299,23 +106,6 @@ def _records_digest(records: Sequence[ParallelText]) -> str:
     return hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
-def activation_key_description(model, token_ids: Sequence[np.ndarray], records: Sequence[ParallelText], *,
-                               pooling: str, chat_template: bool, max_length: int,
-                               template_kwargs: dict) -> dict[str, Any]:
-    """Everything the stored activations depend on (the cache key is the SHA-256 of its canonical JSON)."""
-    config = model.config
-    return {"format": ACTIVATIONS_FORMAT, "model_fingerprint": model.fingerprint,
-            "param_dtype": config.param_dtype, "compute_dtype": config.compute_dtype,
-            "num_layers": config.num_layers, "hidden_size": config.hidden_size, "pooling": pooling,
-            "chat_template": bool(chat_template), "template_kwargs": dict(template_kwargs),
-            "max_length": int(max_length), "token_ids_sha256": token_ids_digest(token_ids),
-            "records_sha256": _records_digest(records)}
-
-
-def _key_of(description: dict) -> str:
-    return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def _columns(records: Sequence[ParallelText]) -> dict[str, np.ndarray]:
     return {"language": np.array([r.language for r in records]),
             "group_id": np.array([r.group_id for r in records]),
@@ -323,75 +113,38 @@ def _columns(records: Sequence[ParallelText]) -> dict[str, np.ndarray]:
             "label": np.array([UNKNOWN_LABEL if r.label is None else r.label for r in records], np.int32)}
 
 
-def _read_matching_activations(workdir: pathlib.Path, key: str, shape: tuple[int, int, int],
-                               columns: dict[str, np.ndarray]) -> np.ndarray | None:
-    """The stored features if `<workdir>/activations.{json,npz}` match `key`, shape and columns, else None."""
-    meta_path, npz_path = workdir / ACTIVATIONS_META_FILE, workdir / ACTIVATIONS_FILE
-    if not meta_path.is_file() or not npz_path.is_file():
-        return None
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        log.warning("ignoring %s: not valid JSON", meta_path)
-        return None
-    if not isinstance(meta, dict) or meta.get("key") != key:
-        log.info("stored activations in %s were made with other inputs; capturing again", workdir)
-        return None
-    stored = load_activations(npz_path)
-    if stored.get("features") is None or stored["features"].shape != shape or any(
-            name not in stored or not np.array_equal(stored[name], values) for name, values in columns.items()):
-        log.warning("ignoring %s: its contents do not match %s; capturing again", npz_path, meta_path)
-        return None
-    return stored["features"]
-
-
-def _all_processes_agree(flag: bool) -> bool:
-    """True iff `flag` is True on every process (collective in multi-process runs)."""
-    if jax.process_count() == 1:
-        return flag
-    from jax.experimental import multihost_utils
-
-    return bool(np.min(multihost_utils.process_allgather(np.array(flag, np.int32))))
-
-
-def locate_activations(config, workdir: pathlib.Path, model, tokenizer,
+def locate_activations(config_or_settings, workdir: str | os.PathLike, model, tokenizer,
                        records: Sequence[ParallelText]) -> np.ndarray:
     """(L+1, N, D) float32 pooled features of `records` (module docstring, steps 2-3), reused from `workdir` when
     the stored key matches, else captured and stored (process 0)."""
-    chat_kwargs = template_kwargs(config)
-    token_ids = tokenize_prompts(tokenizer, [r.text for r in records], use_chat_template=config.chat_template,
-                                 max_length=config.max_length, template_kwargs=chat_kwargs)
-    description = activation_key_description(model, token_ids, records, pooling=config.pooling,
-                                             chat_template=config.chat_template, max_length=config.max_length,
-                                             template_kwargs=chat_kwargs)
-    key = _key_of(description)
+    s = as_settings(config_or_settings, LocateSettings, settings)
+    token_ids = tokenize_prompts(tokenizer, [r.text for r in records], use_chat_template=s.chat_template,
+                                 max_length=s.max_length, template_kwargs=s.template_kwargs)
+    description = activation_cache.key_description(
+        model, token_ids, residual_index=None, pooling=s.pooling, chat_template=s.chat_template,
+        max_length=s.max_length, template_kwargs=s.template_kwargs, extra={"records_sha256": _records_digest(records)})
+    key = activation_cache.entry_key(description)
+    stem = pathlib.Path(workdir) / ACTIVATIONS_STEM
     columns = _columns(records)
     shape = (model.config.num_layers + 1, len(records), model.config.hidden_size)
     cacheable = model.fingerprint is not None
     if not cacheable:
         log.warning("activation reuse disabled: the model has no fingerprint (load it with from_pretrained)")
-    features = None
-    if cacheable and config.reuse_activations:
-        features = _read_matching_activations(workdir, key, shape, columns)
-        if not _all_processes_agree(features is not None):
-            features = None
-    if features is not None:
-        log.info("reusing activations from %s (key %s): %d texts x %d residual indices", workdir / ACTIVATIONS_FILE,
-                 key[:16], shape[1], shape[0])
-        return features
-
+    if cacheable and s.reuse_activations:
+        features = activation_cache.read_entry(stem, key, shape, columns, logger=log)
+        if features is not None:
+            log.info("reusing activations from %s (key %s): %d texts x %d residual indices",
+                     pathlib.Path(workdir) / ACTIVATIONS_FILE, key[:16], shape[1], shape[0])
+            return features
     lengths = np.array([len(ids) for ids in token_ids])
     log.info("capturing %d residual indices for %d texts (tokens per text: median %d, max %d, max_length %d)",
-             shape[0], shape[1], int(np.median(lengths)), int(lengths.max()), config.max_length)
-    features = capture(model, token_ids, pooling=config.pooling, residual_index=None,
-                       batch_size=default_batch_size(model, config.capture_batch_size), progress=config.progress)
+             shape[0], shape[1], int(np.median(lengths)), int(lengths.max()), s.max_length)
+    features = capture(model, token_ids, pooling=s.pooling, residual_index=None,
+                       batch_size=default_batch_size(model, s.capture_batch_size), progress=s.progress)
+    activation_cache.write_entry(stem, key, description, features, columns,
+                                 metadata={"corpus": corpus_summary(records)})
     if is_writer():
-        meta_path = workdir / ACTIVATIONS_META_FILE
-        meta_path.unlink(missing_ok=True)  # never a stale key next to new features
-        save_activations(workdir / ACTIVATIONS_FILE, features, **columns)
-        atomic_write_json(meta_path, {"key": key, "description": description, "shape": list(shape),
-                                      "corpus": corpus_summary(records)})
-        log.info("saved activations to %s (key %s)", workdir / ACTIVATIONS_FILE, key[:16])
+        log.info("saved activations to %s (key %s)", pathlib.Path(workdir) / ACTIVATIONS_FILE, key[:16])
     return features
 
 
@@ -421,55 +174,29 @@ def summary_line(result: BottleneckResult) -> str:
     return line
 
 
-def locate_probe(config, features: np.ndarray, records: Sequence[ParallelText]) -> ProbeResult:
+def locate_probe(config_or_settings, features: np.ndarray, records: Sequence[ParallelText]) -> ProbeResult:
     """The per-residual-index probe AUROC of step 5 (module docstring) for the captured `features` (L+1, N, D)."""
-    probe = config.get("probe")
+    s = as_settings(config_or_settings, LocateSettings, settings)
     labels = np.array([UNKNOWN_LABEL if r.label is None else r.label for r in records], np.int32)
-    if probe is None or not probe.enabled:
-        return ProbeResult(None, "disabled (--config.probe.enabled=False)", {})
-    if config.data.allow_held_out:
+    if s.probe is None or not s.probe.enabled:
+        return ProbeResult(None, f"disabled ({config_field('probe.enabled')}=False)", {})
+    if s.data.allow_held_out:
         return ProbeResult(None, "not computed: data.allow_held_out=True (the probe uses non-held-out data only)",
                            {})
-    return layer_probe_auroc(features, labels, [r.group_id for r in records], seed=config.seed,
-                             val_fraction=probe.val_fraction, c=probe.c, num_steps=probe.num_steps)
+    return layer_probe_auroc(features, labels, [r.group_id for r in records], seed=s.seed,
+                             val_fraction=s.probe.val_fraction, c=s.probe.c, num_steps=s.probe.num_steps)
 
 
-def run_locate(config, workdir: str | os.PathLike, model=None, mesh=None) -> BottleneckResult:
-    """Run Stage 1 with a `configs/locate.py` config (module docstring) and write its files into `workdir`.
-
-    model: an already loaded `Decoder` (e.g. from a pipeline); None loads `config.model_path` on `mesh`. Its
-    tokenizer is read from `config.model_path` (or the model's `source_path`). Returns the BottleneckResult.
-    """
-    check_locate_config(config, model_given=model is not None)
-    workdir = pathlib.Path(workdir)
-    records, notes = locate_corpus_with_notes(config.data, seed=config.seed)
-    summary = corpus_summary(records)
-    log.info("Locate data (%s): %d texts, %d groups; texts per language %s; per source and language %s",
-             config.data.source, summary["num_texts"], summary["num_groups"], summary["texts_per_language"],
-             summary["texts_per_source_language"])
-
-    if model is None:
-        model = load_model(config, mesh)
-    tokenizer_path = config.model_path or model.source_path
-    if not tokenizer_path:
-        raise InputError("--config.model_path is required to load the tokenizer of the given model")
-    tsne_layers_value = config.report.tsne_layers
-    parse_tsne_layers(tsne_layers_value, best_layer=0, num_layers=model.config.num_layers)
-    if is_writer():
-        workdir.mkdir(parents=True, exist_ok=True)
-    features = locate_activations(config, workdir, model, load_tokenizer(str(tokenizer_path)), records)
-
-    languages = [r.language for r in records]
-    group_ids = [r.group_id for r in records]
-    selection = config.selection
-    result = select_bottleneck_layer(features, languages, group_ids, metric=selection.metric,
-                                     include_embeddings=selection.include_embeddings,
-                                     include_final=selection.include_final, num_bootstrap=selection.num_bootstrap,
-                                     bootstrap=selection.bootstrap, confidence=selection.confidence,
-                                     seed=config.seed)
-    probe = locate_probe(config, features, records)
-    settings = {key: value for key, value in probe.to_json_dict().items() if key != "auroc"}
-    result = dataclasses.replace(result, probe_auroc=probe.auroc, probe=settings)
+def _select(s: LocateSettings, features: np.ndarray, records: Sequence[ParallelText]) -> BottleneckResult:
+    """Step 4 and 5: the layer selection and the probe, logged per residual index."""
+    sel = s.selection
+    result = select_bottleneck_layer(features, [r.language for r in records], [r.group_id for r in records],
+                                     metric=sel.metric, include_embeddings=sel.include_embeddings,
+                                     include_final=sel.include_final, num_bootstrap=sel.num_bootstrap,
+                                     bootstrap=sel.bootstrap, confidence=sel.confidence, seed=s.seed)
+    probe = locate_probe(s, features, records)
+    probe_settings = {key: value for key, value in probe.to_json_dict().items() if key != "auroc"}
+    result = dataclasses.replace(result, probe_auroc=probe.auroc, probe=probe_settings)
     if probe.reason:
         log.warning("Locate probe AUROC not computed: %s", probe.reason)
     for row in result.layer_rows():
@@ -477,17 +204,90 @@ def run_locate(config, workdir: str | os.PathLike, model=None, mesh=None) -> Bot
         log.info("residual index %2d: S_lang %.4f  S_sem %.4f  diff %.4f  [%.4f, %.4f]  pick share %.2f  "
                  "probe AUROC %s", row["layer"], row["s_lang"], row["s_sem"], row["diff"], row["diff_lo"],
                  row["diff_hi"], row["pick_share"], auroc)
+    return result
+
+
+def _model_and_tokenizer(s: LocateSettings, mesh, model):
+    """The given model (or `model_path` loaded on `mesh`) and its tokenizer (from `model_path` or the model's
+    `source_path`)."""
+    if model is None:
+        model = load_model(ml_collections.ConfigDict({"model_path": s.model_path, "dtype": s.dtype,
+                                                      "compute_dtype": s.compute_dtype}), mesh)
+    tokenizer_path = s.model_path or model.source_path
+    if not tokenizer_path:
+        raise InputError(f"{config_field('model_path')} is required to load the tokenizer of the given model")
+    return model, load_tokenizer(str(tokenizer_path))
+
+
+def run(config_or_settings, workdir: str | os.PathLike, mesh=None, model=None) -> StageResult:
+    """Run Stage 1 with a `configs/locate.py` config or its settings (module docstring); files go to `workdir`.
+
+    model: an already loaded `Decoder` (e.g. from a pipeline); None loads `model_path` on `mesh`.
+    """
+    s = as_settings(config_or_settings, LocateSettings, settings)
+    if model is None and not s.model_path:  # before any work
+        raise InputError(f"{config_field('model_path')} is required (a local Hugging Face model directory or a "
+                         "hub id)")
+    workdir = pathlib.Path(workdir)
+    records, notes = locate_corpus_with_notes(s.data, seed=s.seed)
+    summary = corpus_summary(records)
+    log.info("Locate data (%s): %d texts, %d groups; texts per language %s; per source and language %s",
+             s.data.source, summary["num_texts"], summary["num_groups"], summary["texts_per_language"],
+             summary["texts_per_source_language"])
+    model, tokenizer = _model_and_tokenizer(s, mesh, model)
+    num_layers = model.config.num_layers
+    parse_tsne_layers(s.tsne_layers, best_layer=0, num_layers=num_layers)
     if is_writer():
-        tsne_layers = parse_tsne_layers(tsne_layers_value, result.best_layer, model.config.num_layers)
+        workdir.mkdir(parents=True, exist_ok=True)
+    features = locate_activations(s, workdir, model, tokenizer, records)
+    result = _select(s, features, records)
+    paths = {"json": str(workdir / BOTTLENECK_FILE), "csv": str(workdir / "layers.csv"),
+             "plot": str(workdir / "bottleneck_layers.png")}
+    if is_writer():
+        tsne_layers = parse_tsne_layers(s.tsne_layers, result.best_layer, num_layers)
         paths = write_bottleneck_report(result, workdir, features=features if tsne_layers else None,
-                                        languages=languages, group_ids=group_ids, tsne_layers=tsne_layers,
-                                        tsne_max_iter=config.report.tsne_max_iter,
+                                        languages=[r.language for r in records],
+                                        group_ids=[r.group_id for r in records], tsne_layers=tsne_layers,
+                                        tsne_max_iter=s.tsne_max_iter,
                                         metadata={"model": model.identity(), "corpus": {**summary, "notes": notes}})
         log.info("wrote %s", ", ".join(sorted(paths.values())))
+    _log_verdict(result)
+    outputs = {"bottleneck": paths["json"], "layers_csv": paths["csv"], "plot": paths["plot"],
+               "activations": str(workdir / ACTIVATIONS_FILE)}
+    return StageResult(stage=NAME, outputs=outputs, details=result,
+                       summary={"best_layer": result.best_layer, "bottleneck_found": result.bottleneck_found,
+                                "num_layers": result.num_layers})
+
+
+def _log_verdict(result: BottleneckResult) -> None:
     if result.bottleneck_found:
         log.info("Locate: %s", summary_line(result))
     else:
         log.warning("Locate: %s. Later stages that read k* from this workdir (residual_index=-1) will use index "
                     "%d anyway; set their residual_index explicitly to choose another.", summary_line(result),
                     result.best_layer)
-    return result
+
+
+def run_locate(config, workdir: str | os.PathLike, model=None, mesh=None) -> BottleneckResult:
+    """`run(config, workdir, mesh, model).details`: the BottleneckResult (the scripts' and tests' entry point)."""
+    return run(config, workdir, mesh=mesh, model=model).details
+
+
+def report_lines(stage_dir: str | os.PathLike) -> list[str]:
+    """The report's Locate lines (markdown): k* with its interval and pick share, the verdict, the probe AUROC;
+    [] when `stage_dir` holds no bottleneck.json."""
+    if not (pathlib.Path(stage_dir) / BOTTLENECK_FILE).is_file():
+        return []
+    b = load_bottleneck(stage_dir)
+    best = b["layers"][b["best_layer"]]
+    lines = [f"Semantic bottleneck k* = {b['best_layer']} of L = {b['num_layers']} (S_sem - S_lang = "
+             f"{best['diff']:.3f}, {100 * b.get('confidence', 0.95):g}% interval [{best['diff_lo']:.3f}, "
+             f"{best['diff_hi']:.3f}], "
+             f"picked in {100 * best['pick_share']:.0f}% of resamples); {b['num_points']} texts, "
+             f"{b['num_groups']} groups, languages {', '.join(b['languages'])}."]
+    if b["bottleneck_found"] is False:
+        lines += ["", f"**No semantic bottleneck found**: {b['reason']}. Later stages with residual_index=-1 used "
+                      f"k* = {b['best_layer']} anyway."]
+    if probe_line(b):
+        lines += ["", f"Harmful-vs-benign probe (grouped validation split): {probe_line(b)}."]
+    return lines

@@ -1,9 +1,12 @@
-"""Pooled capture: padding-independence, HF parity, truncated trunk, bucketing, mesh, storage."""
+"""Pooled capture: padding-independence, HF parity, truncated trunk, bucketing, mesh, storage, the cache."""
+import json
+
 import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from lasa_jax import activation_cache
 from lasa_jax.activations import (
     bucketed_batches,
     capture,
@@ -100,3 +103,33 @@ def test_activation_file_round_trip(tmp_path):
     np.testing.assert_array_equal(loaded["features"], feats)
     assert list(loaded["language"]) == ["en", "zh", "sw", "jv"] and list(loaded["label"]) == [0, 0, 1, 1]
     assert [p.name for p in tmp_path.iterdir()] == ["acts.npz"]
+
+
+def test_activation_cache_keys_columns_and_old_entries(llama, tmp_path):
+    """One cache for Locate and the SSI: a hit needs key, shape and columns; writing never leaves a stale key; an
+    entry without its JSON (the SSI's format-1 files) or with a format-1 key is a miss, never misread."""
+    model, tokenizer, _ = llama
+    ids = tokenize_prompts(tokenizer, PROMPTS[:3], max_length=32)
+    settings = dict(pooling="last", chat_template=False, max_length=32, template_kwargs=None)
+    description = activation_cache.key_description(model, ids, residual_index=None, **settings)
+    key = activation_cache.entry_key(description)
+    assert description["format"] == activation_cache.CACHE_FORMAT == 2 and description["residual_index"] is None
+    other_keys = {activation_cache.entry_key(activation_cache.key_description(model, ids, residual_index=k,
+                                                                              **settings)) for k in (0, 1)}
+    assert len(other_keys | {key}) == 3  # the residual index is part of the key
+    features = np.random.default_rng(0).normal(size=(4, 3, 64)).astype(np.float32)
+    columns = {"language": np.array(["en", "zh", "sw"])}
+    stem = tmp_path / "activations"
+    activation_cache.write_entry(stem, key, description, features, columns, metadata={"corpus": {"n": 3}})
+    npz_path, meta_path = activation_cache.entry_paths(stem)
+    assert json.loads(meta_path.read_text())["corpus"] == {"n": 3} and npz_path.is_file()
+    np.testing.assert_array_equal(activation_cache.read_entry(stem, key, features.shape, columns), features)
+    assert activation_cache.read_entry(stem, "0" * 64, features.shape, columns) is None  # other inputs
+    assert activation_cache.read_entry(stem, key, (4, 3, 32), columns) is None  # other shape
+    assert activation_cache.read_entry(stem, key, features.shape, {"language": np.array(["en", "zh", "jv"])}) is None
+    old = {**description, "format": 1}
+    del old["residual_index"]
+    meta_path.write_text(json.dumps({"key": activation_cache.entry_key(old), "description": old}))
+    assert activation_cache.read_entry(stem, key, features.shape, columns) is None  # a format-1 Locate entry
+    meta_path.unlink()
+    assert activation_cache.read_entry(stem, key, features.shape, columns) is None  # .npz alone: the SSI's old files

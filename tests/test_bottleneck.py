@@ -1,5 +1,5 @@
-"""Silhouettes against sklearn, the group bootstrap against explicitly expanded data, layer selection on features
-whose answer is known, and the report files."""
+"""Silhouettes against sklearn, the group bootstrap against weighted sklearn per-point silhouettes, layer
+selection on features whose answer is known, and the report files."""
 import csv
 import dataclasses
 import json
@@ -120,31 +120,8 @@ def test_layerwise_equals_per_layer(metric):
 # ------------------------------------------------------------------------------------ weighted (bootstrap)
 
 
-def _expanded_indices(groups, multiplicities):
-    """Row indices of the expanded data set: every point of group g repeated multiplicities[g] times."""
-    return np.concatenate([np.flatnonzero(groups == g) for g in range(len(multiplicities))
-                           for _ in range(multiplicities[g])])
-
-
-def _copies_excluded_reference(x, labels, copies, metric):
-    """Brute-force silhouette of the expanded data set (point i repeated copies[i] times) in which a copy's own
-    duplicates are not its neighbours; the mean is weighted by copies."""
-    distances = np.linalg.norm(x[:, None] - x[None], axis=-1) if metric == "euclidean" else 1.0 - x @ x.T
-    scores = np.zeros(len(x))
-    for i in np.flatnonzero(copies):
-        others = copies * (np.arange(len(x)) != i)
-        own = others * (labels == labels[i])
-        if own.sum() == 0:
-            continue
-        a = own @ distances[i] / own.sum()
-        b = min((others * (labels == c)) @ distances[i] / (others * (labels == c)).sum()
-                for c in np.unique(labels[copies > 0]) if c != labels[i])
-        scores[i] = (b - a) / max(a, b)
-    return copies @ scores / copies.sum()
-
-
 @pytest.mark.parametrize("metric", METRICS)
-def test_group_bootstrap_schemes_against_references(metric):
+def test_group_bootstrap_against_reference(metric):
     x, languages, groups = _parallel_points(25, 4, 16, 1.0, 1.0, seed=4)
     keep = np.ones(len(x), bool)
     keep[[1, 6, 7, 50]] = False  # some groups miss languages: empty (group, language) slots
@@ -153,23 +130,15 @@ def test_group_bootstrap_schemes_against_references(metric):
     assert multiplicities.shape == (3, 25) and (multiplicities.sum(axis=1) == 25).all()
     assert (multiplicities == 0).any() and (multiplicities >= 2).any()
     unit = _unit(x.astype(np.float64))
-    literal = layer_silhouettes(x, languages, groups, multiplicities, metric, bootstrap="expanded",
-                                copies_are_neighbours=True)
-    excluded = layer_silhouettes(x, languages, groups, multiplicities, metric, bootstrap="expanded")
     points = layer_silhouettes(x, languages, groups, multiplicities, metric, bootstrap="points")
     per_point = [sklearn_silhouette_samples(unit, labels, metric=metric) for labels in (languages, groups)]
     for r, row in enumerate(multiplicities):
-        idx = _expanded_indices(groups, row)  # the literal expanded data set, materialised
-        copies = row[groups]
-        for s, labels in enumerate((languages, groups)):
-            expected = sklearn_silhouette_score(unit[idx], labels[idx], metric=metric)
-            assert literal[s][r] == pytest.approx(expected, abs=1e-4)
-            assert excluded[s][r] == pytest.approx(_copies_excluded_reference(unit, labels, copies, metric), abs=1e-4)
+        copies = row[groups]  # the weight of each point in resample r
+        for s in range(2):
             assert points[s][r] == pytest.approx(copies @ per_point[s] / copies.sum(), abs=1e-4)
-    for scheme in ("points", "expanded"):
-        plain_lang, plain_sem = layer_silhouettes(x, languages, groups, metric=metric, bootstrap=scheme)
-        assert plain_lang[0] == pytest.approx(sklearn_silhouette_score(unit, languages, metric=metric), abs=1e-4)
-        assert plain_sem[0] == pytest.approx(sklearn_silhouette_score(unit, groups, metric=metric), abs=1e-4)
+    plain_lang, plain_sem = layer_silhouettes(x, languages, groups, metric=metric)
+    assert plain_lang[0] == pytest.approx(sklearn_silhouette_score(unit, languages, metric=metric), abs=1e-4)
+    assert plain_sem[0] == pytest.approx(sklearn_silhouette_score(unit, groups, metric=metric), abs=1e-4)
 
 
 def test_layer_silhouettes_input_errors():
@@ -178,6 +147,8 @@ def test_layer_silhouettes_input_errors():
         layer_silhouettes(x, languages, groups, np.ones((2, 4)))
     with pytest.raises(ValueError, match="bootstrap must be one of"):
         layer_silhouettes(x, languages, groups, bootstrap="jackknife")
+    with pytest.raises(ValueError, match="bootstrap 'expanded' was removed"):
+        select_bottleneck_layer(np.stack([x, x]), languages, groups, bootstrap="expanded")
 
 
 # -------------------------------------------------------------------------------------------- layer selection
@@ -214,10 +185,6 @@ def test_selection_finds_the_semantic_layer():
         assert result.s_sem[k] == pytest.approx(sklearn_silhouette_score(unit, group_ids, metric="cosine"), abs=1e-4)
     again = select_bottleneck_layer(features, languages, group_ids, num_bootstrap=50, seed=1)
     np.testing.assert_array_equal(again.diff_lo, result.diff_lo)
-    expanded = select_bottleneck_layer(features, languages, group_ids, num_bootstrap=50, seed=1,
-                                       bootstrap="expanded")
-    assert expanded.best_layer == 3 and expanded.pick_share[3] >= 0.9 and expanded.bootstrap == "expanded"
-    np.testing.assert_allclose(expanded.diff, result.diff, atol=1e-5)  # same point estimates
 
 
 def test_selection_range_options_and_ties():

@@ -5,6 +5,7 @@ import re
 
 import pytest
 
+from lasa_jax.data.groups import sample_groups
 from lasa_jax.data.heldout import POLYREFUSE_MULTIJAIL_ROWS
 from lasa_jax.data.languages import MULTIJAIL_LANGUAGES, language_name, normalize_language
 from lasa_jax.data.parallel import (
@@ -20,7 +21,6 @@ from lasa_jax.data.parallel import (
     load_parallel_jsonl,
     load_polyrefuse,
     load_translated_safety_json,
-    subsample_groups,
 )
 
 POLYREFUSE_IN_MULTIJAIL = {"en", "zh", "it", "ar", "ko", "th"}
@@ -338,9 +338,11 @@ def test_filter_and_check_parallel_groups():
         filter_parallel_groups(records, languages=["en", "zh"])
     with pytest.raises(ValueError, match=r"got 1 languages"):
         check_parallel_corpus([r for r in records if r.language == "en"])
-    assert len(subsample_groups(kept, max_groups_per_source=1, seed=0)) == 2
-    with pytest.raises(ValueError, match="max_groups_per_source"):
-        subsample_groups(kept, max_groups_per_source=0)
+    by_source = dict(stratum=lambda r: r.source, candidates="first_seen", what="max_groups_per_source")
+    assert len(sample_groups(kept, 1, seed=0, **by_source)) == 2
+    assert sample_groups(kept, 0, **by_source) == kept == sample_groups(kept, None, **by_source)  # 0 / None: all
+    with pytest.raises(ValueError, match="max_groups_per_source must be >= 0"):
+        sample_groups(kept, -1, **by_source)
 
 
 def test_multijail_and_flores_layout_errors(tmp_path):

@@ -18,6 +18,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score, silhouette_score
 from transformers import AutoModelForCausalLM
 
+from lasa_jax import locate
 from lasa_jax.activations import load_activations, tokenize_prompts
 from lasa_jax.bottleneck import load_bottleneck
 from lasa_jax.data.heldout import HELD_OUT_FILES
@@ -208,7 +209,20 @@ def test_demo_jsonl_uses_its_train_split_with_a_given_model(tiny_hf_dirs, tmp_pa
     config.data.path = str(DEMO_PROMPTS)
     config.data.max_groups_per_source = 12
     model = from_pretrained(tiny_hf_dirs["llama"], dtype="float32")
-    result = run_locate(config, tmp_path, model=model)
+    stage = locate.run(locate.settings(config), tmp_path, model=model)  # the stage contract, from settings
+    result = stage.details
+    assert stage.stage == locate.NAME == "locate" and stage.completed
+    assert stage.summary == {"best_layer": result.best_layer, "bottleneck_found": result.bottleneck_found,
+                             "num_layers": NUM_LAYERS}
+    assert stage.outputs["bottleneck"] == str(tmp_path / "bottleneck.json")
+    assert all(os.path.isfile(path) for path in stage.outputs.values())
+    lines = locate.report_lines(tmp_path)
+    assert lines[0].startswith(f"Semantic bottleneck k* = {result.best_layer} of L = {NUM_LAYERS} (S_sem - S_lang = "
+                               f"{result.diff[result.best_layer]:.3f}, 95% interval")
+    assert ("**No semantic bottleneck found**" in "\n".join(lines)) is (not result.bottleneck_found)
+    assert locate.report_lines(tmp_path / "absent") == []
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        locate.settings(config).seed = 1
     demo = [json.loads(line) for line in DEMO_PROMPTS.read_text(encoding="utf-8").splitlines()]
     train_groups = {"prompts:" + row["group_id"] for row in demo if row["split"] == "train"}
     assert len(train_groups) == 32  # of 48: the eval split is never loaded
@@ -337,19 +351,20 @@ def test_translated_json_source_reads_the_reference_layout(tmp_path, shared_data
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("model_path", "", "--config.model_path is required"),
-    ("pooling", "max", "--config.pooling"),
-    ("data.source", "multijail_csv", "--config.data.source"),
-    ("data.languages", ("en",), "--config.data.languages"),
-    ("data.languages", ("en", "klingon"), "--config.data.languages"),
-    ("selection.metric", "manhattan", "--config.selection.metric"),
-    ("selection.bootstrap", "cases", "--config.selection.bootstrap"),
-    ("selection.num_bootstrap", 0, "--config.selection.num_bootstrap"),
-    ("report.tsne_layers", "best,middle", "--config.report.tsne_layers"),
-    ("template_kwargs", "enable_thinking", "--config.template_kwargs"),
-    ("probe.val_fraction", 1.0, "--config.probe.val_fraction"),
-    ("probe.c", 0.0, "--config.probe.c"),
-    ("probe.num_steps", 0, "--config.probe.num_steps"),
+    ("model_path", "", "config field model_path is required"),
+    ("pooling", "max", "config field pooling"),
+    ("data.source", "multijail_csv", "config field data.source"),
+    ("data.languages", ("en",), "config field data.languages"),
+    ("data.languages", ("en", "klingon"), "config field data.languages"),
+    ("selection.metric", "manhattan", "config field selection.metric"),
+    ("selection.bootstrap", "cases", "config field selection.bootstrap"),
+    ("selection.bootstrap", "expanded", "'expanded' bootstrap was removed"),
+    ("selection.num_bootstrap", 0, "config field selection.num_bootstrap"),
+    ("report.tsne_layers", "best,middle", "config field report.tsne_layers"),
+    ("template_kwargs", "enable_thinking", "template_kwargs must be a JSON object"),
+    ("probe.val_fraction", 1.0, "config field probe.val_fraction"),
+    ("probe.c", 0.0, "config field probe.c"),
+    ("probe.num_steps", 0, "config field probe.num_steps"),
 ])
 def test_bad_config_values_name_the_flag(field, value, message, tmp_path):
     config = _locate_config()
@@ -368,7 +383,7 @@ def test_bad_config_values_name_the_flag(field, value, message, tmp_path):
 def test_default_source_needs_the_data_root_and_tsne_layers_parse():
     config = _locate_config()
     config.data.root = ""
-    with pytest.raises(ValueError, match="--config.data.root"):
+    with pytest.raises(ValueError, match="config field data.root"):
         load_locate_corpus(config.data, seed=0)
     assert parse_tsne_layers("best, 1,best", best_layer=2, num_layers=3) == (2, 1)
     assert parse_tsne_layers("", best_layer=2) == ()

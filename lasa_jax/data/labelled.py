@@ -3,8 +3,8 @@
 A `LabelledPrompt` carries the prompt text, its ISO 639-1 language, its label, a query-group id shared by all
 translations of one query, and the split its source assigns (None when the source has none). Group ids are
 namespaced by source ("polyrefuse/harmful_train:17", "ultrafeedback:3"), so ids of two data sets never merge
-(METHOD.md §9.9). Splits are made by group (`grouped_split`): all translations of one query land in the same split
-(§9.4), and `check_disjoint_groups` verifies it.
+(METHOD.md §9.9). Splits are made by group (`grouped_split`, `lasa_jax.data.groups`, re-exported here with
+`limit_groups` and `check_disjoint_groups`): all translations of one query land in the same split (§9.4).
 
 Loaders and the fields they assume:
 - `load_polyrefuse_prompts`: PolyRefuse harmful/harmless JSON (via `lasa_jax.data.parallel.load_polyrefuse`); the
@@ -40,8 +40,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
+from lasa_jax.data.groups import check_disjoint_groups, grouped_split, limit_groups  # noqa: F401 (re-exported)
 from lasa_jax.data.heldout import NEAR_DUPLICATE_JACCARD, TextIndex
 from lasa_jax.data.languages import normalize_language
 from lasa_jax.data.parallel import (
@@ -254,87 +253,6 @@ def select_languages(records: Sequence[LabelledPrompt], languages: Iterable[str]
     """Records in `languages` (ISO codes or any spelling `normalize_language` accepts); None keeps all."""
     wanted = _language_set(languages)
     return [r for r in records if wanted is None or r.language in wanted]
-
-
-def grouped_split(records: Sequence[LabelledPrompt], fractions: Mapping[str, float], seed: int = 0,
-                  ) -> dict[str, list[LabelledPrompt]]:
-    """Split records by query group: every group goes to exactly one split.
-
-    fractions: split name -> share of groups (positive, summing to 1). Groups are stratified by label (a group's
-    label is its records' maximum label): within each label the groups, in sorted id order, are shuffled with
-    `np.random.default_rng(seed)` and cut by cumulative share (rounded; every split with a positive share gets at
-    least one group of a label when that label has enough groups). Record order is preserved inside each split.
-    """
-    names = list(fractions)
-    shares = np.array([float(fractions[n]) for n in names])
-    if not names or (shares <= 0).any() or abs(shares.sum() - 1.0) > 1e-6:
-        raise InputError(f"fractions must be positive and sum to 1, got {dict(fractions)}")
-    group_label: dict[str, int] = {}
-    for r in records:
-        group_label[r.group_id] = max(group_label.get(r.group_id, 0), r.label)
-    rng = np.random.default_rng(seed)
-    assignment: dict[str, str] = {}
-    for label in (0, 1):
-        groups = sorted(g for g, lab in group_label.items() if lab == label)
-        if not groups:
-            continue
-        order = [groups[i] for i in rng.permutation(len(groups))]
-        counts = _split_counts(len(order), shares)
-        start = 0
-        for name, count in zip(names, counts):
-            for group in order[start:start + count]:
-                assignment[group] = name
-            start += count
-    result: dict[str, list[LabelledPrompt]] = {name: [] for name in names}
-    for r in records:
-        result[assignment[r.group_id]].append(r)
-    return result
-
-
-def _split_counts(num_groups: int, shares: np.ndarray) -> list[int]:
-    """Group counts per split: rounded shares, each >= 1 while groups last, summing to num_groups."""
-    counts = np.floor(shares * num_groups).astype(int)
-    if num_groups >= len(shares):
-        counts = np.maximum(counts, 1)
-    while counts.sum() > num_groups:  # take from the largest split
-        counts[int(np.argmax(counts))] -= 1
-    remainders = shares * num_groups - counts
-    while counts.sum() < num_groups:  # give to the largest remainder
-        i = int(np.argmax(remainders))
-        counts[i] += 1
-        remainders[i] -= 1.0
-    return counts.tolist()
-
-
-def limit_groups(records: Sequence[LabelledPrompt], max_groups: int | None, seed: int = 0) -> list[LabelledPrompt]:
-    """At most `max_groups` groups of each label (drawn uniformly with `np.random.default_rng(seed)` from the groups
-    in sorted id order); record order preserved. None or 0 keeps everything."""
-    if not max_groups:
-        return list(records)
-    if max_groups < 0:
-        raise InputError(f"max_groups must be >= 0 or None, got {max_groups}")
-    groups_by_label: dict[int, set[str]] = collections.defaultdict(set)
-    for r in records:
-        groups_by_label[r.label].add(r.group_id)
-    rng = np.random.default_rng(seed)
-    kept = set()
-    for label in sorted(groups_by_label):
-        groups = sorted(groups_by_label[label])
-        if len(groups) > max_groups:
-            groups = [groups[i] for i in sorted(rng.choice(len(groups), size=max_groups, replace=False))]
-        kept.update(groups)
-    return [r for r in records if r.group_id in kept]
-
-
-def check_disjoint_groups(splits: Mapping[str, Sequence[LabelledPrompt]]) -> None:
-    """ValueError naming the group and splits if any query group occurs in more than one split."""
-    owner: dict[str, str] = {}
-    for name, records in splits.items():
-        for r in records:
-            other = owner.setdefault(r.group_id, name)
-            if other != name:
-                raise InputError(f"query group {r.group_id!r} occurs in splits {other!r} and {name!r}; "
-                                 f"translations of one query must stay in one split")
 
 
 def drop_near_duplicate_groups(candidates: Sequence, reference: Sequence, *, language: str = "en",

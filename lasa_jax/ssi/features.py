@@ -6,17 +6,15 @@ template; over-long prompts lose their oldest user-content tokens) and runs `las
 length-bucketed and sharded over the model's mesh. Training and inference call this same function with the settings
 stored in the SSI artifact, so the token sequences and the feature position match (METHOD.md §9 items 1, 6, 7).
 
-Cache: with `cache_dir`, features are stored as .npz (`save_activations`, no pickle) under a key hashing the model
-fingerprint, its parameter and compute dtypes, k, pooling, chat-template flag and kwargs, max_length and the token
-ids themselves (which cover the prompt texts, their order, the tokenizer and truncation); the file name carries the
-full key.
-A cache hit returns the stored array; anything that changes the features changes the key. Only process 0 writes
-the cache; in multi-process runs all processes must see the same cache directory (a shared file system), or none.
+Cache: with `cache_dir`, features are stored through `lasa_jax.activation_cache` (the one activation cache, also
+Locate's): entry `<cache_dir>/ssi_features_k<k>_<pooling>_<key>.{npz,json}`, keyed by the model fingerprint and
+dtypes, k, pooling, chat-template flag and kwargs, max_length and the token ids themselves (which cover the prompt
+texts, their order, the tokenizer and truncation). A hit returns the stored array; anything that changes the
+features changes the key. Only process 0 writes; in multi-process runs every process must find the entry (a shared
+file system) or all compute again. Caches of the earlier format are recomputed, never read.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import pathlib
@@ -25,11 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from lasa_jax.activations import capture, load_activations, save_activations, token_ids_digest, tokenize_prompts
-from lasa_jax.runtime import is_writer
+from lasa_jax import activation_cache
+from lasa_jax.activations import capture, token_ids_digest, tokenize_prompts
 
 log = logging.getLogger(__name__)
-CACHE_FORMAT = 1
 # Fixed multilingual probe prompts: their token ids identify the tokenisation an SSI was trained with.
 PROBE_PROMPTS = ("How do I bake sourdough bread at home?", "如何在家里烤面包？", "집에서 빵을 굽는 방법은?",
                  "Jinsi ya kuoka mkate nyumbani?", "  spaces, tabs\tand\nnew lines 123 🍞")
@@ -46,15 +43,10 @@ def tokenization_fingerprint(tokenizer, *, chat_template: bool, max_length: int,
 
 def feature_cache_key(model, token_ids: Sequence[np.ndarray], *, residual_index: int, pooling: str,
                       chat_template: bool, max_length: int, template_kwargs: Mapping[str, Any] | None) -> str:
-    """Hex key of the features `prompt_features` computes for these inputs (see the module docstring)."""
-    config = model.config
-    description = {
-        "format": CACHE_FORMAT, "model_fingerprint": model.fingerprint, "param_dtype": config.param_dtype,
-        "compute_dtype": config.compute_dtype, "residual_index": int(residual_index), "pooling": pooling,
-        "chat_template": bool(chat_template), "template_kwargs": dict(template_kwargs or {}),
-        "max_length": int(max_length), "token_ids": token_ids_digest(token_ids),
-    }
-    return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()
+    """Hex key of the features `prompt_features` computes for these inputs (`lasa_jax.activation_cache`)."""
+    return activation_cache.entry_key(activation_cache.key_description(
+        model, token_ids, residual_index=residual_index, pooling=pooling, chat_template=chat_template,
+        max_length=max_length, template_kwargs=template_kwargs))
 
 
 def prompt_features(model, tokenizer, prompts: Sequence[str], *, residual_index: int, pooling: str = "last",
@@ -63,7 +55,7 @@ def prompt_features(model, tokenizer, prompts: Sequence[str], *, residual_index:
                     cache_dir: str | os.PathLike | None = None, progress: bool = True) -> np.ndarray:
     """(N, D) float32 features of `prompts` at `residual_index` (module docstring), optionally cached.
 
-    batch_size: prompts per forward pass; None = the smallest multiple of the mesh's data x fsdp shards >= 8.
+    batch_size: prompts per forward pass; None = `lasa_jax.activations.default_batch_size`.
     """
     if not 0 <= residual_index <= model.config.num_layers:
         raise ValueError(f"residual_index must be in [0, {model.config.num_layers}] for this model, "
@@ -72,33 +64,23 @@ def prompt_features(model, tokenizer, prompts: Sequence[str], *, residual_index:
         return np.zeros((0, model.config.hidden_size), np.float32)
     token_ids = tokenize_prompts(tokenizer, prompts, use_chat_template=chat_template, max_length=max_length,
                                  template_kwargs=template_kwargs)
-    cache_path = None
+    entry = None
     if cache_dir is not None:
         if model.fingerprint is None:
             log.warning("feature cache disabled: the model has no fingerprint (load it with from_pretrained)")
         else:
-            key = feature_cache_key(model, token_ids, residual_index=residual_index, pooling=pooling,
-                                    chat_template=chat_template, max_length=max_length,
-                                    template_kwargs=template_kwargs)
-            cache_path = pathlib.Path(cache_dir) / f"ssi_features_k{residual_index}_{pooling}_{key}.npz"
-            cached = _read_cache(cache_path, (len(prompts), model.config.hidden_size))
+            description = activation_cache.key_description(
+                model, token_ids, residual_index=residual_index, pooling=pooling, chat_template=chat_template,
+                max_length=max_length, template_kwargs=template_kwargs)
+            key = activation_cache.entry_key(description)
+            entry = (pathlib.Path(cache_dir) / f"ssi_features_k{residual_index}_{pooling}_{key}", key, description)
+            cached = activation_cache.read_entry(entry[0], key, (len(prompts), model.config.hidden_size))
             if cached is not None:
-                log.info("SSI features: %d prompts from cache %s", len(prompts), cache_path)
+                log.info("SSI features: %d prompts from cache %s", len(prompts), entry[0])
                 return cached
     features = capture(model, token_ids, pooling=pooling, residual_index=residual_index, batch_size=batch_size,
                        progress=progress)
-    if cache_path is not None and is_writer():
-        save_activations(cache_path, features)
-        log.info("SSI features: %d prompts computed, cached at %s", len(prompts), cache_path)
-    return features
-
-
-def _read_cache(path: pathlib.Path, shape: tuple[int, int]) -> np.ndarray | None:
-    """The cached features at `path` (its name carries the full key), or None if absent or of another shape."""
-    if not path.is_file():
-        return None
-    features = load_activations(path)["features"]
-    if features.shape != shape:
-        log.warning("ignoring feature cache %s: shape %s, expected %s", path, features.shape, shape)
-        return None
+    if entry is not None:
+        activation_cache.write_entry(*entry, features)
+        log.info("SSI features: %d prompts computed, cached at %s.npz", len(prompts), entry[0])
     return features
