@@ -1,8 +1,20 @@
-"""Atomic file output shared by every stage: write to a temporary path in the same directory, then rename.
+"""The one path layer of lasa_jax: every file a stage reads or writes, on a local disk or at a URL (gs://, memory://).
 
-Nothing half-written is ever left at a final path: readers either see the old file/directory or the complete new one.
-A write the file system refuses (disk full, file too large, read-only, permission) raises an OSError of the same
-errno whose message names the final path; the temporary file is removed and the old file is left as it was.
+Paths are strings (or os.PathLike). A URL is "<scheme>://..." (`is_url`); URLs go through `etils.epath` (its fsspec
+backend, or TensorFlow's gfile where installed), local paths through `os` exactly as before. `memory://` (fsspec's
+in-process filesystem, for tests) is registered with epath here, so `epath.Path("memory://...")` works too.
+
+Atomic writes. Local: write to a temporary path in the same directory, then rename; nothing half-written is ever
+left at a final path, readers see the old file/directory or the complete new one. URL: the file is written locally
+and stored with one put of the final object (object stores make an object visible only once it is complete, so a
+reader never sees half a file); `append_durably` rewrites the whole object (stores have no append). A directory
+(`atomic_directory`) is built locally, then its files are uploaded one by one after the old tree is removed: object
+stores have no directory rename, so a killed upload can leave a partial tree. Stages therefore write their
+completion marker (e.g. the pipeline's stage_done.json) after their outputs; the marker is the commit point.
+
+Errors. A local write the file system refuses (disk full, file too large, read-only, permission) raises an OSError
+of the same errno whose message names the final path; the temporary file is removed and the old file is left as
+it was.
 """
 from __future__ import annotations
 
@@ -10,6 +22,7 @@ import contextlib
 import errno
 import glob
 import hashlib
+import io
 import json
 import os
 import pathlib
@@ -17,9 +30,161 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import IO, Any
 
 from lasa_jax.errors import InputError
+
+
+# ----------------------------------------------------------------------------------------------- URLs (epath)
+def is_url(path: str | os.PathLike) -> bool:
+    """Whether `path` is a URL ("<scheme>://..."), i.e. not a local path."""
+    return "://" in os.fspath(path)
+
+
+def as_path(path: str | os.PathLike):
+    """`path` as an `etils.epath.Path` (local or URL; memory:// included): for libraries that take epath paths."""
+    from etils import epath
+
+    _register_memory_scheme()
+    return epath.Path(os.fspath(path))
+
+
+_MEMORY = "memory://"
+
+
+def _register_memory_scheme() -> None:
+    """Teach epath fsspec's "memory://" filesystem (epath knows gs://, s3://, az://, hf:// only). Idempotent."""
+    from etils.epath import backend, gpath, register
+
+    if _MEMORY in register._URI_PREFIXES_TO_CLS:
+        return
+
+    class _Backend(backend._FileSystemSpecBackend):
+        def fs(self, path):
+            import fsspec
+
+            return fsspec.filesystem("memory")
+
+    memory_backend = _Backend()
+
+    @register.register_path_cls(_MEMORY)
+    class MemoryPath(gpath.PosixGPath):
+        """memory://a/b, held as the parts ("/", "memory", "a", "b") as epath holds gs:// paths."""
+
+        def __new__(cls, *parts):
+            full = "/".join(os.fspath(p) for p in parts)
+            if full.startswith(_MEMORY):
+                full = "/memory/" + full[len(_MEMORY):].lstrip("/")
+            return pathlib.PurePosixPath.__new__(cls, full)
+
+        @property
+        def _uri_scheme(self):
+            return "memory" if len(self.parts) >= 2 and self.parts[:2] == ("/", "memory") else None
+
+        @property
+        def _backend(self):
+            return memory_backend if self._uri_scheme else backend.os_backend
+
+
+def makedirs(path: str | os.PathLike) -> None:
+    """Create directory `path` and its parents (no-op if it exists). Object stores have no directories: a no-op
+    there beyond what the store records."""
+    if is_url(path):
+        as_path(path).mkdir(parents=True, exist_ok=True)
+    else:
+        os.makedirs(path, exist_ok=True)
+
+
+def exists(path: str | os.PathLike) -> bool:
+    return as_path(path).exists() if is_url(path) else os.path.exists(path)
+
+
+def isfile(path: str | os.PathLike) -> bool:
+    if is_url(path):
+        p = as_path(path)
+        return p.exists() and not p.is_dir()
+    return os.path.isfile(path)
+
+
+def isdir(path: str | os.PathLike) -> bool:
+    return as_path(path).is_dir() if is_url(path) else os.path.isdir(path)
+
+
+def listdir(path: str | os.PathLike) -> list[str]:
+    """Names (not paths) of the entries of directory `path`, sorted."""
+    if is_url(path):
+        return sorted(p.name for p in as_path(path).iterdir())
+    return sorted(os.listdir(path))
+
+
+def remove(path: str | os.PathLike) -> None:
+    """Delete file `path` (no error if it does not exist)."""
+    if is_url(path):
+        as_path(path).unlink(missing_ok=True)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+def rmtree(path: str | os.PathLike) -> None:
+    """Delete directory `path` with everything in it (no error if it does not exist)."""
+    if is_url(path):
+        p = as_path(path)
+        if p.exists():
+            p.rmtree(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def open_file(path: str | os.PathLike, mode: str = "r", encoding: str = "utf-8") -> IO:
+    """`open(path, mode)` for local paths and URLs; text modes use `encoding` (read "utf-8-sig" to drop a BOM)."""
+    if not is_url(path):
+        return open(path, mode) if "b" in mode else open(path, mode, encoding=encoding)
+    handle = as_path(path).open(mode if "b" in mode else mode + "b")
+    return handle if "b" in mode else io.TextIOWrapper(handle, encoding=encoding)
+
+
+def read_text(path: str | os.PathLike, encoding: str = "utf-8") -> str:
+    with open_file(path, "r", encoding=encoding) as f:
+        return f.read()
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    with open_file(path, "rb") as f:
+        return f.read()
+
+
+def copy_tree(source: str | os.PathLike, destination: str | os.PathLike) -> None:
+    """Copy every file under directory `source` to the same relative path under `destination` (local or URL,
+    either way), creating directories as needed; existing files are overwritten, others left alone."""
+    source, destination = os.fspath(source), os.fspath(destination)
+    makedirs(destination)
+    for name in listdir(source):
+        src, dst = _join(source, name), _join(destination, name)
+        if isdir(src):
+            copy_tree(src, dst)
+        elif not is_url(src) and not is_url(dst):
+            shutil.copyfile(src, dst)
+        else:
+            with open_file(src, "rb") as fin, open_file(dst, "wb") as fout:
+                shutil.copyfileobj(fin, fout, 1 << 20)
+
+
+def _join(directory: str, name: str) -> str:
+    return directory.rstrip("/") + "/" + name if is_url(directory) else os.path.join(directory, name)
+
+
+@contextlib.contextmanager
+def local_copy(path: str | os.PathLike) -> Iterator[str]:
+    """A local directory holding the tree at `path`: `path` itself when local, else a temporary download (removed
+    when the block exits). For libraries that read local files only (transformers, safetensors)."""
+    if not is_url(path):
+        yield os.fspath(path)
+        return
+    if not isdir(path):
+        raise FileNotFoundError(f"{os.fspath(path)}: directory not found")
+    with tempfile.TemporaryDirectory(prefix="lasa-download-") as tmp:
+        copy_tree(path, tmp)
+        yield tmp
 
 
 def _umask() -> int:
@@ -62,6 +227,10 @@ def named_write_errors(path: str | os.PathLike) -> Iterator[None]:
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
     """Yield a temporary file path next to `path`; rename it onto `path` when the block exits without error."""
     path = os.fspath(path)
+    if is_url(path):
+        with _url_atomic_path(path, suffix) as tmp:
+            yield tmp
+        return
     directory = os.path.dirname(os.path.abspath(path))
     with named_write_errors(path):
         os.makedirs(directory, exist_ok=True)
@@ -77,9 +246,32 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
             os.remove(tmp)
 
 
+@contextlib.contextmanager
+def _url_atomic_path(url: str, suffix: str) -> Iterator[str]:
+    """A local temporary file whose content is stored at `url` in one put when the block exits without error."""
+    fd, tmp = tempfile.mkstemp(prefix="lasa-upload-", suffix=suffix + ".tmp")
+    os.close(fd)
+    try:
+        yield tmp
+        with named_write_errors(url):
+            parent = url.rstrip("/").rsplit("/", 1)[0]
+            if "://" in parent and not parent.endswith(":/"):
+                makedirs(parent)
+            with open(tmp, "rb") as f:
+                as_path(url).write_bytes(f.read())
+    finally:
+        os.remove(tmp)
+
+
 def append_durably(path: str | os.PathLike, data: bytes) -> None:
     """Append `data` to `path` (created if missing) and fsync it: for resume files whose reader drops a cut last
-    line. A refused write names `path` (module docstring)."""
+    line. A refused write names `path` (module docstring). At a URL the whole object is rewritten in one put."""
+    if is_url(path):
+        old = read_bytes(path) if exists(path) else b""
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(old + data)
+        return
     with named_write_errors(path):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "ab") as f:
@@ -121,6 +313,10 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
     left by a writer that was killed are removed first; the temporary name carries its writer's pid, so a live
     concurrent writer on this host keeps its directory (the last rename wins).
     """
+    if is_url(path):
+        with _url_atomic_directory(os.fspath(path), overwrite) as tmp:
+            yield tmp
+        return
     path = os.path.abspath(os.fspath(path))
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"{path} already exists; pass overwrite=True (or choose another output directory)")
@@ -148,9 +344,22 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _url_atomic_directory(url: str, overwrite: bool) -> Iterator[str]:
+    """A local temporary directory uploaded to `url` (after removing the old tree) when the block exits without
+    error. Not atomic: see the module docstring."""
+    if exists(url) and not overwrite:
+        raise FileExistsError(f"{url} already exists; pass overwrite=True (or choose another output directory)")
+    with tempfile.TemporaryDirectory(prefix="lasa-upload-") as tmp:
+        yield tmp
+        with named_write_errors(url):
+            rmtree(url)
+            copy_tree(tmp, url)
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_file(path, "rb") as f:
         while True:
             block = f.read(chunk)
             if not block:
@@ -160,7 +369,12 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- JSON readers
-def require_file(path: str | os.PathLike, what: str = "file") -> pathlib.Path:
+def require_file(path: str | os.PathLike, what: str = "file"):
+    """`path` as a `pathlib.Path` (local) or `epath.Path` (URL); FileNotFoundError naming `what` if no file."""
+    if is_url(path):
+        if not isfile(path):
+            raise FileNotFoundError(f"{os.fspath(path)}: {what} not found")
+        return as_path(path)
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: {what} not found")
@@ -171,7 +385,7 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
     """The parsed content of a JSON file (UTF-8, optional BOM). `what` names the file's role in the
     FileNotFoundError."""
     path = require_file(path, what)
-    with open(path, encoding="utf-8-sig") as f:
+    with open_file(path, encoding="utf-8-sig") as f:
         try:
             return json.load(f)
         except json.JSONDecodeError as e:
@@ -188,8 +402,8 @@ def iter_jsonl(path: str | os.PathLike, what: str = "JSON Lines file") -> Iterat
     return _jsonl_records(require_file(path, what))
 
 
-def _jsonl_records(path: pathlib.Path) -> Iterator[tuple[int, Any]]:
-    with open(path, encoding="utf-8-sig") as f:
+def _jsonl_records(path) -> Iterator[tuple[int, Any]]:
+    with open_file(path, encoding="utf-8-sig") as f:
         for line_number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
