@@ -79,6 +79,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lasa_jax import io_utils
 from lasa_jax.errors import InputError
 from lasa_jax.io_utils import atomic_path, atomic_write_json, atomic_write_text
 
@@ -706,7 +707,7 @@ def write_bottleneck_report(result: BottleneckResult, workdir: str | os.PathLike
     `tsne_layer<k>.png` for each of `tsne_layers` (default: k*) when `features` (L+1, N, D) and the per-point
     `languages` and `group_ids` are given. `metadata` (e.g. {"model": {"fingerprint", ...}}) is merged into the
     JSON at the top level, so later stages can check the layer belongs to their model. Returns {name: path}."""
-    workdir = pathlib.Path(workdir)
+    workdir = io_utils.to_path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     paths = {"json": workdir / BOTTLENECK_FILE, "csv": workdir / "layers.csv",
              "plot": workdir / "bottleneck_layers.png"}
@@ -734,7 +735,7 @@ def load_bottleneck(path_or_workdir: str | os.PathLike) -> dict:
 
     Raises FileNotFoundError if missing and ValueError naming the file and field on a schema violation.
     """
-    path = pathlib.Path(path_or_workdir)
+    path = io_utils.to_path(path_or_workdir)
     if path.is_dir():
         path = path / BOTTLENECK_FILE
     if not path.is_file():

@@ -49,6 +49,18 @@ def as_path(path: str | os.PathLike):
     return epath.Path(os.fspath(path))
 
 
+def to_path(path: str | os.PathLike):
+    """A path object for `path`: `pathlib.Path` when local (as before), `etils.epath.Path` for a URL (same methods:
+    `/`, exists, is_file, read_text, mkdir, unlink, iterdir). For stage code that builds paths with `/`."""
+    return as_path(path) if is_url(path) else pathlib.Path(path)
+
+
+def for_reading(path: str | os.PathLike):
+    """`path` itself when local, else an in-memory file of its bytes: for readers that take either (np.load,
+    safetensors.numpy.load, PIL)."""
+    return io.BytesIO(read_bytes(path)) if is_url(path) else path
+
+
 _MEMORY = "memory://"
 
 
@@ -162,11 +174,22 @@ def copy_tree(source: str | os.PathLike, destination: str | os.PathLike) -> None
         src, dst = _join(source, name), _join(destination, name)
         if isdir(src):
             copy_tree(src, dst)
-        elif not is_url(src) and not is_url(dst):
-            shutil.copyfile(src, dst)
         else:
-            with open_file(src, "rb") as fin, open_file(dst, "wb") as fout:
-                shutil.copyfileobj(fin, fout, 1 << 20)
+            copy_file(src, dst)
+
+
+def copy_file(source: str | os.PathLike, destination: str | os.PathLike) -> None:
+    """Copy one file (local or URL, either way); `shutil.copyfile` between local paths."""
+    if not is_url(source) and not is_url(destination):
+        shutil.copyfile(source, destination)
+        return
+    with open_file(source, "rb") as fin, open_file(destination, "wb") as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
+
+
+def absolute(path: str | os.PathLike) -> str:
+    """`os.path.abspath(path)` for a local path; a URL as is."""
+    return os.fspath(path) if is_url(path) else os.path.abspath(path)
 
 
 def _join(directory: str, name: str) -> str:
@@ -278,6 +301,58 @@ def append_durably(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+
+
+class _UrlAppender(io.TextIOBase):
+    """A text file open for appending at a URL: each `flush` (and `close`) stores the whole object in one put."""
+
+    def __init__(self, url: str):
+        self.url, self._pending = url, []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._pending.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending:
+            data, self._pending = "".join(self._pending).encode("utf-8"), []
+            append_durably(self.url, data)
+
+    def close(self) -> None:
+        self.flush()
+        super().close()
+
+
+def open_append(path: str | os.PathLike) -> IO:
+    """A UTF-8 text file open for appending (created if missing): `open(path, "a")` locally; at a URL a file whose
+    every flush rewrites the object in one put (`append_durably`)."""
+    if is_url(path):
+        return _UrlAppender(os.fspath(path))
+    return open(path, "a", encoding="utf-8")
+
+
+def append_after_complete_lines(url: str, data: bytes) -> None:
+    """At a URL: store the complete lines of `url` (a torn last line of a killed writer dropped) followed by
+    `data`, in one put. (Local files do this in place: `lasa_jax.evaluate.judges`.)"""
+    old = read_bytes(url) if exists(url) else b""
+    with atomic_path(url) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(old[:old.rfind(b"\n") + 1] + data)
+
+
+def truncate(path: str | os.PathLike, size: int) -> None:
+    """Cut file `path` to its first `size` bytes (at a URL: the object is rewritten in one put)."""
+    if is_url(path):
+        data = read_bytes(path)[:size]
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(data)
+        return
+    with open(path, "r+b") as f:
+        f.truncate(size)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -420,3 +495,10 @@ def write_jsonl(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> N
         with open(tmp, "w", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def load_safetensors(path: str | os.PathLike) -> dict[str, Any]:
+    """{name: numpy array} of a safetensors file, local or at a URL."""
+    from safetensors.numpy import load, load_file
+
+    return load(read_bytes(path)) if is_url(path) else load_file(os.fspath(path))

@@ -66,6 +66,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from lasa_jax import io_utils
 from lasa_jax.activations import (
     POOLINGS,
     capture,
@@ -441,7 +442,7 @@ def run_locate(config, workdir: str | os.PathLike, model=None, mesh=None) -> Bot
     tokenizer is read from `config.model_path` (or the model's `source_path`). Returns the BottleneckResult.
     """
     check_locate_config(config, model_given=model is not None)
-    workdir = pathlib.Path(workdir)
+    workdir = io_utils.to_path(workdir)
     records, notes = locate_corpus_with_notes(config.data, seed=config.seed)
     summary = corpus_summary(records)
     log.info("Locate data (%s): %d texts, %d groups; texts per language %s; per source and language %s",

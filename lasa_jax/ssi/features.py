@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from lasa_jax import io_utils
 from lasa_jax.activations import capture, load_activations, save_activations, token_ids_digest, tokenize_prompts
 from lasa_jax.runtime import is_writer
 
@@ -80,7 +81,7 @@ def prompt_features(model, tokenizer, prompts: Sequence[str], *, residual_index:
             key = feature_cache_key(model, token_ids, residual_index=residual_index, pooling=pooling,
                                     chat_template=chat_template, max_length=max_length,
                                     template_kwargs=template_kwargs)
-            cache_path = pathlib.Path(cache_dir) / f"ssi_features_k{residual_index}_{pooling}_{key}.npz"
+            cache_path = io_utils.to_path(cache_dir) / f"ssi_features_k{residual_index}_{pooling}_{key}.npz"
             cached = _read_cache(cache_path, (len(prompts), model.config.hidden_size))
             if cached is not None:
                 log.info("SSI features: %d prompts from cache %s", len(prompts), cache_path)
