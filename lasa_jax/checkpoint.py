@@ -101,7 +101,8 @@ class Checkpointer:
     """Save and restore (state pytree, JSON meta) pairs under `directory`, keeping the last `max_to_keep` steps.
 
     Args:
-      directory: local path or an fsspec/`etils.epath` URL (e.g. gs://bucket/run/checkpoints); created if missing.
+      directory: local path or URL (gs://bucket/run/checkpoints; other URLs through a mirror, module docstring);
+        created if missing.
       max_to_keep: number of most recent step directories kept (None keeps all).
       async_save: write files in a background thread (see module docstring).
     """

@@ -186,12 +186,12 @@ def find_calibration(judge: Judge, explicit_path: str = "", labelled: str = "",
         if result.get("judge") != judge.name:
             raise InputError(f"{path}: calibration of judge {result.get('judge')!r}, but the judge that runs is "
                              f"{judge.name!r}")
-        return calibration_summary(result, os.path.abspath(path))
+        return calibration_summary(result, io_utils.absolute(path))
     if isinstance(inner, RefusalHeuristicJudge) and has_labelled_data(labelled):
         result = calibrate(inner, load_labelled_responses(labelled, split="odd"), split="odd", data_root=labelled)
         if out_dir and is_writer():
             path = write_calibration(os.path.join(out_dir, "judge_calibration"), result)[0]
-        return calibration_summary(result, os.path.abspath(path) if path else "")
+        return calibration_summary(result, io_utils.absolute(path) if path else "")
     return None
 
 
