@@ -242,7 +242,8 @@ def read_hf_slice(tensor: np.ndarray, kind: str, ours: tuple[int, ...], index: t
 
 # ----------------------------------------------------------------------------------------------- import
 def resolve_model_path(path: str | os.PathLike) -> str:
-    """A local directory (or a URL of one) as is; otherwise a hub id `org/name` is downloaded (safetensors + configs only)."""
+    """A local directory (or a URL of one) as is; otherwise a hub id `org/name` is downloaded (safetensors +
+    configs only)."""
     path = os.fspath(path)
     if os.path.isdir(path) or (io_utils.is_url(path) and io_utils.isdir(path)):
         return path  # a URL is downloaded by from_pretrained
