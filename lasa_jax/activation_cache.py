@@ -26,6 +26,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from lasa_jax import io_utils
 from lasa_jax.activations import load_activations, save_activations, token_ids_digest
 from lasa_jax.io_utils import atomic_write_json
 from lasa_jax.runtime import is_writer
@@ -54,7 +55,7 @@ def entry_key(description: Mapping[str, Any]) -> str:
 
 def entry_paths(stem: str | pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
     """(`<stem>.npz`, `<stem>.json`)."""
-    stem = pathlib.Path(stem)
+    stem = io_utils.to_path(stem)
     return stem.with_name(stem.name + ".npz"), stem.with_name(stem.name + ".json")
 
 
@@ -93,7 +94,7 @@ def read_entry(stem: str | pathlib.Path, key: str, shape: tuple[int, ...],
                ) -> np.ndarray | None:
     """The features stored under `stem` if its key, shape and `columns` match on every process, else None (why
     is logged to `logger`, default this module's). Collective in multi-process runs: every process must call it."""
-    features = _read_local(pathlib.Path(stem), key, shape, dict(columns or {}), logger or log)
+    features = _read_local(io_utils.to_path(stem), key, shape, dict(columns or {}), logger or log)
     if not all_processes_agree(features is not None):
         return None
     return features

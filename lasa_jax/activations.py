@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from lasa_jax import io_utils
 from lasa_jax.chat import render_prompt
 from lasa_jax.errors import InputError
 from lasa_jax.io_utils import atomic_path
@@ -228,5 +229,5 @@ def save_activations(path: str | os.PathLike, features: np.ndarray, **columns: S
 
 def load_activations(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read a `save_activations` file (pickle disabled)."""
-    with np.load(path, allow_pickle=False) as data:
+    with np.load(io_utils.for_reading(path), allow_pickle=False) as data:
         return {k: data[k] for k in data.files}

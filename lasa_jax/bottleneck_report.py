@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from lasa_jax import io_utils
 from lasa_jax.bottleneck import _TINY, _factorize
 from lasa_jax.bottleneck_selection import CSV_FIELDS, LAYER_FIELDS, PROBE_FIELD, BottleneckResult, no_bottleneck_reasons
 from lasa_jax.errors import InputError
@@ -70,7 +71,7 @@ def plot_layer_curves(result: BottleneckResult, path: str | os.PathLike) -> None
     if not found:
         message = "NO SEMANTIC BOTTLENECK FOUND: " + "; ".join(m for _, m in result.reasons)
         figure.suptitle(textwrap.fill(message, 120), color="red", fontsize=7, y=1.04)
-    _save_figure(figure, pathlib.Path(path))
+    _save_figure(figure, io_utils.to_path(path))
 
 
 def plot_tsne(x: Any, languages: Sequence[Any], group_ids: Sequence[Any], path: str | os.PathLike, *,
@@ -100,7 +101,7 @@ def plot_tsne(x: Any, languages: Sequence[Any], group_ids: Sequence[Any], path: 
                      c=[_category_colour(code, len(unique_groups)) for code in group_codes])
     by_group.set_title(f"coloured by query group ({len(unique_groups)} groups, colours repeat)")
     figure.suptitle(title)
-    _save_figure(figure, pathlib.Path(path))
+    _save_figure(figure, io_utils.to_path(path))
 
 
 def _category_colour(index: int, num_categories: int):
@@ -119,7 +120,7 @@ def write_bottleneck_report(result: BottleneckResult, workdir: str | os.PathLike
     `tsne_layer<k>.png` for each of `tsne_layers` (default: k*) when `features` (L+1, N, D) and the per-point
     `languages` and `group_ids` are given. `metadata` (e.g. {"model": {"fingerprint", ...}}) is merged into the
     JSON at the top level, so later stages can check the layer belongs to their model. Returns {name: path}."""
-    workdir = pathlib.Path(workdir)
+    workdir = io_utils.to_path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     paths = {"json": workdir / BOTTLENECK_FILE, "csv": workdir / "layers.csv",
              "plot": workdir / "bottleneck_layers.png"}
@@ -147,7 +148,7 @@ def load_bottleneck(path_or_workdir: str | os.PathLike) -> dict:
 
     Raises FileNotFoundError if missing and ValueError naming the file and field on a schema violation.
     """
-    path = pathlib.Path(path_or_workdir)
+    path = io_utils.to_path(path_or_workdir)
     if path.is_dir():
         path = path / BOTTLENECK_FILE
     if not path.is_file():

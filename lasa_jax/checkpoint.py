@@ -16,24 +16,73 @@ Multi-process: every process constructs the `Checkpointer` and calls `save` / `r
 coordinates the writes (process 0 writes the JSON and finalises the directory). Saves are asynchronous by default:
 `save` returns once the arrays are copied off the accelerator, the files are written in the background, and
 `wait_until_finished` (also called by `close`) blocks until the checkpoint is final.
+
+Where: a local directory or gs:// (orbax writes arrays there itself, through tensorstore's file and gcs drivers).
+Any other URL (memory://, s3://, ...: tensorstore's drivers and orbax 0.12 take absolute local paths or gs:// only)
+is mirrored: orbax writes into a local temporary directory, each finished step is copied to the URL
+(`io_utils.copy_tree`) and marked complete by a last file `MIRROR_COMPLETE`; opening the URL copies its complete
+steps down first, steps orbax drops (max_to_keep) are deleted there. Mirrored saves are synchronous, and a mirror is
+single-process only (each process would have its own local copy).
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+from lasa_jax import io_utils
 from lasa_jax.errors import InputError
 
 log = logging.getLogger(__name__)
 
 STATE_ITEM = "state"
 META_ITEM = "meta"
+MIRROR_COMPLETE = "LASA_MIRROR_COMPLETE"  # written last into a step copied to a mirrored URL
+
+
+def orbax_writes(directory: str | os.PathLike) -> bool:
+    """Whether orbax writes checkpoints at `directory` itself (local path or gs://) rather than through a mirror."""
+    return not io_utils.is_url(directory) or os.fspath(directory).startswith("gs://")
+
+
+class _Mirror:
+    """A local directory for orbax standing in for `url` (module docstring)."""
+
+    def __init__(self, url: str):
+        if jax.process_count() > 1:
+            raise InputError(f"{url}: orbax cannot write checkpoints there (local paths and gs:// only) and a local "
+                             f"mirror is single-process; use gs:// or a shared file system for multi-process runs")
+        self.url = url.rstrip("/")
+        self.local = tempfile.mkdtemp(prefix="lasa-checkpoints-")
+        for step in self._complete_steps():
+            io_utils.copy_tree(f"{self.url}/{step}", os.path.join(self.local, step))
+
+    def _complete_steps(self) -> list[str]:
+        if not io_utils.isdir(self.url):
+            return []
+        return [name for name in io_utils.listdir(self.url)
+                if name.isdigit() and io_utils.isfile(f"{self.url}/{name}/{MIRROR_COMPLETE}")]
+
+    def sync(self, steps: list[int]) -> None:
+        """Copy the finished `steps` missing at the URL there; delete the URL's steps not in `steps`."""
+        uploaded = set(self._complete_steps())
+        for step in map(str, steps):
+            if step not in uploaded:
+                io_utils.rmtree(f"{self.url}/{step}")  # a partial copy of a killed upload
+                io_utils.copy_tree(os.path.join(self.local, step), f"{self.url}/{step}")
+                io_utils.atomic_write_text(f"{self.url}/{step}/{MIRROR_COMPLETE}", "")
+        for step in uploaded - set(map(str, steps)):
+            io_utils.rmtree(f"{self.url}/{step}")
+
+    def close(self) -> None:
+        shutil.rmtree(self.local, ignore_errors=True)
 
 
 def abstract_target(tree: Any) -> Any:
@@ -52,7 +101,8 @@ class Checkpointer:
     """Save and restore (state pytree, JSON meta) pairs under `directory`, keeping the last `max_to_keep` steps.
 
     Args:
-      directory: local path or an fsspec/`etils.epath` URL (e.g. gs://bucket/run/checkpoints); created if missing.
+      directory: local path or URL (gs://bucket/run/checkpoints; other URLs through a mirror, module docstring);
+        created if missing.
       max_to_keep: number of most recent step directories kept (None keeps all).
       async_save: write files in a background thread (see module docstring).
     """
@@ -61,9 +111,11 @@ class Checkpointer:
         if max_to_keep is not None and max_to_keep < 1:
             raise InputError(f"max_to_keep must be >= 1 or None, got {max_to_keep}")
         self.directory = os.fspath(directory)
+        self._mirror = None if orbax_writes(self.directory) else _Mirror(self.directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
-                                               enable_async_checkpointing=async_save)
-        self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers={
+                                               enable_async_checkpointing=async_save and self._mirror is None)
+        where = self._mirror.local if self._mirror is not None else self.directory
+        self._manager = ocp.CheckpointManager(where, options=options, item_handlers={
             STATE_ITEM: ocp.StandardCheckpointHandler(), META_ITEM: ocp.JsonCheckpointHandler()})
 
     # ------------------------------------------------------------------------------------------------ queries
@@ -94,11 +146,18 @@ class Checkpointer:
         saved = self._manager.save(step, args=ocp.args.Composite(**{
             STATE_ITEM: ocp.args.StandardSave(state), META_ITEM: ocp.args.JsonSave(meta)}), force=True)
         log.info("checkpoint step %d: %s", step, "writing" if saved else "skipped by orbax")
+        self._sync()
         return bool(saved)
 
+    def _sync(self) -> None:
+        if self._mirror is not None:
+            self._manager.wait_until_finished()
+            self._mirror.sync(self.all_steps())
+
     def wait_until_finished(self) -> None:
-        """Block until every started save is complete on disk."""
+        """Block until every started save is complete on disk (at a mirrored URL: copied there)."""
         self._manager.wait_until_finished()
+        self._sync()
 
     # ------------------------------------------------------------------------------------------------ restore
     def restore_meta(self, step: int) -> dict[str, Any]:
@@ -143,8 +202,10 @@ class Checkpointer:
     # ------------------------------------------------------------------------------------------------ lifecycle
     def close(self) -> None:
         """Wait for pending saves and release the manager's resources."""
-        self._manager.wait_until_finished()
+        self.wait_until_finished()
         self._manager.close()
+        if self._mirror is not None:
+            self._mirror.close()
 
     def __enter__(self) -> Checkpointer:
         return self

@@ -180,11 +180,13 @@ class ModelConfig:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **runtime) -> ModelConfig:
         """Read `<path>/config.json` (or `path` itself if it is a file)."""
+        from lasa_jax import io_utils
+
         path = os.fspath(path)
-        file = path if os.path.isfile(path) else os.path.join(path, "config.json")
-        if not os.path.isfile(file):
+        file = path if io_utils.isfile(path) else os.path.join(path, "config.json")
+        if not io_utils.isfile(file):
             raise FileNotFoundError(f"{file}: no config.json (expected a local Hugging Face model directory)")
-        with open(file, encoding="utf-8") as f:
+        with io_utils.open_file(file) as f:
             try:
                 hf = json.load(f)
             except json.JSONDecodeError as e:

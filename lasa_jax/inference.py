@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from lasa_jax import io_utils
 from lasa_jax.chat import CONDITIONAL_PREFIX, RenderedPrompt, end_of_turn_ids, render_prompt
 from lasa_jax.data import eval_sets
 from lasa_jax.data.eval_sets import EvalPrompt
@@ -181,10 +182,10 @@ def generation_config_eos_ids(model_dir: str | os.PathLike | None) -> list[int]:
     if not model_dir:
         return []
     path = os.path.join(os.fspath(model_dir), GENERATION_CONFIG)
-    if not os.path.isfile(path):
+    if not io_utils.isfile(path):
         return []
     try:
-        with open(path, encoding="utf-8") as f:
+        with io_utils.open_file(path) as f:
             data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: expected a JSON object, got unparsable text ({e})") from None
@@ -267,8 +268,8 @@ def generate_responses(model, tokenizer, prompts: Sequence[EvalPrompt], *, mode:
     stop_ids = list(eos_token_id) if eos_token_id is not None else stop_token_ids(
         model.config, tokenizer, template_kwargs, model_dir=getattr(model, "source_path", None))
     done = read_partial(partial_path) if partial_path is not None and resume else {}
-    if partial_path is not None and not resume and is_writer() and os.path.exists(partial_path):
-        os.remove(partial_path)
+    if partial_path is not None and not resume and is_writer() and io_utils.exists(partial_path):
+        io_utils.remove(partial_path)
     for i, p in enumerate(prompts):
         old = done.get(p.id)
         if old is not None and (old["mode"], old["prompt"], old["prefix_used"]) != (mode, p.prompt, bool(flags[i])):
@@ -318,14 +319,13 @@ def _append_records(path: str | os.PathLike, records: Sequence[Mapping[str, Any]
 
 def read_partial(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     """Records of a resume file by id; a truncated last line (interrupted write) is dropped and cut off."""
-    if not os.path.exists(path):
+    if not io_utils.exists(path):
         return {}
-    with open(path, "rb") as f:
+    with io_utils.open_file(path, "rb") as f:
         data = f.read()
     complete = data[:data.rfind(b"\n") + 1]
     if len(complete) != len(data) and is_writer():
-        with open(path, "r+b") as f:
-            f.truncate(len(complete))
+        io_utils.truncate(path, len(complete))
     records = {}
     for line_number, line in enumerate(complete.decode("utf-8").splitlines(), start=1):
         if line.strip():
@@ -486,8 +486,8 @@ def run_generation(config, workdir: str, mesh=None) -> str:
     write_generations(output, records)
     if is_writer():
         atomic_write_json(output + ".meta.json", meta)
-        if os.path.exists(partial):
-            os.remove(partial)
+        if io_utils.exists(partial):
+            io_utils.remove(partial)
     log.info("wrote %d records to %s (%d new tokens in %.1f s; prefix used on %d)", len(records), output,
              new_tokens, seconds, int(flags.sum()))
     return output

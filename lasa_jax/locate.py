@@ -66,13 +66,12 @@ import hashlib
 import json
 import logging
 import os
-import pathlib
 from collections.abc import Sequence
 
 import ml_collections
 import numpy as np
 
-from lasa_jax import activation_cache
+from lasa_jax import activation_cache, io_utils
 from lasa_jax.activations import capture, default_batch_size, tokenize_prompts
 from lasa_jax.bottleneck_report import BOTTLENECK_FILE, load_bottleneck, probe_line, write_bottleneck_report
 from lasa_jax.bottleneck_selection import BottleneckResult, select_bottleneck_layer
@@ -124,7 +123,7 @@ def locate_activations(config_or_settings, workdir: str | os.PathLike, model, to
         model, token_ids, residual_index=None, pooling=s.pooling, chat_template=s.chat_template,
         max_length=s.max_length, template_kwargs=s.template_kwargs, extra={"records_sha256": _records_digest(records)})
     key = activation_cache.entry_key(description)
-    stem = pathlib.Path(workdir) / ACTIVATIONS_STEM
+    stem = io_utils.to_path(workdir) / ACTIVATIONS_STEM
     columns = _columns(records)
     shape = (model.config.num_layers + 1, len(records), model.config.hidden_size)
     cacheable = model.fingerprint is not None
@@ -134,7 +133,7 @@ def locate_activations(config_or_settings, workdir: str | os.PathLike, model, to
         features = activation_cache.read_entry(stem, key, shape, columns, logger=log)
         if features is not None:
             log.info("reusing activations from %s (key %s): %d texts x %d residual indices",
-                     pathlib.Path(workdir) / ACTIVATIONS_FILE, key[:16], shape[1], shape[0])
+                     io_utils.to_path(workdir) / ACTIVATIONS_FILE, key[:16], shape[1], shape[0])
             return features
     lengths = np.array([len(ids) for ids in token_ids])
     log.info("capturing %d residual indices for %d texts (tokens per text: median %d, max %d, max_length %d)",
@@ -144,7 +143,7 @@ def locate_activations(config_or_settings, workdir: str | os.PathLike, model, to
     activation_cache.write_entry(stem, key, description, features, columns,
                                  metadata={"corpus": corpus_summary(records)})
     if is_writer():
-        log.info("saved activations to %s (key %s)", pathlib.Path(workdir) / ACTIVATIONS_FILE, key[:16])
+        log.info("saved activations to %s (key %s)", io_utils.to_path(workdir) / ACTIVATIONS_FILE, key[:16])
     return features
 
 
@@ -228,7 +227,7 @@ def run(config_or_settings, workdir: str | os.PathLike, mesh=None, model=None) -
     if model is None and not s.model_path:  # before any work
         raise InputError(f"{config_field('model_path')} is required (a local Hugging Face model directory or a "
                          "hub id)")
-    workdir = pathlib.Path(workdir)
+    workdir = io_utils.to_path(workdir)
     records, notes = locate_corpus_with_notes(s.data, seed=s.seed)
     summary = corpus_summary(records)
     log.info("Locate data (%s): %d texts, %d groups; texts per language %s; per source and language %s",
@@ -276,7 +275,7 @@ def run_locate(config, workdir: str | os.PathLike, model=None, mesh=None) -> Bot
 def report_lines(stage_dir: str | os.PathLike) -> list[str]:
     """The report's Locate lines (markdown): k* with its interval and pick share, the verdict, the probe AUROC;
     [] when `stage_dir` holds no bottleneck.json."""
-    if not (pathlib.Path(stage_dir) / BOTTLENECK_FILE).is_file():
+    if not (io_utils.to_path(stage_dir) / BOTTLENECK_FILE).is_file():
         return []
     b = load_bottleneck(stage_dir)
     best = b["layers"][b["best_layer"]]

@@ -30,7 +30,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from typing import Any
 
 import ml_collections
 
+from lasa_jax import io_utils
 from lasa_jax.errors import InputError
 from lasa_jax.io_utils import atomic_write_json, atomic_write_text
 from lasa_jax.runtime import is_writer
@@ -152,9 +152,9 @@ def _stage_functions() -> dict[str, Callable]:
 
 def stage_status(workdir: str, stage: str) -> dict | None:
     path = os.path.join(_stage_dir(workdir, stage), DONE_FILE)
-    if not os.path.isfile(path):
+    if not io_utils.isfile(path):
         return None
-    with open(path, encoding="utf-8") as f:
+    with io_utils.open_file(path) as f:
         return json.load(f)
 
 
@@ -204,10 +204,10 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> 
         digest = config_hash(stage_config)
         consumed = {up: (stage_status(workdir, up) or {}).get("run_id") for up in inputs[stage]}
         action, reason = stage_decision(workdir, stage, digest, consumed, stage in rerun)
-        if action == "clear" and os.path.isdir(stage_dir):
+        if action == "clear" and io_utils.isdir(stage_dir):
             log.info("pipeline: %s: clearing %s", reason, stage_dir)
             if is_writer():
-                shutil.rmtree(stage_dir)
+                io_utils.rmtree(stage_dir)
         _barrier(f"pipeline-{stage}-start")
         if action == "skip":
             log.info("pipeline: %s %s, skipped", stage, reason)
@@ -215,7 +215,7 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> 
             continue
         log.info("pipeline: running %s in %s", stage, stage_dir)
         if is_writer():
-            os.makedirs(stage_dir, exist_ok=True)
+            io_utils.makedirs(stage_dir)
             atomic_write_json(os.path.join(stage_dir, "config.json"), json.loads(stage_config.to_json_best_effort()))
         start = time.perf_counter()
         result = functions[stage](stage_config, stage_dir, mesh)
@@ -251,7 +251,7 @@ def _check_memory_plan(config: ml_collections.ConfigDict, stages: list[str]) -> 
         raise InputError(f"--config.memory_plan: expected check, warn or off, got {mode!r}")
     if mode == "off" or (preset != "cpu" and preset not in TPU_PRESETS):
         return
-    if os.path.isfile(os.path.join(config.model_path, "config.json")):
+    if io_utils.isfile(os.path.join(config.model_path, "config.json")):
         model_config = ModelConfig.from_pretrained(config.model_path)
     elif config.get("paper_model") in PAPER_MODELS:
         model_config = PAPER_MODELS[config.paper_model].model_config()
@@ -270,9 +270,9 @@ def _check_memory_plan(config: ml_collections.ConfigDict, stages: list[str]) -> 
 
 
 def _read_json(path: str) -> Any:
-    if not os.path.isfile(path):
+    if not io_utils.isfile(path):
         return None
-    with open(path, encoding="utf-8") as f:
+    with io_utils.open_file(path) as f:
         return json.load(f)
 
 
@@ -280,7 +280,7 @@ def _locate_summary_lines(locate_dir: str) -> list[str]:
     """The report's Locate lines: k* with its interval and pick share, the verdict, the probe AUROC."""
     from lasa_jax.bottleneck import BOTTLENECK_FILE, load_bottleneck, probe_line
 
-    if not os.path.isfile(os.path.join(locate_dir, BOTTLENECK_FILE)):
+    if not io_utils.isfile(os.path.join(locate_dir, BOTTLENECK_FILE)):
         return []
     b = load_bottleneck(locate_dir)
     best = b["layers"][b["best_layer"]]
@@ -303,7 +303,7 @@ def write_summary(workdir: str, config: ml_collections.ConfigDict) -> str:
         lines += [str(config.report_note), ""]
 
     def link(rel: str, text: str | None = None) -> str:
-        return f"[{text or rel}]({rel})" if os.path.exists(os.path.join(workdir, rel)) else f"{text or rel} (missing)"
+        return f"[{text or rel}]({rel})" if io_utils.exists(os.path.join(workdir, rel)) else f"{text or rel} (missing)"
 
     for stage in STAGES:
         status = stage_status(workdir, stage)

@@ -13,6 +13,7 @@ from typing import Any
 
 import ml_collections
 
+from lasa_jax import io_utils
 from lasa_jax.errors import InputError
 from lasa_jax.io_utils import atomic_write_json
 
@@ -114,7 +115,7 @@ def start_run(config: ml_collections.ConfigDict, workdir: str, config_name: str 
         raise InputError("--workdir is required")
     _resolve_asset_paths(config)
     if is_writer():
-        os.makedirs(workdir, exist_ok=True)
+        io_utils.makedirs(workdir)  # local directory or URL (gs://...): io_utils
         atomic_write_json(os.path.join(workdir, config_name), json.loads(config.to_json_best_effort()))
     return mesh_from_config(config.mesh)
 
@@ -143,8 +144,13 @@ def load_model(config: ml_collections.ConfigDict, mesh=None, path: str | None = 
 
 def load_tokenizer(path: str, require_chat_template: bool = False):
     """The model directory's tokenizer (never `trust_remote_code`), checked against the directory's config.json: every
-    token id must index an embedding row; `require_chat_template` refuses a tokenizer without a chat template."""
+    token id must index an embedding row; `require_chat_template` refuses a tokenizer without a chat template.
+    A URL is downloaded to a temporary directory first (transformers reads local files)."""
     from transformers import AutoTokenizer
+
+    if io_utils.is_url(path):
+        with io_utils.local_copy(path) as local:
+            return load_tokenizer(local, require_chat_template)
 
     from lasa_jax.io_utils import read_json
     from lasa_jax.models.integrity import check_tokenizer

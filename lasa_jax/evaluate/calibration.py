@@ -23,6 +23,7 @@ import os
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
+from lasa_jax import io_utils
 from lasa_jax.data.heldout import POLYREFUSE_MULTIJAIL_ROWS
 from lasa_jax.data.preference import COMPLETIONS_SUFFIX, read_completions_file
 from lasa_jax.errors import InputError
@@ -196,7 +197,7 @@ def render_calibration_markdown(result: Mapping[str, Any]) -> str:
 
 def write_calibration(out_dir: str | os.PathLike, result: Mapping[str, Any]) -> tuple[str, str]:
     """Write calibration.json and calibration.md into `out_dir` atomically; return their paths."""
-    os.makedirs(out_dir, exist_ok=True)
+    io_utils.makedirs(out_dir)
     json_path, md_path = os.path.join(out_dir, CALIBRATION_JSON), os.path.join(out_dir, CALIBRATION_MD)
     atomic_write_json(json_path, result)
     atomic_write_text(md_path, render_calibration_markdown(result))

@@ -32,6 +32,7 @@ from typing import Protocol
 
 import numpy as np
 
+from lasa_jax import io_utils
 from lasa_jax.data.languages import expected_scripts, script_counts, script_shares
 
 SAFE, UNSAFE, INVALID = "safe", "unsafe", "invalid"
@@ -487,9 +488,9 @@ class CachedJudge:
 
     def _load(self) -> None:
         """Read the verdicts on the complete lines of the cache file (a truncated last line is ignored)."""
-        if not os.path.exists(self.cache_path):
+        if not io_utils.exists(self.cache_path):
             return
-        with open(self.cache_path, "rb") as f:
+        with io_utils.open_file(self.cache_path, "rb") as f:
             data = f.read()
         complete = data[: data.rfind(b"\n") + 1]
         for line_number, line in enumerate(complete.splitlines(), start=1):
@@ -504,6 +505,8 @@ class CachedJudge:
 
     def _append(self, entries: list[dict]) -> None:
         payload = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries).encode("utf-8")
+        if io_utils.is_url(self.cache_path):
+            return io_utils.append_after_complete_lines(self.cache_path, payload)
         os.makedirs(os.path.dirname(os.path.abspath(self.cache_path)), exist_ok=True)
         with open(self.cache_path, "a+b") as f:
             _drop_unterminated_tail(f)

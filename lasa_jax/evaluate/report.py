@@ -22,6 +22,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from lasa_jax import io_utils
 from lasa_jax.data.eval_sets import EvalPrompt
 from lasa_jax.data.languages import MULTIJAIL_LANGUAGES
 from lasa_jax.evaluate.judges import APPROXIMATE_MARKER, REFUSAL, Judge
@@ -418,7 +419,7 @@ def write_report(out_dir: str | os.PathLike, asr_rows: Mapping[str, Rows], *, sa
     atomically); return the report."""
     report = build_report(asr_rows, safety_judge=safety_judge, refusal_rows=refusal_rows,
                           refusal_judge=refusal_judge, ssi_rows=ssi_rows, z=z, safety_calibration=safety_calibration)
-    os.makedirs(out_dir, exist_ok=True)
+    io_utils.makedirs(out_dir)
     atomic_write_json(os.path.join(out_dir, REPORT_JSON), report)
     atomic_write_text(os.path.join(out_dir, REPORT_MD), render_markdown(report))
     plot_asr(report, os.path.join(out_dir, ASR_CHART_PNG))

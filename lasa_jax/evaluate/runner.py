@@ -26,6 +26,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from lasa_jax import io_utils
 from lasa_jax.data.eval_sets import EvalPrompt
 from lasa_jax.errors import InputError
 from lasa_jax.evaluate.judges import (
@@ -185,12 +186,12 @@ def find_calibration(judge: Judge, explicit_path: str = "", labelled: str = "",
         if result.get("judge") != judge.name:
             raise InputError(f"{path}: calibration of judge {result.get('judge')!r}, but the judge that runs is "
                              f"{judge.name!r}")
-        return calibration_summary(result, os.path.abspath(path))
+        return calibration_summary(result, io_utils.absolute(path))
     if isinstance(inner, RefusalHeuristicJudge) and has_labelled_data(labelled):
         result = calibrate(inner, load_labelled_responses(labelled, split="odd"), split="odd", data_root=labelled)
         if out_dir and is_writer():
             path = write_calibration(os.path.join(out_dir, "judge_calibration"), result)[0]
-        return calibration_summary(result, os.path.abspath(path) if path else "")
+        return calibration_summary(result, io_utils.absolute(path) if path else "")
     return None
 
 
@@ -304,13 +305,12 @@ def _process_cache_path(cache_path: str) -> str:
     process starts from the same verdicts (and issues the same judge calls) without concurrent writers."""
     if is_writer():
         return cache_path
-    import shutil
     import tempfile
 
     fd, private = tempfile.mkstemp(prefix="judge_cache.", suffix=".jsonl")
     os.close(fd)
-    if os.path.exists(cache_path):
-        shutil.copyfile(cache_path, private)
+    if io_utils.exists(cache_path):
+        io_utils.copy_file(cache_path, private)
     return private
 
 
@@ -364,11 +364,11 @@ def run_evaluation(config, workdir: str, mesh=None) -> dict[str, Any]:
         paired=bool(config.paired), z=float(config.z), safety_calibration=calibration)
     judges = [judge for judge in (safety, refusal) if judge is not None]
     report = _add_utility(config, workdir, mesh, evaluation.report)
-    meta = {"inputs": {name: {"path": os.path.abspath(path), "sha256": sha256_file(path)}
+    meta = {"inputs": {name: {"path": io_utils.absolute(path), "sha256": sha256_file(path)}
                        for name, path in systems.items()},
             "safety_judge": safety.name, "refusal_judge": refusal.name if refusal else None,
             "safety_judge_calibration": calibration["path"] if calibration else None,
-            "judge_cache": {"dir": os.path.abspath(cache_dir), "hits": sum(judge.hits for judge in judges),
+            "judge_cache": {"dir": io_utils.absolute(cache_dir), "hits": sum(judge.hits for judge in judges),
                             "misses": sum(judge.misses for judge in judges)},
             "paired": bool(config.paired), **evaluation.counts}
     if is_writer():

@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lasa_jax import io_utils
 from lasa_jax.activations import bucketed_batches, default_batch_size
 from lasa_jax.data.languages import MULTIJAIL_LANGUAGES, normalize_language
 from lasa_jax.data.parallel import flores_sib200_rows
@@ -380,7 +381,7 @@ def run_utility(config, mesh=None, out_dir: str | None = None) -> dict[str, Any]
     for name, path in models.items():
         model = load_model(config, mesh, path=path)
         summaries[name], rows[name] = evaluate_utility(model, tokenizer, data, settings)
-        summaries[name]["model_path"] = os.path.abspath(path)
+        summaries[name]["model_path"] = io_utils.absolute(path)
         del model
         log.info("utility %s: macro SIB-200 accuracy %.3f, macro NLL/token %.3f (%.0f s)", name,
                  summaries[name]["macro_accuracy"], summaries[name]["macro_nll"], summaries[name]["wall_s"])
@@ -389,6 +390,6 @@ def run_utility(config, mesh=None, out_dir: str | None = None) -> dict[str, Any]
     reference = "baseline" if "baseline" in rows else None
     return {"status": "ran", "settings": {**dataclasses.asdict(settings), "prompt": topic_prompt("<text>"),
                                           "labels": list(SIB200_TOPICS), "tokenisation": TOKENISATION_NOTE,
-                                          "tokenizer": os.path.abspath(tokenizer_path), "data": dataset_dir},
+                                          "tokenizer": io_utils.absolute(tokenizer_path), "data": dataset_dir},
             "languages": list(settings.languages), "systems": summaries, "reference": reference,
             "differences": compare_utility(rows, reference, settings.z) if reference else {}}

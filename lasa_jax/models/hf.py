@@ -32,6 +32,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 
+from lasa_jax import io_utils
 from lasa_jax.config import ModelConfig
 from lasa_jax.errors import InputError
 from lasa_jax.io_utils import atomic_directory, read_json, set_default_permissions, write_failed
@@ -241,10 +242,11 @@ def read_hf_slice(tensor: np.ndarray, kind: str, ours: tuple[int, ...], index: t
 
 # ----------------------------------------------------------------------------------------------- import
 def resolve_model_path(path: str | os.PathLike) -> str:
-    """A local directory as is; otherwise a hub id `org/name` is downloaded (safetensors + configs only)."""
+    """A local directory (or a URL of one) as is; otherwise a hub id `org/name` is downloaded (safetensors +
+    configs only)."""
     path = os.fspath(path)
-    if os.path.isdir(path):
-        return path
+    if os.path.isdir(path) or (io_utils.is_url(path) and io_utils.isdir(path)):
+        return path  # a URL is downloaded by from_pretrained
     if os.path.exists(path):
         raise InputError(f"{path}: expected a Hugging Face model directory, got a file")
     if re.fullmatch(r"[\w.-]+/[\w.-]+", path):
@@ -287,7 +289,15 @@ def from_pretrained(path: str | os.PathLike, dtype: str = "float32", mesh: Mesh 
       path: local directory with config.json and model.safetensors or sharded model-*.safetensors (+ index).
       dtype: parameter dtype ("float32" or "bfloat16"); compute_dtype defaults to it.
       mesh: optional `lasa_jax.sharding.make_mesh` mesh: each tensor is streamed directly onto its shards.
+
+    A URL (gs://, memory://) is downloaded to a temporary directory first; `source_path` stays the URL.
     """
+    if io_utils.is_url(path):
+        with io_utils.local_copy(path) as local:
+            model = from_pretrained(local, dtype, mesh, compute_dtype=compute_dtype, scan_layers=scan_layers,
+                                    remat_policy=remat_policy, replicated_warning_bytes=replicated_warning_bytes)
+        model.source_path = os.fspath(path)
+        return model
     directory = resolve_model_path(path)
     config = ModelConfig.from_pretrained(directory, param_dtype=dtype, compute_dtype=compute_dtype or dtype,
                                          scan_layers=scan_layers, remat_policy=remat_policy)
@@ -371,6 +381,9 @@ def model_fingerprint(path: str | os.PathLike, windows_per_tensor: int = 3, wind
     outside the sampled windows would go unnoticed (it is a guard against mix-ups, not a cryptographic digest).
     An exported copy of a model (same dtype) has the same fingerprint.
     """
+    if io_utils.is_url(path):
+        with io_utils.local_copy(path) as local:
+            return model_fingerprint(local, windows_per_tensor, window_bytes)
     directory = os.fspath(path)
     h = hashlib.sha256()
     h.update(json.dumps(ModelConfig.from_pretrained(directory).to_hf_dict(), sort_keys=True).encode())
@@ -434,13 +447,14 @@ def save_pretrained(model: Decoder, out_dir: str | os.PathLike, *, dtype: str | 
     dtype: "float32"/"bfloat16" (default: the parameter dtype). Tokenizer and generation-config files are copied
     from `tokenizer_source` (default: the directory the model was loaded from). On a multi-process run every
     process must call this (tensors are gathered collectively); only process 0 writes. Returns out_dir on the
-    writing process.
+    writing process. `out_dir` may be a URL (gs://, memory://): the files are written to a local temporary
+    directory (transformers and safetensors write local files), then copied there (`io_utils.atomic_directory`).
     """
     from transformers import AutoConfig
 
-    out_dir = os.path.abspath(os.fspath(out_dir))
+    out_dir = os.fspath(out_dir) if io_utils.is_url(out_dir) else os.path.abspath(os.fspath(out_dir))
     writer = jax.process_index() == 0
-    if writer and os.path.exists(out_dir) and not overwrite:
+    if writer and io_utils.exists(out_dir) and not overwrite:
         raise FileExistsError(f"{out_dir} already exists; pass overwrite=True to replace it")
     dtype = dtype or model.config.param_dtype
     if dtype not in NP_DTYPES:
@@ -474,8 +488,8 @@ def save_pretrained(model: Decoder, out_dir: str | os.PathLike, *, dtype: str | 
             json.dump({"metadata": {"total_size": int(sum(sizes))}, "weight_map": weight_map}, f, indent=2)
         hf = {}
         source = model.source_path
-        if source and os.path.isfile(os.path.join(source, "config.json")):
-            with open(os.path.join(source, "config.json"), encoding="utf-8") as f:
+        if source and io_utils.isfile(os.path.join(source, "config.json")):
+            with io_utils.open_file(os.path.join(source, "config.json")) as f:
                 hf = json.load(f)
             for legacy in ("rope_theta", "rope_scaling"):
                 hf.pop(legacy, None)
@@ -489,7 +503,10 @@ def save_pretrained(model: Decoder, out_dir: str | os.PathLike, *, dtype: str | 
         if tok_dir:
             for name in TOKENIZER_FILES:
                 src = os.path.join(tok_dir, name)
-                if os.path.isfile(src):
+                if io_utils.is_url(src) and io_utils.isfile(src):
+                    with io_utils.open_file(src, "rb") as fin, open(os.path.join(tmp, name), "wb") as fout:
+                        shutil.copyfileobj(fin, fout)
+                elif not io_utils.is_url(src) and os.path.isfile(src):
                     shutil.copy2(src, os.path.join(tmp, name))
     return out_dir
 

@@ -43,7 +43,9 @@ def _demo_rows(name: str) -> list[dict]:
 
 def build_demo_model(directory: str, seed: int = 0) -> str:
     """Tokenizer trained on the demo texts + a random tiny Llama saved as an HF checkpoint (skipped if present)."""
-    if os.path.isfile(os.path.join(directory, "model.safetensors.index.json")):
+    from lasa_jax import io_utils
+
+    if io_utils.isfile(os.path.join(directory, "model.safetensors.index.json")):
         return directory
     from lasa_jax.chat import CONDITIONAL_PREFIX
     from lasa_jax.config import ModelConfig
@@ -91,14 +93,15 @@ def write_eval_prompts(path: str) -> str:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from lasa_jax import io_utils
     from lasa_jax.pipeline import run_pipeline
     from lasa_jax.runtime import start_run
     from lasa_jax.train.kto_trainer import EXIT_PREEMPTED
 
-    workdir = os.path.abspath(_WORKDIR.value)
+    workdir = _WORKDIR.value if io_utils.is_url(_WORKDIR.value) else os.path.abspath(_WORKDIR.value)
     config = _CONFIG.value
     start = time.perf_counter()
-    os.makedirs(workdir, exist_ok=True)
+    io_utils.makedirs(workdir)
     random_model = not config.model_path
     config.model_path = demo_model_path(config.model_path, workdir, seed=config.seed)
     eval_file = write_eval_prompts(os.path.join(workdir, "data", "demo_eval.jsonl"))
@@ -111,11 +114,10 @@ def main(argv):
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s: "
           + ", ".join(f"{stage} {state}" for stage, state in outcome.items()))
     report_json = os.path.join(workdir, "evaluate", "report.json")
-    if os.path.isfile(report_json):
+    if io_utils.isfile(report_json):
         from lasa_jax.pipeline import headline_lines
 
-        with open(report_json, encoding="utf-8") as f:
-            print("\n".join(headline_lines(json.load(f))))
+        print("\n".join(headline_lines(io_utils.read_json(report_json))))
     evaluation = os.path.join(workdir, "evaluate", "report.md")
     print(f"report: {os.path.join(workdir, 'report.md')} (evaluation: {evaluation})")
     if random_model:

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from lasa_jax import io_utils
 from lasa_jax.errors import InputError
 from lasa_jax.io_utils import atomic_directory, atomic_write_json, set_default_permissions
 from lasa_jax.ssi.features import prompt_features, tokenization_fingerprint
@@ -199,7 +200,7 @@ def save_ssi(path: str | os.PathLike, ssi: SSI, *, metrics: Mapping[str, Any] | 
                 plot_per_language(metrics["evaluation"], os.path.join(tmp, PLOT_FILE),
                                   title=f"SSI at residual index {ssi.config.residual_index}, threshold "
                                         f"{_threshold_text(ssi.config)} ({ssi.config.threshold_rule})")
-    return os.path.abspath(path)
+    return os.fspath(path) if io_utils.is_url(path) else os.path.abspath(path)
 
 
 def sigmoid(logits) -> np.ndarray:
@@ -216,7 +217,7 @@ def _threshold_text(config: SSIConfig) -> str:
 def resolve_ssi_dir(path: str | os.PathLike) -> pathlib.Path:
     """The SSI directory: `path` itself if it holds config.json and params.safetensors, else `path/ssi` (a trainer
     workdir, whose own config.json is the run config)."""
-    path = pathlib.Path(path)
+    path = io_utils.to_path(path)
     for candidate in (path, path / ARTIFACT_SUBDIR):
         if (candidate / CONFIG_FILE).is_file() and (candidate / PARAMS_FILE).is_file():
             return candidate
@@ -227,7 +228,6 @@ def resolve_ssi_dir(path: str | os.PathLike) -> pathlib.Path:
 def load_ssi(path: str | os.PathLike, model=None) -> SSI:
     """Read an SSI directory (or a trainer workdir holding `ssi/`); with `model`, also check it is the base model
     (`check_base_model`)."""
-    from safetensors.numpy import load_file
 
     directory = resolve_ssi_dir(path)
     config_path = directory / CONFIG_FILE
@@ -240,7 +240,7 @@ def load_ssi(path: str | os.PathLike, model=None) -> SSI:
     if not params_path.is_file():
         raise FileNotFoundError(f"{params_path} not found (the SSI parameters)")
     classifier = new_classifier(config.d_model, config.hidden_dims, config.dropout, seed=0)
-    unflatten_params(classifier, load_file(str(params_path)), where=str(params_path))
+    unflatten_params(classifier, io_utils.load_safetensors(params_path), where=str(params_path))
     ssi = SSI(config, classifier, str(directory))
     if model is not None:
         check_base_model(ssi, model)

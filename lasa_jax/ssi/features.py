@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import logging
 import os
-import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from lasa_jax import activation_cache
+from lasa_jax import activation_cache, io_utils
 from lasa_jax.activations import capture, token_ids_digest, tokenize_prompts
 
 log = logging.getLogger(__name__)
@@ -73,7 +72,7 @@ def prompt_features(model, tokenizer, prompts: Sequence[str], *, residual_index:
                 model, token_ids, residual_index=residual_index, pooling=pooling, chat_template=chat_template,
                 max_length=max_length, template_kwargs=template_kwargs)
             key = activation_cache.entry_key(description)
-            entry = (pathlib.Path(cache_dir) / f"ssi_features_k{residual_index}_{pooling}_{key}", key, description)
+            entry = (io_utils.to_path(cache_dir) / f"ssi_features_k{residual_index}_{pooling}_{key}", key, description)
             cached = activation_cache.read_entry(entry[0], key, (len(prompts), model.config.hidden_size))
             if cached is not None:
                 log.info("SSI features: %d prompts from cache %s", len(prompts), entry[0])

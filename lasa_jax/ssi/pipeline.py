@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from lasa_jax import io_utils
 from lasa_jax.data.eval_sets import MULTIJAIL_CSV
 from lasa_jax.data.heldout import check_source_names, guard_inputs
 from lasa_jax.data.labelled import (
@@ -278,7 +279,7 @@ def _finished_metrics(artifact_dir: pathlib.Path, run_hash: str) -> dict[str, An
 def train_ssi(config, workdir: str | os.PathLike, mesh=None) -> dict[str, Any]:
     """Run Stage 2 with a `configs/ssi.py` config; writes `<workdir>/ssi/` and returns its metrics dict."""
     start = time.perf_counter()
-    workdir = pathlib.Path(workdir)
+    workdir = io_utils.to_path(workdir)
     artifact_dir = workdir / ARTIFACT_SUBDIR
     run_hash = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
     if artifact_dir.exists() and not config.overwrite:

@@ -62,6 +62,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from lasa_jax import io_utils
 from lasa_jax.checkpoint import Checkpointer, check_run_identity
 from lasa_jax.config import ModelConfig
 from lasa_jax.data.heldout import guard_inputs
@@ -294,9 +295,9 @@ class ReferenceTable:
     @classmethod
     def load(cls, path: str, identity: Mapping[str, Any]) -> ReferenceTable | None:
         """The table at `path` if it exists and belongs to a run with this identity, else None."""
-        if not os.path.isfile(path):
+        if not io_utils.isfile(path):
             return None
-        with np.load(path, allow_pickle=False) as data:
+        with np.load(io_utils.for_reading(path), allow_pickle=False) as data:
             if str(data["identity"]) != json.dumps(identity, sort_keys=True):
                 log.warning("%s belongs to another configuration; recomputing the reference log-probs", path)
                 return None
@@ -544,7 +545,7 @@ def train_kto(config: ml_collections.ConfigDict, workdir: str, mesh) -> TrainRes
     pad_id = policy_config.pad_token_id if policy_config.pad_token_id is not None else (tokenizer.pad_token_id or 0)
     data_summary.update(batches_per_epoch=per_epoch, total_steps=total_steps)
     if is_writer():
-        os.makedirs(workdir, exist_ok=True)
+        io_utils.makedirs(workdir)
         atomic_write_json(os.path.join(workdir, DATA_SUMMARY_FILE), data_summary)
     tokenize_counts = data_summary["tokenize"]
     log.info("KTO data: %d examples of %d rows (truncated: %s; dropped as too long: %s), %d batches per epoch, "

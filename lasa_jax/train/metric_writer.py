@@ -11,6 +11,7 @@ import json
 import os
 from collections.abc import Mapping
 
+from lasa_jax import io_utils
 from lasa_jax.errors import InputError
 from lasa_jax.io_utils import atomic_write_text
 from lasa_jax.runtime import is_writer
@@ -30,8 +31,8 @@ class MetricWriter:
         if not self.enabled:
             return
         _truncate_after(self.path, start_step)
-        self._file = open(self.path, "a", encoding="utf-8")
-        if tensorboard:
+        self._file = io_utils.open_append(self.path)
+        if tensorboard and not io_utils.is_url(workdir):  # tensorboardX writes local files; metrics.jsonl has all
             from tensorboardX import SummaryWriter
 
             self._tensorboard = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR),
@@ -75,7 +76,7 @@ class MetricWriter:
 def read_metrics(path: str) -> list[dict]:
     """The records of a `metrics.jsonl` file, in order. A torn last line (the process was killed while writing
     it) is ignored; any other unreadable line is a ValueError."""
-    with open(path, encoding="utf-8") as f:
+    with io_utils.open_file(path) as f:
         lines = [line for line in f if line.strip()]
     records = []
     for number, line in enumerate(lines, start=1):
@@ -90,9 +91,9 @@ def read_metrics(path: str) -> list[dict]:
 
 def _truncate_after(path: str, step: int) -> None:
     """Drop records with step > `step` (and a torn last line) from an existing metrics file (atomic rewrite)."""
-    if not os.path.isfile(path):
+    if not io_utils.isfile(path):
         return
-    with open(path, encoding="utf-8") as f:
+    with io_utils.open_file(path) as f:
         num_lines = sum(1 for line in f if line.strip())
     kept = [r for r in read_metrics(path) if int(r.get("step", 0)) <= step]
     if len(kept) != num_lines:
