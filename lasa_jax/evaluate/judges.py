@@ -467,11 +467,12 @@ class CachedJudge:
     A truncated last line (crash mid-write) is ignored on load and cut off before the next append; any other
     malformed line raises ValueError naming the file and line. Entries of other judges in the same file are kept,
     also when several CachedJudge objects of one process append to it in turn; several processes must not append
-    to one file at the same time (the truncation repair would cut another writer's unfinished line).
+    to one file at the same time (the truncation repair would cut another writer's unfinished line): in a
+    multi-process run only process 0 passes `write=True`; the others read the file and keep new verdicts in memory.
     `hits` / `misses` count pairs served from the cache / sent to the judge since construction.
     """
 
-    def __init__(self, judge: Judge, cache_path: str | os.PathLike, batch_size: int = 64):
+    def __init__(self, judge: Judge, cache_path: str | os.PathLike, batch_size: int = 64, write: bool = True):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.inner = judge
@@ -480,6 +481,7 @@ class CachedJudge:
         self.uses_language = bool(getattr(judge, "uses_language", False))
         self.cache_path = os.fspath(cache_path)
         self.batch_size = batch_size
+        self.write = write
         self.hits = 0
         self.misses = 0
         self._verdicts: dict[tuple[str, str], Verdict] = {}
@@ -503,6 +505,8 @@ class CachedJudge:
                 raise ValueError(f"{self.cache_path}:{line_number}: malformed judge-cache line ({e})") from e
 
     def _append(self, entries: list[dict]) -> None:
+        if not self.write:
+            return
         payload = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries).encode("utf-8")
         os.makedirs(os.path.dirname(os.path.abspath(self.cache_path)), exist_ok=True)
         with open(self.cache_path, "a+b") as f:
