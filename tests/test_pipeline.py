@@ -104,7 +104,7 @@ def test_paper_model_configs_resolve_for_every_preset(model):
                          "qwen3_8b": 8.19, "qwen3_14b": 14.77, "qwen3_32b": 32.76}[model]
     assert abs(model_config.num_params() / 1e9 - expected_billions) < 0.01
     for preset in TPU_PRESETS:
-        config = _load_config(model, preset)
+        config = _load_config("pipeline", f"{model},{preset}")
         assert config.model_path == paper.hub_id and config.residual_index == paper.bottleneck_residual_index
         assert config.kto.train.batch_size == TPU_PRESETS[preset].kto_batch_size
         assert config.kto.train.peak_flops_per_device == TPU_PRESETS[preset].peak_flops_per_device  # MFU logged
@@ -252,7 +252,6 @@ def test_prefix_only_stage_follows_the_ssi_not_kto(tmp_path, monkeypatch):
     import dataclasses
 
     import lasa_jax.pipeline as pipeline
-
     from lasa_jax.stage import StageResult
 
     calls = []
