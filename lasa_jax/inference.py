@@ -166,6 +166,26 @@ class Decoding:
     batch_size: int = 8
 
 
+def _resumed_records(partial_path, resume: bool, prompts: Sequence[EvalPrompt], flags: np.ndarray,
+                     mode: str) -> dict[str, dict[str, Any]]:
+    """The records of the resume file by id (after checking each was generated as this run would), or {} (and the
+    file removed, by process 0) when not resuming."""
+    if partial_path is None:
+        return {}
+    if not resume:
+        if is_writer() and os.path.exists(partial_path):
+            os.remove(partial_path)
+        return {}
+    done = read_partial(partial_path)
+    for i, p in enumerate(prompts):
+        old = done.get(p.id)
+        if old is not None and (old["mode"], old["prompt"], old["prefix_used"]) != (mode, p.prompt, bool(flags[i])):
+            raise InputError(f"{partial_path}: record {p.id!r} was generated with mode {old['mode']!r}, prefix_used "
+                             f"{old['prefix_used']} or another prompt text; this run has mode {mode!r}, prefix_used "
+                             f"{bool(flags[i])}: delete the file or disable resuming")
+    return done
+
+
 def generate_responses(model, tokenizer, prompts: Sequence[EvalPrompt], *, mode: str,
                        ssi_scores: np.ndarray | None, prefix_flags: np.ndarray, decoding: Decoding = Decoding(),
                        prefix: str = CONDITIONAL_PREFIX, template_kwargs: Mapping[str, Any] | None = None,
@@ -194,15 +214,7 @@ def generate_responses(model, tokenizer, prompts: Sequence[EvalPrompt], *, mode:
         raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
     stop_ids = list(eos_token_id) if eos_token_id is not None else stop_token_ids(
         model.config, tokenizer, template_kwargs, model_dir=getattr(model, "source_path", None))
-    done = read_partial(partial_path) if partial_path is not None and resume else {}
-    if partial_path is not None and not resume and is_writer() and os.path.exists(partial_path):
-        os.remove(partial_path)
-    for i, p in enumerate(prompts):
-        old = done.get(p.id)
-        if old is not None and (old["mode"], old["prompt"], old["prefix_used"]) != (mode, p.prompt, bool(flags[i])):
-            raise InputError(f"{partial_path}: record {p.id!r} was generated with mode {old['mode']!r}, prefix_used "
-                             f"{old['prefix_used']} or another prompt text; this run has mode {mode!r}, prefix_used "
-                             f"{bool(flags[i])}: delete the file or disable resuming")
+    done = _resumed_records(partial_path, resume, prompts, flags, mode)
     todo = [i for i, p in enumerate(prompts) if p.id not in done]
     if done:
         log.info("resuming from %s: %d of %d prompts already generated", partial_path, n - len(todo), n)

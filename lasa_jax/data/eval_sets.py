@@ -9,6 +9,10 @@ Ids are namespaced by source ("multijail:<row id>:<lang>", "xstest:<id>", "or_be
 
 Files are read with `lasa_jax.io_utils.read_json` / `iter_jsonl`: missing files raise FileNotFoundError and
 malformed content ValueError, both naming the file (and the line: "<path>:<line>").
+
+Eval-set specs (`load_eval_spec`, `load_eval_prompts`, `EvalSetSelection`): "multijail", "xstest_safe", ...,
+"jsonl:<path>", "hub:<dataset id>", the strings a generate config's eval_sets field lists. (Named exception to the
+350-line aim: one job, the evaluation prompts, loaders and the specs that select them, ~370 lines.)
 """
 from __future__ import annotations
 
@@ -269,14 +273,8 @@ def load_standard_eval_sets(data_root: str | os.PathLike,
     Returns {"multijail": harmful x languages, "xstest_safe": 250 benign, "xstest_unsafe": 200 harmful,
     "or_bench_hard_test": 132 benign, "oktest": 300 benign}.
     """
-    root = pathlib.Path(data_root)
-    return {
-        "multijail": load_multijail(root / MULTIJAIL_CSV, multijail_languages),
-        "xstest_safe": load_xstest(root / XSTEST_CSV, "safe"),
-        "xstest_unsafe": load_xstest(root / XSTEST_CSV, "unsafe"),
-        "or_bench_hard_test": load_or_bench_hard_test(root / OR_BENCH_HARD_TEST_JSON),
-        "oktest": load_oktest(root / OKTEST_JSON),
-    }
+    return {name: load_eval_spec(name, data_root=data_root, languages=multijail_languages)
+            for name in ("multijail", "xstest_safe", "xstest_unsafe", "or_bench_hard_test", "oktest")}
 
 
 # ------------------------------------------------------------------------------------- eval-set specs ("multijail")
