@@ -105,14 +105,16 @@ def main(argv):
     config.generate.eval_sets = f"jsonl:{eval_file}"
     mesh = start_run(config, workdir, config_name="pipeline_config.json")
     outcome = run_pipeline(config, workdir, mesh)
-    if outcome.get("kto") == "preempted":
-        print(f"demo: KTO was stopped after saving a checkpoint; rerun `make demo` to continue ({workdir})")
+    preempted = [stage for stage, state in outcome.items() if state == "preempted"]
+    if preempted:  # KTO, the stage that checkpoints
+        print(f"demo: {', '.join(preempted)} was stopped after saving a checkpoint; rerun `make demo` to continue "
+              f"({workdir})")
         sys.exit(EXIT_PREEMPTED)
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s: "
           + ", ".join(f"{stage} {state}" for stage, state in outcome.items()))
     report_json = os.path.join(workdir, "evaluate", "report.json")
     if os.path.isfile(report_json):
-        from lasa_jax.pipeline import headline_lines
+        from lasa_jax.evaluate.stage import headline_lines
 
         with open(report_json, encoding="utf-8") as f:
             print("\n".join(headline_lines(json.load(f))))
