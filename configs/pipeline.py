@@ -3,10 +3,12 @@
     python -m lasa_jax.scripts.pipeline --config=configs/pipeline.py:llama31_8b,v5p-8 \
         --config.model_path=/models/Llama-3.1-8B-Instruct --config.data_root=/data/shared --workdir=runs/llama
 
-The argument is "<paper model>,<preset>" (lasa_jax/presets.py: models llama31_8b, qwen25_7b, qwen25_14b,
-qwen25_32b, qwen3_8b, qwen3_14b, qwen3_32b, smollm2_135m; presets v4-8, v5e-8, v5p-8, v4-64, v5p-64, cpu). Every field
-can be overridden from the command line, e.g. --config.residual_index=-1 (use the located layer instead of the
-paper's), --config.kto.train.num_steps=200, --config.stages=locate,ssi. The stage sub-configs are configs/<stage>.py.
+The argument is "<model>,<preset>": a row of the model table (lasa_jax/presets.py PAPER_MODELS: llama31_8b,
+qwen25_7b, qwen25_14b, qwen25_32b, qwen3_8b, qwen3_14b, qwen3_32b, smollm2_135m; the preset each is sized for is
+its `default_preset`: v5p-8, v5p-64 for the 32B models, cpu for smollm2_135m) and a preset (v4-8, v5e-8, v5p-8,
+v4-64, v5p-64, cpu; "" = cpu); "" alone is a custom model on cpu. Every field can be overridden from the command
+line, e.g. --config.residual_index=-1 (use the located layer instead of the paper's), --config.kto.train.num_steps=200,
+--config.stages=locate,ssi. The stage sub-configs are configs/<stage>.py.
 Before the first stage the pipeline checks the KTO and generation memory on the preset (lasa_jax.memory_plan) and
 stops with the numbers and a setting or preset that fits when they do not (e.g. a 32B model on cpu or v5p-8).
 

@@ -50,13 +50,22 @@ vocabulary size or chat template changes.
 from __future__ import annotations
 
 import dataclasses
-import json
-import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from lasa_jax.chat_template import (
+    SENTINEL,
+    apply_template,
+    cached_encode,
+    encode_plain,
+    kwargs_key,
+    special_ids,
+    template_ids,
+    token_span,
+    tokenizer_memo,
+)
 from lasa_jax.errors import InputError
 
 CONDITIONAL_PREFIX = (
@@ -64,7 +73,6 @@ CONDITIONAL_PREFIX = (
 
 # Stand-in for message content when locating things in rendered templates; contains no whitespace, so that
 # templates that `trim` content leave it unchanged.
-_SENTINEL = "LASA-TEMPLATE-SENTINEL-7f3a"
 
 Prompt = str | Sequence[Mapping[str, str]]
 
@@ -163,22 +171,22 @@ def end_of_turn_ids(tokenizer, template_kwargs: Mapping[str, Any] | None = None)
     Falls back to `[tokenizer.eos_token_id]` when the template writes no special token after assistant content.
     Cached per (tokenizer, template_kwargs).
     """
-    memo = _memo(tokenizer)
-    key = ("end_of_turn", _kwargs_key(template_kwargs))
+    memo = tokenizer_memo(tokenizer)
+    key = ("end_of_turn", kwargs_key(template_kwargs))
     if key not in memo:
         memo[key] = tuple(_end_of_turn_ids(tokenizer, template_kwargs))
     return list(memo[key])
 
 
 def _end_of_turn_ids(tokenizer, template_kwargs: Mapping[str, Any] | None) -> list[int]:
-    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _SENTINEL}]
-    text = _apply_template(tokenizer, messages, add_generation_prompt=False, template_kwargs=template_kwargs)
-    position = text.rfind(_SENTINEL)
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": SENTINEL}]
+    text = apply_template(tokenizer, messages, add_generation_prompt=False, template_kwargs=template_kwargs)
+    position = text.rfind(SENTINEL)
     if position < 0:
         raise InputError("the chat template does not reproduce assistant content verbatim; cannot find the "
                          "end-of-turn token")
-    suffix_ids = tokenizer(text[position + len(_SENTINEL):], add_special_tokens=False)["input_ids"]
-    special = _special_ids(tokenizer)
+    suffix_ids = tokenizer(text[position + len(SENTINEL):], add_special_tokens=False)["input_ids"]
+    special = special_ids(tokenizer)
     for i, token in enumerate(suffix_ids):
         if token in special:
             return [int(t) for t in suffix_ids[:i + 1]]
@@ -204,14 +212,14 @@ def render_prompt(tokenizer, prompt: Prompt, *, prefix: str | None = None, use_c
         most this many tokens; ValueError if that needs more than the droppable tokens.
     """
     if use_chat_template:
-        ids, content_start, content_end = _template_ids(tokenizer, chat_messages(prompt), template_kwargs)
+        ids, content_start, content_end = template_ids(tokenizer, chat_messages(prompt), template_kwargs)
     else:
         if not isinstance(prompt, str):
             raise InputError("use_chat_template=False needs the prompt as a string, got a message list")
         encoding = tokenizer(prompt, add_special_tokens=True, return_offsets_mapping=True)
         ids = list(encoding["input_ids"])
-        content_start, content_end = _token_span(encoding["offset_mapping"], 0, len(prompt))
-    prefix_ids = _cached_encode(tokenizer, prefix) if prefix else []
+        content_start, content_end = token_span(encoding["offset_mapping"], 0, len(prompt))
+    prefix_ids = cached_encode(tokenizer, prefix) if prefix else []
     rendered = RenderedPrompt(np.asarray(ids + prefix_ids, dtype=np.int32), len(ids), len(ids) + len(prefix_ids),
                               content_start, content_end)
     if max_prompt_length is not None:
@@ -280,119 +288,6 @@ def render_example(tokenizer, prompt: Prompt, completion: str, *, prefix: str | 
         raise InputError(f"completion must be a non-empty string, got {completion!r}")
     rendered_prompt = render_prompt(tokenizer, prompt, prefix=prefix, template_kwargs=template_kwargs)
     end_of_turn = end_of_turn_ids(tokenizer, template_kwargs) if complete else []
-    return assemble_example(rendered_prompt, _encode(tokenizer, completion.strip()), max_length=max_length,
+    return assemble_example(rendered_prompt, encode_plain(tokenizer, completion.strip()), max_length=max_length,
                             max_prompt_length=max_prompt_length, end_of_turn=end_of_turn,
                             truncate_completion=truncate_completion)
-
-
-def _apply_template(tokenizer, messages, *, add_generation_prompt: bool, template_kwargs) -> str:
-    if getattr(tokenizer, "chat_template", None) is None:
-        name = getattr(tokenizer, "name_or_path", "") or "tokenizer"
-        raise InputError(f"{name}: the tokenizer has no chat_template; pass use_chat_template=False for raw text")
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
-                                         **dict(template_kwargs or {}))
-
-
-# tokenizer -> ((vocabulary size, chat template), {key: value}); entries vanish with their tokenizer.
-_TOKENIZER_MEMO: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, Any], dict]] = weakref.WeakKeyDictionary()
-_MAX_CACHED_PROBES = 1024
-
-
-def _memo(tokenizer) -> dict:
-    """The cache of values that depend only on `tokenizer` (and its chat template), emptied when its vocabulary
-    size or chat template changes; a fresh throwaway dict for tokenizers that cannot be weakly referenced."""
-    state = (len(tokenizer), getattr(tokenizer, "chat_template", None))
-    try:
-        entry = _TOKENIZER_MEMO.get(tokenizer)
-        if entry is None or entry[0] != state:
-            entry = _TOKENIZER_MEMO[tokenizer] = (state, {})
-    except TypeError:  # not hashable / not weak-referenceable
-        return {}
-    return entry[1]
-
-
-def _kwargs_key(template_kwargs: Mapping[str, Any] | None) -> str:
-    return json.dumps(dict(template_kwargs or {}), sort_keys=True, default=repr)
-
-
-def _encode(tokenizer, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def _cached_encode(tokenizer, text: str) -> list[int]:
-    """`_encode` for texts used on every row (the prefix), cached per tokenizer."""
-    memo = _memo(tokenizer)
-    key = ("encode", text)
-    if key not in memo:
-        memo[key] = tuple(_encode(tokenizer, text))
-    return list(memo[key])
-
-
-def _special_ids(tokenizer) -> set[int]:
-    """Ids of the tokenizer's special (control) tokens: added tokens marked special, plus bos/eos/pad."""
-    ids = {int(i) for i, token in tokenizer.added_tokens_decoder.items() if token.special}
-    return ids | {int(i) for i in tokenizer.all_special_ids}
-
-
-def _adds_bos(tokenizer) -> bool:
-    """Whether encoding raw text with default special tokens starts with the BOS token (cached per tokenizer)."""
-    memo = _memo(tokenizer)
-    if "adds_bos" not in memo:
-        bos = tokenizer.bos_token_id
-        memo["adds_bos"] = bos is not None and tokenizer("", add_special_tokens=True)["input_ids"][:1] == [bos]
-    return memo["adds_bos"]
-
-
-def _sentinel_probe(tokenizer, history, template_kwargs, *, fresh: bool = False) -> str:
-    """The template with generation prompt for `history` + a user message whose content is `_SENTINEL`.
-
-    Cached per (tokenizer, template_kwargs, history); `fresh` re-renders (for templates whose text changes
-    between calls, e.g. one that writes today's date).
-    """
-    probes = _memo(tokenizer).setdefault("probes", {})
-    key = (_kwargs_key(template_kwargs), json.dumps(history, ensure_ascii=False))
-    if fresh or key not in probes:
-        if len(probes) >= _MAX_CACHED_PROBES:
-            probes.clear()
-        probes[key] = _apply_template(tokenizer, history + [{"role": "user", "content": _SENTINEL}],
-                                      add_generation_prompt=True, template_kwargs=template_kwargs)
-    return probes[key]
-
-
-def _template_ids(tokenizer, messages, template_kwargs) -> tuple[list[int], int, int]:
-    """Template ids with generation prompt, and the token span of the last user message's content."""
-    text = _apply_template(tokenizer, messages, add_generation_prompt=True, template_kwargs=template_kwargs)
-    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = list(encoding["input_ids"])
-    # Locate the last user content: the same conversation rendered with a sentinel in its place gives the text
-    # before and after it.
-    content_start = content_end = 0  # the template rewrites user content: nothing is droppable
-    for fresh in (False, True):
-        probe_text = _sentinel_probe(tokenizer, messages[:-1], template_kwargs, fresh=fresh)
-        before, _, after = probe_text.rpartition(_SENTINEL)
-        if probe_text.count(_SENTINEL) == 1 and text.startswith(before) and text.endswith(after) \
-                and len(before) + len(after) <= len(text):
-            content_start, content_end = _token_span(encoding["offset_mapping"], len(before),
-                                                     len(text) - len(after))
-            break
-    if _adds_bos(tokenizer) and ids[:1] != [tokenizer.bos_token_id]:
-        ids = [int(tokenizer.bos_token_id)] + ids
-        if content_end > content_start:
-            content_start, content_end = content_start + 1, content_end + 1
-    return ids, content_start, content_end
-
-
-def _token_span(offsets, char_start: int, char_end: int) -> tuple[int, int]:
-    """[first, last + 1) of the first run of tokens lying entirely inside [char_start, char_end); (0, 0) if none.
-
-    offsets: (T, 2) character (start, end) per token, as `return_offsets_mapping` gives; zero-width tokens (special
-    tokens added by the tokenizer) are never inside.
-    """
-    offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
-    starts, ends = offsets[:, 0], offsets[:, 1]
-    inside = (starts >= char_start) & (ends <= char_end) & (ends > starts)
-    if not inside.any():
-        return 0, 0
-    first = int(np.argmax(inside))
-    outside_after = np.flatnonzero(~inside[first:])
-    return first, first + (int(outside_after[0]) if outside_after.size else len(inside) - first)

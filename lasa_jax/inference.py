@@ -25,7 +25,6 @@ import dataclasses
 import json
 import logging
 import os
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -33,13 +32,17 @@ import numpy as np
 
 from lasa_jax import io_utils
 from lasa_jax.chat import CONDITIONAL_PREFIX, RenderedPrompt, end_of_turn_ids, render_prompt
-from lasa_jax.data import eval_sets
-from lasa_jax.data.eval_sets import EvalPrompt
+from lasa_jax.data.eval_sets import (  # noqa: F401  (eval-set parsing lives in data.eval_sets; names kept here)
+    STANDARD_SETS,
+    EvalPrompt,
+    HubSetOptions,
+    load_eval_prompts,
+)
 from lasa_jax.errors import InputError
 from lasa_jax.generate import generate_batched
-from lasa_jax.io_utils import append_durably, atomic_write_json, iter_jsonl, write_jsonl
-from lasa_jax.runtime import comma_list, is_writer, load_model, load_tokenizer
-from lasa_jax.runtime import template_kwargs as config_template_kwargs
+from lasa_jax.io_utils import append_durably, iter_jsonl, write_jsonl
+from lasa_jax.runtime import is_writer
+from lasa_jax.stage import config_field
 
 log = logging.getLogger(__name__)
 
@@ -57,82 +60,6 @@ class PromptScorer(Protocol):
         ...
 
 
-# ----------------------------------------------------------------------------------------------- eval prompts
-STANDARD_SETS = ("multijail", "xstest_safe", "xstest_unsafe", "xstest", "or_bench_hard_test", "oktest")
-
-
-@dataclasses.dataclass(frozen=True)
-class HubSetOptions:
-    """How rows of a `hub:<id>` eval set map to EvalPrompts (see `eval_sets.load_hf_dataset`)."""
-
-    name: str | None = None
-    split: str = "test"
-    expected: str | None = None
-    language: str | None = None
-    field_map: Mapping[str, str] | None = None
-
-
-def load_eval_prompts(specs: Sequence[str], *, data_root: str | os.PathLike = "",
-                      languages: Sequence[str] | None = None, max_per_language: int = 0,
-                      hub: HubSetOptions = HubSetOptions(),
-                      limit_sets: Sequence[str] | None = None) -> list[EvalPrompt]:
-    """Evaluation prompts of several sets, concatenated in the order of `specs`.
-
-    specs: "multijail", "xstest_safe", "xstest_unsafe", "xstest" (both), "or_bench_hard_test", "oktest" (files
-      under `data_root`, the shared data layout), "jsonl:<path>" (generic JSONL, `eval_sets.load_jsonl`) or
-      "hub:<dataset id or local builder>" (rows mapped by `hub`).
-    languages: MultiJail languages (None = all ten).
-    max_per_language: keep the first n prompts of each (source, language) in file order (0 = all). MultiJail
-      is row-major, so the same n queries are kept in every language.
-    limit_sets: the specs (entries of `specs`) that max_per_language bounds; None = all of them. E.g. ["multijail"]
-      keeps all of XSTest (English, ordered by prompt type, so its first n rows would be one or two types).
-    Ids must be unique across all sets.
-    """
-    if max_per_language < 0:
-        raise InputError(f"max_per_language must be >= 0 (0 = all), got {max_per_language}")
-    root = os.fspath(data_root)
-    prompts: list[EvalPrompt] = []
-    for spec in specs:
-        spec = spec.strip()
-        if spec.startswith("jsonl:"):
-            loaded = eval_sets.load_jsonl(spec[len("jsonl:"):])
-        elif spec.startswith("hub:"):
-            loaded = eval_sets.load_hf_dataset(spec[len("hub:"):], name=hub.name, split=hub.split,
-                                               expected=hub.expected, language=hub.language,
-                                               field_map=hub.field_map)
-        elif spec in STANDARD_SETS:
-            if not root:
-                raise InputError(f"eval set {spec!r} needs the shared data root (--config.data_root)")
-            if spec == "multijail":
-                loaded = eval_sets.load_multijail(os.path.join(root, eval_sets.MULTIJAIL_CSV), languages)
-            elif spec.startswith("xstest"):
-                split = {"xstest": "all", "xstest_safe": "safe", "xstest_unsafe": "unsafe"}[spec]
-                loaded = eval_sets.load_xstest(os.path.join(root, eval_sets.XSTEST_CSV), split)
-            elif spec == "or_bench_hard_test":
-                loaded = eval_sets.load_or_bench_hard_test(os.path.join(root, eval_sets.OR_BENCH_HARD_TEST_JSON))
-            else:
-                loaded = eval_sets.load_oktest(os.path.join(root, eval_sets.OKTEST_JSON))
-        else:
-            raise InputError(f"unknown eval set {spec!r}: expected one of {STANDARD_SETS}, 'jsonl:<path>' or "
-                             "'hub:<dataset id>'")
-        if max_per_language and (limit_sets is None or spec in limit_sets):
-            kept: dict[tuple[str, str], int] = {}
-            limited = []
-            for p in loaded:
-                key = (p.source, p.language)
-                if kept.get(key, 0) < max_per_language:
-                    kept[key] = kept.get(key, 0) + 1
-                    limited.append(p)
-            loaded = limited
-        prompts.extend(loaded)
-    seen: set[str] = set()
-    for p in prompts:
-        if p.id in seen:
-            raise InputError(f"eval sets {list(specs)}: duplicate prompt id {p.id!r}")
-        seen.add(p.id)
-    return prompts
-
-
 # ----------------------------------------------------------------------------------------------- SSI decisions
 def prefix_decisions(mode: str, prompts: Sequence[EvalPrompt],
                      scorer: PromptScorer | None = None) -> tuple[np.ndarray | None, np.ndarray]:
@@ -146,7 +73,8 @@ def prefix_decisions(mode: str, prompts: Sequence[EvalPrompt],
     n = len(prompts)
     if scorer is None:
         if mode in GATED_MODES:
-            raise InputError(f"mode {mode!r} needs an SSI scorer (--config.ssi_dir and --config.base_model_path)")
+            raise InputError(f"mode {mode!r} needs an SSI scorer ({config_field('ssi_dir')} and "
+                             f"{config_field('base_model_path')})")
         return None, np.zeros(n, bool)
     probs, flags = scorer.score([p.prompt for p in prompts])
     probs, flags = np.asarray(probs, np.float32), np.asarray(flags)
@@ -239,6 +167,26 @@ class Decoding:
     batch_size: int = 8
 
 
+def _resumed_records(partial_path, resume: bool, prompts: Sequence[EvalPrompt], flags: np.ndarray,
+                     mode: str) -> dict[str, dict[str, Any]]:
+    """The records of the resume file by id (after checking each was generated as this run would), or {} (and the
+    file removed, by process 0) when not resuming."""
+    if partial_path is None:
+        return {}
+    if not resume:
+        if is_writer() and io_utils.exists(partial_path):
+            io_utils.remove(partial_path)
+        return {}
+    done = read_partial(partial_path)
+    for i, p in enumerate(prompts):
+        old = done.get(p.id)
+        if old is not None and (old["mode"], old["prompt"], old["prefix_used"]) != (mode, p.prompt, bool(flags[i])):
+            raise InputError(f"{partial_path}: record {p.id!r} was generated with mode {old['mode']!r}, prefix_used "
+                             f"{old['prefix_used']} or another prompt text; this run has mode {mode!r}, prefix_used "
+                             f"{bool(flags[i])}: delete the file or disable resuming")
+    return done
+
+
 def generate_responses(model, tokenizer, prompts: Sequence[EvalPrompt], *, mode: str,
                        ssi_scores: np.ndarray | None, prefix_flags: np.ndarray, decoding: Decoding = Decoding(),
                        prefix: str = CONDITIONAL_PREFIX, template_kwargs: Mapping[str, Any] | None = None,
@@ -267,15 +215,7 @@ def generate_responses(model, tokenizer, prompts: Sequence[EvalPrompt], *, mode:
         raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
     stop_ids = list(eos_token_id) if eos_token_id is not None else stop_token_ids(
         model.config, tokenizer, template_kwargs, model_dir=getattr(model, "source_path", None))
-    done = read_partial(partial_path) if partial_path is not None and resume else {}
-    if partial_path is not None and not resume and is_writer() and io_utils.exists(partial_path):
-        io_utils.remove(partial_path)
-    for i, p in enumerate(prompts):
-        old = done.get(p.id)
-        if old is not None and (old["mode"], old["prompt"], old["prefix_used"]) != (mode, p.prompt, bool(flags[i])):
-            raise InputError(f"{partial_path}: record {p.id!r} was generated with mode {old['mode']!r}, prefix_used "
-                             f"{old['prefix_used']} or another prompt text; this run has mode {mode!r}, prefix_used "
-                             f"{bool(flags[i])}: delete the file or disable resuming")
+    done = _resumed_records(partial_path, resume, prompts, flags, mode)
     todo = [i for i, p in enumerate(prompts) if p.id not in done]
     if done:
         log.info("resuming from %s: %d of %d prompts already generated", partial_path, n - len(todo), n)
@@ -387,107 +327,13 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             "prefix_rate": sum(g["prefix_used"] for g in groups.values()) / total if total else None}
 
 
-# ----------------------------------------------------------------------------------------------- stage entry point
-def eval_prompts_from_config(config) -> list[EvalPrompt]:
-    """`load_eval_prompts` with the config's eval_sets, data_root, languages, max_per_language(_sets) and hub
-    fields."""
-    hub = config.hub
-    field_map = json.loads(hub.field_map) if hub.field_map else None
-    if field_map is not None and not isinstance(field_map, dict):
-        raise InputError(f"--config.hub.field_map must be a JSON object, got {hub.field_map!r}")
-    specs = comma_list(config.eval_sets)
-    if not specs:
-        raise InputError("--config.eval_sets is empty")
-    limit_sets = comma_list(config.get("max_per_language_sets", "")) or None
-    unknown = sorted(set(limit_sets or ()) - set(specs))
-    if unknown:
-        raise InputError(f"--config.max_per_language_sets: {unknown} not in --config.eval_sets {specs}")
-    return load_eval_prompts(specs, data_root=config.data_root, languages=comma_list(config.languages) or None,
-                             max_per_language=int(config.max_per_language),
-                             hub=HubSetOptions(name=hub.name or None, split=hub.split,
-                                               expected=hub.expected or None, language=hub.language or None,
-                                               field_map=field_map), limit_sets=limit_sets)
+# ----------------------------------------------------------------------------------------------- moved names
+_MOVED_TO_STAGE = ("run_generation", "eval_prompts_from_config")  # lasa_jax.generation_stage imports this module
 
 
-def _generation_model_paths(config) -> tuple[str, str]:
-    """(model that generates, base model the SSI reads or "") of a generate config; prefix_only generates with the
-    base model, so base_model_path defaults to model_path there and the two must not differ."""
-    if config.mode not in MODES:
-        raise InputError(f"--config.mode: expected one of {MODES}, got {config.mode!r}")
-    base = config.base_model_path
-    if config.mode == "prefix_only":
-        base = base or config.model_path
-        if config.model_path and os.path.abspath(config.model_path) != os.path.abspath(base):
-            raise InputError(f"--config.mode=prefix_only generates with the base model the SSI reads: "
-                             f"--config.model_path ({config.model_path!r}) must be empty or equal to "
-                             f"--config.base_model_path ({config.base_model_path!r})")
-        return base, base
-    return config.model_path, base
+def __getattr__(name: str):
+    if name in _MOVED_TO_STAGE:
+        from lasa_jax import generation_stage
 
-
-def run_generation(config, workdir: str, mesh=None) -> str:
-    """The generate stage (`python -m lasa_jax.scripts.generate`): eval prompts -> SSI decisions on the base model
-    (lasa / prefix_only mode) -> generation (lasa: the aligned model, loaded after the base model is freed;
-    prefix_only: the same base model; baseline: model_path) -> `<workdir>/<config.output>` plus
-    `<output>.meta.json` (models, fingerprints, decoding, counts, timings). Returns the output path."""
-    import gc
-
-    model_path, base_model_path = _generation_model_paths(config)
-    output = os.path.join(workdir, config.output)
-    prompts = eval_prompts_from_config(config)
-    chat_kwargs = config_template_kwargs(config)
-    meta: dict[str, Any] = {"mode": config.mode, "model_path": model_path, "eval_sets": config.eval_sets,
-                            "template_kwargs": chat_kwargs, "prefix": config.prefix}
-    log.info("%d prompts from %s, mode %s", len(prompts), config.eval_sets, config.mode)
-    start = time.perf_counter()
-    model = None
-    if config.mode in GATED_MODES or config.ssi_dir:
-        if not config.ssi_dir or not base_model_path:
-            raise InputError(f"mode {config.mode!r} (or recording SSI scores) needs --config.ssi_dir and "
-                             "--config.base_model_path (the frozen base model the SSI reads)")
-        from lasa_jax.ssi import SSIScorer, load_ssi
-
-        base = load_model(config, mesh, path=base_model_path)
-        scorer = SSIScorer(base, load_ssi(config.ssi_dir), batch_size=int(config.decoding.batch_size),
-                           progress=bool(config.progress))
-        meta.update(base_model_path=base_model_path, base_fingerprint=base.fingerprint,
-                    ssi_dir=config.ssi_dir, ssi_threshold=scorer.threshold,
-                    ssi_threshold_logit=getattr(scorer, "threshold_logit", None),
-                    ssi_residual_index=scorer.ssi.config.residual_index)
-        scores, flags = prefix_decisions(config.mode, prompts, scorer)
-        if config.mode == "prefix_only":
-            model = base  # the base model generates too: loaded once
-        del base, scorer  # otherwise free the base model before the generating model is loaded
-        gc.collect()
-    else:
-        scores, flags = prefix_decisions(config.mode, prompts)
-    meta["ssi_seconds"] = time.perf_counter() - start
-    if model is None:
-        model = load_model(config, mesh, path=model_path)
-    tokenizer = load_tokenizer(config.tokenizer_path or model_path)
-    stop_ids = ([int(i) for i in comma_list(config.eos_token_ids)] or
-                stop_token_ids(model.config, tokenizer, chat_kwargs, model_dir=getattr(model, "source_path", None)))
-    d = config.decoding
-    decoding = Decoding(max_new_tokens=int(d.max_new_tokens), temperature=float(d.temperature),
-                        top_p=float(d.top_p), top_k=int(d.top_k), seed=int(config.seed),
-                        batch_size=int(d.batch_size))
-    meta.update(fingerprint=model.fingerprint, decoding=dataclasses.asdict(decoding), eos_token_ids=stop_ids,
-                max_prompt_length=int(config.max_prompt_length) or None)
-    partial = output + PARTIAL_SUFFIX
-    start = time.perf_counter()
-    records = generate_responses(model, tokenizer, prompts, mode=config.mode, ssi_scores=scores, prefix_flags=flags,
-                                 decoding=decoding, prefix=config.prefix, template_kwargs=chat_kwargs,
-                                 max_prompt_length=int(config.max_prompt_length) or None, eos_token_id=stop_ids,
-                                 partial_path=partial, resume=bool(config.resume), chunk_size=int(config.chunk_size),
-                                 progress=bool(config.progress))
-    seconds = time.perf_counter() - start
-    new_tokens = sum(r["num_new_tokens"] for r in records)
-    meta.update(generation_seconds=seconds, new_tokens=new_tokens, summary=summarize(records))
-    write_generations(output, records)
-    if is_writer():
-        atomic_write_json(output + ".meta.json", meta)
-        if io_utils.exists(partial):
-            io_utils.remove(partial)
-    log.info("wrote %d records to %s (%d new tokens in %.1f s; prefix used on %d)", len(records), output,
-             new_tokens, seconds, int(flags.sum()))
-    return output
+        return getattr(generation_stage, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -273,10 +273,14 @@ def run_locate(config, workdir: str | os.PathLike, model=None, mesh=None) -> Bot
 
 
 def report_lines(stage_dir: str | os.PathLike) -> list[str]:
-    """The report's Locate lines (markdown): k* with its interval and pick share, the verdict, the probe AUROC;
-    [] when `stage_dir` holds no bottleneck.json."""
+    """The report's Locate lines (markdown): k* with its interval and pick share, the verdict, the probe AUROC
+    (when `stage_dir` holds a bottleneck.json), then the links to its files."""
+    from lasa_jax.stage import report_link
+
+    links = [f"- {report_link(stage_dir, BOTTLENECK_FILE)}, {report_link(stage_dir, 'layers.csv')}, "
+             f"{report_link(stage_dir, 'bottleneck_layers.png')}"]
     if not (io_utils.to_path(stage_dir) / BOTTLENECK_FILE).is_file():
-        return []
+        return links
     b = load_bottleneck(stage_dir)
     best = b["layers"][b["best_layer"]]
     lines = [f"Semantic bottleneck k* = {b['best_layer']} of L = {b['num_layers']} (S_sem - S_lang = "
@@ -289,4 +293,4 @@ def report_lines(stage_dir: str | os.PathLike) -> list[str]:
                       f"k* = {b['best_layer']} anyway."]
     if probe_line(b):
         lines += ["", f"Harmful-vs-benign probe (grouped validation split): {probe_line(b)}."]
-    return lines
+    return lines + links

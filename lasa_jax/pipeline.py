@@ -1,8 +1,11 @@
 """The whole method in one run: locate -> SSI -> KTO (+ HF export) -> generate (baseline, prefix-only, LASA) ->
 evaluate.
 
-Each stage runs the same library function as its own script, with a stage config derived from the pipeline config
-(`configs/pipeline.py`), in its own subdirectory of the workdir:
+The stages are the rows of `STAGE_TABLE` (name, stage module, config section, generate mode); each module follows
+the `lasa_jax.stage` contract, so the loop has no special case: `module.run(stage config, stage dir, mesh)` (the
+same call as the stage's own script, with a stage config derived from the pipeline config, `configs/pipeline.py`);
+a result that is not `completed` (KTO preempted) stops the pipeline; report.md joins each module's `report_lines`.
+Each stage has its own subdirectory of the workdir:
 
     <workdir>/locate/             bottleneck.json, layers.csv, plots, activations.npz
     <workdir>/ssi/ssi/            the SSI artifact (config.json, params.safetensors, metrics.json)
@@ -16,43 +19,67 @@ Each stage runs the same library function as its own script, with a stage config
 A stage that finished writes `<stage dir>/stage_done.json` (a hash of its stage config, a run id, and the run ids of
 the stages whose outputs it consumed) and is skipped on the next run; a crashed stage simply runs again (KTO
 resumes from its last checkpoint, generation from its partial file). Rerunning with a changed stage config is
-refused unless the stage is listed in `--config.rerun`, which clears that stage's directory first. When a stage
+refused unless the stage is listed in `rerun`, which clears that stage's directory first. When a stage
 runs again, every later stage that consumed its output runs again too (`stage_inputs`), so a report never mixes a
-new SSI with old generations. The evaluate stage compares every system whose generate stage is in `--config.stages`
-or has finished in the workdir (so a run without generate_prefix_only compares baseline and LASA only). Every
+new SSI with old generations. The evaluate stage compares every system whose generate stage is in `stages` or has
+finished in the workdir (so a run without generate_prefix_only compares baseline and LASA only). Every
 process runs every stage; only process 0 writes markers and reports.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime
 import hashlib
+import importlib
 import json
 import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import ml_collections
 
 from lasa_jax import io_utils
 from lasa_jax.errors import InputError
-from lasa_jax.io_utils import atomic_write_json, atomic_write_text
-from lasa_jax.runtime import is_writer
+from lasa_jax.io_utils import atomic_write_json, atomic_write_text, read_json
+from lasa_jax.runtime import comma_list, is_writer
+from lasa_jax.stage import config_field
 
 log = logging.getLogger(__name__)
 
-STAGES = ("locate", "ssi", "kto", "generate_baseline", "generate_prefix_only", "generate_lasa", "evaluate")
+
+@dataclasses.dataclass(frozen=True)
+class StageRow:
+    """One pipeline stage: its name (= its directory under the workdir), its stage module (the `lasa_jax.stage`
+    contract), the pipeline config section its stage config starts from, and its generate mode ("" otherwise)."""
+
+    name: str
+    module: str
+    section: str
+    mode: str = ""
+
+
+STAGE_TABLE = (
+    StageRow("locate", "lasa_jax.locate", "locate"),
+    StageRow("ssi", "lasa_jax.ssi.stage", "ssi"),
+    StageRow("kto", "lasa_jax.train.kto_stage", "kto"),
+    StageRow("generate_baseline", "lasa_jax.generation_stage", "generate", mode="baseline"),
+    StageRow("generate_prefix_only", "lasa_jax.generation_stage", "generate", mode="prefix_only"),
+    StageRow("generate_lasa", "lasa_jax.generation_stage", "generate", mode="lasa"),
+    StageRow("evaluate", "lasa_jax.evaluate.stage", "evaluate"),
+)
+STAGES = tuple(row.name for row in STAGE_TABLE)
 # system compared by the evaluate stage -> the generate stage that writes its generations (report column order)
-GENERATE_STAGES = {"baseline": "generate_baseline", "prefix_only": "generate_prefix_only", "lasa": "generate_lasa"}
+GENERATE_STAGES = {row.mode: row.name for row in STAGE_TABLE if row.mode}
 DONE_FILE = "stage_done.json"
 SHARED_FIELDS = ("model_path", "mesh", "seed", "distributed")
 
 
-def _comma(value: str) -> list[str]:
-    return [v.strip() for v in str(value).split(",") if v.strip()]
+def stage_module(row: StageRow):
+    """The stage module of a row, imported on first use."""
+    return importlib.import_module(row.module)
 
 
 def _stage_dir(workdir: str, stage: str) -> str:
@@ -62,15 +89,16 @@ def _stage_dir(workdir: str, stage: str) -> str:
 def stage_configs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, ml_collections.ConfigDict]:
     """The stage configs of a pipeline config: shared fields copied in, paths between stages wired up."""
     out: dict[str, ml_collections.ConfigDict] = {}
-    for stage, key in (("locate", "locate"), ("ssi", "ssi"), ("kto", "kto"), ("generate_baseline", "generate"),
-                       ("generate_prefix_only", "generate"), ("generate_lasa", "generate"), ("evaluate", "evaluate")):
-        c = copy.deepcopy(config[key])
+    for row in STAGE_TABLE:
+        c = copy.deepcopy(config[row.section])
         with c.unlocked():
             for field in SHARED_FIELDS:
                 c[field] = copy.deepcopy(config[field])
             if "template_kwargs" in c:
                 c.template_kwargs = config.template_kwargs
-        out[stage] = c
+            if row.mode:
+                c.mode = row.mode
+        out[row.name] = c
     base, d = config.model_path, lambda s: _stage_dir(workdir, s)
     # the pipeline's data_root is the one shared-data folder of every stage
     with out["locate"].unlocked():
@@ -92,13 +120,12 @@ def stage_configs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
     for mode, stage in GENERATE_STAGES.items():
         g = out[stage]
         with g.unlocked():
-            g.mode = mode
             g.data_root = config.data_root
             if mode == "lasa":
                 g.model_path, g.base_model_path, g.ssi_dir, g.tokenizer_path = kto_export, base, ssi_dir, base
             else:  # prefix_only: the base model generates; baseline: it records each prompt's SSI score only
                 g.base_model_path, g.ssi_dir = base, ssi_dir
-    stages = _comma(config.stages)
+    stages = comma_list(config.stages)
     with out["evaluate"].unlocked():
         out["evaluate"].data_root = config.data_root  # its polyrefuse_completions/ trains the calibrated judge
         for system, stage in GENERATE_STAGES.items():
@@ -138,24 +165,9 @@ def config_hash(config: ml_collections.ConfigDict) -> str:
     return hashlib.sha256(config.to_json_best_effort(sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _stage_functions() -> dict[str, Callable]:
-    from lasa_jax.evaluate.runner import run_evaluation
-    from lasa_jax.inference import run_generation
-    from lasa_jax.locate import run_locate
-    from lasa_jax.ssi.pipeline import train_ssi
-    from lasa_jax.train.kto_trainer import train_kto
-
-    return {"locate": lambda c, w, m: run_locate(c, w, mesh=m), "ssi": train_ssi, "kto": train_kto,
-            "generate_baseline": run_generation, "generate_prefix_only": run_generation,
-            "generate_lasa": run_generation, "evaluate": run_evaluation}
-
-
 def stage_status(workdir: str, stage: str) -> dict | None:
     path = os.path.join(_stage_dir(workdir, stage), DONE_FILE)
-    if not io_utils.isfile(path):
-        return None
-    with io_utils.open_file(path) as f:
-        return json.load(f)
+    return read_json(path, "stage marker") if io_utils.isfile(path) else None
 
 
 def stage_decision(workdir: str, stage: str, digest: str, consumed: dict[str, str | None],
@@ -167,7 +179,7 @@ def stage_decision(workdir: str, stage: str, digest: str, consumed: dict[str, st
     """
     status = stage_status(workdir, stage)
     if rerun:
-        return "clear", f"--config.rerun={stage}"
+        return "clear", f"{config_field('rerun')} lists {stage}"
     if status is None:
         return "run", "not finished"
     recorded = status.get("inputs", {})
@@ -177,30 +189,44 @@ def stage_decision(workdir: str, stage: str, digest: str, consumed: dict[str, st
     if status.get("config_hash") != digest:
         raise InputError(f"pipeline stage {stage!r} already finished in {_stage_dir(workdir, stage)} with a "
                          f"different configuration (hash {status.get('config_hash')} != {digest}); add it to "
-                         f"--config.rerun to run it again (its directory is cleared) or use another workdir")
+                         f"{config_field('rerun')} to run it again (its directory is cleared) or use another workdir")
     return "skip", f"already done ({status.get('finished_at')})"
 
 
-def run_pipeline(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> dict[str, Any]:
-    """Run (or continue) every stage in `config.stages`; returns {stage: "done" | "skipped"}."""
-    stages = _comma(config.stages)
+def _selected_stages(config: ml_collections.ConfigDict) -> tuple[list[str], list[str]]:
+    """(stages to run, stages to rerun) of a pipeline config, validated (InputError)."""
+    stages = comma_list(config.stages)
     unknown = [s for s in stages if s not in STAGES]
     if unknown or not stages:
-        raise InputError(f"--config.stages: unknown stage(s) {unknown}; expected a comma-separated subset of {STAGES}")
-    rerun = _comma(config.rerun)
+        raise InputError(f"{config_field('stages')}: unknown stage(s) {unknown}; expected a comma-separated subset of "
+                         f"{STAGES}")
+    rerun = comma_list(config.rerun)
     if [s for s in rerun if s not in STAGES]:
-        raise InputError(f"--config.rerun: expected a comma-separated subset of {STAGES}, got {config.rerun!r}")
+        raise InputError(f"{config_field('rerun')}: expected a comma-separated subset of {STAGES}, got "
+                         f"{config.rerun!r}")
     if not config.model_path:
-        raise InputError("--config.model_path is required (the base model: a local Hugging Face directory or hub id)")
-    configs = stage_configs(config, workdir)
-    inputs = stage_inputs(config)
+        raise InputError(f"{config_field('model_path')} is required (the base model: a local Hugging Face directory "
+                         "or hub id)")
+    return stages, rerun
+
+
+def _mark_done(stage_dir: str, stage: str, digest: str, consumed: dict[str, str | None], seconds: float) -> None:
+    """`<stage dir>/stage_done.json` (process 0): config hash, a new run id, the consumed input run ids."""
+    if is_writer():
+        atomic_write_json(os.path.join(stage_dir, DONE_FILE), {
+            "stage": stage, "config_hash": digest, "run_id": uuid.uuid4().hex, "inputs": consumed,
+            "seconds": round(seconds, 1),
+            "finished_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")})
+
+
+def run_pipeline(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> dict[str, Any]:
+    """Run (or continue) every stage in `config.stages`; returns {stage: "done" | "skipped" | why it stopped}."""
+    stages, rerun = _selected_stages(config)
+    configs, inputs = stage_configs(config, workdir), stage_inputs(config)
     _check_memory_plan(config, stages)
-    functions = _stage_functions()
     outcome: dict[str, Any] = {}
-    for stage in STAGES:
-        if stage not in stages:
-            continue
-        stage_dir, stage_config = _stage_dir(workdir, stage), configs[stage]
+    for row in (row for row in STAGE_TABLE if row.name in stages):
+        stage, stage_dir, stage_config = row.name, _stage_dir(workdir, row.name), configs[row.name]
         digest = config_hash(stage_config)
         consumed = {up: (stage_status(workdir, up) or {}).get("run_id") for up in inputs[stage]}
         action, reason = stage_decision(workdir, stage, digest, consumed, stage in rerun)
@@ -218,17 +244,13 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> 
             io_utils.makedirs(stage_dir)
             atomic_write_json(os.path.join(stage_dir, "config.json"), json.loads(stage_config.to_json_best_effort()))
         start = time.perf_counter()
-        result = functions[stage](stage_config, stage_dir, mesh)
-        if stage == "kto" and result.status != "completed":
-            log.warning("pipeline: kto stopped (%s) at step %d; rerun the same command to continue from its last "
-                        "checkpoint", result.status, result.step)
+        result = stage_module(row).run(stage_config, stage_dir, mesh)
+        if not result.completed:
+            log.warning("pipeline: %s stopped (%s; %s); rerun the same command to continue it", stage, result.status,
+                        dict(result.summary))
             outcome[stage] = result.status
             break
-        if is_writer():
-            atomic_write_json(os.path.join(stage_dir, DONE_FILE), {
-                "stage": stage, "config_hash": digest, "run_id": uuid.uuid4().hex, "inputs": consumed,
-                "seconds": round(time.perf_counter() - start, 1),
-                "finished_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")})
+        _mark_done(stage_dir, stage, digest, consumed, time.perf_counter() - start)
         _barrier(f"pipeline-{stage}-done")
         outcome[stage] = "done"
     if is_writer():
@@ -242,13 +264,12 @@ def _check_memory_plan(config: ml_collections.ConfigDict, stages: list[str]) -> 
     config.json or the paper model's architecture (no weights are read). Skipped without a known preset or shapes;
     `config.memory_plan` "warn" logs instead of raising, "off" skips it."""
     from lasa_jax.config import ModelConfig
-    from lasa_jax.errors import InputError
     from lasa_jax.memory_plan import check_pipeline
     from lasa_jax.presets import PAPER_MODELS, TPU_PRESETS
 
     preset, mode = config.get("preset", ""), config.get("memory_plan", "check")
     if mode not in ("check", "warn", "off"):
-        raise InputError(f"--config.memory_plan: expected check, warn or off, got {mode!r}")
+        raise InputError(f"{config_field('memory_plan')}: expected check, warn or off, got {mode!r}")
     if mode == "off" or (preset != "cpu" and preset not in TPU_PRESETS):
         return
     if io_utils.isfile(os.path.join(config.model_path, "config.json")):
@@ -263,117 +284,30 @@ def _check_memory_plan(config: ml_collections.ConfigDict, stages: list[str]) -> 
     except InputError as e:
         if mode == "check":
             raise
-        log.warning("pipeline: memory plan (--config.memory_plan=warn): %s", e)
+        log.warning("pipeline: memory plan (%s=warn): %s", config_field("memory_plan"), e)
         return
     for plan in plans:
         log.info("pipeline: memory plan: %s", plan.describe())
 
 
-def _read_json(path: str) -> Any:
-    if not io_utils.isfile(path):
-        return None
-    with io_utils.open_file(path) as f:
-        return json.load(f)
-
-
-def _locate_summary_lines(locate_dir: str) -> list[str]:
-    """The report's Locate lines: k* with its interval and pick share, the verdict, the probe AUROC."""
-    from lasa_jax.bottleneck import BOTTLENECK_FILE, load_bottleneck, probe_line
-
-    if not io_utils.isfile(os.path.join(locate_dir, BOTTLENECK_FILE)):
-        return []
-    b = load_bottleneck(locate_dir)
-    best = b["layers"][b["best_layer"]]
-    lines = [f"Semantic bottleneck k* = {b['best_layer']} of L = {b['num_layers']} (S_sem - S_lang = "
-             f"{best['diff']:.3f}, 95% interval [{best['diff_lo']:.3f}, {best['diff_hi']:.3f}], "
-             f"picked in {100 * best['pick_share']:.0f}% of resamples); {b['num_points']} texts, "
-             f"{b['num_groups']} groups, languages {', '.join(b['languages'])}."]
-    if b["bottleneck_found"] is False:
-        lines += ["", f"**No semantic bottleneck found**: {b['reason']}. Later stages with residual_index=-1 used "
-                      f"k* = {b['best_layer']} anyway."]
-    if probe_line(b):
-        lines += ["", f"Harmful-vs-benign probe (grouped validation split): {probe_line(b)}."]
-    return lines
-
-
 def write_summary(workdir: str, config: ml_collections.ConfigDict) -> str:
-    """`<workdir>/report.md`: what each stage produced, with links (relative paths) and headline numbers."""
+    """`<workdir>/report.md`: each stage's state and its module's `report_lines` (links, headline numbers)."""
     lines = ["# LASA pipeline report", "", f"Base model: `{config.model_path}`", ""]
     if config.get("report_note"):
         lines += [str(config.report_note), ""]
-
-    def link(rel: str, text: str | None = None) -> str:
-        return f"[{text or rel}]({rel})" if io_utils.exists(os.path.join(workdir, rel)) else f"{text or rel} (missing)"
-
-    for stage in STAGES:
-        status = stage_status(workdir, stage)
-        done = f"done in {status['seconds']:.0f} s" if status else "not run"
-        lines.append(f"## {stage}: {done}")
-        if stage == "locate":
-            lines += _locate_summary_lines(os.path.join(workdir, "locate"))
-            lines += [f"- {link('locate/bottleneck.json')}, {link('locate/layers.csv')}, "
-                      f"{link('locate/bottleneck_layers.png')}"]
-        elif stage == "ssi":
-            ssi_config = _read_json(os.path.join(workdir, "ssi", "ssi", "config.json"))
-            if ssi_config:
-                lines.append(f"SSI at residual index {ssi_config['residual_index']}, threshold "
-                             f"{ssi_config['threshold']:.4f} ({ssi_config.get('threshold_rule', '')}), hidden dims "
-                             f"{ssi_config['hidden_dims']}, trained on {', '.join(ssi_config['train_languages'])}.")
-            lines += [f"- {link('ssi/ssi/config.json')}, {link('ssi/ssi/metrics.json')}, "
-                      f"{link('ssi/ssi/metrics_per_language.png')}"]
-        elif stage == "kto":
-            run = _read_json(os.path.join(workdir, "kto", "run_summary.json"))
-            if run:
-                lines.append(f"KTO {run.get('status')} at step {run.get('step')} of {run.get('total_steps')}.")
-            lines += [f"- {link('kto/metrics.jsonl')}, aligned model {link('kto/hf_export')}"]
-        elif stage.startswith("generate"):
-            meta = _read_json(os.path.join(workdir, stage, "generations.jsonl.meta.json"))
-            if meta and meta.get("summary"):
-                s = meta["summary"]
-                lines.append(f"{s['prompts']} prompts, conditional prefix used on {s['prefix_used']}"
-                             + (f" (SSI threshold {_ssi_threshold_text(meta)} at residual index "
-                                f"{meta['ssi_residual_index']})" if meta.get("ssi_threshold") is not None else "")
-                             + f"; {s['finished_at_eos']} finished at EOS.")
-            lines += [f"- {link(stage + '/generations.jsonl')}"]
-        elif stage == "evaluate":
-            report = _read_json(os.path.join(workdir, "evaluate", "report.json"))
-            if report:
-                lines += headline_lines(report)
-            lines += [f"- {link('evaluate/report.md')}, {link('evaluate/report.json')}, "
-                      f"{link('evaluate/asr_by_language.png')}, {link('evaluate/systems_by_language.png')}"]
+    for row in STAGE_TABLE:
+        status = stage_status(workdir, row.name)
+        lines.append(f"## {row.name}: " + (f"done in {status['seconds']:.0f} s" if status else "not run"))
+        lines += stage_module(row).report_lines(_stage_dir(workdir, row.name))
         lines.append("")
     path = os.path.join(workdir, "report.md")
     atomic_write_text(path, "\n".join(lines))
     return path
 
 
-def _percent(rate: float | None) -> str:
-    return "–" if rate is None else f"{100 * rate:.1f}%"
+def __getattr__(name: str):
+    if name == "headline_lines":  # moved to the evaluate stage (imported lazily: it imports the judges)
+        from lasa_jax.evaluate.stage import headline_lines
 
-
-def headline_lines(report: dict) -> list[str]:
-    """The summary's headline numbers, averaged over languages: ASR and benign refusal rate per system (baseline,
-    prefix_only, lasa, ...) and the SSI's flag rates, from report.json's "comparison" part (ASR only for older
-    reports without it)."""
-    comp = report.get("comparison")
-    if not comp:
-        parts = [f"{system} {_percent(summary.get('macro_asr'))}"
-                 for system, summary in report.get("asr", {}).get("systems", {}).items()]
-        return ["Average ASR over languages: " + ", ".join(parts) + "."] if parts else []
-    lines = []
-    for metric in comp["metrics"].values():
-        parts = [f"{system} **{_percent(metric['systems'][system]['average'])}**" for system in comp["systems"]
-                 if system in metric["systems"]]
-        lines.append(f"- Average {metric['label']} over languages: " + ", ".join(parts) + ".")
-    ssi = comp.get("ssi")
-    if ssi:
-        lines.append(f"- The SSI flagged {_percent(ssi['harmful']['average'])} of harmful and "
-                     f"{_percent(ssi['benign']['average'])} of benign prompts (averaged over languages).")
-    return lines
-
-
-def _ssi_threshold_text(meta: dict) -> str:
-    """The SSI decision threshold of a generation meta record: the logit it compares (and its probability)."""
-    if meta.get("ssi_threshold_logit") is not None:
-        return f"logit {meta['ssi_threshold_logit']:.3f} (p {meta['ssi_threshold']:.4f})"
-    return f"p {meta['ssi_threshold']:.4f}"
+        return headline_lines
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,13 +7,16 @@ model: `smollm2_135m`, the embedded real model (SmolLM2-135M-Instruct) for CPU r
 (index -1: the run's own Locate picks it) and `asset` names its cached import (`lasa_jax.assets`), which configs use
 as model_path "asset:<asset>" instead of the hub id.
 
+`default_preset` is the preset the model's whole pipeline fits (`lasa_jax.memory_plan`), the one to pass as
+`configs/pipeline.py:<name>,<preset>`.
+
 `TPU_PRESETS[name]`: devices, HBM per device, mesh, and per-stage batch sizes for one TPU VM or a pod slice.
 Every mesh is FSDP over all chips (`fsdp=-1`): a KTO step holds a float32 policy, its gradient, the float32
 gradient accumulator, the AdamW moments and (online) a bf16 reference, about 22 bytes per parameter, which no single
 chip can hold for these models. `lasa_jax.memory_plan` adds the rest (gathered weights, logits, activations) and the
 pipeline refuses a preset that cannot hold a stage; `kto_fits` applies it with a preset's own defaults. By that plan
 (max length 512): 7B-14B models train on v5p-8 (14B with the precomputed reference, its default) and pod slices;
-32B models need v5p-64 (their configs' default); no paper model's KTO fits v4-8 or v5e-8. Generation holds the whole
+32B models need v5p-64 (their default_preset); no paper model's KTO fits v4-8 or v5e-8. Generation holds the whole
 gathered weights through the decode loop: 7-8B models generate on v4-8, none on v5e-8 (16 GiB chips).
 """
 from __future__ import annotations
@@ -27,49 +30,73 @@ from lasa_jax.errors import InputError
 
 @dataclasses.dataclass(frozen=True)
 class PaperModel:
+    """One row of the model table: hub id, the authors' bottleneck residual index (-1: none published), the HF
+    config.json fields of its architecture, the Qwen3 thinking switch (None: not Qwen3), the cached asset name
+    ("" = the hub checkpoint) and the preset its full pipeline is sized for (`configs/pipeline.py:<name>,<preset>`)."""
+
     hub_id: str
     bottleneck_residual_index: int
     hf_config: dict
-    qwen3_thinking: bool | None = None  # None: not a Qwen3 model
-    asset: str = ""  # a `lasa_jax.assets.MODELS` name: the model is the cached import, not the hub checkpoint
+    qwen3_thinking: bool | None = None
+    asset: str = ""
+    default_preset: str = "cpu"
 
     def model_config(self, **runtime) -> ModelConfig:
         return ModelConfig.from_hf_dict(self.hf_config, source=self.hub_id, **runtime)
 
 
-def _qwen2(hidden, inter, layers, heads, kv, eps):
-    return dict(model_type="qwen2", vocab_size=152064, hidden_size=hidden, intermediate_size=inter,
-                num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv, rms_norm_eps=eps,
-                max_position_embeddings=32768, rope_theta=1000000.0, rope_scaling=None, tie_word_embeddings=False,
-                bos_token_id=151643, eos_token_id=151645)
+def _qwen2(*, hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads, rms_norm_eps):
+    return dict(model_type="qwen2", vocab_size=152064, hidden_size=hidden_size, intermediate_size=intermediate_size,
+                num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
+                rms_norm_eps=rms_norm_eps, max_position_embeddings=32768, rope_theta=1000000.0, rope_scaling=None,
+                tie_word_embeddings=False, bos_token_id=151643, eos_token_id=151645)
 
 
-def _qwen3(hidden, inter, layers, heads):
-    return dict(model_type="qwen3", vocab_size=151936, hidden_size=hidden, intermediate_size=inter,
-                num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=8, head_dim=128,
+def _qwen3(*, hidden_size, intermediate_size, num_layers, num_heads):
+    return dict(model_type="qwen3", vocab_size=151936, hidden_size=hidden_size, intermediate_size=intermediate_size,
+                num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=8, head_dim=128,
                 rms_norm_eps=1e-6, max_position_embeddings=40960, rope_theta=1000000.0, rope_scaling=None,
                 tie_word_embeddings=False, attention_bias=False, bos_token_id=151643, eos_token_id=151645)
 
 
 PAPER_MODELS: dict[str, PaperModel] = {
-    "llama31_8b": PaperModel("meta-llama/Llama-3.1-8B-Instruct", 14, dict(
-        model_type="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-        num_attention_heads=32, num_key_value_heads=8, rms_norm_eps=1e-5, max_position_embeddings=131072,
-        rope_theta=500000.0, rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                           "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
-        tie_word_embeddings=False, attention_bias=False, bos_token_id=128000,
-        eos_token_id=[128001, 128008, 128009])),
-    "qwen25_7b": PaperModel("Qwen/Qwen2.5-7B-Instruct", 19, _qwen2(3584, 18944, 28, 28, 4, 1e-6)),
-    "qwen25_14b": PaperModel("Qwen/Qwen2.5-14B-Instruct", 29, _qwen2(5120, 13824, 48, 40, 8, 1e-5)),
-    "qwen25_32b": PaperModel("Qwen/Qwen2.5-32B-Instruct", 29, _qwen2(5120, 27648, 64, 40, 8, 1e-5)),
-    "qwen3_8b": PaperModel("Qwen/Qwen3-8B", 21, _qwen3(4096, 12288, 36, 32), qwen3_thinking=False),
-    "qwen3_14b": PaperModel("Qwen/Qwen3-14B", 25, _qwen3(5120, 17408, 40, 40), qwen3_thinking=False),
-    "qwen3_32b": PaperModel("Qwen/Qwen3-32B", 42, _qwen3(5120, 25600, 64, 64), qwen3_thinking=False),
-    "smollm2_135m": PaperModel("HuggingFaceTB/SmolLM2-135M-Instruct", -1, dict(
-        model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-        num_attention_heads=9, num_key_value_heads=3, head_dim=64, rms_norm_eps=1e-5, max_position_embeddings=8192,
-        rope_theta=100000.0, rope_scaling=None, tie_word_embeddings=True, attention_bias=False, bos_token_id=1,
-        eos_token_id=2), asset="smollm2-135m-instruct"),
+    "llama31_8b": PaperModel(
+        hub_id="meta-llama/Llama-3.1-8B-Instruct", bottleneck_residual_index=14, default_preset="v5p-8",
+        hf_config=dict(
+            model_type="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+            num_attention_heads=32, num_key_value_heads=8, rms_norm_eps=1e-5, max_position_embeddings=131072,
+            rope_theta=500000.0, rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                               "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+            tie_word_embeddings=False, attention_bias=False, bos_token_id=128000,
+            eos_token_id=[128001, 128008, 128009])),
+    "qwen25_7b": PaperModel(
+        hub_id="Qwen/Qwen2.5-7B-Instruct", bottleneck_residual_index=19, default_preset="v5p-8",
+        hf_config=_qwen2(hidden_size=3584, intermediate_size=18944, num_layers=28, num_heads=28, num_kv_heads=4,
+                         rms_norm_eps=1e-6)),
+    "qwen25_14b": PaperModel(
+        hub_id="Qwen/Qwen2.5-14B-Instruct", bottleneck_residual_index=29, default_preset="v5p-8",
+        hf_config=_qwen2(hidden_size=5120, intermediate_size=13824, num_layers=48, num_heads=40, num_kv_heads=8,
+                         rms_norm_eps=1e-5)),
+    "qwen25_32b": PaperModel(
+        hub_id="Qwen/Qwen2.5-32B-Instruct", bottleneck_residual_index=29, default_preset="v5p-64",
+        hf_config=_qwen2(hidden_size=5120, intermediate_size=27648, num_layers=64, num_heads=40, num_kv_heads=8,
+                         rms_norm_eps=1e-5)),
+    "qwen3_8b": PaperModel(
+        hub_id="Qwen/Qwen3-8B", bottleneck_residual_index=21, qwen3_thinking=False, default_preset="v5p-8",
+        hf_config=_qwen3(hidden_size=4096, intermediate_size=12288, num_layers=36, num_heads=32)),
+    "qwen3_14b": PaperModel(
+        hub_id="Qwen/Qwen3-14B", bottleneck_residual_index=25, qwen3_thinking=False, default_preset="v5p-8",
+        hf_config=_qwen3(hidden_size=5120, intermediate_size=17408, num_layers=40, num_heads=40)),
+    "qwen3_32b": PaperModel(
+        hub_id="Qwen/Qwen3-32B", bottleneck_residual_index=42, qwen3_thinking=False, default_preset="v5p-64",
+        hf_config=_qwen3(hidden_size=5120, intermediate_size=25600, num_layers=64, num_heads=64)),
+    "smollm2_135m": PaperModel(
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct", bottleneck_residual_index=-1, asset="smollm2-135m-instruct",
+        hf_config=dict(
+            model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+            num_attention_heads=9, num_key_value_heads=3, head_dim=64, rms_norm_eps=1e-5,
+            max_position_embeddings=8192, rope_theta=100000.0, rope_scaling=None, tie_word_embeddings=True,
+            attention_bias=False, bos_token_id=1, eos_token_id=2)),
 }
 
 
@@ -117,8 +144,8 @@ TPU_PRESETS: dict[str, TPUPreset] = {
                        generate_batch_size=32, peak_flops_per_device=459e12,
                        kto_reference_mode="precomputed"),  # 14B models: online needs ~86.5 GiB of 85.5 usable
     # pod slices (several hosts; jax.distributed.initialize() is called by the scripts). The KTO batch grows to 64
-    # rows so every chip holds 2 rows; the learning rate is not rescaled (set --config.kto.train.batch_size=16 to
-    # keep the paper's batch, or scale --config.kto.train.learning_rate yourself)
+    # rows so every chip holds 2 rows; the learning rate is not rescaled (set kto.train.batch_size=16 to keep the
+    # paper's batch, or scale kto.train.learning_rate yourself)
     "v5p-64": TPUPreset(accelerator_type="v5p-64", num_devices=32, num_hosts=8, hbm_bytes_per_device=95 * GIB,
                         mesh=_FSDP, capture_batch_size=128, kto_batch_size=64, kto_micro_batches=1,
                         generate_batch_size=128, peak_flops_per_device=459e12),

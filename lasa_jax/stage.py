@@ -21,6 +21,8 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
+from lasa_jax import io_utils
+
 S = TypeVar("S")
 
 
@@ -65,3 +67,12 @@ def config_field(name: str) -> str:
     """How library errors name a config field: "config field kto.train.batch_size" (the CLI spells the same field
     `--config.kto.train.batch_size`; library code never spells flags)."""
     return f"config field {name}"
+
+
+def report_link(stage_dir: str, name: str, text: str | None = None) -> str:
+    """A markdown link to `<stage_dir>/<name>` for the pipeline report, which sits in stage_dir's parent (the
+    workdir): "[ssi/ssi/config.json](ssi/ssi/config.json)", or "<rel> (missing)" when the file does not exist."""
+    import os
+
+    rel = os.path.join(os.path.basename(os.path.normpath(stage_dir)), name)
+    return f"[{text or rel}]({rel})" if io_utils.exists(os.path.join(stage_dir, name)) else f"{text or rel} (missing)"

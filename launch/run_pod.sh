@@ -3,7 +3,7 @@
 # the ssh session, so a dropped connection or a closed laptop does not stop the run.
 # Usage: run_pod.sh NAME --zone ZONE [OPTIONS] (-- MODULE [ARGS...] | --status | --attach [--worker N] | --stop)
 # Options: --repo-dir DIR (default lasa-jax), --project PROJECT, --log-dir DIR, --foreground, --dry-run.
-# Example: run_pod.sh lasa-v5p --zone us-east5-a -- lasa_jax.scripts.pipeline --config=configs/llama31_8b.py:v5p-64 --workdir=/mnt/shared/run1
+# Example: run_pod.sh lasa-v5p --zone us-east5-a -- lasa_jax.scripts.pipeline --config=configs/pipeline.py:llama31_8b,v5p-64 --workdir=/mnt/shared/run1
 #
 # Start (default): on every worker, `cd DIR && .venv/bin/python -m MODULE ARGS` runs under `setsid nohup` (a new
 # session: no SIGHUP when ssh ends), stdout and stderr to LOGDIR/worker-<hostname>.log. LOGDIR: --log-dir, else

@@ -180,7 +180,7 @@ def test_evaluate_stage_with_cache(tmp_path):
     meta = json.loads((workdir / EVALUATION_META).read_text(encoding="utf-8"))
     assert meta["judge_cache"]["misses"] == 0 and meta["judge_cache"]["hits"] > 0
     config.baseline_generations = config.lasa_generations = ""
-    with pytest.raises(ValueError, match="lasa_generations and/or --config.generations"):
+    with pytest.raises(ValueError, match="lasa_generations and/or config field generations"):
         run_evaluation(config, str(workdir))
 
 

@@ -287,7 +287,7 @@ def test_generate_stage_baseline_writes_records_and_meta(tiny_hf_dirs, shared_da
     assert meta["decoding"]["max_new_tokens"] == 8 and meta["template_kwargs"] == {}
     assert not os.path.exists(output + ".partial")
     config.mode = "lasa"
-    with pytest.raises(ValueError, match="needs --config.ssi_dir and --config.base_model_path"):
+    with pytest.raises(ValueError, match="needs config field ssi_dir and config field base_model_path"):
         run_generation(config, workdir, mesh)
 
 

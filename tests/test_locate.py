@@ -220,7 +220,10 @@ def test_demo_jsonl_uses_its_train_split_with_a_given_model(tiny_hf_dirs, tmp_pa
     assert lines[0].startswith(f"Semantic bottleneck k* = {result.best_layer} of L = {NUM_LAYERS} (S_sem - S_lang = "
                                f"{result.diff[result.best_layer]:.3f}, 95% interval")
     assert ("**No semantic bottleneck found**" in "\n".join(lines)) is (not result.bottleneck_found)
-    assert locate.report_lines(tmp_path / "absent") == []
+    assert "[locate/bottleneck.json](locate/bottleneck.json)" not in lines[-1]  # tmp_path is not named locate
+    assert lines[-1].startswith(f"- [{tmp_path.name}/bottleneck.json]({tmp_path.name}/bottleneck.json)")
+    assert locate.report_lines(tmp_path / "absent") == ["- absent/bottleneck.json (missing), absent/layers.csv "
+                                                        "(missing), absent/bottleneck_layers.png (missing)"]
     with pytest.raises(dataclasses.FrozenInstanceError):
         locate.settings(config).seed = 1
     demo = [json.loads(line) for line in DEMO_PROMPTS.read_text(encoding="utf-8").splitlines()]

@@ -149,12 +149,11 @@ def test_generation_plan_kv_cache_and_weights():
 
 def test_default_presets_of_the_paper_model_configs_fit():
     for name in sorted(PAPER_MODELS):
-        # a paper model's own config file (its default preset), else the table model on the cpu preset
-        has_file = os.path.isfile(os.path.join(ROOT, "configs", f"{name}.py"))
-        config = _load_config(name) if has_file else _load_config("pipeline", f"{name},cpu")
+        # a table model on the preset it is sized for (its default_preset)
+        config = _load_config("pipeline", f"{name},{PAPER_MODELS[name].default_preset}")
         plans = check_pipeline(config, PAPER_MODELS[name].model_config(), ["kto", "generate_lasa"])
         assert [p.stage for p in plans] == ["KTO", "generation"] and all(p.fits for p in plans)
-    assert _load_config("qwen25_32b").preset == "v5p-64" and _load_config("qwen3_32b").preset == "v5p-64"
+    assert PAPER_MODELS["qwen25_32b"].default_preset == PAPER_MODELS["qwen3_32b"].default_preset == "v5p-64"
 
 
 def test_suggested_setting_fits_and_v4_8_refuses_kto_with_the_reason():
@@ -166,9 +165,9 @@ def test_suggested_setting_fits_and_v4_8_refuses_kto_with_the_reason():
                     reference_mode="precomputed").fits
     with pytest.raises(InputError, match=r"--config.preset=v4-8: .*KTO on preset v4-8: [\d.]+ GiB per device of "
                                          r"28.8 usable.*preset v5p-8 .*with its defaults"):
-        check_pipeline(_load_config("llama31_8b", "v4-8"), PAPER_MODELS["llama31_8b"].model_config(), ["kto"])
+        check_pipeline(_load_config("pipeline", "llama31_8b,v4-8"), PAPER_MODELS["llama31_8b"].model_config(), ["kto"])
     # the other stages of a v4-8 run are not refused
-    assert check_pipeline(_load_config("llama31_8b", "v4-8"), PAPER_MODELS["llama31_8b"].model_config(),
+    assert check_pipeline(_load_config("pipeline", "llama31_8b,v4-8"), PAPER_MODELS["llama31_8b"].model_config(),
                           ["locate", "ssi", "generate_baseline"])[0].fits
 
 

@@ -84,7 +84,7 @@ def test_finished_stage_with_changed_config_is_refused(tmp_path, tiny_hf_dirs):
     config.stages = "locate"
     (tmp_path / "locate").mkdir()
     (tmp_path / "locate" / "stage_done.json").write_text(json.dumps({"stage": "locate", "config_hash": "0" * 16}))
-    with pytest.raises(ValueError, match="already finished .* different configuration.*--config.rerun"):
+    with pytest.raises(ValueError, match="already finished .* different configuration.*config field rerun"):
         run_pipeline(config, str(tmp_path))
     config.stages = "locate,sft"
     with pytest.raises(ValueError, match=r"unknown stage\(s\) \['sft'\]"):
@@ -104,7 +104,7 @@ def test_paper_model_configs_resolve_for_every_preset(model):
                          "qwen3_8b": 8.19, "qwen3_14b": 14.77, "qwen3_32b": 32.76}[model]
     assert abs(model_config.num_params() / 1e9 - expected_billions) < 0.01
     for preset in TPU_PRESETS:
-        config = _load_config(model, preset)
+        config = _load_config("pipeline", f"{model},{preset}")
         assert config.model_path == paper.hub_id and config.residual_index == paper.bottleneck_residual_index
         assert config.kto.train.batch_size == TPU_PRESETS[preset].kto_batch_size
         assert config.kto.train.peak_flops_per_device == TPU_PRESETS[preset].peak_flops_per_device  # MFU logged
@@ -252,21 +252,22 @@ def test_prefix_only_stage_follows_the_ssi_not_kto(tmp_path, monkeypatch):
     import dataclasses
 
     import lasa_jax.pipeline as pipeline
-
-    @dataclasses.dataclass
-    class KTOResult:
-        status: str = "completed"
-        step: int = 1
+    from lasa_jax.stage import StageResult
 
     calls = []
 
-    def recorder(stage):
-        def run(config, workdir, mesh):
-            calls.append((stage, config))
-            return KTOResult() if stage == "kto" else None
-        return run
+    @dataclasses.dataclass(frozen=True)
+    class Recorder:  # a stage module that records its calls
+        NAME: str
 
-    monkeypatch.setattr(pipeline, "_stage_functions", lambda: {s: recorder(s) for s in STAGES})
+        def run(self, config, workdir, mesh=None):
+            calls.append((self.NAME, config))
+            return StageResult(self.NAME)
+
+        def report_lines(self, stage_dir):
+            return []
+
+    monkeypatch.setattr(pipeline, "stage_module", lambda row: Recorder(row.name))
     config = _load_config("demo")
     config.model_path = "/models/base"
     assert config.stages.split(",") == list(STAGES)  # prefix_only is a default stage

@@ -39,8 +39,9 @@ from lasa_jax.ssi import (
     train_classifier,
 )
 from lasa_jax.ssi.artifact import CONFIG_FILE, METRICS_FILE, PARAMS_FILE, PLOT_FILE, sigmoid
+from lasa_jax.ssi.data import load_ssi_data
 from lasa_jax.ssi.mlp import flatten_params
-from lasa_jax.ssi.pipeline import load_ssi_data, resolve_residual_index, train_ssi
+from lasa_jax.ssi.stage import resolve_residual_index, train_ssi
 from lasa_jax.ssi.training import TrainSettings, _epoch_batches, weighted_bce
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -396,7 +397,7 @@ def test_residual_index_from_locate_workdir(tmp_path, caplog):
     (tmp_path / "bottleneck.json").write_text(json.dumps(
         {"best_layer": 2, "num_layers": 3, "layers": layers, "languages": ["en", "zh"], "num_groups": 5,
          "num_points": 10}))
-    with caplog.at_level("INFO", logger="lasa_jax.ssi.pipeline"):
+    with caplog.at_level("INFO", logger="lasa_jax.ssi.stage"):
         assert resolve_residual_index(ConfigDict({"residual_index": -1, "locate_workdir": str(tmp_path)})) == 2
     assert "residual index 2 = best_layer of" in caplog.text and "verdict not recorded" in caplog.text  # old file
     assert resolve_residual_index(ConfigDict({"residual_index": 1, "locate_workdir": str(tmp_path)})) == 1
@@ -405,11 +406,11 @@ def test_residual_index_from_locate_workdir(tmp_path, caplog):
         {"best_layer": 1, "num_layers": 3, "layers": layers, "languages": ["en", "zh"], "num_groups": 5,
          "num_points": 10, "selection_range": [1, 3], "bottleneck_found": False,
          "reason": "the argmax k* = 1 is at the edge of the candidate range 1..3"}))
-    with caplog.at_level("INFO", logger="lasa_jax.ssi.pipeline"):
+    with caplog.at_level("INFO", logger="lasa_jax.ssi.stage"):
         assert resolve_residual_index(ConfigDict({"residual_index": -1, "locate_workdir": str(tmp_path)})) == 1
     warning = [r for r in caplog.records if r.levelname == "WARNING"]
     assert len(warning) == 1 and "k* = 1 is NOT a semantic bottleneck: the argmax k* = 1 is at the edge" in \
-        warning[0].getMessage() and "--config.residual_index=K" in warning[0].getMessage()
+        warning[0].getMessage() and "set config field residual_index to K" in warning[0].getMessage()
     with pytest.raises(ValueError, match="locate_workdir"):
         resolve_residual_index(ConfigDict({"residual_index": -1, "locate_workdir": ""}))
 
@@ -634,7 +635,7 @@ def test_located_layer_of_another_model_is_refused(tmp_path, tiny_hf_dirs):
     import ml_collections
 
     from lasa_jax.models import from_pretrained
-    from lasa_jax.ssi.pipeline import resolve_residual_index
+    from lasa_jax.ssi.stage import resolve_residual_index
 
     model = from_pretrained(tiny_hf_dirs["llama"])
     def write(num_layers):

@@ -9,6 +9,10 @@ Ids are namespaced by source ("multijail:<row id>:<lang>", "xstest:<id>", "or_be
 
 Files are read with `lasa_jax.io_utils.read_json` / `iter_jsonl`: missing files raise FileNotFoundError and
 malformed content ValueError, both naming the file (and the line: "<path>:<line>").
+
+Eval-set specs (`load_eval_spec`, `load_eval_prompts`, `EvalSetSelection`): "multijail", "xstest_safe", ...,
+"jsonl:<path>", "hub:<dataset id>", the strings a generate config's eval_sets field lists. (Named exception to the
+350-line aim: one job, the evaluation prompts, loaders and the specs that select them, ~370 lines.)
 """
 from __future__ import annotations
 
@@ -269,11 +273,103 @@ def load_standard_eval_sets(data_root: str | os.PathLike,
     Returns {"multijail": harmful x languages, "xstest_safe": 250 benign, "xstest_unsafe": 200 harmful,
     "or_bench_hard_test": 132 benign, "oktest": 300 benign}.
     """
-    root = pathlib.Path(data_root)
-    return {
-        "multijail": load_multijail(root / MULTIJAIL_CSV, multijail_languages),
-        "xstest_safe": load_xstest(root / XSTEST_CSV, "safe"),
-        "xstest_unsafe": load_xstest(root / XSTEST_CSV, "unsafe"),
-        "or_bench_hard_test": load_or_bench_hard_test(root / OR_BENCH_HARD_TEST_JSON),
-        "oktest": load_oktest(root / OKTEST_JSON),
-    }
+    return {name: load_eval_spec(name, data_root=data_root, languages=multijail_languages)
+            for name in ("multijail", "xstest_safe", "xstest_unsafe", "or_bench_hard_test", "oktest")}
+
+
+# ------------------------------------------------------------------------------------- eval-set specs ("multijail")
+STANDARD_SETS = ("multijail", "xstest_safe", "xstest_unsafe", "xstest", "or_bench_hard_test", "oktest")
+_XSTEST_SPEC_SPLITS = {"xstest": "all", "xstest_safe": "safe", "xstest_unsafe": "unsafe"}
+
+
+@dataclasses.dataclass(frozen=True)
+class HubSetOptions:
+    """How rows of a `hub:<id>` eval set map to EvalPrompts (see `load_hf_dataset`)."""
+
+    name: str | None = None
+    split: str = "test"
+    expected: str | None = None
+    language: str | None = None
+    field_map: Mapping[str, str] | None = None
+
+
+def load_eval_spec(spec: str, *, data_root: str | os.PathLike = "", languages: Sequence[str] | None = None,
+                   hub: HubSetOptions = HubSetOptions()) -> list[EvalPrompt]:
+    """The prompts of one eval-set spec: a name of `STANDARD_SETS` (files under `data_root`), "jsonl:<path>" or
+    "hub:<dataset id or local builder>" (rows mapped by `hub`); `languages` selects MultiJail languages."""
+    spec = spec.strip()
+    if spec.startswith("jsonl:"):
+        return load_jsonl(spec[len("jsonl:"):])
+    if spec.startswith("hub:"):
+        return load_hf_dataset(spec[len("hub:"):], name=hub.name, split=hub.split, expected=hub.expected,
+                               language=hub.language, field_map=hub.field_map)
+    if spec not in STANDARD_SETS:
+        raise InputError(f"unknown eval set {spec!r}: expected one of {STANDARD_SETS}, 'jsonl:<path>' or "
+                         "'hub:<dataset id>'")
+    root = os.fspath(data_root)
+    if not root:
+        raise InputError(f"eval set {spec!r} needs the shared data root (config field data_root)")
+    if spec == "multijail":
+        return load_multijail(os.path.join(root, MULTIJAIL_CSV), languages)
+    if spec in _XSTEST_SPEC_SPLITS:
+        return load_xstest(os.path.join(root, XSTEST_CSV), _XSTEST_SPEC_SPLITS[spec])
+    if spec == "or_bench_hard_test":
+        return load_or_bench_hard_test(os.path.join(root, OR_BENCH_HARD_TEST_JSON))
+    return load_oktest(os.path.join(root, OKTEST_JSON))
+
+
+def first_per_language(prompts: Sequence[EvalPrompt], n: int) -> list[EvalPrompt]:
+    """The first `n` prompts of each (source, language), in order."""
+    kept: dict[tuple[str, str], int] = {}
+    limited = []
+    for p in prompts:
+        key = (p.source, p.language)
+        if kept.get(key, 0) < n:
+            kept[key] = kept.get(key, 0) + 1
+            limited.append(p)
+    return limited
+
+
+def load_eval_prompts(specs: Sequence[str], *, data_root: str | os.PathLike = "",
+                      languages: Sequence[str] | None = None, max_per_language: int = 0,
+                      hub: HubSetOptions = HubSetOptions(),
+                      limit_sets: Sequence[str] | None = None) -> list[EvalPrompt]:
+    """Evaluation prompts of several sets (`load_eval_spec` each), concatenated in the order of `specs`.
+
+    languages: MultiJail languages (None = all ten).
+    max_per_language: keep the first n prompts of each (source, language) in file order (0 = all). MultiJail
+      is row-major, so the same n queries are kept in every language.
+    limit_sets: the specs (entries of `specs`) that max_per_language bounds; None = all of them. E.g. ["multijail"]
+      keeps all of XSTest (English, ordered by prompt type, so its first n rows would be one or two types).
+    Ids must be unique across all sets.
+    """
+    if max_per_language < 0:
+        raise InputError(f"max_per_language must be >= 0 (0 = all), got {max_per_language}")
+    prompts: list[EvalPrompt] = []
+    for spec in specs:
+        loaded = load_eval_spec(spec, data_root=data_root, languages=languages, hub=hub)
+        if max_per_language and (limit_sets is None or spec.strip() in limit_sets):
+            loaded = first_per_language(loaded, max_per_language)
+        prompts.extend(loaded)
+    seen: set[str] = set()
+    for p in prompts:
+        if p.id in seen:
+            raise InputError(f"eval sets {list(specs)}: duplicate prompt id {p.id!r}")
+        seen.add(p.id)
+    return prompts
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSetSelection:
+    """Which evaluation prompts a run uses: the arguments of `load_eval_prompts` (`load()` reads them)."""
+
+    specs: tuple[str, ...]
+    data_root: str = ""
+    languages: tuple[str, ...] | None = None
+    max_per_language: int = 0
+    hub: HubSetOptions = HubSetOptions()
+    limit_sets: tuple[str, ...] | None = None
+
+    def load(self) -> list[EvalPrompt]:
+        return load_eval_prompts(self.specs, data_root=self.data_root, languages=self.languages,
+                                 max_per_language=self.max_per_language, hub=self.hub, limit_sets=self.limit_sets)

@@ -29,6 +29,7 @@ from lasa_jax.data.preference import COMPLETIONS_SUFFIX, read_completions_file
 from lasa_jax.errors import InputError
 from lasa_jax.evaluate.judges import INVALID, SAFETY_TASK, UNSAFE, Judge
 from lasa_jax.io_utils import atomic_write_json, atomic_write_text
+from lasa_jax.stage import config_field
 
 SPLITS = ("odd", "even", "all")
 GOAL_MAX_DELTA_POINTS = 5.0
@@ -90,7 +91,7 @@ def load_labelled_responses(root: str | os.PathLike, split: str = "odd",
                             drop_indices: Collection[int] = POLYREFUSE_MULTIJAIL_ROWS) -> list[LabelledResponse]:
     """All labelled responses of the `split` ("odd" | "even" | "all") under `root`, file by file in sorted order."""
     if split not in SPLITS:
-        raise InputError(f"--config.split must be one of {SPLITS}, got {split!r}")
+        raise InputError(f"{config_field('split')} must be one of {SPLITS}, got {split!r}")
     drop = {int(i) for i in drop_indices}
     rows = [row for path in labelled_files(root) for row in _file_rows(path, drop)]
     if split == "all":

@@ -46,9 +46,9 @@ from lasa_jax.evaluate.judges import (
     UNSAFE,
     RefusalHeuristicJudge,
     Verdict,
-    _check_pairs,
     invalid_reason,
 )
+from lasa_jax.evaluate.verdicts import check_pairs
 from lasa_jax.io_utils import atomic_directory, read_json, sha256_file
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,9 @@ class NgramSettings:
 
 
 def _normalise(text: str) -> str:
+    """NFKC, case-folded, whitespace collapsed; punctuation kept (it is part of the n-grams). Not the refusal
+    matcher's normalisation (`heuristics`) or the held-out guard's (`data.heldout.normalize_text`): a trained
+    artifact's features depend on this exact function, so it stays as it was fitted."""
     return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
@@ -196,7 +199,7 @@ class NgramJudge:
 
     def judge(self, prompts: Sequence[str], responses: Sequence[str],
               languages: Sequence[str] | None = None) -> list[Verdict]:
-        _check_pairs(prompts, responses, languages)
+        check_pairs(prompts, responses, languages)
         if languages is None:
             raise InputError(f"{self.name}: needs the language of every prompt (judge(..., languages=[...]))")
         verdicts: list[Verdict | None] = [None] * len(prompts)

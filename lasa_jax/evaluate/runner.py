@@ -1,4 +1,5 @@
-"""Evaluation pipeline: generation JSONL files of several systems -> judged rows -> report.md / report.json / chart.
+"""Judging generations: generation JSONL records of several systems -> judged rows -> report.md / report.json /
+charts (the evaluate stage itself, reading its config: `lasa_jax.evaluate.stage`).
 
     evaluation = evaluate_generations({"baseline": baseline_records, "prefix_only": prefix_only_records,
                                        "lasa": lasa_records}, out_dir, safety_judge=judge, refusal_judge=refusal_judge)
@@ -32,7 +33,6 @@ from lasa_jax.errors import InputError
 from lasa_jax.evaluate.judges import (
     REFUSAL_TASK,
     SAFETY_TASK,
-    CachedJudge,
     GenerateFn,
     Judge,
     LlamaGuard3Judge,
@@ -42,10 +42,11 @@ from lasa_jax.evaluate.judges import (
 )
 from lasa_jax.evaluate.report import build_report, judge_responses, write_report
 from lasa_jax.generate import generate_batched
-from lasa_jax.inference import read_generations, stop_token_ids
-from lasa_jax.io_utils import atomic_write_json, read_json, sha256_file, write_jsonl
-from lasa_jax.runtime import comma_list, is_writer, load_model, load_tokenizer
+from lasa_jax.inference import stop_token_ids
+from lasa_jax.io_utils import read_json, write_jsonl
+from lasa_jax.runtime import is_writer, load_model, load_tokenizer
 from lasa_jax.runtime import template_kwargs as config_template_kwargs
+from lasa_jax.stage import config_field
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,8 @@ class JudgeModels:
 
     def get(self, path: str) -> tuple[Any, Any]:
         if not path:
-            raise InputError("an LLM judge needs --config.judge.model_path (a local Hugging Face model directory)")
+            raise InputError(f"an LLM judge needs {config_field('judge.model_path')} (a local Hugging Face model "
+                             "directory)")
         if path not in self._loaded:
             self._loaded[path] = (load_model(self.config, self.mesh, path=path), load_tokenizer(path))
         return self._loaded[path]
@@ -117,8 +119,8 @@ def resolve_judge_kind(kind: str, task: str, labelled: str) -> str:
     if task == SAFETY_TASK and has_labelled_data(labelled):
         return "calibrated"
     if task == SAFETY_TASK:
-        log.warning("no WildGuard-labelled responses at %r (--config.data_root/%s): the safety judge falls back to "
-                    "the refusal-phrase heuristic", labelled, LABELLED_SUBDIR)
+        log.warning("no WildGuard-labelled responses at %r (%s/%s): the safety judge falls back to the refusal-phrase "
+                    "heuristic", labelled, config_field("data_root"), LABELLED_SUBDIR)
     return "heuristic"
 
 
@@ -147,7 +149,7 @@ def build_judge(kind: str, task: str, *, models: JudgeModels | None = None, mode
         if not has_labelled_data(labelled):
             raise InputError(f"judge 'calibrated' needs the WildGuard-labelled responses: {labelled!r} has no "
                              f"<model>/<language>/harmful_<mode>_evaluations.no_tokens.json files (set "
-                             f"--config.data_root to the shared data folder, or use judge 'heuristic')")
+                             f"{config_field('data_root')} to the shared data folder, or use judge 'heuristic')")
         from lasa_jax.evaluate.ngram_judge import cached_ngram_judge
 
         return cached_ngram_judge(labelled)[0]
@@ -274,7 +276,7 @@ def evaluate_generations(generations: Mapping[str, Sequence[Mapping[str, Any]]],
             refusal_rows[system] = _judged_rows(refusal_judge, refusal)
     if not any(asr_rows.values()):
         raise InputError(f"no records with expected='harmful' and source in {list(asr_sources)}: nothing to "
-                         "compute ASR on (check --config.asr_sources and the generation files)")
+                         f"compute ASR on (check {config_field('asr_sources')} and the generation files)")
     if any(skipped.values()):
         log.info("records in neither the ASR nor the refusal sources (skipped) per system: %s", skipped)
     kwargs = dict(safety_judge=safety_judge.name, refusal_rows=refusal_rows or None,
@@ -300,92 +302,13 @@ def _judged_rows(judge: Judge, records: Sequence[Mapping[str, Any]]) -> list[dic
     return rows
 
 
-def _process_cache_path(cache_path: str) -> str:
-    """Process 0 appends to the shared judge cache; other processes append to a private copy of it, so every
-    process starts from the same verdicts (and issues the same judge calls) without concurrent writers."""
-    if is_writer():
-        return cache_path
-    import tempfile
-
-    fd, private = tempfile.mkstemp(prefix="judge_cache.", suffix=".jsonl")
-    os.close(fd)
-    if io_utils.exists(cache_path):
-        io_utils.copy_file(cache_path, private)
-    return private
+# ----------------------------------------------------------------------------------------------- moved names
+_MOVED_TO_STAGE = ("run_evaluation", "evaluated_systems")  # lasa_jax.evaluate.stage imports this module
 
 
-def evaluated_systems(config) -> dict[str, str]:
-    """System name -> generation JSONL path, in report column order: the non-empty `<system>_generations` fields
-    (baseline, prefix_only, lasa; a config without prefix_only_generations works), then the comma-separated
-    `name=path` pairs of `generations`. InputError for a malformed pair, a repeated name or no system."""
-    systems = {name: config.get(f"{name}_generations", "") for name in NAMED_SYSTEMS}
-    systems = {name: path for name, path in systems.items() if path}
-    for pair in comma_list(config.get("generations", "")):
-        name, sep, path = (part.strip() for part in pair.partition("="))
-        if not sep or not name or not path:
-            raise InputError(f"--config.generations: expected comma-separated name=path pairs, got {pair!r}")
-        if name in systems:
-            raise InputError(f"--config.generations: system {name!r} is given twice")
-        systems[name] = path
-    if not systems:
-        raise InputError("give --config.baseline_generations, --config.prefix_only_generations, "
-                         "--config.lasa_generations and/or --config.generations=name=path,... (generation JSONL "
-                         "files written by lasa_jax.scripts.generate)")
-    return systems
+def __getattr__(name: str):
+    if name in _MOVED_TO_STAGE:
+        from lasa_jax.evaluate import stage
 
-
-def run_evaluation(config, workdir: str, mesh=None) -> dict[str, Any]:
-    """The evaluate stage (`python -m lasa_jax.scripts.evaluate`): read the systems' generation files, build the
-    cached judges, `evaluate_generations` into `workdir`, and write `evaluation_meta.json` (inputs with sha256,
-    judges, cache hits/misses, counts). Returns the report dict."""
-    systems = evaluated_systems(config)
-    generations = {name: read_generations(path) for name, path in systems.items()}
-    j = config.judge
-    if j.safety not in JUDGE_KINDS or j.refusal not in REFUSAL_JUDGE_KINDS:
-        raise InputError(f"--config.judge.safety must be one of {JUDGE_KINDS} and --config.judge.refusal one of "
-                         f"{REFUSAL_JUDGE_KINDS}; got {j.safety!r} and {j.refusal!r}")
-    labelled = labelled_dir(config.get("data_root", ""), j.get("labelled_dir", ""))
-    common = dict(models=JudgeModels(config, mesh), batch_size=int(j.batch_size),
-                  max_new_tokens=int(j.max_new_tokens), template_kwargs=config_template_kwargs(j),
-                  progress=bool(config.progress), labelled=labelled)
-    cache_dir = j.cache_dir or workdir
-    cache_paths = {task: _process_cache_path(os.path.join(cache_dir, f"judge_cache_{task}.jsonl"))
-                   for task in (SAFETY_TASK, REFUSAL_TASK)}  # one file per CachedJudge (one writer per file)
-    safety = CachedJudge(build_judge(j.safety, SAFETY_TASK, model_path=j.model_path, **common),
-                         cache_paths[SAFETY_TASK], batch_size=int(j.cache_batch_size))
-    refusal = None
-    if j.refusal != "none":
-        refusal = CachedJudge(build_judge(j.refusal, REFUSAL_TASK, model_path=j.refusal_model_path or j.model_path,
-                                          **common), cache_paths[REFUSAL_TASK], batch_size=int(j.cache_batch_size))
-    calibration = find_calibration(safety, j.get("calibration", ""), labelled, workdir)
-    evaluation = evaluate_generations(
-        generations, workdir, safety_judge=safety, refusal_judge=refusal,
-        asr_sources=comma_list(config.asr_sources), refusal_sources=comma_list(config.refusal_sources),
-        paired=bool(config.paired), z=float(config.z), safety_calibration=calibration)
-    judges = [judge for judge in (safety, refusal) if judge is not None]
-    report = _add_utility(config, workdir, mesh, evaluation.report)
-    meta = {"inputs": {name: {"path": io_utils.absolute(path), "sha256": sha256_file(path)}
-                       for name, path in systems.items()},
-            "safety_judge": safety.name, "refusal_judge": refusal.name if refusal else None,
-            "safety_judge_calibration": calibration["path"] if calibration else None,
-            "judge_cache": {"dir": io_utils.absolute(cache_dir), "hits": sum(judge.hits for judge in judges),
-                            "misses": sum(judge.misses for judge in judges)},
-            "paired": bool(config.paired), **evaluation.counts}
-    if is_writer():
-        atomic_write_json(os.path.join(workdir, EVALUATION_META), meta)
-    log.info("report written to %s (safety judge %s)", workdir, safety.name)
-    return report
-
-
-def _add_utility(config, workdir: str, mesh, report: dict[str, Any]) -> dict[str, Any]:
-    """The utility section (`lasa_jax.evaluate.utility.run_utility`) added to report.json / report.md."""
-    if "utility" not in config:
-        return report
-    from lasa_jax.evaluate.report import attach_utility
-    from lasa_jax.evaluate.utility import run_utility
-
-    utility = run_utility(config, mesh, out_dir=workdir)
-    if is_writer():
-        return attach_utility(workdir, report, utility)
-    report["utility"] = utility
-    return report
+        return getattr(stage, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,6 +19,7 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from lasa_jax import io_utils
 from lasa_jax.cli import run
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -43,8 +44,6 @@ def _demo_rows(name: str) -> list[dict]:
 
 def build_demo_model(directory: str, seed: int = 0) -> str:
     """Tokenizer trained on the demo texts + a random tiny Llama saved as an HF checkpoint (skipped if present)."""
-    from lasa_jax import io_utils
-
     if io_utils.isfile(os.path.join(directory, "model.safetensors.index.json")):
         return directory
     from lasa_jax.chat import CONDITIONAL_PREFIX
@@ -93,7 +92,6 @@ def write_eval_prompts(path: str) -> str:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from lasa_jax import io_utils
     from lasa_jax.pipeline import run_pipeline
     from lasa_jax.runtime import start_run
     from lasa_jax.train.kto_trainer import EXIT_PREEMPTED
@@ -108,14 +106,16 @@ def main(argv):
     config.generate.eval_sets = f"jsonl:{eval_file}"
     mesh = start_run(config, workdir, config_name="pipeline_config.json")
     outcome = run_pipeline(config, workdir, mesh)
-    if outcome.get("kto") == "preempted":
-        print(f"demo: KTO was stopped after saving a checkpoint; rerun `make demo` to continue ({workdir})")
+    preempted = [stage for stage, state in outcome.items() if state == "preempted"]
+    if preempted:  # KTO, the stage that checkpoints
+        print(f"demo: {', '.join(preempted)} was stopped after saving a checkpoint; rerun `make demo` to continue "
+              f"({workdir})")
         sys.exit(EXIT_PREEMPTED)
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s: "
           + ", ".join(f"{stage} {state}" for stage, state in outcome.items()))
     report_json = os.path.join(workdir, "evaluate", "report.json")
     if io_utils.isfile(report_json):
-        from lasa_jax.pipeline import headline_lines
+        from lasa_jax.evaluate.stage import headline_lines
 
         print("\n".join(headline_lines(io_utils.read_json(report_json))))
     evaluation = os.path.join(workdir, "evaluate", "report.md")

@@ -1,4 +1,4 @@
-"""Judge generations and write the systems-side-by-side report (configs/evaluate.py, lasa_jax/evaluate/runner.py).
+"""Judge generations and write the systems-side-by-side report (configs/evaluate.py, lasa_jax/evaluate/stage.py).
 
     python -m lasa_jax.scripts.evaluate --config=configs/evaluate.py --workdir=DIR \
         --config.baseline_generations=B.jsonl --config.prefix_only_generations=P.jsonl \
@@ -11,7 +11,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from lasa_jax.cli import run
-from lasa_jax.evaluate.runner import run_evaluation
+from lasa_jax.evaluate import stage
 from lasa_jax.runtime import start_run
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/evaluate.py", "evaluate stage config")
@@ -23,7 +23,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
     mesh = start_run(config, _WORKDIR.value, config_name="evaluate_config.json")
-    run_evaluation(config, _WORKDIR.value, mesh)
+    stage.run(config, _WORKDIR.value, mesh)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ def main(argv):
     _CONFIG.value.model_path = resolve_asset_path(_CONFIG.value.model_path)
     mesh = start_run(_CONFIG.value, _WORKDIR.value, config_name="pipeline_config.json")
     outcome = run_pipeline(_CONFIG.value, _WORKDIR.value, mesh)
-    if outcome.get("kto") == "preempted":
+    if "preempted" in outcome.values():  # a stage (KTO) stopped by SIGTERM after saving a checkpoint
         sys.exit(EXIT_PREEMPTED)
 
 

@@ -19,11 +19,11 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from lasa_jax.ssi import train_ssi
+    from lasa_jax.ssi import stage
 
     config = _CONFIG.value
     mesh = start_run(config, _WORKDIR.value)
-    train_ssi(config, _WORKDIR.value, mesh=mesh)
+    stage.run(config, _WORKDIR.value, mesh=mesh)
 
 
 if __name__ == "__main__":
