@@ -205,3 +205,11 @@ def test_memory_plan_switch_warn_off_and_bad_value(caplog):
     config.memory_plan = "yes"
     with pytest.raises(InputError, match="--config.memory_plan: expected check, warn or off, got 'yes'"):
         _check_memory_plan(config, ["kto"])
+
+
+def test_auto_reference_mode_is_precomputed_unless_the_table_is_too_large():
+    from lasa_jax.memory_plan import MAX_PRECOMPUTED_KL_ROWS, resolve_reference_mode
+
+    assert resolve_reference_mode("auto", total_steps=1000, batch_size=16) == "precomputed"
+    assert resolve_reference_mode("auto", total_steps=MAX_PRECOMPUTED_KL_ROWS, batch_size=2) == "online"
+    assert resolve_reference_mode("online", total_steps=10, batch_size=2) == "online"
