@@ -138,7 +138,7 @@ def run_trl(model_dir: str, batches, *, lr: float, beta: float, threads: int | N
                          lr_scheduler_type="cosine", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
                          adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, beta=beta, desirable_weight=1.0,
                          undesirable_weight=1.0, max_steps=steps, report_to=[], use_cpu=True, bf16=False,
-                         fp16=False, dataloader_num_workers=0, gradient_checkpointing=False)
+                         fp16=False, dataloader_num_workers=0)
         trainer = KTOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset,
                              processing_class=tokenizer)
         trainer.create_optimizer_and_scheduler(num_training_steps=steps)
@@ -167,6 +167,7 @@ def main() -> None:
     parser.add_argument("--max_length", type=int, default=256)
     parser.add_argument("--learning_rate", type=float, default=1e-5)
     parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--torch_threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     args = parser.parse_args()
     from lasa_jax.assets import resolve_asset_path
 
@@ -174,7 +175,7 @@ def main() -> None:
     batches = make_batches(model_dir, args.steps, args.batch_size, args.max_length)
     tokens = [real_tokens(b) for b in batches]
     lasa = run_lasa(model_dir, batches, lr=args.learning_rate, beta=args.beta)
-    trl = run_trl(model_dir, batches, lr=args.learning_rate, beta=args.beta)
+    trl = run_trl(model_dir, batches, lr=args.learning_rate, beta=args.beta, threads=args.torch_threads or None)
     lasa_tps = sum(tokens) / (sum(lasa["seconds"]) + lasa["reference_table_seconds"])
     trl_tps = sum(tokens) / sum(trl["seconds"])
     diffs = [abs(a - b) for a, b in zip(lasa["losses"][:10], trl["losses"][:10])]
