@@ -63,7 +63,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.labels.ssi_dir = ""          # ssi mode: the SSI artifact directory (<ssi workdir>/ssi)
 
     c.reference = ml_collections.ConfigDict()
-    c.reference.mode = "online"    # online | precomputed (log-probs computed once, the reference model freed)
+    c.reference.mode = "auto"      # auto (= precomputed where possible: lasa_jax.memory_plan.resolve_reference_mode)
+                                   # | online | precomputed (log-probs computed once, the reference model freed)
     c.reference.path = ""          # HF directory of the frozen reference ("" = the initial policy: init_from if
                                    # set, else model_path, as TRL; rewards then start at 0). Same architecture;
                                    # recorded by weight fingerprint in the run identity (a resume must match)
@@ -88,6 +89,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.balance_weights = "undesirable"  # "" (weights as given; TRL's range check only warns) | "undesirable" |
                                    # "desirable": when n_d*w_d / (n_u*w_u) (kept rows) is outside TRL's
                                    # recommended [1, 4/3], rescale that weight to make the ratio 7/6
+    c.train.length_buckets = "auto"  # each batch trimmed to the smallest bucket holding its longest row: "auto"
+                                   # (64, 128, ... below max_length, then max_length) | "off" | e.g. "128,256"
     c.train.logits_chunk_size = 128  # positions per log-softmax block (0 = whole sequence at once)
     c.train.log_every_steps = 10
     c.train.peak_flops_per_device = ml_collections.config_dict.placeholder(float)  # e.g. 459e12 (v5p bf16) for

@@ -33,6 +33,7 @@ from typing import Any
 from lasa_jax.config import ModelConfig
 from lasa_jax.errors import InputError
 from lasa_jax.presets import CPU_PRESET, GIB, TPU_PRESETS, TPUPreset
+from lasa_jax.stage import config_field
 
 # share of a chip's HBM the plan may fill (the rest: XLA's runtime reservations, fragmentation, collectives buffers)
 HBM_USABLE_SHARE = 0.9
@@ -79,7 +80,7 @@ def preset_named(name: str) -> TPUPreset:
     if name == "cpu":
         return CPU_PRESET
     if name not in TPU_PRESETS:
-        raise InputError(f"--config.preset: expected cpu or one of {sorted(TPU_PRESETS)}, got {name!r}")
+        raise InputError(f"{config_field('preset')}: expected cpu or one of {sorted(TPU_PRESETS)}, got {name!r}")
     return TPU_PRESETS[name]
 
 
@@ -92,7 +93,7 @@ def mesh_sizes(mesh: Mapping[str, int], num_devices: int) -> dict[str, int]:
     resolved = {a: (num_devices // max(known, 1) if v == -1 else v) for a, v in sizes.items()}
     # a mesh without -1 names its own device count (e.g. 8 simulated CPU devices under the 1-device cpu preset)
     if min(resolved.values()) < 1 or (-1 in sizes.values() and math.prod(resolved.values()) != num_devices):
-        raise InputError(f"--config.mesh: {dict(mesh)} does not split the preset's {num_devices} devices")
+        raise InputError(f"{config_field('mesh')}: {dict(mesh)} does not split the preset's {num_devices} devices")
     return resolved
 
 
@@ -147,6 +148,24 @@ def _weights(params, itemsize_bytes: int) -> tuple[float, float, float, float]:
     return sharded, float(layer_elems), float(embed), float(head)
 
 
+# A precomputed reference keeps one float per policy row and per KL row of every step in host memory (Python
+# dicts, ~100 bytes an entry): beyond this many KL rows (batch_size x steps) "auto" keeps the reference online.
+MAX_PRECOMPUTED_KL_ROWS = 20_000_000
+
+
+def resolve_reference_mode(mode: str, *, total_steps: int, batch_size: int) -> str:
+    """The KTO reference mode a run uses for `reference.mode` = mode ("auto" | "online" | "precomputed").
+
+    "auto" is "precomputed" wherever precomputation is possible: it never needs more device memory than online
+    (the reference runs alone before the policy is created, then is freed; the step carries no reference weights)
+    and computes the same numbers up to float reassociation, with fewer reference forwards (each policy row once).
+    It stays "online" only when the host table would exceed `MAX_PRECOMPUTED_KL_ROWS` entries.
+    """
+    if mode != "auto":
+        return mode
+    return "online" if total_steps * batch_size > MAX_PRECOMPUTED_KL_ROWS else "precomputed"
+
+
 def kto_plan(config: ModelConfig, preset_name: str, *, mesh: Mapping[str, int] | None = None, batch_size: int,
              grad_accum_steps: int, max_length: int, param_dtype: str = "float32", compute_dtype: str = "bfloat16",
              reference_mode: str = "online", reference_dtype: str = "bfloat16", remat_policy: str = "full",
@@ -155,7 +174,7 @@ def kto_plan(config: ModelConfig, preset_name: str, *, mesh: Mapping[str, int] |
     preset = preset_named(preset_name)
     sizes = mesh_sizes(mesh if mesh is not None else preset.mesh, preset.num_devices)
     if remat_policy not in REMAT_POLICIES:
-        raise InputError(f"--config.kto.remat_policy: expected one of {REMAT_POLICIES}, got {remat_policy!r}")
+        raise InputError(f"{config_field('kto.remat_policy')}: expected one of {REMAT_POLICIES}, got {remat_policy!r}")
     pb, cb, rb = itemsize(param_dtype), itemsize(compute_dtype or param_dtype), itemsize(reference_dtype or param_dtype)
     params = sharded_params(config, sizes)
     sharded_elems = sum(n / s for _, n, s, _ in params)
@@ -178,6 +197,7 @@ def kto_plan(config: ModelConfig, preset_name: str, *, mesh: Mapping[str, int] |
         "optimizer state (AdamW mu, nu)": 2 * sharded_elems * pb,
         "gradient": sharded_elems * pb,
         "float32 gradient accumulator": sharded_elems * 4,
+        # "auto" is planned as precomputed (`resolve_reference_mode`; online only for > 20M KL rows per run)
         "reference": sharded_elems * rb if reference_mode == "online" else 0.0,
         "gathered block weights + block gradient": per_layer * (2 * cb + 4),
         "gathered embedding/LM head + gradient": max(embed * pb, head_elems * cb) + head_elems * 4,
@@ -260,7 +280,7 @@ def _kto_variants(settings: dict[str, Any], shards: int) -> Iterable[dict[str, A
 def _changes(old: dict[str, Any], new: dict[str, Any], prefix: str) -> str:
     flags = {"reference_mode": "reference.mode", "remat_policy": "remat_policy", "param_dtype": "dtype",
              "grad_accum_steps": "train.grad_accum_steps", "batch_size": "train.batch_size"}
-    return " ".join(f"--config.{prefix}{flags[k]}={new[k]}" for k in flags if k in new and new[k] != old.get(k))
+    return " ".join(f"{prefix}{flags[k]}={new[k]}" for k in flags if k in new and new[k] != old.get(k))
 
 
 def suggest_kto(config: ModelConfig, plan: MemoryPlan, kto_prefix: str = "kto.") -> str:
@@ -298,7 +318,7 @@ def suggest_generation(config: ModelConfig, plan: MemoryPlan) -> str:
     while batch > 1:
         batch //= 2
         if generation_plan(config, plan.preset, mesh=plan.settings["mesh"], **{**settings, "batch_size": batch}).fits:
-            return f"on {plan.preset}: --config.generate.decoding.batch_size={batch}"
+            return f"on {plan.preset}: generate.decoding.batch_size={batch}"
     for name in sorted(TPU_PRESETS, key=lambda n: TPU_PRESETS[n].num_devices * TPU_PRESETS[n].hbm_bytes_per_device):
         if generation_plan(config, name, **settings).fits:
             return f"preset {name}"
@@ -322,6 +342,6 @@ def check_pipeline(config: Any, model_config: ModelConfig, stages: Iterable[str]
         if not plan.fits:
             problems.append(f"{plan.describe()}; fits: {suggest_generation(model_config, plan)}")
     if problems:
-        raise InputError(f"--config.preset={config.preset}: {model_config.num_params() / 1e9:.1f}B-parameter model "
-                         f"does not fit (lasa_jax.memory_plan): " + " | ".join(problems))
+        raise InputError(f"{config_field('preset')}={config.preset}: {model_config.num_params() / 1e9:.1f}B-parameter "
+                         f"model does not fit (lasa_jax.memory_plan): " + " | ".join(problems))
     return plans

@@ -16,6 +16,8 @@ import ml_collections
 from lasa_jax import io_utils
 from lasa_jax.errors import InputError
 from lasa_jax.io_utils import atomic_write_json
+from lasa_jax.stage import config_field
+from lasa_jax.xla_cache import enable_compilation_cache
 
 log = logging.getLogger("lasa_jax")
 
@@ -47,9 +49,9 @@ def template_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
     try:
         parsed = json.loads(value)
     except json.JSONDecodeError as e:
-        raise InputError(f"--config.template_kwargs must be a JSON object, got {value!r} ({e})") from None
+        raise InputError(f"{config_field('template_kwargs')} must be a JSON object, got {value!r} ({e})") from None
     if not isinstance(parsed, dict):
-        raise InputError(f"--config.template_kwargs must be a JSON object, got {value!r}")
+        raise InputError(f"{config_field('template_kwargs')} must be a JSON object, got {value!r}")
     return parsed
 
 
@@ -72,7 +74,7 @@ def maybe_initialize_distributed(mode: str = "auto") -> bool:
     address, SLURM/MPI). Returns whether it initialised.
     """
     if mode not in DISTRIBUTED_MODES:
-        raise InputError(f"--config.distributed must be one of {DISTRIBUTED_MODES}, got {mode!r}")
+        raise InputError(f"{config_field('distributed')} must be one of {DISTRIBUTED_MODES}, got {mode!r}")
     if mode == "off":
         return False
     if mode == "auto":
@@ -111,6 +113,7 @@ def start_run(config: ml_collections.ConfigDict, workdir: str, config_name: str 
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     maybe_initialize_distributed(config.get("distributed", "auto"))
+    enable_compilation_cache(config.get("compilation_cache", ""))  # before any jit; lasa_jax.xla_cache
     if not workdir:
         raise InputError("--workdir is required")
     _resolve_asset_paths(config)
@@ -137,7 +140,7 @@ def load_model(config: ml_collections.ConfigDict, mesh=None, path: str | None = 
 
     path = path or config.model_path
     if not path:
-        raise InputError("--config.model_path is required (a local Hugging Face model directory or a hub id)")
+        raise InputError(f"{config_field('model_path')} is required (a local Hugging Face model directory or a hub id)")
     return from_pretrained(path, dtype=config.dtype, mesh=mesh, compute_dtype=config.get("compute_dtype") or None,
                            **kwargs)
 

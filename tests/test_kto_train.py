@@ -52,7 +52,9 @@ RUN = {"dtype": "float32", "compute_dtype": "float32", "remat_policy": "none", "
        "train.logits_chunk_size": 64, "train.log_every_steps": 1, "checkpoint.every_steps": 8,
        "train.peak_flops_per_device": 1e12, "export.dtype": "float32", "progress_bar": False,
        # the demo rows: no shared data (held-out guard waived, no benign rows; tests/test_kto_data_prep.py has both)
-       "data.root": "", "data.allow_missing_held_out": True, "data.benign.share": 0.0}
+       "data.root": "", "data.allow_missing_held_out": True, "data.benign.share": 0.0,
+       # the online reference, as before the default became "auto" (precomputed): the precomputed test compares
+       "reference.mode": "online"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -228,6 +230,29 @@ def test_gradient_accumulation_matches_one_big_batch(llama_dir, demo_batches):
     accumulated = _run_steps(llama_dir, one_device_mesh(), demo_batches, 2, 1)
     assert accumulated[0][0]["kl"] == whole[0][0]["kl"] == 0.0
     _assert_steps_close(accumulated, whole)
+
+
+def test_length_buckets_only_drop_padding_and_one_reference_forward_matches_two(llama_dir, demo_batches):
+    from lasa_jax.train.buckets import batch_length, bucket_for, length_buckets, trimmed_arrays
+
+    assert length_buckets(512) == (64, 128, 256, 512) and length_buckets(256, "off") is None
+    assert length_buckets(200, "100, 300") == (100, 200) and bucket_for(65, (64, 128, 256)) == 128
+    model = from_pretrained(llama_dir)
+    batch = demo_batches[0]
+    buckets = length_buckets(256, "32,64,128")
+    trimmed = trimmed_arrays(batch, buckets)
+    width = trimmed["input_ids"].shape[1]
+    assert width == bucket_for(batch_length(batch), buckets) < 256 and trimmed["is_desirable"].shape == (4,)
+    full = {k: jnp.asarray(v) for k, v in batch.device_arrays().items()}
+    short = {k: jnp.asarray(v) for k, v in trimmed.items()}
+    for rows in (kto_step.POLICY_ROW_KEYS, kto_step.KL_ROW_KEYS):
+        want = kto_step.batch_logps(model.params(), model.config, *(full[k] for k in rows), chunk_size=64)
+        got = kto_step.batch_logps(model.params(), model.config, *(short[k] for k in rows), chunk_size=64)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5)
+    ref, kl_ref = kto_step.batch_reference_logps(model.params(), model.config, short, mesh=None, chunk_size=64)
+    for value, rows in ((ref, kto_step.POLICY_ROW_KEYS), (kl_ref, kto_step.KL_ROW_KEYS)):
+        want = kto_step.batch_logps(model.params(), model.config, *(short[k] for k in rows), chunk_size=64)
+        np.testing.assert_allclose(np.asarray(value), np.asarray(want), rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------- the run
@@ -456,3 +481,26 @@ def _perturbed_copy(model_dir, tmp_path) -> pathlib.Path:
     model.set_params(params)
     save_pretrained(model, tmp_path / "perturbed")
     return tmp_path / "perturbed"
+
+
+def test_kto_stage_contract_on_a_finished_run(llama_dir, reference_run, tmp_path):
+    """kto_stage.run on a finished workdir: no step, StageResult with the export; report_lines as the pipeline's."""
+    import shutil
+
+    from lasa_jax.train import kto_stage
+
+    workdir = tmp_path / "kto"
+    shutil.copytree(reference_run[0], workdir)
+    settings = kto_stage.settings(kto_config(llama_dir))
+    assert settings.reference_mode == "online" and settings.buckets == (64, 128, 256)
+    result = kto_stage.run(settings, str(workdir), one_device_mesh())
+    assert (result.stage, result.status, result.completed) == ("kto", "completed", True)
+    assert result.details.step == TOTAL_STEPS and result.details.resumed_from == TOTAL_STEPS
+    assert result.outputs["hf_export"] == str(workdir / "hf_export")
+    assert kto_stage.report_lines(str(workdir)) == [
+        f"KTO completed at step {TOTAL_STEPS} of {TOTAL_STEPS}.",
+        "- [kto/metrics.jsonl](kto/metrics.jsonl), aligned model [kto/hf_export](kto/hf_export)"]
+    assert kto_stage.report_lines(str(tmp_path / "none")) == [
+        "- none/metrics.jsonl (missing), aligned model none/hf_export (missing)"]
+    with pytest.raises(ValueError, match="config field train.batch_size must be >= 2"):
+        kto_stage.settings(kto_config(llama_dir, **{"train.batch_size": 1}))

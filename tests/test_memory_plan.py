@@ -100,7 +100,7 @@ def test_parameters_counted_as_sharded_by_the_rules_table():
     norms = (2 * even.num_layers + 1) * even.hidden_size  # ("layers", "norm") / ("norm",): never sharded
     assert kto_plan(even, "cpu", **kwargs).parts["parameters"] == (even.num_params() - norms) * 4 / 8 + norms * 4
     assert mesh_sizes(dict(data=2, fsdp=-1, tensor=1), 32) == dict(data=2, fsdp=16, tensor=1)
-    with pytest.raises(InputError, match="--config.mesh: .* does not split the preset's 4 devices"):
+    with pytest.raises(InputError, match="config field mesh: .* does not split the preset's 4 devices"):
         mesh_sizes(dict(data=8, fsdp=-1, tensor=1), 4)
 
 
@@ -160,10 +160,10 @@ def test_suggested_setting_fits_and_v4_8_refuses_kto_with_the_reason():
     config = PAPER_MODELS["qwen25_14b"].model_config()
     online = kto_plan(config, "v5p-8", batch_size=16, grad_accum_steps=1, max_length=512, reference_mode="online")
     assert not online.fits
-    assert suggest_kto(config, online).startswith("on v5p-8: --config.kto.reference.mode=precomputed (")
+    assert suggest_kto(config, online).startswith("on v5p-8: kto.reference.mode=precomputed (")
     assert kto_plan(config, "v5p-8", batch_size=16, grad_accum_steps=1, max_length=512,
                     reference_mode="precomputed").fits
-    with pytest.raises(InputError, match=r"--config.preset=v4-8: .*KTO on preset v4-8: [\d.]+ GiB per device of "
+    with pytest.raises(InputError, match=r"config field preset=v4-8: .*KTO on preset v4-8: [\d.]+ GiB per device of "
                                          r"28.8 usable.*preset v5p-8 .*with its defaults"):
         check_pipeline(_load_config("pipeline", "llama31_8b,v4-8"), PAPER_MODELS["llama31_8b"].model_config(), ["kto"])
     # the other stages of a v4-8 run are not refused
@@ -181,7 +181,7 @@ def test_pipeline_with_a_32b_config_stops_before_loading_weights(tmp_path):
         run_pipeline(config, str(tmp_path))
     assert time.perf_counter() - start < 60
     message = str(caught.value)
-    assert message.startswith("--config.preset=cpu: 32.8B-parameter model does not fit")
+    assert message.startswith("config field preset=cpu: 32.8B-parameter model does not fit")
     kto_gib = float(message.split("KTO on preset cpu: ")[1].split(" GiB")[0])
     assert kto_gib > 600  # ~22 bytes per parameter on one device
     assert "preset v5p-64 (32 chips of 95 GiB) with its defaults" in message
@@ -204,3 +204,11 @@ def test_memory_plan_switch_warn_off_and_bad_value(caplog):
     config.memory_plan = "yes"
     with pytest.raises(InputError, match="--config.memory_plan: expected check, warn or off, got 'yes'"):
         _check_memory_plan(config, ["kto"])
+
+
+def test_auto_reference_mode_is_precomputed_unless_the_table_is_too_large():
+    from lasa_jax.memory_plan import MAX_PRECOMPUTED_KL_ROWS, resolve_reference_mode
+
+    assert resolve_reference_mode("auto", total_steps=1000, batch_size=16) == "precomputed"
+    assert resolve_reference_mode("auto", total_steps=MAX_PRECOMPUTED_KL_ROWS, batch_size=2) == "online"
+    assert resolve_reference_mode("online", total_steps=10, batch_size=2) == "online"

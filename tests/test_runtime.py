@@ -21,13 +21,13 @@ def test_template_kwargs_and_comma_lists():
     assert template_kwargs(config) == {}
     for bad in ("[1, 2]", "{enable_thinking: false}"):
         config.template_kwargs = bad
-        with pytest.raises(ValueError, match="--config.template_kwargs must be a JSON object"):
+        with pytest.raises(ValueError, match="config field template_kwargs must be a JSON object"):
             template_kwargs(config)
     assert comma_list(" a, b,,c ") == ["a", "b", "c"] and comma_list("") == []
 
 
 def test_distributed_modes(monkeypatch):
-    with pytest.raises(ValueError, match="--config.distributed must be one of"):
+    with pytest.raises(ValueError, match="config field distributed must be one of"):
         maybe_initialize_distributed("sometimes")
     assert maybe_initialize_distributed("off") is False
     for name in ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", "SLURM_NTASKS",
