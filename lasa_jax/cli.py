@@ -70,16 +70,22 @@ def run(main: Callable[[list[str]], object]) -> None:
 
 def stage_main(stage_module: str, *, config_help: str, default_config: str | None = None,
                workdir_help: str = "Output directory.", config_name: str = "config.json",
-               exit_codes: Mapping[str, int] | None = None) -> None:
+               exit_codes: Mapping[str, int] | None = None, quiet_absl: bool = False) -> None:
     """The whole body of a stage script (lasa_jax/scripts/<stage>.py): define `--config` (a config file) and
     `--workdir`, then `start_run` and the stage module's `run(config, workdir, mesh)` (lasa_jax.stage) under `run`.
 
     `default_config` None makes both flags required. `exit_codes` maps a `StageResult.status` other than
-    "completed" to the exit status of the script (e.g. {"preempted": 75}).
+    "completed" to the exit status of the script (default {"preempted": lasa_jax.stage.EXIT_PREEMPTED}, 75).
+    `quiet_absl` raises absl's log level to WARNING (orbax logs every checkpoint file operation at INFO).
     """
+    import logging
+
     from ml_collections import config_flags
 
     from lasa_jax.runtime import start_run
+    from lasa_jax.stage import EXIT_PREEMPTED
+
+    exit_codes = {"preempted": EXIT_PREEMPTED} if exit_codes is None else exit_codes
 
     config_flag = config_flags.DEFINE_config_file("config", default_config, config_help)
     workdir_flag = flags.DEFINE_string("workdir", None if default_config is None else "", workdir_help)
@@ -89,9 +95,11 @@ def stage_main(stage_module: str, *, config_help: str, default_config: str | Non
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
         stage = importlib.import_module(stage_module)
         config = config_flag.value
+        if quiet_absl:
+            logging.getLogger("absl").setLevel(logging.WARNING)
         mesh = start_run(config, workdir_flag.value, config_name=config_name)
         result = stage.run(config, workdir_flag.value, mesh)
-        if result.status in (exit_codes or {}):
+        if result.status in exit_codes:
             sys.exit(exit_codes[result.status])
 
     if default_config is None:

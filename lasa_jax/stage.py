@@ -24,6 +24,9 @@ from typing import Any, Protocol, TypeVar
 from lasa_jax import io_utils
 
 S = TypeVar("S")
+# exit status of a script whose stage stopped with status "preempted" (SIGTERM after a checkpoint; EX_TEMPFAIL):
+# rerun the same command to continue
+EXIT_PREEMPTED = 75
 
 
 @dataclasses.dataclass(frozen=True)

@@ -94,7 +94,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from lasa_jax.pipeline import run_pipeline
     from lasa_jax.runtime import start_run
-    from lasa_jax.train.kto_trainer import EXIT_PREEMPTED
+    from lasa_jax.stage import EXIT_PREEMPTED
 
     workdir = _WORKDIR.value if io_utils.is_url(_WORKDIR.value) else os.path.abspath(_WORKDIR.value)
     config = _CONFIG.value

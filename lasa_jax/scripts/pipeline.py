@@ -27,7 +27,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from lasa_jax.assets import resolve_asset_path
     from lasa_jax.pipeline import run_pipeline
-    from lasa_jax.train.kto_trainer import EXIT_PREEMPTED
+    from lasa_jax.stage import EXIT_PREEMPTED
 
     _CONFIG.value.model_path = resolve_asset_path(_CONFIG.value.model_path)
     mesh = start_run(_CONFIG.value, _WORKDIR.value, config_name="pipeline_config.json")

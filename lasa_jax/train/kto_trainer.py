@@ -97,7 +97,8 @@ __all__ = ["EXIT_PREEMPTED", "CHECKPOINT_DIR", "REFERENCE_TABLE_FILE", "DATA_SUM
            "ReferenceTable", "ModelDirs", "KTOSettings", "completion_models", "data_fingerprint", "label_rows",
            "load_rows", "parse_unsafe_probs", "prepare_examples", "run_identity", "train_kto"]
 
-EXIT_PREEMPTED = 75
+from lasa_jax.stage import EXIT_PREEMPTED  # noqa: E402 (re-exported)
+
 CHECKPOINT_DIR = "checkpoints"
 REFERENCE_TABLE_FILE = "reference_logps.npz"
 DATA_SUMMARY_FILE = "data_summary.json"
