@@ -86,7 +86,7 @@ def test_mesh_that_does_not_fit_the_devices(tiny_hf_dirs, tmp_path):
 def test_bad_kto_config_field(tiny_hf_dirs, tmp_path):
     proc = _script("train_kto", "--config=configs/kto.py", f"--config.model_path={tiny_hf_dirs['llama']}",
                    "--config.data.format=parquet", f"--config.data.path={DEMO_PROMPTS}", f"--workdir={tmp_path}")
-    _user_error(proc, "--config.data.format must be one of", "'parquet'")
+    _user_error(proc, "config field data.format must be one of", "'parquet'")
 
 
 def test_output_that_may_not_be_written(tiny_hf_dirs, tmp_path):
