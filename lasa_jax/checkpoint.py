@@ -39,6 +39,7 @@ import orbax.checkpoint as ocp
 
 from lasa_jax import io_utils
 from lasa_jax.errors import InputError
+from lasa_jax.trees import describe_diff, flatten, shape_diff
 
 log = logging.getLogger(__name__)
 
@@ -186,13 +187,10 @@ class Checkpointer:
         from the checkpoint's metadata, before any array is loaded)."""
         saved = _leaf_specs(self._manager.item_metadata(int(step))[STATE_ITEM].tree)
         wanted = _leaf_specs(target)
-        problems = [f"{path}: missing from the checkpoint" for path in sorted(set(wanted) - set(saved))]
-        problems += [f"{path}: in the checkpoint, not expected" for path in sorted(set(saved) - set(wanted))]
-        problems += [f"{path}: checkpoint {saved[path][0]} {saved[path][1]}, expected {wanted[path][0]} "
-                     f"{wanted[path][1]}" for path in sorted(set(saved) & set(wanted)) if saved[path] != wanted[path]]
-        if problems:
-            raise InputError(f"{self.directory}: checkpoint step {step} does not match the expected state "
-                             f"({len(problems)} problems):\n  " + "\n  ".join(problems[:20]))
+        diff = shape_diff(wanted, saved, found_label="checkpoint")
+        if diff:
+            raise InputError(f"{self.directory}: checkpoint step {step} does not match the expected state (missing "
+                             f"= expected, not in the checkpoint):\n" + describe_diff(diff, limit=20))
 
     def _check_step(self, step: int) -> None:
         if int(step) not in self.all_steps():
@@ -217,7 +215,7 @@ class Checkpointer:
 def check_run_identity(saved: Mapping[str, Any], current: Mapping[str, Any], where: str) -> None:
     """Raise ValueError listing every field whose value differs between a checkpoint's run identity and the
     current run's (both flat-or-nested JSON mappings). `where` names the checkpoint in the message."""
-    saved_flat, current_flat = _flatten(saved), _flatten(current)
+    saved_flat, current_flat = (flatten(json.loads(json.dumps(tree))) for tree in (saved, current))  # tuples -> lists
     differences = [f"{key}: checkpoint has {saved_flat.get(key, '<absent>')!r}, this run has "
                    f"{current_flat.get(key, '<absent>')!r}"
                    for key in sorted(set(saved_flat) | set(current_flat))
@@ -238,14 +236,3 @@ def _leaf_specs(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
 
     return {"/".join(name(k) for k in path): (tuple(leaf.shape), str(leaf.dtype))
             for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, name + "."))
-        else:
-            flat[name] = json.loads(json.dumps(value))  # tuples -> lists, as they come back from JSON
-    return flat

@@ -14,8 +14,10 @@ from flax import traverse_util
 
 
 def flatten(tree: Mapping[str, Any], sep: str = ".") -> dict[str, Any]:
-    """{"a": {"b": x}} -> {"a.b": x} (leaves are anything that is not a Mapping)."""
-    return traverse_util.flatten_dict(dict(tree), sep=sep) if tree else {}
+    """{"a": {"b": x, 0: y}} -> {"a.b": x, "a.0": y} (leaves: anything that is not a Mapping; keys joined as str)."""
+    if not tree:
+        return {}
+    return {sep.join(str(k) for k in path): v for path, v in traverse_util.flatten_dict(dict(tree)).items()}
 
 
 def flatten_paths(tree: Mapping[str, Any]) -> dict[tuple, Any]:
@@ -34,7 +36,7 @@ def unflatten(flat: Mapping[Any, Any], sep: str | None = ".") -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ShapeDiff:
-    """Names missing from / unexpected in what was found, and "name: found (shape), expected (shape)" lines."""
+    """Names missing from / unexpected in what was found, and "name: <found> (spec), expected (spec)" lines."""
     missing: tuple[str, ...]
     unexpected: tuple[str, ...]
     misshaped: tuple[str, ...]
@@ -43,14 +45,27 @@ class ShapeDiff:
         return bool(self.missing or self.unexpected or self.misshaped)
 
 
-def shape_diff(expected: Mapping[str, Sequence[int]], found: Mapping[str, Sequence[int]],
-               ignore: Sequence[str] = ()) -> ShapeDiff:
-    """Compare two {name: shape} tables; names in `ignore` are never reported as unexpected."""
+def _spec_text(spec: Any) -> str:
+    """(8, 16) -> "(8, 16)"; ((8, 16), "float32") -> "(8, 16) float32"."""
+    if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[1], str):
+        return f"{tuple(spec[0])} {spec[1]}"
+    return str(tuple(spec))
+
+
+def shape_diff(expected: Mapping[str, Any], found: Mapping[str, Any], ignore: Sequence[str] = (),
+               found_label: str = "found") -> ShapeDiff:
+    """Compare two {name: spec} tables, a spec being a shape or a (shape, dtype name) pair; names in `ignore` are
+    never reported as unexpected. Wrong-spec lines read "name: <found_label> (8, 16), expected (8, 32)"."""
+    def norm(spec):
+        if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[1], str):
+            return tuple(spec[0]), spec[1]
+        return tuple(spec)
+
     ignored = set(ignore)
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected) - ignored)
-    misshaped = sorted(f"{name}: found {tuple(found[name])}, expected {tuple(expected[name])}"
-                       for name in set(expected) & set(found) if tuple(found[name]) != tuple(expected[name]))
+    misshaped = sorted(f"{name}: {found_label} {_spec_text(found[name])}, expected {_spec_text(expected[name])}"
+                       for name in set(expected) & set(found) if norm(found[name]) != norm(expected[name]))
     return ShapeDiff(tuple(missing), tuple(unexpected), tuple(misshaped))
 
 

@@ -39,6 +39,7 @@ from lasa_jax.io_utils import atomic_directory, read_json, set_default_permissio
 from lasa_jax.models.decoder import Decoder, abstract_decoder, param_shardings
 from lasa_jax.models.integrity import check_dtypes, check_shards, read_header, read_index
 from lasa_jax.sharding import check_replicated, logical_to_spec, to_host
+from lasa_jax.trees import describe_diff, shape_diff
 
 log = logging.getLogger(__name__)
 
@@ -263,21 +264,14 @@ def _check_tensors(reader: SafetensorsReader, mappings: list[ParamMapping], conf
         per_layer = m.shape[1:] if m.stacked else m.shape
         for name in m.hf_names:
             expected[name] = hf_shape(m.kind, per_layer)
-    present = reader.tensors
-    missing = sorted(set(expected) - set(present))
-    ignorable = {n for n in present if IGNORED_HF_TENSORS.fullmatch(n)}
+    present = {name: tuple(tensor.shape) for name, tensor in reader.tensors.items()}
+    ignorable = [n for n in present if IGNORED_HF_TENSORS.fullmatch(n)]
     if config.tie_word_embeddings:
-        ignorable.add("lm_head.weight")  # tied: HF ignores a stored copy as well
-    unexpected = sorted(set(present) - set(expected) - ignorable)
-    misshaped = sorted(f"{n}: file {present[n].shape}, expected {expected[n]}" for n in expected
-                       if n in present and tuple(present[n].shape) != tuple(expected[n]))
-    if missing or unexpected or misshaped:
-        def listing(title, items):
-            shown = "\n    ".join(items[:25]) + ("\n    ..." if len(items) > 25 else "")
-            return f"  {title} ({len(items)}):\n    {shown}" if items else ""
-        parts = [listing("missing", missing), listing("unexpected", unexpected), listing("wrong shape", misshaped)]
+        ignorable.append("lm_head.weight")  # tied: HF ignores a stored copy as well
+    diff = shape_diff(expected, present, ignore=ignorable, found_label="file")
+    if diff:
         raise InputError(f"{directory}: checkpoint does not match its config.json "
-                         f"({config.model_type}, {config.num_layers} layers):\n" + "\n".join(p for p in parts if p))
+                         f"({config.model_type}, {config.num_layers} layers):\n" + describe_diff(diff))
 
 
 def from_pretrained(path: str | os.PathLike, dtype: str = "float32", mesh: Mesh | None = None, *,

@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lasa_jax.trees import describe_diff, flatten, shape_diff, unflatten
+
 LAYER_NORM_EPS = 1e-5
 STANDARDIZE_EPS = 1e-6
 
@@ -135,37 +137,19 @@ def classifier_logits(graphdef: nnx.GraphDef, params: nnx.State, stats: nnx.Stat
 
 def flatten_params(classifier: SSIClassifier) -> dict[str, np.ndarray]:
     """Dotted name -> float32 numpy copy of every parameter (names: module docstring)."""
-    flat = {}
-
-    def visit(prefix: str, node):
-        if isinstance(node, dict):
-            for key, value in node.items():
-                visit(f"{prefix}.{key}" if prefix else str(key), value)
-        else:
-            flat[prefix] = np.array(node, dtype=np.float32, copy=True)
-
-    visit("", nnx.to_pure_dict(nnx.state(classifier)))
-    return flat
+    return {name: np.array(value, dtype=np.float32, copy=True)
+            for name, value in flatten(nnx.to_pure_dict(nnx.state(classifier))).items()}
 
 
 def unflatten_params(classifier: SSIClassifier, flat: dict[str, np.ndarray], where: str = "parameters") -> None:
     """Load dotted-name arrays into `classifier` in place; ValueError naming missing, unexpected or misshaped keys."""
-    expected = flatten_params(classifier)
-    missing = sorted(set(expected) - set(flat))
-    unexpected = sorted(set(flat) - set(expected))
-    misshaped = sorted(f"{k}: {tuple(flat[k].shape)} != {tuple(expected[k].shape)}"
-                       for k in set(expected) & set(flat) if tuple(flat[k].shape) != tuple(expected[k].shape))
-    if missing or unexpected or misshaped:
+    expected = {name: value.shape for name, value in flatten_params(classifier).items()}
+    diff = shape_diff(expected, {name: np.shape(value) for name, value in flat.items()})
+    if diff:
         raise ValueError(f"{where}: parameters do not match the architecture (d_model {classifier.d_model}, "
-                         f"hidden_dims {list(classifier.hidden_dims)}): missing {missing}, unexpected {unexpected}, "
-                         f"wrong shape {misshaped}")
-    pure: dict = {}
-    for name, value in flat.items():
-        node = pure
-        *path, leaf = [int(p) if p.isdigit() else p for p in name.split(".")]
-        for part in path:
-            node = node.setdefault(part, {})
-        node[leaf] = jnp.asarray(value, jnp.float32)
+                         f"hidden_dims {list(classifier.hidden_dims)}):\n{describe_diff(diff)}")
+    pure = unflatten({tuple(int(p) if p.isdigit() else p for p in name.split(".")): jnp.asarray(value, jnp.float32)
+                      for name, value in flat.items()}, sep=None)
     state = nnx.state(classifier)
     nnx.replace_by_pure_dict(state, pure)
     nnx.update(classifier, state)
