@@ -167,6 +167,8 @@ def generate_continuous(model: Decoder, token_ids: Sequence[np.ndarray], *, batc
     eos_ids, pad = jnp.asarray(eos), jnp.int32(pad_id)
     key = jax.random.PRNGKey(seed)
     cache, state = _init_pool(config, mesh, B, P + int(max_new_tokens), pad)
+    # committed like the later calls' outputs (jit caches committed and uncommitted inputs apart: two compiles)
+    cache, state = jax.tree.map(lambda a: jax.device_put(a, a.sharding), (cache, state))
     slot_prompt = [-1] * B
     produced: list[list[int]] = [[] for _ in range(B)]
     results: list[tuple[np.ndarray, bool] | None] = [None] * len(arrays)
