@@ -44,7 +44,7 @@ from lasa_jax.config import ModelConfig
 from lasa_jax.models import kv_cache
 from lasa_jax.models.decoder import Decoder, Params, cached_step, lm_logits, split_layers
 from lasa_jax.progress import progress_bar
-from lasa_jax.sharding import LOGICAL_AXIS_RULES, batch_shards, constrain, logical_to_spec
+from lasa_jax.sharding import LOGICAL_AXIS_RULES, batch_shards, constrain, logical_to_spec, to_host
 
 PREFILL_CHUNK = 64
 PROMPT_ROUND = 128
@@ -191,7 +191,7 @@ def generate_continuous(model: Decoder, token_ids: Sequence[np.ndarray], *, batc
         calls += 1
         cache, state, tokens, first = _decode_block(params, cache, state, jax.random.fold_in(key, 2 * calls), eos_ids,
                                                     pad, sampling, **kwargs)
-        tokens, first, count, done = jax.device_get((tokens, first, state["count"], state["done"]))
+        tokens, first, count, done = (to_host(a) for a in (tokens, first, state["count"], state["done"]))
         for slot, index in enumerate(slot_prompt):
             if index < 0:
                 continue

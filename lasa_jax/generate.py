@@ -1,5 +1,8 @@
 """Autoregressive generation with a KV cache: one prefill, then a jit-compiled `lax.while_loop` of decode steps.
 
+`generate` decodes one static batch (below). `generate_batched` decodes many prompts, by default with continuous
+batching (`lasa_jax.continuous`: a pool of slots refilled as rows finish), or with static length-bucketed batches.
+
     tokens = generate(model, input_ids, attention_mask, max_new_tokens=64, eos_token_id=[128001, 128009],
                       pad_token_id=128004)   # (B, 64) int32 numpy: the new tokens only
 

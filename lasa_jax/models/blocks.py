@@ -1,4 +1,5 @@
-"""One decoder block: its stacked parameters and numerics (pre-norm grouped-query attention + SwiGLU MLP).
+"""Layer numerics: the embedding lookup, one block (pre-norm grouped-query attention + SwiGLU MLP, with its
+stacked parameters) and the LM head.
 
 Shapes: B batch, T query length, S key length (T, or the KV-cache length), D hidden size, H query heads,
 K key/value heads, hd head_dim, F MLP width. Numerics: matmuls in the compute dtype of `h`; RMSNorm statistics,
@@ -9,11 +10,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import Mesh
 
 from lasa_jax.config import ModelConfig
 from lasa_jax.models import kv_cache
+from lasa_jax.sharding import constrain
 
 MASK_VALUE = -1e30  # finite: a fully masked (padding) query row gives a uniform softmax, never NaN
+ACT = ("batch", "length", "act_embed")  # logical axes of the residual stream (B, T, D)
 
 
 def jnp_dtype(name: str):
@@ -141,3 +145,21 @@ def remat(fn, policy: str):
     if policy == "full":
         return jax.checkpoint(fn, prevent_cse=False, policy=jax.checkpoint_policies.nothing_saveable)
     return jax.checkpoint(fn, prevent_cse=False, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+
+
+def embed_tokens(params: dict, config: ModelConfig, input_ids: jax.Array, mesh: Mesh | None = None) -> jax.Array:
+    """(B, T) ids -> (B, T, D) embeddings in the compute dtype, batch-sharded.
+
+    The lookup runs on the table as it is sharded (vocab over `tensor`, embed over `fsdp`): XLA partitions the
+    gather (a masked lookup per vocab shard plus a reduction of the (B, T, D) result, D-sharded rows gathered as
+    activations), so the (V, D) table is never gathered whole."""
+    emb = jnp.take(params["embed"], input_ids, axis=0).astype(jnp_dtype(config.compute_dtype))
+    return constrain(emb, mesh, ACT)
+
+
+def lm_logits(params: dict, config: ModelConfig, hidden: jax.Array) -> jax.Array:
+    """Final-norm hidden (..., D) -> float32 logits (..., V) (tied: the embedding matrix transposed)."""
+    cd = hidden.dtype
+    if config.tie_word_embeddings:
+        return jnp.einsum("...d,vd->...v", hidden, params["embed"].astype(cd), preferred_element_type=jnp.float32)
+    return jnp.einsum("...d,dv->...v", hidden, params["lm_head"].astype(cd), preferred_element_type=jnp.float32)

@@ -42,13 +42,16 @@ from jax.sharding import Mesh
 from lasa_jax.config import ModelConfig
 from lasa_jax.errors import InputError
 from lasa_jax.models import kv_cache
-from lasa_jax.models.blocks import (  # noqa: F401  (re-exported)
+from lasa_jax.models.blocks import (  # noqa: F401
+    ACT,
     MASK_VALUE,
     DecoderBlocks,
     apply_rope,
     attention,
     block,
+    embed_tokens,
     jnp_dtype,
+    lm_logits,
     positions_from_mask,
     remat,
     rms_norm,
@@ -58,7 +61,6 @@ from lasa_jax.models.kv_cache import init_cache  # noqa: F401  (re-exported)
 from lasa_jax.sharding import batch_shards, constrain, put_batch
 
 Params = dict[str, Any]
-ACT = ("batch", "length", "act_embed")  # logical axes of the residual stream (B, T, D)
 
 @struct.dataclass
 class DecoderOutput:
@@ -147,24 +149,6 @@ def split_layers(params: Params) -> Params:
     layers = params["layers"]
     num_layers = jax.tree.leaves(layers)[0].shape[0]
     return {**params, "layers": tuple(jax.tree.map(lambda a: a[i], layers) for i in range(num_layers))}
-
-
-def embed_tokens(params: Params, config: ModelConfig, input_ids: jax.Array, mesh: Mesh | None = None) -> jax.Array:
-    """(B, T) ids -> (B, T, D) embeddings in the compute dtype, batch-sharded.
-
-    The lookup runs on the table as it is sharded (vocab over `tensor`, embed over `fsdp`): XLA partitions the
-    gather (a masked lookup per vocab shard plus a reduction of the (B, T, D) result, D-sharded rows gathered as
-    activations), so the (V, D) table is never gathered whole."""
-    emb = jnp.take(params["embed"], input_ids, axis=0).astype(jnp_dtype(config.compute_dtype))
-    return constrain(emb, mesh, ACT)
-
-
-def lm_logits(params: Params, config: ModelConfig, hidden: jax.Array) -> jax.Array:
-    """Final-norm hidden (..., D) -> float32 logits (..., V) (tied: the embedding matrix transposed)."""
-    cd = hidden.dtype
-    if config.tie_word_embeddings:
-        return jnp.einsum("...d,vd->...v", hidden, params["embed"].astype(cd), preferred_element_type=jnp.float32)
-    return jnp.einsum("...d,dv->...v", hidden, params["lm_head"].astype(cd), preferred_element_type=jnp.float32)
 
 
 def run_blocks(params: Params, config: ModelConfig, h: jax.Array, positions: jax.Array, mask: jax.Array, *,
