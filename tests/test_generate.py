@@ -205,7 +205,8 @@ def test_continuous_equals_static_and_compiles_once(llama):
     static = generate_batched(llama, prompts, batch_size=4, max_new_tokens=NEW, eos_token_id=[], scheduler="static")
     before = (_prefill_slot._cache_size(), _decode_block._cache_size())
     ours = generate_batched(llama, prompts, batch_size=4, max_new_tokens=NEW, eos_token_id=[])
-    assert (_prefill_slot._cache_size() - before[0], _decode_block._cache_size() - before[1]) == (1, 1)
+    # one program each for the whole run (prompt lengths 2..90); 0 when an earlier test compiled the same shapes
+    assert _prefill_slot._cache_size() - before[0] <= 1 and _decode_block._cache_size() - before[1] <= 1
     for (a, fa), (b, fb) in zip(static, ours):
         np.testing.assert_array_equal(b, a)
         assert fa == fb is False
