@@ -1,5 +1,8 @@
 """Autoregressive generation with a KV cache: one prefill, then a jit-compiled `lax.while_loop` of decode steps.
 
+`generate` decodes one static batch (below). `generate_batched` decodes many prompts, by default with continuous
+batching (`lasa_jax.continuous`: a pool of slots refilled as rows finish), or with static length-bucketed batches.
+
     tokens = generate(model, input_ids, attention_mask, max_new_tokens=64, eos_token_id=[128001, 128009],
                       pad_token_id=128004)   # (B, 64) int32 numpy: the new tokens only
 
@@ -41,7 +44,8 @@ from lasa_jax.activations import bucket_length, bucketed_batches
 from lasa_jax.config import ModelConfig
 from lasa_jax.errors import InputError
 from lasa_jax.models.decoder import Decoder, Params, forward, init_cache, lm_logits, split_layers
-from lasa_jax.sharding import constrain, put_batch, to_host
+from lasa_jax.progress import progress_bar
+from lasa_jax.sharding import batch_shards, constrain, put_batch, to_host
 
 log = logging.getLogger(__name__)
 
@@ -187,10 +191,6 @@ def _run_core(model: Decoder, ids: np.ndarray, mask: np.ndarray, key: jax.Array,
     return to_host(tokens)
 
 
-def _batch_shards(mesh: Mesh | None) -> int:
-    return 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
-
-
 def generate(model: Decoder, input_ids, attention_mask=None, *, max_new_tokens: int, temperature: float = 0.0,
              top_p: float = 1.0, top_k: int = 0, eos_token_id: int | Sequence[int] | None = None,
              pad_token_id: int | None = None, seed: int = 0) -> np.ndarray:
@@ -219,7 +219,7 @@ def generate(model: Decoder, input_ids, attention_mask=None, *, max_new_tokens: 
         raise InputError(f"row {int(np.argmin(lengths))} of attention_mask has no real token")
     eos, pad_id = resolve_special_ids(model.config, eos_token_id, pad_token_id)
     B = input_ids.shape[0]
-    shards = _batch_shards(model.mesh)
+    shards = batch_shards(model.mesh)
     ids, mask = _left_pack(input_ids, attention_mask, pad_id, bucket_length(int(lengths.max())),
                            -(-B // shards) * shards)
     tokens = _run_core(model, ids, mask, jax.random.PRNGKey(seed), eos, pad_id, max_new_tokens=max_new_tokens,
@@ -242,26 +242,43 @@ def _trim(tokens: np.ndarray, eos: np.ndarray) -> tuple[np.ndarray, bool]:
 def generate_batched(model: Decoder, token_ids: Sequence[Sequence[int] | np.ndarray], *, batch_size: int = 8,
                      max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
                      eos_token_id: int | Sequence[int] | None = None, pad_token_id: int | None = None,
-                     seed: int = 0, progress: bool = False) -> list[tuple[np.ndarray, bool]]:
-    """Generate for many prompts of different lengths: sorted by length, bucketed, fixed-size batches.
+                     seed: int = 0, progress: bool = False,
+                     scheduler: str = "continuous") -> list[tuple[np.ndarray, bool]]:
+    """Generate for many prompts of different lengths.
 
     Args:
       token_ids: per-prompt token ids (already rendered, e.g. `lasa_jax.chat.render_prompt(...).input_ids`).
-      batch_size: rows per batch (rounded up to a multiple of the mesh's data x fsdp); the last batch of a
-        bucket is filled with copies of a row, so every batch of a bucket shares one compiled program.
-      other arguments: as `generate`; batch j samples with key fold_in(PRNGKey(seed), j).
+      batch_size: rows decoded together (rounded up to a multiple of the mesh's batch shards).
+      scheduler: "continuous" (default; `lasa_jax.continuous`: a pool of batch_size slots, a finished row's slot
+        is refilled with the next prompt) or "static" (sorted by length, bucketed, fixed-size batches that run
+        until their longest row ends; the last batch of a bucket is filled with copies of a row, so every batch
+        of a bucket shares one compiled program; batch j samples with key fold_in(PRNGKey(seed), j)).
+        Greedy outputs are the same under both.
+      other arguments: as `generate`.
     Returns, in input order, (new token ids up to and including the first EOS, finished) per prompt, where
     finished says whether the row stopped at an EOS (False: cut at max_new_tokens).
     """
     _check_sampling(max_new_tokens, temperature, top_p, top_k)
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    if scheduler not in ("continuous", "static"):
+        raise InputError(f"scheduler must be 'continuous' or 'static', got {scheduler!r}")
     eos, pad_id = resolve_special_ids(model.config, eos_token_id, pad_token_id)
     arrays = [np.asarray(t, np.int32) for t in token_ids]
-    shards = _batch_shards(model.mesh)
+    if any(a.ndim != 1 or a.size == 0 for a in arrays):
+        raise InputError("every prompt needs at least one token (a 1-D id sequence)")
+    if scheduler == "continuous":
+        from lasa_jax.continuous import generate_continuous
+
+        if not arrays:
+            return []
+        return generate_continuous(model, arrays, batch_size=batch_size, max_new_tokens=max_new_tokens, eos=eos,
+                                   pad_id=pad_id, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+                                   progress=progress)
+    shards = batch_shards(model.mesh)
     batch_size = -(-batch_size // shards) * shards
     results: list[tuple[np.ndarray, bool] | None] = [None] * len(arrays)
-    bar = _progress(len(arrays), progress)
+    bar = progress_bar(len(arrays), progress, "generate")
     start, done = time.perf_counter(), 0
     key = jax.random.PRNGKey(seed)
     for j, batch in enumerate(bucketed_batches(arrays, batch_size, pad_id=pad_id, padding_side="left")):
@@ -278,11 +295,3 @@ def generate_batched(model: Decoder, token_ids: Sequence[Sequence[int] | np.ndar
     if bar is not None:
         bar.close()
     return results  # type: ignore[return-value]
-
-
-def _progress(total: int, enabled: bool):
-    if not enabled or jax.process_index() != 0:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="generate", unit="prompt")

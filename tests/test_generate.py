@@ -158,3 +158,80 @@ def test_invalid_arguments(llama):
         generate(llama, ids[:1], max_new_tokens=0)
     with pytest.raises(ValueError, match="pad_token_id"):
         generate(llama, ids[:1], max_new_tokens=2, pad_token_id=10_000)
+
+
+# ----------------------------------------------------------------------------------------------- continuous batching
+CONTINUOUS_LENGTHS = (9, 4, 70, 13, 6, 2, 11)  # 70 > one prefill chunk; 7 prompts through 2 or 3 slots
+
+
+def hf_generate_each(directory, prompts, new, eos, pad):
+    """HF greedy `generate` on each prompt alone (no padding), new tokens trimmed after the first EOS."""
+    hf = AutoModelForCausalLM.from_pretrained(directory).eval()
+    out = []
+    with torch.no_grad():
+        for p in prompts:
+            ids = torch.tensor(np.asarray(p, np.int64)[None])
+            ref = hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
+                              do_sample=False, eos_token_id=eos, pad_token_id=pad).numpy()[0, ids.shape[1]:]
+            out.append(trim_after_eos(ref, eos)[0])
+    return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_continuous_greedy_matches_hf_generate_with_slot_refills(tiny_hf_dirs, family):
+    """Rows stop at different steps (EOS ids taken from the greedy outputs), so slots are refilled mid-run."""
+    directory = tiny_hf_dirs[family]
+    model = from_pretrained(directory)
+    rng = np.random.default_rng(4)
+    prompts = [rng.integers(0, model.config.vocab_size, n) for n in CONTINUOUS_LENGTHS]
+    static = generate_batched(model, prompts, batch_size=4, max_new_tokens=NEW, eos_token_id=[], scheduler="static")
+    eos = sorted({int(static[0][0][3]), int(static[2][0][7])})  # rows 0 and 2 (at least) stop early
+    pad = model.config.pad_token_id
+    expected = hf_generate_each(directory, prompts, NEW, eos, pad)
+    assert len({len(e) for e in expected}) > 1
+    for batch_size in (2, 3):
+        ours = generate_batched(model, prompts, batch_size=batch_size, max_new_tokens=NEW, eos_token_id=eos,
+                                pad_token_id=pad)
+        for r, (tokens, finished) in enumerate(ours):
+            np.testing.assert_array_equal(tokens, expected[r], err_msg=f"{family} prompt {r} batch {batch_size}")
+            assert finished == bool(np.isin(tokens[-1], eos))
+
+
+def test_continuous_equals_static_and_compiles_once(llama):
+    from lasa_jax.continuous import _decode_block, _prefill_slot
+
+    rng = np.random.default_rng(5)
+    prompts = [rng.integers(0, 517, n) for n in (3, 11, 7, 16, 5, 90, 2, 12, 4, 33)]
+    static = generate_batched(llama, prompts, batch_size=4, max_new_tokens=NEW, eos_token_id=[], scheduler="static")
+    before = (_prefill_slot._cache_size(), _decode_block._cache_size())
+    ours = generate_batched(llama, prompts, batch_size=4, max_new_tokens=NEW, eos_token_id=[])
+    # one program each for the whole run (prompt lengths 2..90); 0 when an earlier test compiled the same shapes
+    assert _prefill_slot._cache_size() - before[0] <= 1 and _decode_block._cache_size() - before[1] <= 1
+    for (a, fa), (b, fb) in zip(static, ours):
+        np.testing.assert_array_equal(b, a)
+        assert fa == fb is False
+    one = generate_batched(llama, prompts, batch_size=4, max_new_tokens=1, eos_token_id=[])
+    assert [t.tolist() for t, _ in one] == [t[:1].tolist() for t, _ in static]
+
+
+def test_continuous_sharded_layouts_equal_single_device(tiny_hf_dirs, llama):
+    """Decode weights replicated (they fit) or tensor-parallel (forced), on 8 devices, equal one device."""
+    from lasa_jax.continuous import decode_params, generate_continuous
+    from lasa_jax.generate import resolve_special_ids
+
+    mesh = make_mesh(data=1, fsdp=4, tensor=2)
+    sharded = from_pretrained(tiny_hf_dirs["llama"], mesh=mesh)
+    rng = np.random.default_rng(6)
+    prompts = [rng.integers(0, 517, n) for n in (5, 12, 3, 20, 7)]
+    expected = generate_batched(llama, prompts, batch_size=4, max_new_tokens=NEW, eos_token_id=[])
+    eos, pad = resolve_special_ids(llama.config, [], None)
+    replicated = decode_params(sharded)
+    assert replicated["layers"][0]["q_kernel"].sharding.spec == jax.sharding.PartitionSpec()
+    tensor_parallel = decode_params(sharded, replicate_max_bytes=0)
+    q = tensor_parallel["layers"][0]["q_kernel"]
+    assert q.sharding.spec == jax.sharding.PartitionSpec(None, "tensor")  # (D, H, hd): heads split, D whole
+    for params in (replicated, tensor_parallel):
+        got = generate_continuous(sharded, prompts, batch_size=4, max_new_tokens=NEW, eos=eos, pad_id=pad,
+                                  params=params)
+        for (a, _), (b, _) in zip(expected, got):
+            np.testing.assert_array_equal(b, a)

@@ -395,3 +395,22 @@ def test_import_streams_layers_without_a_host_copy_of_stacked_parameters(tmp_pat
     tracemalloc.stop()
     assert model.params()["layers"]["gate_kernel"].shape == (8, 256, 4096)
     assert peak < stacked_bytes / 3, f"host peak {peak / 2**20:.1f} MiB"
+
+
+def test_embedding_lookup_does_not_gather_the_sharded_table():
+    """The (V, D) table stays split over tensor x fsdp: the compiled lookup moves ids and (B, T, D) rows only."""
+    from lasa_jax.models.decoder import embed_tokens
+    from lasa_jax.sharding import put_batch
+
+    config = ModelConfig.from_hf_dict({**hf_config("llama").to_dict(), "vocab_size": 1024, "hidden_size": 64},
+                                      param_dtype="float32", compute_dtype="float32")
+    mesh = make_mesh(data=1, fsdp=4, tensor=2)
+    params = init_decoder(config, mesh=mesh).params()
+    assert params["embed"].sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
+    ids_host = np.random.default_rng(0).integers(0, 1024, (8, 16)).astype(np.int32)
+    ids = put_batch(mesh, ids_host)[0]
+    lookup = jax.jit(lambda p, i: embed_tokens(p, config, i, mesh))
+    hlo = lookup.lower(params, ids).compile().as_text()
+    float_gathers = [line for line in hlo.splitlines() if " all-gather(" in line and "= f32[" in line]
+    assert not float_gathers, float_gathers
+    np.testing.assert_array_equal(np.asarray(lookup(params, ids)), np.asarray(params["embed"])[ids_host])

@@ -4,8 +4,12 @@ Parameters live in an `nnx.Module` (`Decoder`) as `nnx.Param`s whose `axes` meta
 (`lasa_jax.sharding.LOGICAL_AXIS_RULES` maps them to the mesh). The L blocks are stacked: every block parameter has
 a leading `layers` axis of size L and the forward pass runs them with `lax.scan` (or an unrolled loop when
 `config.scan_layers` is False), with the remat policy of the config. The numerics live in the pure function
-`forward(params, config, ...)` over a pure dict of arrays (`Decoder.params()`), so training code can differentiate
-and jit it directly; `Decoder.__call__` is a thin jitted wrapper.
+pure functions over a pure dict of arrays (`Decoder.params()`), so training code can differentiate and jit them
+directly; `Decoder.__call__` is a thin jitted wrapper. One layer loop (`run_blocks`, over `blocks.block`) serves the
+entry points: `forward_logits` (training / scoring), `capture_hidden_states` (all residual indices, optionally
+pooled), `forward_trunk` (blocks 1..k only) and `cached_step` (prefill or decode step with a KV cache, owned by
+`kv_cache` and written inside the attention part of the block). `forward(...)` dispatches to them (the one
+signature older callers use).
 
 Residual-index convention (used by every LASA stage; identical to Hugging Face `output_hidden_states`):
   `hidden_states[k]` for k = 0..L, with L = number of blocks:
@@ -32,58 +36,31 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx, struct
+from flax import nnx, struct, traverse_util
 from jax.sharding import Mesh
 
 from lasa_jax.config import ModelConfig
 from lasa_jax.errors import InputError
-from lasa_jax.sharding import constrain, put_batch
+from lasa_jax.models import kv_cache
+from lasa_jax.models.blocks import (  # noqa: F401
+    ACT,
+    MASK_VALUE,
+    DecoderBlocks,
+    apply_rope,
+    attention,
+    block,
+    embed_tokens,
+    jnp_dtype,
+    lm_logits,
+    positions_from_mask,
+    remat,
+    rms_norm,
+    rope_cos_sin,
+)
+from lasa_jax.models.kv_cache import init_cache  # noqa: F401  (re-exported)
+from lasa_jax.sharding import batch_shards, constrain, put_batch
 
 Params = dict[str, Any]
-MASK_VALUE = -1e30  # finite: a fully masked (padding) query row gives a uniform softmax, never NaN
-
-
-def jnp_dtype(name: str):
-    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
-
-
-# ----------------------------------------------------------------------------------------------- parameters
-class DecoderBlocks(nnx.Module):
-    """The L transformer blocks, stacked on a leading `layers` axis (pre-norm attention + SwiGLU MLP)."""
-
-    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
-        c = config
-        L, D, H, K, hd, F = c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size
-        dtype = jnp_dtype(c.param_dtype)
-
-        def normal(shape, fan_in):
-            return (jax.random.normal(rngs.params(), shape, jnp.float32) * fan_in ** -0.5).astype(dtype)
-
-        def ones(shape):
-            return jnp.ones(shape, dtype)
-
-        def zeros(shape):
-            return jnp.zeros(shape, dtype)
-
-        self.attn_norm = nnx.Param(ones((L, D)), axes=("layers", "norm"))
-        self.q_kernel = nnx.Param(normal((L, D, H, hd), D), axes=("layers", "embed", "q_heads", "head_dim"))
-        self.k_kernel = nnx.Param(normal((L, D, K, hd), D), axes=("layers", "embed", "kv_heads", "head_dim"))
-        self.v_kernel = nnx.Param(normal((L, D, K, hd), D), axes=("layers", "embed", "kv_heads", "head_dim"))
-        self.o_kernel = nnx.Param(normal((L, H, hd, D), H * hd), axes=("layers", "q_heads", "head_dim", "embed"))
-        if c.qkv_bias:
-            self.q_bias = nnx.Param(zeros((L, H, hd)), axes=("layers", "q_heads", "head_dim"))
-            self.k_bias = nnx.Param(zeros((L, K, hd)), axes=("layers", "kv_heads", "head_dim"))
-            self.v_bias = nnx.Param(zeros((L, K, hd)), axes=("layers", "kv_heads", "head_dim"))
-        if c.o_bias:
-            self.o_bias = nnx.Param(zeros((L, D)), axes=("layers", "norm"))
-        if c.qk_norm:
-            self.q_norm = nnx.Param(ones((L, hd)), axes=("layers", "head_dim"))
-            self.k_norm = nnx.Param(ones((L, hd)), axes=("layers", "head_dim"))
-        self.mlp_norm = nnx.Param(ones((L, D)), axes=("layers", "norm"))
-        self.gate_kernel = nnx.Param(normal((L, D, F), D), axes=("layers", "embed", "mlp"))
-        self.up_kernel = nnx.Param(normal((L, D, F), D), axes=("layers", "embed", "mlp"))
-        self.down_kernel = nnx.Param(normal((L, F, D), F), axes=("layers", "mlp", "embed"))
-
 
 @struct.dataclass
 class DecoderOutput:
@@ -155,7 +132,7 @@ class Decoder(nnx.Module):
         if attention_mask is None:
             attention_mask = np.ones(input_ids.shape, np.int32)
         arrays = [input_ids, attention_mask] + ([positions] if positions is not None else [])
-        if self.mesh is not None and input_ids.shape[0] % _batch_shards(self.mesh) == 0:
+        if self.mesh is not None and input_ids.shape[0] % batch_shards(self.mesh) == 0:
             arrays = list(put_batch(self.mesh, *[np.asarray(a, np.int32) for a in arrays]))
         else:
             arrays = [jnp.asarray(a, jnp.int32) for a in arrays]
@@ -166,90 +143,7 @@ class Decoder(nnx.Module):
                            num_blocks=num_blocks, compute_logits=compute_logits)
 
 
-def _batch_shards(mesh: Mesh) -> int:
-    return mesh.shape["data"] * mesh.shape["fsdp"]
-
-
-# ----------------------------------------------------------------------------------------------- numerics
-def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
-    """HF RMSNorm: statistics in float32, result cast back to x's dtype, then scaled by `weight`."""
-    x32 = x.astype(jnp.float32)
-    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-    return weight.astype(x.dtype) * y.astype(x.dtype)
-
-
-def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
-    """(B, T) position of each token in its own unpadded sequence: cumsum(mask) - 1, clamped at 0 on padding."""
-    return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
-
-
-def rope_cos_sin(config: ModelConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """cos, sin of shape (B, T, hd), float32, rotate-half layout (as transformers)."""
-    freqs = positions[..., None].astype(jnp.float32) * jnp.asarray(config.inv_freq())
-    emb = jnp.concatenate([freqs, freqs], axis=-1)
-    return jnp.cos(emb), jnp.sin(emb)
-
-
-def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """x: (B, T, N, hd); cos/sin: (B, T, hd). Computed in x's dtype like transformers."""
-    cos, sin = cos[:, :, None, :].astype(x.dtype), sin[:, :, None, :].astype(x.dtype)
-    half = x.shape[-1] // 2
-    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return x * cos + rotated * sin
-
-
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, num_kv_heads: int) -> jax.Array:
-    """Grouped-query attention. q (B,T,H,hd), k/v (B,S,K,hd), mask (B,T,S) bool -> (B,T,H,hd).
-
-    Scores and softmax in float32; probabilities cast to v's dtype before the value product.
-    """
-    B, T, H, hd = q.shape
-    q = q.reshape(B, T, num_kv_heads, H // num_kv_heads, hd)
-    scores = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32) * (hd ** -0.5)
-    scores = jnp.where(mask[:, None, None, :, :], scores, MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskh->btkgh", probs, v)
-    return out.reshape(B, T, H, hd)
-
-
-def _block(h, p, cos, sin, mask, config: ModelConfig, kv_update=None):
-    """One pre-norm block. h (B,T,D) in compute dtype; p: this block's parameters (no layers axis).
-
-    kv_update(k, v) -> (keys, values) lets a KV cache replace this step's keys/values by the cached ones.
-    Returns (h, (k, v)) with this step's keys/values (after RoPE) for cache writing.
-    """
-    cd = h.dtype
-    x = rms_norm(h, p["attn_norm"], config.rms_norm_eps)
-    q = jnp.einsum("btd,dnh->btnh", x, p["q_kernel"].astype(cd))
-    k = jnp.einsum("btd,dnh->btnh", x, p["k_kernel"].astype(cd))
-    v = jnp.einsum("btd,dnh->btnh", x, p["v_kernel"].astype(cd))
-    if config.qkv_bias:
-        q, k, v = q + p["q_bias"].astype(cd), k + p["k_bias"].astype(cd), v + p["v_bias"].astype(cd)
-    if config.qk_norm:
-        q, k = rms_norm(q, p["q_norm"], config.rms_norm_eps), rms_norm(k, p["k_norm"], config.rms_norm_eps)
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    keys, values = (k, v) if kv_update is None else kv_update(k, v)
-    a = attention(q, keys, values, mask, config.num_kv_heads)
-    o = jnp.einsum("btnh,nhd->btd", a, p["o_kernel"].astype(cd))
-    if config.o_bias:
-        o = o + p["o_bias"].astype(cd)
-    h = h + o
-    x = rms_norm(h, p["mlp_norm"], config.rms_norm_eps)
-    gate = jnp.einsum("btd,df->btf", x, p["gate_kernel"].astype(cd))
-    up = jnp.einsum("btd,df->btf", x, p["up_kernel"].astype(cd))
-    h = h + jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, p["down_kernel"].astype(cd))
-    return h, (k, v)
-
-
-def _remat(fn, policy: str):
-    if policy == "none":
-        return fn
-    if policy == "full":
-        return jax.checkpoint(fn, prevent_cse=False, policy=jax.checkpoint_policies.nothing_saveable)
-    # "minimal": keep the outputs of weight matmuls (dots without batch dimensions), recompute attention/norms
-    return jax.checkpoint(fn, prevent_cse=False, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
-
-
+# ----------------------------------------------------------------------------------------------- layer loop
 def split_layers(params: Params) -> Params:
     """`params` with the stacked block parameters split into a tuple of L per-layer dicts (see `forward`)."""
     layers = params["layers"]
@@ -257,26 +151,124 @@ def split_layers(params: Params) -> Params:
     return {**params, "layers": tuple(jax.tree.map(lambda a: a[i], layers) for i in range(num_layers))}
 
 
-def init_cache(config: ModelConfig, batch_size: int, max_length: int, dtype=None) -> dict:
-    """Empty KV cache: {"k", "v"} of shape (L, B, S_max, K, hd) in the compute dtype."""
-    dtype = dtype or jnp_dtype(config.compute_dtype)
-    shape = (config.num_layers, batch_size, max_length, config.num_kv_heads, config.head_dim)
-    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+def run_blocks(params: Params, config: ModelConfig, h: jax.Array, positions: jax.Array, mask: jax.Array, *,
+               mesh: Mesh | None = None, num_blocks: int | None = None, collect: Callable | None = None,
+               cache=None, write_index=None):
+    """The layer loop shared by every entry point: h (B,T,D) through blocks 0..n-1 -> (h, collected, cache).
+
+    `collect(h)` (optional) is applied to each block's output and stacked (n, ...). `cache`: stacked (scanned
+    layers: scanned over as xs/ys) or per-layer tuple (unrolled), see `kv_cache`; `mask` (B, T, S) matches it.
+    params["layers"] may be stacked or a tuple of per-layer dicts (`split_layers`, unrolled only).
+    """
+    c = config
+    n = c.num_layers if num_blocks is None else int(num_blocks)
+    if not 0 <= n <= c.num_layers:
+        raise InputError(f"num_blocks must be in [0, {c.num_layers}], got {n}")
+    layers = params["layers"]
+    pre_split = isinstance(layers, (list, tuple))
+    if pre_split and c.scan_layers:
+        raise ValueError("per-layer parameters (a tuple of layer dicts) need config.scan_layers=False")
+    cos, sin = rope_cos_sin(c, positions)
+
+    def body(h, xs):
+        p, i, layer_cache = xs
+        if p is None:  # truncated scanned trunk: index into the full stack instead of slicing (no weight copy)
+            p = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), layers)
+        h, layer_cache = block(h, p, cos, sin, mask, c, layer_cache, write_index)
+        h = constrain(h, mesh, ACT)
+        return h, ((collect(h) if collect is not None else None), layer_cache)
+
+    body = remat(body, c.remat_policy)
+    index = jnp.arange(n, dtype=jnp.int32)
+    if c.scan_layers:
+        if cache is not None and not isinstance(cache, dict):
+            raise ValueError("scanned layers take the stacked cache layout")
+        per_layer = layers if n == c.num_layers else None
+        h, (collected, cache) = jax.lax.scan(body, h, (per_layer, index, cache), length=n)
+        return h, collected, cache
+    stacked_cache = isinstance(cache, dict)
+    caches = kv_cache.split(cache) if stacked_cache else cache
+    outs, new_caches = [], []
+    for i in range(n):
+        p_i = layers[i] if pre_split else jax.tree.map(lambda a: a[i], layers)
+        h, (y, layer_cache) = body(h, (p_i, jnp.int32(i), None if caches is None else caches[i]))
+        outs.append(y)
+        new_caches.append(layer_cache)
+    collected = jax.tree.map(lambda *ys: jnp.stack(ys), *outs) if (collect and outs) else None
+    if cache is None:
+        return h, collected, None
+    return h, collected, (kv_cache.stack(new_caches) if stacked_cache else tuple(new_caches))
 
 
-def embed_tokens(params: Params, config: ModelConfig, input_ids: jax.Array, mesh: Mesh | None = None) -> jax.Array:
-    """(B, T) ids -> (B, T, D) embeddings in the compute dtype. The table is gathered over `fsdp` first (as every
-    FSDP weight is before use) so the lookup output can be sharded by batch."""
-    table = constrain(params["embed"], mesh, ("vocab", None))
-    return jnp.take(table, input_ids, axis=0).astype(jnp_dtype(config.compute_dtype))
+def _inputs(config, input_ids, attention_mask, positions):
+    if attention_mask is None:
+        attention_mask = jnp.ones(input_ids.shape, jnp.int32)
+    if positions is None:
+        positions = positions_from_mask(attention_mask)
+    return attention_mask, positions
 
 
-def lm_logits(params: Params, config: ModelConfig, hidden: jax.Array) -> jax.Array:
-    """Final-norm hidden (..., D) -> float32 logits (..., V) (tied: the embedding matrix transposed)."""
-    cd = hidden.dtype
-    if config.tie_word_embeddings:
-        return jnp.einsum("...d,vd->...v", hidden, params["embed"].astype(cd), preferred_element_type=jnp.float32)
-    return jnp.einsum("...d,dv->...v", hidden, params["lm_head"].astype(cd), preferred_element_type=jnp.float32)
+def _causal_mask(attention_mask: jax.Array) -> jax.Array:
+    T = attention_mask.shape[1]
+    return jnp.tril(jnp.ones((T, T), bool))[None] & attention_mask.astype(bool)[:, None, :]
+
+
+# ----------------------------------------------------------------------------------------------- entry points
+def forward_logits(params: Params, config: ModelConfig, input_ids, attention_mask=None, positions=None, *,
+                   mesh: Mesh | None = None, compute_logits: bool = True) -> DecoderOutput:
+    """All L blocks: final_hidden (B,T,D), last_block_output and (with compute_logits) float32 logits (B,T,V)."""
+    attention_mask, positions = _inputs(config, input_ids, attention_mask, positions)
+    h = embed_tokens(params, config, input_ids, mesh)
+    h, _, _ = run_blocks(params, config, h, positions, _causal_mask(attention_mask), mesh=mesh)
+    final = rms_norm(h, params["final_norm"], config.rms_norm_eps)
+    return DecoderOutput(logits=lm_logits(params, config, final) if compute_logits else None,
+                         last_block_output=h, final_hidden=final)
+
+
+def forward_trunk(params: Params, config: ModelConfig, input_ids, attention_mask=None, positions=None, *,
+                  num_blocks: int, mesh: Mesh | None = None) -> jax.Array:
+    """The raw output (B,T,D) of block `num_blocks` (residual index n < L; n = 0: the embeddings)."""
+    attention_mask, positions = _inputs(config, input_ids, attention_mask, positions)
+    h = embed_tokens(params, config, input_ids, mesh)
+    h, _, _ = run_blocks(params, config, h, positions, _causal_mask(attention_mask), mesh=mesh, num_blocks=num_blocks)
+    return h
+
+
+def capture_hidden_states(params: Params, config: ModelConfig, input_ids, attention_mask=None, positions=None, *,
+                          mesh: Mesh | None = None, hidden_state_fn: Callable | None = None,
+                          num_blocks: int | None = None, compute_logits: bool = True) -> DecoderOutput:
+    """Residual-index entries 0..n (module docstring), optionally reduced by `hidden_state_fn` (see `forward`)."""
+    c = config
+    n = c.num_layers if num_blocks is None else int(num_blocks)
+    attention_mask, positions = _inputs(c, input_ids, attention_mask, positions)
+    collect = (lambda x: x) if hidden_state_fn is None else (lambda x: hidden_state_fn(x, attention_mask))
+    emb = embed_tokens(params, c, input_ids, mesh)
+    h, collected, _ = run_blocks(params, c, emb, positions, _causal_mask(attention_mask), mesh=mesh,
+                                 num_blocks=n, collect=collect)
+    out: dict[str, Any] = {"last_block_output": collect(h) if hidden_state_fn is not None else h}
+    entries = [jax.tree.map(lambda e: e[None], collect(emb))]
+    if n > 0:
+        entries.append(collected if n < c.num_layers else jax.tree.map(lambda y: y[:-1], collected))
+    if n == c.num_layers:
+        final = rms_norm(h, params["final_norm"], c.rms_norm_eps)
+        out["final_hidden"] = final
+        if compute_logits:
+            out["logits"] = lm_logits(params, c, final)
+        entries.append(jax.tree.map(lambda e: e[None], collect(final)))
+    out["hidden_states"] = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *entries)
+    return DecoderOutput(**out)
+
+
+def cached_step(params: Params, config: ModelConfig, input_ids, positions, cache, write_index, *,
+                kv_mask=None, mesh: Mesh | None = None) -> tuple[jax.Array, Any]:
+    """Prefill or decode step with a KV cache: (B, T) tokens at `positions`, keys/values written at slots
+    [write_index, write_index + T) (scalar or (B,), see `kv_cache`) -> (final-norm hidden (B,T,D), cache)."""
+    B, T = input_ids.shape
+    S = (cache["k"] if isinstance(cache, dict) else cache[0]["k"]).shape[-3]
+    mask = kv_cache.cache_mask(write_index, T, S, B, kv_mask)
+    h = embed_tokens(params, config, input_ids, mesh)
+    h, _, cache = run_blocks(params, config, h, positions, mask, mesh=mesh, cache=cache, write_index=write_index)
+    return rms_norm(h, params["final_norm"], config.rms_norm_eps), cache
 
 
 def forward(params: Params, config: ModelConfig, input_ids: jax.Array, attention_mask: jax.Array | None = None,
@@ -284,7 +276,7 @@ def forward(params: Params, config: ModelConfig, input_ids: jax.Array, attention
             hidden_state_fn: Callable | None = None, num_blocks: int | None = None, compute_logits: bool = True,
             cache: dict | None = None, cache_index: jax.Array | int | None = None,
             kv_mask: jax.Array | None = None) -> DecoderOutput:
-    """Pure forward pass over `params` (a `Decoder.params()` dict).
+    """Pure forward pass over `params` (a `Decoder.params()` dict); dispatches to the entry points above.
 
     Args:
       input_ids, attention_mask, positions: (B, T) int. attention_mask 1 = real token, 0 = padding (either side).
@@ -296,96 +288,27 @@ def forward(params: Params, config: ModelConfig, input_ids: jax.Array, attention
       num_blocks: run only the first n blocks (the truncated trunk for residual index n); default L.
       compute_logits: compute the (B, T, V) logits (only when all L blocks run).
       params["layers"] may also be a tuple of L per-layer dicts (`split_layers`) with `config.scan_layers` False:
-        the unrolled loop then uses them as they are, instead of slicing the stacked arrays on every call (what a
-        decode loop wants: the split happens once, outside the loop).
-      cache / cache_index / kv_mask: KV-cache mode for generation. `cache` from `init_cache` (S_max slots); this
-        call's T tokens are written at slots [cache_index, cache_index + T) of every row; `kv_mask` (B, S_max) marks
-        slots holding real tokens (after this call's write). Query t attends to slots s <= cache_index + t with
-        kv_mask set.
+        the unrolled loop then uses them as they are, instead of slicing the stacked arrays on every call.
+      cache / cache_index / kv_mask: KV-cache mode (`cached_step`, `kv_cache`): this call's T tokens are written
+        at slots [cache_index, cache_index + T) of every row (cache_index scalar or (B,)); `kv_mask` (B, S_max)
+        marks slots holding real tokens. Query t attends to slots s <= cache_index + t with kv_mask set.
     """
     c = config
     n = c.num_layers if num_blocks is None else int(num_blocks)
     if not 0 <= n <= c.num_layers:
         raise InputError(f"num_blocks must be in [0, {c.num_layers}], got {n}")
-    if attention_mask is None:
-        attention_mask = jnp.ones(input_ids.shape, jnp.int32)
-    if positions is None:
-        positions = positions_from_mask(attention_mask)
-    B, T = input_ids.shape
-    valid = attention_mask.astype(bool)
-    if cache is None:
-        causal = jnp.tril(jnp.ones((T, T), bool))
-        mask = causal[None] & valid[:, None, :]
-    else:
-        S = cache["k"].shape[2]
-        slot_ok = jnp.arange(S)[None, :] <= (cache_index + jnp.arange(T))[:, None]
-        mask = slot_ok[None] & kv_mask.astype(bool)[:, None, :]
-    cos, sin = rope_cos_sin(c, positions)
-    act = ("batch", "length", "act_embed")
-    h = constrain(embed_tokens(params, c, input_ids, mesh), mesh, act)
-
-    collect = None
-    if output_hidden_states:
-        collect = (lambda x: x) if hidden_state_fn is None else (lambda x: hidden_state_fn(x, attention_mask))
-    layers = params["layers"]
-    pre_split = isinstance(layers, (list, tuple))
-    if pre_split and c.scan_layers:
-        raise ValueError("per-layer parameters (a tuple of layer dicts) need config.scan_layers=False")
-
-    def body(carry, xs):
-        h, cache_k, cache_v = carry
-        p, i = xs
-        if p is None:  # truncated scanned trunk: index into the full stack instead of slicing (no weight copy)
-            p = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), layers)
-        kv_update = None
-        if cache_k is not None:
-            def kv_update(k, v):
-                nonlocal cache_k, cache_v
-                at = (i, 0, cache_index, 0, 0)
-                cache_k = jax.lax.dynamic_update_slice(cache_k, k[None].astype(cache_k.dtype), at)
-                cache_v = jax.lax.dynamic_update_slice(cache_v, v[None].astype(cache_v.dtype), at)
-                keys = jax.lax.dynamic_index_in_dim(cache_k, i, keepdims=False).astype(k.dtype)
-                values = jax.lax.dynamic_index_in_dim(cache_v, i, keepdims=False).astype(v.dtype)
-                return keys, values
-        h, _ = _block(h, p, cos, sin, mask, c, kv_update)
-        h = constrain(h, mesh, act)
-        return (h, cache_k, cache_v), (collect(h) if collect is not None else None)
-
-    body = _remat(body, c.remat_policy)
-    cache_k = cache["k"] if cache is not None else None
-    cache_v = cache["v"] if cache is not None else None
-    index = jnp.arange(n, dtype=jnp.int32)
-    if c.scan_layers:
-        per_layer = layers if n == c.num_layers else None
-        (h, cache_k, cache_v), collected = jax.lax.scan(body, (h, cache_k, cache_v), (per_layer, index), length=n)
-    else:
-        outs = []
-        for i in range(n):
-            p_i = layers[i] if pre_split else jax.tree.map(lambda a: a[i], layers)
-            (h, cache_k, cache_v), y = body((h, cache_k, cache_v), (p_i, jnp.int32(i)))
-            outs.append(y)
-        collected = jax.tree.map(lambda *ys: jnp.stack(ys), *outs) if (collect and outs) else None
-
-    out: dict[str, Any] = {"last_block_output": h if collect is None or hidden_state_fn is None
-                           else hidden_state_fn(h, attention_mask)}
-    if n == c.num_layers:
-        final = rms_norm(h, params["final_norm"], c.rms_norm_eps)
-        out["final_hidden"] = final
-        if compute_logits:
-            out["logits"] = lm_logits(params, c, final)
-    if collect is not None:
-        emb = collect(embed_tokens(params, c, input_ids, mesh))
-        last = collect(out["final_hidden"]) if n == c.num_layers else None
-        entries = [jax.tree.map(lambda e: e[None], emb)]
-        if n > 0:
-            inner = collected if n < c.num_layers else jax.tree.map(lambda y: y[:-1], collected)
-            entries.append(inner)
-        if last is not None:
-            entries.append(jax.tree.map(lambda e: e[None], last))
-        out["hidden_states"] = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *entries)
     if cache is not None:
-        out["cache"] = {"k": cache_k, "v": cache_v}
-    return DecoderOutput(**out)
+        attention_mask, positions = _inputs(c, input_ids, attention_mask, positions)
+        final, cache = cached_step(params, c, input_ids, positions, cache, cache_index, kv_mask=kv_mask, mesh=mesh)
+        return DecoderOutput(logits=lm_logits(params, c, final) if compute_logits else None, final_hidden=final,
+                             cache=cache)
+    if output_hidden_states:
+        return capture_hidden_states(params, c, input_ids, attention_mask, positions, mesh=mesh,
+                                     hidden_state_fn=hidden_state_fn, num_blocks=n, compute_logits=compute_logits)
+    if n < c.num_layers:
+        h = forward_trunk(params, c, input_ids, attention_mask, positions, num_blocks=n, mesh=mesh)
+        return DecoderOutput(last_block_output=h)
+    return forward_logits(params, c, input_ids, attention_mask, positions, mesh=mesh, compute_logits=compute_logits)
 
 
 forward_jit = jax.jit(forward, static_argnames=("config", "mesh", "output_hidden_states", "hidden_state_fn",
@@ -407,17 +330,7 @@ def param_shardings(model: Decoder, mesh: Mesh) -> Params:
     state = nnx.state(model, nnx.Param)
     flat = {path: named_sharding(mesh, var.get_metadata()["axes"], var.get_value().shape)
             for path, var in nnx.to_flat_state(state)}
-    return _unflatten(flat)
-
-
-def _unflatten(flat: dict) -> dict:
-    out: dict = {}
-    for path, value in flat.items():
-        node = out
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = value
-    return out
+    return traverse_util.unflatten_dict(flat)
 
 
 def init_decoder(config: ModelConfig, seed: int = 0, mesh: Mesh | None = None) -> Decoder:
