@@ -135,12 +135,15 @@ def _resolve_asset_paths(config: ml_collections.ConfigDict) -> None:
 
 
 def load_model(config: ml_collections.ConfigDict, mesh=None, path: str | None = None, **kwargs):
-    """`from_pretrained` with the config's dtype fields; `path` overrides `config.model_path`."""
+    """`from_pretrained` with the config's dtype fields and, when the config has one, its `attention_backend`
+    (lasa_jax.models.attention_kernels; not a base field, so it does not enter stage hashes unless set);
+    `path` overrides `config.model_path`."""
     from lasa_jax.models import from_pretrained
 
     path = path or config.model_path
     if not path:
         raise InputError(f"{config_field('model_path')} is required (a local Hugging Face model directory or a hub id)")
+    kwargs.setdefault("attention_backend", config.get("attention_backend", "einsum"))
     return from_pretrained(path, dtype=config.dtype, mesh=mesh, compute_dtype=config.get("compute_dtype") or None,
                            **kwargs)
 

@@ -176,11 +176,25 @@ def test_model_config_field():
         ModelConfig(**base, attention_backend="flash")
 
 
-def test_reference_is_the_decoder_attention():
-    """The einsum reference is the decoder's attention (moved verbatim): same masked value, same numbers."""
-    from lasa_jax.models import attention_kernels, decoder
+def test_decoder_runs_the_configured_backend(tmp_path):
+    """The decoder's blocks call this module with `ModelConfig.attention_backend`: a tiny Qwen2 model loaded with
+    backend "xla" gives the einsum backend's logits and hidden states on a left-padded batch (the einsum is the
+    decoder's reference, MASK_VALUE shared)."""
+    from lasa_jax.models import attention_kernels, blocks, from_pretrained
+    from lasa_jax.testing import build_tiny_hf_model
 
-    assert attention_kernels.MASK_VALUE == decoder.MASK_VALUE
-    mask = padded_mask(128, [128, 50], "right")
-    q, k, v = qkv(2, 128, 128, seed=7)
-    np.testing.assert_array_equal(einsum_attention(q, k, v, mask, K), decoder.attention(q, k, v, mask, K))
+    assert blocks.MASK_VALUE == attention_kernels.MASK_VALUE and blocks.attention is attention_kernels.attention
+    directory = tmp_path / "qwen2"
+    build_tiny_hf_model(directory, "qwen2")
+    ids = np.array([[0, 0, 5, 6, 7, 8], [1, 2, 3, 4, 5, 6]], np.int32)
+    mask = np.array([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]], np.int32)
+    outputs = {}
+    for backend in ("einsum", "xla"):
+        model = from_pretrained(directory, "float32", attention_backend=backend)
+        assert model.config.attention_backend == backend
+        outputs[backend] = model(ids, mask, output_hidden_states=True)
+    real = mask.astype(bool)
+    np.testing.assert_allclose(np.asarray(outputs["xla"].logits)[real], np.asarray(outputs["einsum"].logits)[real],
+                               atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(outputs["xla"].hidden_states)[:, real],
+                               np.asarray(outputs["einsum"].hidden_states)[:, real], atol=1e-5, rtol=1e-5)

@@ -14,9 +14,9 @@ from jax.sharding import Mesh
 
 from lasa_jax.config import ModelConfig
 from lasa_jax.models import kv_cache
+from lasa_jax.models.attention_kernels import MASK_VALUE, attention  # noqa: F401  (re-exported)
 from lasa_jax.sharding import constrain
 
-MASK_VALUE = -1e30  # finite: a fully masked (padding) query row gives a uniform softmax, never NaN
 ACT = ("batch", "length", "act_embed")  # logical axes of the residual stream (B, T, D)
 
 
@@ -90,20 +90,6 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return x * cos + rotated * sin
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, num_kv_heads: int) -> jax.Array:
-    """Grouped-query attention. q (B,T,H,hd), k/v (B,S,K,hd), mask (B,T,S) bool -> (B,T,H,hd).
-
-    Scores and softmax in float32; probabilities cast to v's dtype before the value product.
-    """
-    B, T, H, hd = q.shape
-    q = q.reshape(B, T, num_kv_heads, H // num_kv_heads, hd)
-    scores = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32) * (hd ** -0.5)
-    scores = jnp.where(mask[:, None, None, :, :], scores, MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskh->btkgh", probs, v)
-    return out.reshape(B, T, H, hd)
-
-
 def block(h: jax.Array, p: dict, cos: jax.Array, sin: jax.Array, mask: jax.Array, config: ModelConfig,
           layer_cache: dict | None = None, write_index: jax.Array | int | None = None) -> tuple[jax.Array, dict | None]:
     """One pre-norm block. h (B,T,D) in compute dtype; p: this block's parameters (no layers axis).
@@ -126,7 +112,7 @@ def block(h: jax.Array, p: dict, cos: jax.Array, sin: jax.Array, mask: jax.Array
     if layer_cache is not None:
         layer_cache = kv_cache.write(layer_cache, k, v, write_index)
         keys, values = layer_cache["k"].astype(cd), layer_cache["v"].astype(cd)
-    a = attention(q, keys, values, mask, config.num_kv_heads)
+    a = attention(q, keys, values, mask, config.num_kv_heads, config.attention_backend)
     o = jnp.einsum("btnh,nhd->btd", a, p["o_kernel"].astype(cd))
     if config.o_bias:
         o = o + p["o_bias"].astype(cd)

@@ -276,6 +276,7 @@ def _check_tensors(reader: SafetensorsReader, mappings: list[ParamMapping], conf
 
 def from_pretrained(path: str | os.PathLike, dtype: str = "float32", mesh: Mesh | None = None, *,
                     compute_dtype: str | None = None, scan_layers: bool = True, remat_policy: str = "none",
+                    attention_backend: str = "einsum",
                     replicated_warning_bytes: int = 64 * 2**20) -> Decoder:
     """Load a Llama / Qwen2 / Qwen3 HF checkpoint directory (or hub id) into a `Decoder`.
 
@@ -289,12 +290,14 @@ def from_pretrained(path: str | os.PathLike, dtype: str = "float32", mesh: Mesh 
     if io_utils.is_url(path):
         with io_utils.local_copy(path) as local:
             model = from_pretrained(local, dtype, mesh, compute_dtype=compute_dtype, scan_layers=scan_layers,
-                                    remat_policy=remat_policy, replicated_warning_bytes=replicated_warning_bytes)
+                                    remat_policy=remat_policy, attention_backend=attention_backend,
+                                    replicated_warning_bytes=replicated_warning_bytes)
         model.source_path = os.fspath(path)
         return model
     directory = resolve_model_path(path)
     config = ModelConfig.from_pretrained(directory, param_dtype=dtype, compute_dtype=compute_dtype or dtype,
-                                         scan_layers=scan_layers, remat_policy=remat_policy)
+                                         scan_layers=scan_layers, remat_policy=remat_policy,
+                                         attention_backend=attention_backend)
     reader = SafetensorsReader(directory)  # validates every header, the index and the shards (integrity.py)
     check_dtypes(directory, reader.entries, read_json(os.path.join(directory, "config.json"), "config.json"))
     model = abstract_decoder(config, mesh)
