@@ -35,7 +35,7 @@ def demo_data_config(c):
     c.residual_index = -1                    # use the layer the Locate stage selects (no published k* for the model)
     c.data_root = ""                          # the demo uses no shared data (only lasa_jax/demo_data)
     # no shared data, so the held-out guard has no reference files to compare with (the demo set was checked against
-    # MultiJail when it was written: tests/test_demo_data.py)
+    # MultiJail when it was written: tests/data/test_demo_data.py)
     c.locate.data.allow_missing_held_out = True
     c.ssi.data.allow_missing_held_out = True
     c.kto.data.allow_missing_held_out = True

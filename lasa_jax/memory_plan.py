@@ -14,7 +14,7 @@
     values with S = bucket(prompt) + max_new_tokens) and the prefill working set.
 Every parameter is counted as actually sharded: `lasa_jax.sharding.logical_to_spec` on an abstract mesh of the
 preset's size, so a mesh axis that does not divide a dimension (or has size 1, e.g. `vocab -> tensor`) leaves it
-replicated. Activation terms are estimates of XLA's buffers (stated per term); `tests/test_memory_plan.py` checks
+replicated. Activation terms are estimates of XLA's buffers (stated per term); `tests/train/test_memory_plan.py` checks
 the KTO and generation totals against `jax.jit(...).lower(...).compile().memory_analysis()` on a small model and 8
 CPU devices.
 

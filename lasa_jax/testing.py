@@ -126,7 +126,7 @@ def build_tokenizer(out_dir: str | os.PathLike, style: str = "llama3", corpus: I
     return hf_tok
 
 
-# Tiny configurations covering the features each family must get right (see tests/test_models.py).
+# Tiny configurations covering the features each family must get right (see tests/models/test_models.py).
 TINY_CONFIGS = {
     # llama with llama3 rope scaling, GQA, untied, odd vocab
     "llama": dict(model_type="llama", vocab_size=517, hidden_size=64, intermediate_size=160, num_hidden_layers=3,

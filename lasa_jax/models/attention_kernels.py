@@ -25,7 +25,7 @@ Fully masked query rows (a left-padded position before the first real token): no
 xla give uniform probabilities over all S keys (the mean of v); cuDNN adds the same large negative to every
 score, so it is uniform too (not measured here: no GPU); splash lets such a row attend the keys no real row
 attends (segment 0) at index <= t, a finite but different value. Such rows are padding and are ignored downstream;
-on every row with at least one True the backends agree (tests/test_attention_kernels.py).
+on every row with at least one True the backends agree (tests/models/test_attention_kernels.py).
 
 Splash runs as one `pallas_call` per batch element (vmapped); under GSPMD sharding (pjit with a mesh) XLA cannot
 partition a Pallas call, so multi-chip use needs a `shard_map` around it (not done here).

@@ -23,7 +23,7 @@ Shapes: B batch, T query length, S key length (T, or the KV-cache length), D hid
 K key/value heads, hd head_dim, F MLP width, V vocabulary. Numerics: parameters stored in `param_dtype`, matmuls
 in `compute_dtype`; RMSNorm statistics, RoPE angles, attention softmax and logits in float32.
 
-Agreement with Hugging Face PyTorch (tests/test_models.py, tiny random models of the three families, left- and
+Agreement with Hugging Face PyTorch (tests/models/test_models.py, tiny random models of the three families, left- and
 right-padded batches): float32 logits and every hidden state within 1e-4 (measured ~3e-6). bfloat16 (parameters
 and compute): logit error against the float32 reference at most 2x the error of HF's own bfloat16 model and below
 4% of the largest logit (measured 0.065-0.11 on logits of magnitude ~4-5, the same as HF bfloat16's 0.066-0.10).

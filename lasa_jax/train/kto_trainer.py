@@ -29,7 +29,7 @@ float rounding. Policy and reference are sharded on the mesh by the logical-axis
     reference log-probs of every policy row (once per row) and of every KL row the run will use (keyed by
     (row, partner row), since KL pairs are drawn per batch), stores them in `<workdir>/reference_logps.npz` and
     frees the reference; steps then read them from the table. Same numbers as online up to float reassociation
-    (tests/test_kto_train.py: losses, rewards and exported weights agree to rel 1e-3).
+    (tests/train/test_kto_train.py: losses, rewards and exported weights agree to rel 1e-3).
 
 Resume. Checkpoints live in `<workdir>/checkpoints` (`lasa_jax.checkpoint`): params, optimizer state, step, RNG key
 and the data position. A rerun with the same workdir restores the newest complete checkpoint onto the same

@@ -1,6 +1,6 @@
 """Disk full / write errors: a write refused by the file system (RLIMIT_FSIZE in a subprocess, SIGXFSZ ignored so
 the write fails with EFBIG) stops with one error naming the path, leaves what was already finished intact, and the
-rerun after freeing space completes. The generation stage's case is in tests/test_faults_kill.py."""
+rerun after freeing space completes. The generation stage's case is in tests/faults/test_faults_kill.py."""
 import json
 import os
 import sys

@@ -10,7 +10,7 @@ import pytest
 
 from lasa_jax import io_utils
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(params=["local", "memory"])

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 DEMO_PROMPTS = REPO / "lasa_jax" / "demo_data" / "prompts.jsonl"
 
 

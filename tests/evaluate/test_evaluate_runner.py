@@ -20,7 +20,7 @@ from lasa_jax.inference import RECORD_FIELDS, stop_token_ids, write_generations
 from lasa_jax.models import from_pretrained
 from lasa_jax.runtime import load_tokenizer
 
-CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
 
 # The structure of Llama Guard 3's template, shortened: the conversation is embedded in one user turn.
 GUARD_TEMPLATE = (

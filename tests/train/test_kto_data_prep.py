@@ -13,7 +13,7 @@ from lasa_jax.models import from_pretrained, model_fingerprint
 from lasa_jax.runtime import load_tokenizer
 from lasa_jax.train.kto_trainer import completion_models, prepare_examples
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 WEIGHT_CASES = [(7, 3, 1.0, 1.0), (3, 7, 1.0, 1.0), (7, 3, 1.0, 2.0), (6, 4, 1.0, 1.2), (5, 5, 1.0, 3.0)]
 
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-LAUNCH = pathlib.Path(__file__).resolve().parents[1] / "launch"
+LAUNCH = pathlib.Path(__file__).resolve().parents[2] / "launch"
 
 
 def _run(script, *args):

@@ -19,7 +19,7 @@ from lasa_jax.memory_plan import (
 from lasa_jax.presets import PAPER_MODELS
 from lasa_jax.testing import TINY_CONFIGS
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # a small Llama whose parameters (not only activations) are a real share of the step's memory
 SMALL_LLAMA = dict(TINY_CONFIGS["llama"], vocab_size=4096, hidden_size=256, intermediate_size=768,
                    num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=4)

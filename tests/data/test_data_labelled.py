@@ -22,7 +22,7 @@ from lasa_jax.data.labelled import (
     split_summary,
 )
 
-DEMO_PROMPTS = pathlib.Path(__file__).resolve().parents[1] / "lasa_jax" / "demo_data" / "prompts.jsonl"
+DEMO_PROMPTS = pathlib.Path(__file__).resolve().parents[2] / "lasa_jax" / "demo_data" / "prompts.jsonl"
 
 
 def _counts(records):

@@ -12,7 +12,7 @@ import pytest
 from lasa_jax.pipeline import STAGES, run_pipeline, stage_configs, stage_inputs
 from lasa_jax.presets import PAPER_MODELS, TPU_PRESETS, kto_fits
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _load_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:

@@ -250,7 +250,7 @@ def test_pipeline_gives_the_evaluation_its_data_root():
 
     from lasa_jax.pipeline import stage_configs
 
-    path = os.path.join(os.path.dirname(__file__), "..", "configs", "pipeline.py")
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "pipeline.py")
     spec = importlib.util.spec_from_file_location("pipeline_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -22,7 +22,7 @@ from lasa_jax.models import from_pretrained
 from lasa_jax.models.gguf import IMPORT_RECORD, convert_gguf
 from lasa_jax.testing import build_tiny_hf_model, write_gguf
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # transformers' GGUF loader knows no llama3 rope scaling (llama.cpp stores it as a rope_freqs tensor) and takes a
 # qwen3 head size of 128 from Qwen3Config's default: tiny models it can load for the comparison.
 GGUF_OVERRIDES = {"llama": dict(rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),

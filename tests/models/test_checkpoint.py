@@ -15,7 +15,7 @@ from jax.sharding import PartitionSpec as P
 from lasa_jax.checkpoint import Checkpointer, abstract_target, check_run_identity
 from lasa_jax.sharding import make_mesh
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _state(mesh):

@@ -37,7 +37,7 @@ from lasa_jax.locate import (
 from lasa_jax.models import from_pretrained
 from lasa_jax.runtime import load_tokenizer
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 DEMO_PROMPTS = REPO / "lasa_jax" / "demo_data" / "prompts.jsonl"
 LANGUAGES = ("en", "zh", "ko", "ar")
 GROUPS_PER_SOURCE = 8
