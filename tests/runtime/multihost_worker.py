@@ -1,4 +1,4 @@
-"""One process of the two-process test (tests/runtime/test_multihost.py); also imported by the test for the reference run.
+"""One process of the two-process test (tests/runtime/test_multihost.py); also imported by its reference run.
 
     python tests/runtime/multihost_worker.py PROCESS_ID NUM_PROCESSES PORT MODEL_DIR OUT_DIR
 

@@ -51,7 +51,8 @@ RUN = {"dtype": "float32", "compute_dtype": "float32", "remat_policy": "none", "
        "train.num_steps": TOTAL_STEPS, "train.learning_rate": 2e-3, "train.warmup_steps": 2,
        "train.logits_chunk_size": 64, "train.log_every_steps": 1, "checkpoint.every_steps": 8,
        "train.peak_flops_per_device": 1e12, "export.dtype": "float32", "progress_bar": False,
-       # the demo rows: no shared data (held-out guard waived, no benign rows; tests/train/test_kto_data_prep.py has both)
+        # the demo rows: no shared data (held-out guard waived, no benign rows; tests/train/test_kto_data_prep.py
+        # has both)
        "data.root": "", "data.allow_missing_held_out": True, "data.benign.share": 0.0,
        # the online reference, as before the default became "auto" (precomputed): the precomputed test compares
        "reference.mode": "online"}
