@@ -211,7 +211,8 @@ def _model_and_tokenizer(s: LocateSettings, mesh, model):
     `source_path`)."""
     if model is None:
         model = load_model(ml_collections.ConfigDict({"model_path": s.model_path, "dtype": s.dtype,
-                                                      "compute_dtype": s.compute_dtype}), mesh)
+                                                      "compute_dtype": s.compute_dtype,
+                                                      "attention_backend": s.attention_backend}), mesh)
     tokenizer_path = s.model_path or model.source_path
     if not tokenizer_path:
         raise InputError(f"{config_field('model_path')} is required to load the tokenizer of the given model")

@@ -67,6 +67,7 @@ class LocateSettings:
     model_path: str
     dtype: str
     compute_dtype: str
+    attention_backend: str
     seed: int
     pooling: str
     chat_template: bool
@@ -184,7 +185,8 @@ def settings(config) -> LocateSettings:
         raise _fail("report.tsne_max_iter", f"an iteration count >= {TSNE_MIN_ITER}", config.report.tsne_max_iter)
     return LocateSettings(
         model_path=str(config.model_path or ""), dtype=config.dtype,
-        compute_dtype=str(config.get("compute_dtype") or ""), seed=int(config.seed), pooling=config.pooling,
+        compute_dtype=str(config.get("compute_dtype") or ""),
+        attention_backend=str(config.get("attention_backend", "einsum")), seed=int(config.seed), pooling=config.pooling,
         chat_template=bool(config.chat_template), template_kwargs=chat_kwargs, max_length=int(config.max_length),
         capture_batch_size=int(config.capture_batch_size), reuse_activations=bool(config.reuse_activations),
         progress=bool(config.progress), data=data, selection=selection, probe=probe,

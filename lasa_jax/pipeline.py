@@ -74,7 +74,7 @@ STAGES = tuple(row.name for row in STAGE_TABLE)
 # system compared by the evaluate stage -> the generate stage that writes its generations (report column order)
 GENERATE_STAGES = {row.mode: row.name for row in STAGE_TABLE if row.mode}
 DONE_FILE = "stage_done.json"
-SHARED_FIELDS = ("model_path", "mesh", "seed", "distributed")
+SHARED_FIELDS = ("model_path", "mesh", "seed", "distributed", "attention_backend")
 
 
 def stage_module(row: StageRow):

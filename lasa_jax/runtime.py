@@ -36,6 +36,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 42
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))  # -1 = remaining devices
     c.distributed = "auto"       # auto | on | off: jax.distributed.initialize() for multi-process runs
+    c.attention_backend = "einsum"  # einsum | xla | cudnn | splash | auto (lasa_jax/models/attention_kernels.py)
     return c
 
 

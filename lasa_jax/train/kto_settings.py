@@ -29,6 +29,7 @@ class KTOSettings:
     reference_mode: str
     buckets: tuple[int, ...] | None
     compute_dtype: str
+    attention_backend: str
     reference_dtype: str
 
 
@@ -55,6 +56,7 @@ def read_settings(config: ml_collections.ConfigDict) -> KTOSettings:
     buckets = length_buckets(int(config.data.max_length), str(t.get("length_buckets", "auto")))
     return KTOSettings(config=config, reference_mode=mode, buckets=buckets,
                        compute_dtype=config.compute_dtype or config.dtype,
+                       attention_backend=str(config.get("attention_backend", "einsum")),
                        reference_dtype=config.reference.dtype or config.dtype)
 
 

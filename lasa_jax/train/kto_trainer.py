@@ -129,7 +129,7 @@ class FrozenModels:
         if directory not in self.models:
             s, c = self.settings, self.settings.config
             model = from_pretrained(directory, dtype=s.reference_dtype, mesh=self.mesh, compute_dtype=s.compute_dtype,
-                                    scan_layers=c.scan_layers)
+                                    scan_layers=c.scan_layers, attention_backend=s.attention_backend)
             check_architecture(model.config, self.policy_config, field, directory)
             self.models[directory] = model
         return self.models[directory]
@@ -229,7 +229,8 @@ def initial_state(settings: KTOSettings, checkpointer: Checkpointer, resumed_fro
         log.info("resumed from checkpoint step %d (data position %s)", resumed_from, position)
         return state, position
     policy = from_pretrained(model_dirs.policy_init, dtype=c.dtype, mesh=mesh, compute_dtype=settings.compute_dtype,
-                             scan_layers=c.scan_layers, remat_policy=c.remat_policy)
+                             scan_layers=c.scan_layers, remat_policy=c.remat_policy,
+                             attention_backend=settings.attention_backend)
     check_architecture(policy.config, policy_config, "init_from", model_dirs.policy_init)
     state = kto_step.init_train_state(policy.params(), optimizer, c.seed, shardings, donate_params=True)
     return state, DataPosition()
