@@ -3,15 +3,27 @@
 `kto_plan` / `generation_plan` add up, in bytes per device (one chip), what the step holds at its peak:
   KTO: parameters, AdamW moments (mu, nu: optax keeps them in the parameter dtype), the micro-batch gradient,
     the float32 gradient accumulator (`kto_step.train_step` always scans micro-batches into a float32 sum), the
-    online reference (none when precomputed), the FSDP-gathered weights of one block (and the next, prefetched) with
-    the block's full float32 gradient before its reduce-scatter, the embedding table / LM head gathered for the
-    lookup (`decoder.embed_tokens` constrains the table to `("vocab", None)`) or the logits, the logits chunk
-    (`sequence_logps`) and the activations under the remat policy.
-  Generation: the weights in the stage dtype as sharded, plus every FSDP-sharded weight gathered whole: XLA hoists
-    the loop-invariant all-gathers out of the decode `while_loop` (measured on CPU, 8 devices: XLA's temporary
-    buffers are ~2 full float32 copies of the weights, independent of the batch; bfloat16 weights are upcast to
-    float32 there, which TPUs do not do), the KV cache of a batch (`generate.init_cache`: (L, B, S, K, hd) keys and
-    values with S = bucket(prompt) + max_new_tokens) and the prefill working set.
+    online reference (none when precomputed; "auto" is planned as precomputed, `resolve_reference_mode`), the
+    FSDP-gathered weights of one block (and the next, prefetched) with the block's full float32 gradient before its
+    reduce-scatter, the embedding / LM head as XLA materialises them (below), the logits chunk (`sequence_logps`)
+    and the activations under the remat policy. Sequence length: `data.max_length`, the longest length bucket
+    (`train.length_buckets`): the worst case, compiled as soon as one batch holds a row that long.
+    Embedding / LM head (measured on CPU, 8 devices, by the change of XLA's buffers with the vocabulary size):
+    the lookup runs on the sharded table (`blocks.embed_tokens`: no gather), but its gradient is a scatter-add
+    into the whole (V, D) table, all-reduced; the LM head is gathered whole for the logits with its whole float32
+    gradient. Untied, the two are not live together (the head's comes at the loss, the table's at the end of the
+    backward pass): max(head gathered + its gradient, table gradient), ~2 tables of float32; tied, one gradient
+    buffer carries both uses through the backward pass: their sum, ~3 tables.
+  Generation (`lasa_jax.continuous`): the model's weights as loaded (FSDP, stage dtype) stay alive while
+    `decode_params` re-lays them for decoding: replicated when the whole model is at most
+    `continuous.REPLICATE_MAX_BYTES`, else tensor-parallel (the rules table with `embed` unsharded; on a mesh with
+    tensor=1, as every preset's, that is replicated too). Splitting the stacked block weights per layer holds the
+    stacked and the split copies at once (a transient before the cache exists). Then the per-layer KV cache, L x
+    (B, S, K, hd) keys and values in the compute dtype (B = batch_size rounded up to the batch shards, rows and K
+    sharded as `continuous._CACHE_AXES`; S = P + max_new_tokens, P = the planned prompt length rounded up to
+    `continuous.PROMPT_ROUND`), and the larger working set of `_prefill_slot` (measured on CPU, 8 devices: slicing
+    and writing a slot's rows at a dynamic slot gathers the cache of the whole batch on every device, ~cache x
+    batch shards) and `_decode_block` (one layer's cache, scores, logits).
 Every parameter is counted as actually sharded: `lasa_jax.sharding.logical_to_spec` on an abstract mesh of the
 preset's size, so a mesh axis that does not divide a dimension (or has size 1, e.g. `vocab -> tensor`) leaves it
 replicated. Activation terms are estimates of XLA's buffers (stated per term); `tests/train/test_memory_plan.py` checks
@@ -97,26 +109,29 @@ def mesh_sizes(mesh: Mapping[str, int], num_devices: int) -> dict[str, int]:
     return resolved
 
 
-def sharded_params(config: ModelConfig, sizes: Mapping[str, int]) -> list[tuple[str, int, int, bool]]:
-    """(name, elements, shards, is_block) of every parameter under `LOGICAL_AXIS_RULES` on a mesh of `sizes`."""
-    return _sharded_params(config, tuple(sorted(sizes.items())))
+def sharded_params(config: ModelConfig, sizes: Mapping[str, int], decode: bool = False
+                   ) -> list[tuple[str, int, int, bool]]:
+    """(name, elements, shards, is_block) of every parameter under `LOGICAL_AXIS_RULES` on a mesh of `sizes`
+    (decode=True: the tensor-parallel decode layout of `continuous.decode_params`, `embed` unsharded)."""
+    return _sharded_params(config, tuple(sorted(sizes.items())), decode)
 
 
 @functools.lru_cache(maxsize=64)
-def _sharded_params(config: ModelConfig, sizes_items: tuple) -> list[tuple[str, int, int, bool]]:
+def _sharded_params(config: ModelConfig, sizes_items: tuple, decode: bool) -> list[tuple[str, int, int, bool]]:
     sizes = dict(sizes_items)
     import numpy as np
     from flax import nnx
     from jax.sharding import AbstractMesh
 
     from lasa_jax.models.decoder import abstract_decoder
-    from lasa_jax.sharding import MESH_AXES, logical_to_spec
+    from lasa_jax.sharding import LOGICAL_AXIS_RULES, MESH_AXES, logical_to_spec
 
     mesh = AbstractMesh(tuple(sizes[a] for a in MESH_AXES), MESH_AXES)
+    rules = {**LOGICAL_AXIS_RULES, "embed": None} if decode else LOGICAL_AXIS_RULES
     out = []
     for path, var in nnx.to_flat_state(nnx.state(abstract_decoder(config), nnx.Param)):
         shape = var.get_value().shape
-        spec = logical_to_spec(var.get_metadata()["axes"], shape, mesh)
+        spec = logical_to_spec(var.get_metadata()["axes"], shape, mesh, rules)
         shards = 1
         for entry in spec:
             for axis in ((entry,) if isinstance(entry, str) else (entry or ())):
@@ -126,7 +141,14 @@ def _sharded_params(config: ModelConfig, sizes_items: tuple) -> list[tuple[str, 
 
 
 def _rows_per_device(rows: int, sizes: Mapping[str, int]) -> int:
-    return max(1, -(-rows // (sizes["data"] * sizes["fsdp"])))
+    return max(1, -(-rows // _batch_shards(sizes)))
+
+
+def _batch_shards(sizes: Mapping[str, int]) -> int:
+    """`lasa_jax.sharding.batch_shards` of a mesh of `sizes`."""
+    from lasa_jax.sharding import LOGICAL_AXIS_RULES
+
+    return math.prod(sizes[a] for a in (LOGICAL_AXIS_RULES["batch"] or ()))
 
 
 def _block_activations(config: ModelConfig, rows: int, length: int, keys: int, cb: int) -> float:
@@ -200,7 +222,10 @@ def kto_plan(config: ModelConfig, preset_name: str, *, mesh: Mapping[str, int] |
         # "auto" is planned as precomputed (`resolve_reference_mode`; online only for > 20M KL rows per run)
         "reference": sharded_elems * rb if reference_mode == "online" else 0.0,
         "gathered block weights + block gradient": per_layer * (2 * cb + 4),
-        "gathered embedding/LM head + gradient": max(embed * pb, head_elems * cb) + head_elems * 4,
+        # module docstring: the lookup gathers nothing; the table's gradient (scatter-add) and the gathered head
+        # with its gradient are live together only when tied
+        "embedding/LM head (head gathered + gradients)": (head_elems * (cb + 4) + embed * pb if not head
+                                                          else max(head_elems * (cb + 4), embed * pb)),
         "logits chunk": rows * chunk * c.vocab_size * 4 * 3,
         f"activations (remat {remat_policy})": saved + 2 * block,
     }
@@ -213,38 +238,57 @@ def kto_plan(config: ModelConfig, preset_name: str, *, mesh: Mapping[str, int] |
 
 def generation_plan(config: ModelConfig, preset_name: str, *, mesh: Mapping[str, int] | None = None,
                     batch_size: int, prompt_length: int, max_new_tokens: int, dtype: str = "bfloat16",
-                    compute_dtype: str = "") -> MemoryPlan:
-    """Per-device bytes of batched KV-cache decoding (module docstring); batch_size = global prompts per batch."""
-    from lasa_jax.activations import bucket_length
+                    compute_dtype: str = "", replicate_max_bytes: int | None = None) -> MemoryPlan:
+    """Per-device bytes of continuous-batching generation (module docstring); batch_size = decode slots (global),
+    prompt_length = the longest prompt planned for; replicate_max_bytes as `continuous.decode_params`."""
+    from lasa_jax import continuous
 
     preset = preset_named(preset_name)
     sizes = mesh_sizes(mesh if mesh is not None else preset.mesh, preset.num_devices)
     pb, cb = itemsize(dtype), itemsize(compute_dtype or dtype)
-    params = sharded_params(config, sizes)
-    weights = _weights(params, pb)[0]
-    rows = _rows_per_device(batch_size, sizes)
-    prompt = bucket_length(prompt_length)
-    slots = prompt + max_new_tokens
-    c = config
-    kv_shards = sizes["tensor"] if c.num_kv_heads % sizes["tensor"] == 0 else 1
-    gathered = sum(n for _, n, shards, _ in params if shards > 1) * pb
+    c, shards = config, _batch_shards(sizes)
+    loaded = sharded_params(config, sizes)
+    limit = continuous.REPLICATE_MAX_BYTES if replicate_max_bytes is None else replicate_max_bytes
+    replicated = sum(n for _, n, _, _ in loaded) * pb <= limit
+    layout = [(name, n, 1, block) for name, n, _, block in loaded] if replicated else sharded_params(config, sizes,
+                                                                                                  decode=True)
+    decode, full = sum(n / s for _, n, s, _ in layout) * pb, sum(n for _, n, _, _ in layout) * pb
+    stacked = sum(n / s for _, n, s, block in layout if block) * pb  # split_layers: stacked + per-layer copies
+    rows = -(-batch_size // shards)  # slots per device (B rounded up to the batch shards)
+    slots = -(-prompt_length // continuous.PROMPT_ROUND) * continuous.PROMPT_ROUND + max_new_tokens
+    tensor = sizes["tensor"]
+    kv = c.num_kv_heads / tensor if c.num_kv_heads % tensor == 0 else c.num_kv_heads
+    heads = c.num_heads / tensor if c.num_heads % tensor == 0 else c.num_heads
+    cache = 2.0 * c.num_layers * rows * slots * kv * c.head_dim * cb
+    chunk = continuous.PREFILL_CHUNK
+    prefill = cache * shards + _block_activations(config, 1, chunk, slots, cb) + c.vocab_size * 4 * 2
+    step = cache / c.num_layers + rows * (heads * slots * 4 * 2 + c.vocab_size * 4 * 2)
+    working = max(prefill, step)
     parts = {
-        "weights": weights,
-        "weights gathered for the decode loop": gathered,
-        "KV cache": 2.0 * c.num_layers * rows * slots * c.num_kv_heads / kv_shards * c.head_dim * cb,
-        "prefill activations": _block_activations(config, rows, prompt, slots, cb) + rows * c.vocab_size * 4 * 2,
+        "weights as loaded (FSDP)": sum(n / s for _, n, s, _ in loaded) * pb,
+        f"decode weights ({'replicated' if decode >= full else 'tensor-parallel'})": decode,
+        "KV cache": cache,
+        "working set (prefill: whole-batch cache gathered)" if prefill >= step else "working set (decode step)":
+            working,
+        "re-layout peak beyond decoding (stacked + per-layer block weights)": max(0.0, stacked - cache - working),
     }
-    settings = dict(batch_size=batch_size, prompt_length=prompt, max_new_tokens=max_new_tokens, dtype=dtype,
+    settings = dict(batch_size=batch_size, prompt_length=prompt_length, max_new_tokens=max_new_tokens, dtype=dtype,
+                    compute_dtype=compute_dtype, replicate_max_bytes=replicate_max_bytes, cache_slots=slots,
                     rows_per_device=rows, mesh=sizes)
     return MemoryPlan("generation", preset_name, preset.hbm_bytes_per_device, parts, settings)
 
 
 # ----------------------------------------------------------------------------------------------- from configs
 def kto_settings(kto: Any) -> dict[str, Any]:
-    """`kto_plan` keyword arguments from a KTO stage config (configs/kto.py)."""
+    """`kto_plan` keyword arguments from a KTO stage config (configs/kto.py). reference.mode "auto" is resolved
+    with train.num_steps when set; otherwise the run's step count needs the data and "auto" stays (planned as
+    precomputed: online only beyond `MAX_PRECOMPUTED_KL_ROWS`). max_length: the longest length bucket."""
+    mode, steps = str(kto.reference.mode), int(kto.train.get("num_steps", 0) or 0)
+    if mode == "auto" and steps > 0:
+        mode = resolve_reference_mode(mode, total_steps=steps, batch_size=int(kto.train.batch_size))
     return dict(batch_size=int(kto.train.batch_size), grad_accum_steps=int(kto.train.grad_accum_steps),
                 max_length=int(kto.data.max_length), param_dtype=kto.dtype, compute_dtype=kto.compute_dtype,
-                reference_mode=kto.reference.mode, reference_dtype=kto.reference.dtype,
+                reference_mode=mode, reference_dtype=kto.reference.dtype,
                 remat_policy=kto.remat_policy, logits_chunk_size=int(kto.train.logits_chunk_size))
 
 
@@ -266,8 +310,10 @@ def _kto_variants(settings: dict[str, Any], shards: int) -> Iterable[dict[str, A
     micro-batches (each still a multiple of the mesh's batch shards); then each of those with bfloat16 parameters
     and optimizer state (a numerics change: last resort)."""
     cumulative = [dict(settings)]
-    for change in (dict(reference_mode="precomputed"), dict(remat_policy="full")):
-        cumulative.append({**cumulative[-1], **change})
+    if settings["reference_mode"] == "online":  # "auto" is planned as precomputed already
+        cumulative.append({**cumulative[-1], "reference_mode": "precomputed"})
+    if settings["remat_policy"] != "full":
+        cumulative.append({**cumulative[-1], "remat_policy": "full"})
     accum = int(settings["grad_accum_steps"])
     while settings["batch_size"] % (accum * 2) == 0 and (settings["batch_size"] // (accum * 2)) % shards == 0:
         accum *= 2
@@ -289,7 +335,7 @@ def suggest_kto(config: ModelConfig, plan: MemoryPlan, kto_prefix: str = "kto.")
     settings = {k: plan.settings[k] for k in plan.settings if k not in ("rows_per_device", "mesh")}
     sizes = plan.settings["mesh"]
     found = []
-    for variant in _kto_variants(settings, sizes["data"] * sizes["fsdp"]):
+    for variant in _kto_variants(settings, _batch_shards(sizes)):
         candidate = kto_plan(config, plan.preset, mesh=sizes, **variant)
         if candidate.fits:
             note = (" (bfloat16 master weights and AdamW moments: 1e-6 updates may stall)"
@@ -313,14 +359,29 @@ def suggest_kto(config: ModelConfig, plan: MemoryPlan, kto_prefix: str = "kto.")
 
 
 def suggest_generation(config: ModelConfig, plan: MemoryPlan) -> str:
-    settings = {k: plan.settings[k] for k in ("batch_size", "prompt_length", "max_new_tokens", "dtype")}
-    batch = settings["batch_size"]
-    while batch > 1:
-        batch //= 2
-        if generation_plan(config, plan.preset, mesh=plan.settings["mesh"], **{**settings, "batch_size": batch}).fits:
-            return f"on {plan.preset}: generate.decoding.batch_size={batch}"
+    """The first fitting change on the same preset: fewer decode slots (halving), then a tensor axis in the mesh
+    (tensor-parallel decode weights and KV heads; it is the mesh of every stage) with the same or fewer slots; else
+    the smallest preset whose generation plan fits with these settings."""
+    settings = {k: plan.settings[k] for k in ("batch_size", "prompt_length", "max_new_tokens", "dtype",
+                                              "compute_dtype", "replicate_max_bytes")}
+    sizes, devices = plan.settings["mesh"], preset_named(plan.preset).num_devices
+    for tensor in sorted({sizes["tensor"], 2, 4, 8}):
+        if tensor < sizes["tensor"] or devices % (tensor * sizes["data"]):
+            continue
+        mesh = {**sizes, "fsdp": devices // (tensor * sizes["data"]), "tensor": tensor}
+        batch = settings["batch_size"] * 2
+        while batch > 1:
+            batch //= 2
+            if (tensor, batch) == (sizes["tensor"], settings["batch_size"]):
+                continue
+            candidate = generation_plan(config, plan.preset, mesh=mesh, **{**settings, "batch_size": batch})
+            if candidate.fits:
+                changes = [f"generate.decoding.batch_size={batch}"] if batch != settings["batch_size"] else []
+                if tensor != sizes["tensor"]:
+                    changes.append(f"mesh.tensor={tensor} (the mesh of every stage)")
+                return f"on {plan.preset}: {' '.join(changes)} ({candidate.total / GIB:.1f} GiB per device)"
     for name in sorted(TPU_PRESETS, key=lambda n: TPU_PRESETS[n].num_devices * TPU_PRESETS[n].hbm_bytes_per_device):
-        if generation_plan(config, name, **settings).fits:
+        if name != plan.preset and generation_plan(config, name, **settings).fits:
             return f"preset {name}"
     return "no preset of lasa_jax.presets holds it"
 

@@ -16,8 +16,10 @@ gradient accumulator, the AdamW moments and (online) a bf16 reference, about 22 
 chip can hold for these models. `lasa_jax.memory_plan` adds the rest (gathered weights, logits, activations) and the
 pipeline refuses a preset that cannot hold a stage; `kto_fits` applies it with a preset's own defaults. By that plan
 (max length 512): 7B-14B models train on v5p-8 (14B with the precomputed reference, its default) and pod slices;
-32B models need v5p-64 (their default_preset); no paper model's KTO fits v4-8 or v5e-8. Generation holds the whole
-gathered weights through the decode loop: 7-8B models generate on v4-8, none on v5e-8 (16 GiB chips).
+32B models need v5p-64 (their default_preset); no paper model's KTO fits v4-8 or v5e-8. Generation
+(`lasa_jax.continuous`) replicates the decode weights on a tensor=1 mesh (beside their stacked copy while they are
+split per layer): 7-8B models generate on v5p-8 and v5p-64, none on v5e-8 (16 GiB chips) without a tensor axis;
+32B models need `mesh.tensor=2` on v5p-64 (the pipeline refuses tensor=1 and names it).
 """
 from __future__ import annotations
 
@@ -142,7 +144,7 @@ TPU_PRESETS: dict[str, TPUPreset] = {
     "v5p-8": TPUPreset(accelerator_type="v5p-8", num_devices=4, num_hosts=1, hbm_bytes_per_device=95 * GIB,
                        mesh=_FSDP, capture_batch_size=32, kto_batch_size=16, kto_micro_batches=1,
                        generate_batch_size=32, peak_flops_per_device=459e12,
-                       kto_reference_mode="precomputed"),  # 14B models: online needs ~86.5 GiB of 85.5 usable
+                       kto_reference_mode="precomputed"),  # 14B models online: ~85.1 GiB of 85.5 usable
     # pod slices (several hosts; jax.distributed.initialize() is called by the scripts). The KTO batch grows to 64
     # rows so every chip holds 2 rows; the learning rate is not rescaled (set kto.train.batch_size=16 to keep the
     # paper's batch, or scale kto.train.learning_rate yourself)
