@@ -51,6 +51,8 @@ def build(model: str = "", preset: str = "cpu") -> ml_collections.ConfigDict:
     c.preset = preset
     c.model_path = model_path(model)
     c.mesh = ml_collections.ConfigDict(dict(p.mesh))
+    if model and preset != "cpu":  # e.g. tensor=2 for 32B models (lasa_jax.presets: default_mesh_tensor)
+        c.mesh.tensor = PAPER_MODELS[model].default_mesh_tensor
     c.data_root = "../shared/data"   # folder with flores200_sib200/, polyrefuse/, multijail/, xstest/, ...
     # residual index of the SSI: the paper's bottleneck by default; -1 = the layer this run's Locate stage selects
     c.residual_index = PAPER_MODELS[model].bottleneck_residual_index if model else -1

@@ -19,7 +19,8 @@ pipeline refuses a preset that cannot hold a stage; `kto_fits` applies it with a
 32B models need v5p-64 (their default_preset); no paper model's KTO fits v4-8 or v5e-8. Generation
 (`lasa_jax.continuous`) replicates the decode weights on a tensor=1 mesh (beside their stacked copy while they are
 split per layer): 7-8B models generate on v5p-8 and v5p-64, none on v5e-8 (16 GiB chips) without a tensor axis;
-32B models need `mesh.tensor=2` on v5p-64 (the pipeline refuses tensor=1 and names it).
+32B models need `mesh.tensor=2` on v5p-64 (their `default_mesh_tensor`; with tensor=1 the pipeline refuses in
+seconds and names it).
 """
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ from lasa_jax.errors import InputError
 class PaperModel:
     """One row of the model table: hub id, the authors' bottleneck residual index (-1: none published), the HF
     config.json fields of its architecture, the Qwen3 thinking switch (None: not Qwen3), the cached asset name
-    ("" = the hub checkpoint) and the preset its full pipeline is sized for (`configs/pipeline.py:<name>,<preset>`)."""
+    ("" = the hub checkpoint), the preset its full pipeline is sized for (`configs/pipeline.py:<name>,<preset>`) and
+    the tensor-axis size it uses on TPU presets (2 for 32B models: their decode weights do not fit replicated)."""
 
     hub_id: str
     bottleneck_residual_index: int
@@ -42,6 +44,7 @@ class PaperModel:
     qwen3_thinking: bool | None = None
     asset: str = ""
     default_preset: str = "cpu"
+    default_mesh_tensor: int = 1   # the tensor axis its pipeline uses on TPU presets (the rest of the chips: fsdp)
 
     def model_config(self, **runtime) -> ModelConfig:
         return ModelConfig.from_hf_dict(self.hf_config, source=self.hub_id, **runtime)
@@ -81,6 +84,7 @@ PAPER_MODELS: dict[str, PaperModel] = {
                          rms_norm_eps=1e-5)),
     "qwen25_32b": PaperModel(
         hub_id="Qwen/Qwen2.5-32B-Instruct", bottleneck_residual_index=29, default_preset="v5p-64",
+        default_mesh_tensor=2,
         hf_config=_qwen2(hidden_size=5120, intermediate_size=27648, num_layers=64, num_heads=40, num_kv_heads=8,
                          rms_norm_eps=1e-5)),
     "qwen3_8b": PaperModel(
@@ -91,6 +95,7 @@ PAPER_MODELS: dict[str, PaperModel] = {
         hf_config=_qwen3(hidden_size=5120, intermediate_size=17408, num_layers=40, num_heads=40)),
     "qwen3_32b": PaperModel(
         hub_id="Qwen/Qwen3-32B", bottleneck_residual_index=42, qwen3_thinking=False, default_preset="v5p-64",
+        default_mesh_tensor=2,
         hf_config=_qwen3(hidden_size=5120, intermediate_size=25600, num_layers=64, num_heads=64)),
     "smollm2_135m": PaperModel(
         hub_id="HuggingFaceTB/SmolLM2-135M-Instruct", bottleneck_residual_index=-1, asset="smollm2-135m-instruct",

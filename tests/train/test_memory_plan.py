@@ -190,11 +190,13 @@ def test_default_presets_of_the_paper_model_configs_fit():
         config = _load_config("pipeline", f"{name},{PAPER_MODELS[name].default_preset}")
         model_config = PAPER_MODELS[name].model_config()
         if name.endswith("32b"):
-            # the decode weights are replicated on a tensor=1 mesh (61 GiB) beside their stacked copy while
-            # `decode_params` splits them: refused in seconds, naming a tensor axis that fits
+            # the decode weights replicated on a tensor=1 mesh (61 GiB) beside their stacked copy while
+            # `decode_params` splits them do not fit: refused in seconds, naming the tensor axis the default uses
+            assert config.mesh.tensor == PAPER_MODELS[name].default_mesh_tensor == 2
+            config.mesh.tensor = 1
             with pytest.raises(InputError, match=r"generation on preset v5p-64: .*fits: on v5p-64: mesh.tensor=2 "):
                 check_pipeline(config, model_config, ["kto", "generate_lasa"])
-            config.mesh.tensor, config.mesh.fsdp = 2, -1
+            config.mesh.tensor = 2
         plans = check_pipeline(config, model_config, ["kto", "generate_lasa"])
         assert [p.stage for p in plans] == ["KTO", "generation"] and all(p.fits for p in plans)
     assert PAPER_MODELS["qwen25_32b"].default_preset == PAPER_MODELS["qwen3_32b"].default_preset == "v5p-64"
