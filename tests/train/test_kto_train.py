@@ -233,17 +233,20 @@ def test_gradient_accumulation_matches_one_big_batch(llama_dir, demo_batches):
     _assert_steps_close(accumulated, whole)
 
 
-def test_length_buckets_only_drop_padding_and_one_reference_forward_matches_two(llama_dir, demo_batches):
+def test_length_buckets_only_drop_padding_and_one_reference_forward_matches_two(llama_dir):
     from lasa_jax.train.buckets import batch_length, bucket_for, length_buckets, trimmed_arrays
 
     assert length_buckets(512) == (64, 128, 256, 512) and length_buckets(256, "off") is None
     assert length_buckets(200, "100, 300") == (100, 200) and bucket_for(65, (64, 128, 256)) == 128
     model = from_pretrained(llama_dir)
-    batch = demo_batches[0]
-    buckets = length_buckets(256, "32,64,128")
+    # the run's rows (at most 256 tokens; KL rows up to ~2x) in a 1024-position batch: trimming has padding to drop
+    rows = assign_latent_labels(load_unpaired_jsonl(DEMO_KTO), seed=42)
+    examples, _ = tokenize_rows(rows, load_tokenizer(str(llama_dir)), max_length=256, truncate_completions=False)
+    batch = next(iterate_kto_batches(examples, batch_size=4, seq_len=1024, pad_id=0, seed=42))[0]
+    buckets = length_buckets(1024, "32,64,128,256,512")
     trimmed = trimmed_arrays(batch, buckets)
     width = trimmed["input_ids"].shape[1]
-    assert width == bucket_for(batch_length(batch), buckets) < 256 and trimmed["is_desirable"].shape == (4,)
+    assert width == bucket_for(batch_length(batch), buckets) <= 512 and trimmed["is_desirable"].shape == (4,)
     full = {k: jnp.asarray(v) for k, v in batch.device_arrays().items()}
     short = {k: jnp.asarray(v) for k, v in trimmed.items()}
     for rows in (kto_step.POLICY_ROW_KEYS, kto_step.KL_ROW_KEYS):
