@@ -69,8 +69,6 @@ def save_pretrained(model: Decoder, out_dir: str | os.PathLike, *, dtype: str | 
     writing process. `out_dir` may be a URL (gs://, memory://): the files are written to a local temporary
     directory (transformers and safetensors write local files), then copied there (`io_utils.atomic_directory`).
     """
-    from transformers import AutoConfig
-
     out_dir = os.fspath(out_dir) if io_utils.is_url(out_dir) else os.path.abspath(os.fspath(out_dir))
     writer = jax.process_index() == 0
     if writer and io_utils.exists(out_dir) and not overwrite:
@@ -105,29 +103,42 @@ def save_pretrained(model: Decoder, out_dir: str | os.PathLike, *, dtype: str | 
             weight_map.update({name: final for name in shard})
         with open(os.path.join(tmp, "model.safetensors.index.json"), "w", encoding="utf-8") as f:
             json.dump({"metadata": {"total_size": int(sum(sizes))}, "weight_map": weight_map}, f, indent=2)
-        hf = {}
-        source = model.source_path
-        if source and io_utils.isfile(os.path.join(source, "config.json")):
-            with io_utils.open_file(os.path.join(source, "config.json")) as f:
-                hf = json.load(f)
-            for legacy in ("rope_theta", "rope_scaling"):
-                hf.pop(legacy, None)
-        hf.update(model.config.to_hf_dict())
-        hf["architectures"] = [ARCHITECTURES[model.config.model_type]]
-        hf["dtype"] = dtype
-        hf.pop("transformers_version", None)
-        model_type = hf.pop("model_type")
-        AutoConfig.for_model(model_type, **hf).save_pretrained(tmp)
-        tok_dir = tokenizer_source or source
-        if tok_dir:
-            for name in TOKENIZER_FILES:
-                src = os.path.join(tok_dir, name)
-                if io_utils.is_url(src) and io_utils.isfile(src):
-                    with io_utils.open_file(src, "rb") as fin, open(os.path.join(tmp, name), "wb") as fout:
-                        shutil.copyfileobj(fin, fout)
-                elif not io_utils.is_url(src) and os.path.isfile(src):
-                    shutil.copy2(src, os.path.join(tmp, name))
+        _write_config(model, dtype, tmp)
+        _copy_tokenizer_files(tokenizer_source or model.source_path, tmp)
     return out_dir
+
+
+def _write_config(model: Decoder, dtype: str, directory: str) -> None:
+    """config.json through the transformers config class: the source's fields (without legacy rope keys) updated
+    with the model's architecture, its class name and `dtype`."""
+    from transformers import AutoConfig
+
+    hf = {}
+    source = model.source_path
+    if source and io_utils.isfile(os.path.join(source, "config.json")):
+        with io_utils.open_file(os.path.join(source, "config.json")) as f:
+            hf = json.load(f)
+        for legacy in ("rope_theta", "rope_scaling"):
+            hf.pop(legacy, None)
+    hf.update(model.config.to_hf_dict())
+    hf["architectures"] = [ARCHITECTURES[model.config.model_type]]
+    hf["dtype"] = dtype
+    hf.pop("transformers_version", None)
+    model_type = hf.pop("model_type")
+    AutoConfig.for_model(model_type, **hf).save_pretrained(directory)
+
+
+def _copy_tokenizer_files(source: str | os.PathLike | None, directory: str) -> None:
+    """The tokenizer and generation-config files of `source` (a local directory or a URL) that exist."""
+    if not source:
+        return
+    for name in TOKENIZER_FILES:
+        src = os.path.join(source, name)
+        if io_utils.is_url(src) and io_utils.isfile(src):
+            with io_utils.open_file(src, "rb") as fin, open(os.path.join(directory, name), "wb") as fout:
+                shutil.copyfileobj(fin, fout)
+        elif not io_utils.is_url(src) and os.path.isfile(src):
+            shutil.copy2(src, os.path.join(directory, name))
 
 
 def _write_shard(save_file, directory: str, k: int, tensors: dict[str, np.ndarray]) -> None:
