@@ -15,9 +15,9 @@ beyond p is never seen. Positions are 0..n-1 for the prompt, then n, n+1, ... as
 each row of a left-padded batch.
 
 Programs (jit caches; the same for every call with the same B, P, max_new_tokens and greedy):
-  `_prefill_rows`: k prompts (k a power of two <= B; the free slots are filled by a few such groups) padded to P,
-    in chunks of `PREFILL_CHUNK` tokens (a `fori_loop` over the group's longest ceil(n / C) chunks), into fresh
-    (k, P) cache rows; each row's last real token gives its first new token. One program per k.
+  `_prefill_rows`: k prompts (k = B or a power of 4 below it; the free slots are filled by a few such groups)
+    padded to P, in chunks of `PREFILL_CHUNK` tokens (a `fori_loop` over the group's longest ceil(n / C)
+    chunks), into fresh (k, P) cache rows; each row's last real token gives its first new token. One program per k.
   `_insert`: the group's rows written into their slots (cache slots [0, min(P, W)), in place on the donated pool).
   `_decode_block`: `STEPS_PER_CALL` decode steps of all B slots (`lax.scan` over steps, cache donated and written
     in place: no copy of the cache per step in the compiled HLO); one program per window W (at most
@@ -201,13 +201,14 @@ def prompt_slots(token_ids: Sequence[np.ndarray]) -> int:
 
 
 def _groups(n: int, limit: int) -> list[int]:
-    """n split into powers of two <= limit, largest first (prefill row counts: few programs, no dummy rows)."""
-    out, size = [], 1 << (max(limit, 1).bit_length() - 1)
-    while n:
-        while size > n:
-            size //= 2
-        out.append(size)
-        n -= size
+    """n split into row counts from (limit, powers of 4 below it), largest first: few prefill programs, no dummy
+    rows (a 16-slot pool compiles at most k = 16, 4, 1)."""
+    sizes = sorted({limit} | {4 ** i for i in range(8) if 4 ** i < limit}, reverse=True)
+    out = []
+    for size in sizes:
+        while n >= size:
+            out.append(size)
+            n -= size
     return out
 
 

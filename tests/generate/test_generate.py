@@ -206,14 +206,14 @@ def test_continuous_equals_static_and_compiles_once(llama):
     before = (_prefill_rows._cache_size(), _decode_block._cache_size())
     ours = generate_batched(llama, prompts, batch_size=4, max_new_tokens=NEW, eos_token_id=[])
     # prompt lengths 2..90, positions < 128: one decode program (one window) for the whole run and one prefill
-    # program per row count (powers of two <= 4); fewer when an earlier test compiled the same shapes
-    assert _prefill_rows._cache_size() - before[0] <= 3 and _decode_block._cache_size() - before[1] <= 1
+    # program per row count (4 and 1); fewer when an earlier test compiled the same shapes
+    assert _prefill_rows._cache_size() - before[0] <= 2 and _decode_block._cache_size() - before[1] <= 1
     for (a, fa), (b, fb) in zip(static, ours):
         np.testing.assert_array_equal(b, a)
         assert fa == fb is False
     one = generate_batched(llama, prompts, batch_size=4, max_new_tokens=1, eos_token_id=[])
     assert [t.tolist() for t, _ in one] == [t[:1].tolist() for t, _ in static]
-    assert _groups(16, 16) == [16] and _groups(7, 16) == [4, 2, 1] and _groups(5, 3) == [2, 2, 1]
+    assert _groups(16, 16) == [16] and _groups(7, 16) == [4, 1, 1, 1] and _groups(5, 3) == [3, 1, 1]
 
 
 def test_continuous_windows_and_batched_prefill_match_hf(tiny_hf_dirs, llama):
