@@ -37,11 +37,19 @@ whole cache per step, and slices the stacked weights on every step). With a mesh
 decoding: replicated when they fit in `replicate_max_bytes` per device, else tensor-parallel (the rules table with
 `embed` unsharded), so no decode step all-gathers FSDP shards.
 
-Measured on a 2-core CPU, SmolLM2-135M float32, 16 slots: a decode step 45 ms at S=144 cache slots, 50 ms at 320,
-126-136 ms at 640 (attention reads every slot of every row: per-step cost grows with S, not with the real
-lengths); prefill of one prompt 77 ms (40 tokens), 140 ms (100), 0.53-0.64 s (250). The static path prefills the
-whole padded bucket instead (16 x 512 tokens for a 287-token prompt: ~25 s with 4 decode steps). Storing the cache
-heads-first, (B, K, S, hd), made the measured step slower (187 vs 136 ms at S=640), so it stays (B, S, K, hd).
+Measured on a 2-core CPU, SmolLM2-135M float32, 16 slots. Before the window (cache at S = P + max_new_tokens for
+every step): a decode step 45 ms at S=144, 50 ms at 320, 126-136 ms at 640; one prompt prefilled alone 77 ms (40
+tokens), 140 ms (100), 0.53-0.64 s (250). With it (32 MultiJail prompts of 51..465 tokens, 64 new tokens, P=512,
+load average ~2-4, second run of the same programs): a step 43 ms at W=128, 51 ms at 256, 66 ms at 512, 74 ms at
+640 (the weights alone stream in ~40-50 ms: a 16-row step is bandwidth-bound); prefill of the 16 longest prompts
+in one call 5-8 s; `_insert` 18 ms, `_resize` 50-80 ms; compiling ~2.5 s per window, ~4 s per prefill group size.
+`bench/eval_generation.py` at that size on a quiet machine (load 1.8): continuous 30.6 s (13.9 s compiling: 4
+windows, prefill k = 16), transformers 26.8 s, static 71.1 s, token_match 1.0 (ratio_vs_hf 0.87, vs static 2.32);
+before the window and batched prefill, under load 4-5: continuous 46.8 s (12.1 s compiling), static 66.1 s (HF
+305 s: torch slows ~10x under that load, so ratio_vs_hf is only meaningful on a quiet machine). Without compile,
+prefill is 10 of the 17 s here (16 rows of up to 465 tokens per call, compute-bound). The static path prefills
+the whole padded bucket instead (16 x 512 tokens for a 287-token prompt: ~25 s with 4 decode steps). Storing the
+cache heads-first, (B, K, S, hd), made the measured step slower (187 vs 136 ms at S=640), so it stays (B, S, K, hd).
 """
 from __future__ import annotations
 
@@ -245,6 +253,18 @@ class _Pool:
         return finished
 
 
+def _prefill(params, cache, state, group: list[tuple[int, int]], arrays: list[np.ndarray], P: int, key, eos_ids,
+             sampling, kwargs: dict):
+    """Prefill the (slot, prompt index) pairs of `group` in one `_prefill_rows` call and insert them."""
+    idx = [i for _, i in group]
+    lengths = jnp.asarray([arrays[i].size for i in idx], jnp.int32)
+    keys = jnp.stack([jax.random.fold_in(key, 2 * i + 1) for i in idx])
+    rows, first, done = _prefill_rows(params, np.stack([_padded(arrays[i], P) for i in idx]), lengths, keys, eos_ids,
+                                      sampling, **kwargs)
+    return _insert(cache, state, rows, first, done, lengths, jnp.asarray([s for s, _ in group], jnp.int32),
+                   mesh=kwargs["mesh"])
+
+
 def generate_continuous(model: Decoder, token_ids: Sequence[np.ndarray], *, batch_size: int, max_new_tokens: int,
                         eos: np.ndarray, pad_id: int, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
                         seed: int = 0, progress: bool = False, params: Params | None = None,
@@ -288,14 +308,8 @@ def generate_continuous(model: Decoder, token_ids: Sequence[np.ndarray], *, batc
         if width != cache[0]["k"].shape[1]:
             cache = _resize(cache, mesh=mesh, width=width)
         for size in _groups(len(admitted), B):
-            group, admitted = admitted[:size], admitted[size:]
-            idx = [i for _, i in group]
-            prompts = np.stack([_padded(arrays[i], P) for i in idx])
-            keys = jnp.stack([jax.random.fold_in(key, 2 * i + 1) for i in idx])
-            rows, first, done = _prefill_rows(params, prompts, jnp.asarray(lengths[idx], jnp.int32), keys, eos_ids,
-                                              sampling, **kwargs)
-            cache, state = _insert(cache, state, rows, first, done, jnp.asarray(lengths[idx], jnp.int32),
-                                   jnp.asarray([s for s, _ in group], jnp.int32), mesh=mesh)
+            (cache, state), admitted = _prefill(params, cache, state, admitted[:size], arrays, P, key, eos_ids,
+                                                sampling, kwargs), admitted[size:]
         calls += 1
         cache, state, tokens, first = _decode_block(params, cache, state, jax.random.fold_in(key, 2 * calls), eos_ids,
                                                     pad, sampling, **kwargs)
