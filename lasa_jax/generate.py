@@ -242,8 +242,9 @@ def _trim(tokens: np.ndarray, eos: np.ndarray) -> tuple[np.ndarray, bool]:
 def generate_batched(model: Decoder, token_ids: Sequence[Sequence[int] | np.ndarray], *, batch_size: int = 8,
                      max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
                      eos_token_id: int | Sequence[int] | None = None, pad_token_id: int | None = None,
-                     seed: int = 0, progress: bool = False,
-                     scheduler: str = "continuous") -> list[tuple[np.ndarray, bool]]:
+                     seed: int = 0, progress: bool = False, scheduler: str = "continuous",
+                     decode_layout: Params | None = None,
+                     prompt_length: int | None = None) -> list[tuple[np.ndarray, bool]]:
     """Generate for many prompts of different lengths.
 
     Args:
@@ -254,6 +255,9 @@ def generate_batched(model: Decoder, token_ids: Sequence[Sequence[int] | np.ndar
         until their longest row ends; the last batch of a bucket is filled with copies of a row, so every batch
         of a bucket shares one compiled program; batch j samples with key fold_in(PRNGKey(seed), j)).
         Greedy outputs are the same under both.
+      decode_layout, prompt_length (continuous only): `continuous.decode_params(model)` and
+        `continuous.prompt_slots(all prompts)` computed once by a caller that generates in several calls, so the
+        weights are laid out once and every call runs the same compiled programs.
       other arguments: as `generate`.
     Returns, in input order, (new token ids up to and including the first EOS, finished) per prompt, where
     finished says whether the row stopped at an EOS (False: cut at max_new_tokens).
@@ -274,7 +278,7 @@ def generate_batched(model: Decoder, token_ids: Sequence[Sequence[int] | np.ndar
             return []
         return generate_continuous(model, arrays, batch_size=batch_size, max_new_tokens=max_new_tokens, eos=eos,
                                    pad_id=pad_id, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-                                   progress=progress)
+                                   progress=progress, params=decode_layout, prompt_length=prompt_length)
     shards = batch_shards(model.mesh)
     batch_size = -(-batch_size // shards) * shards
     results: list[tuple[np.ndarray, bool] | None] = [None] * len(arrays)

@@ -32,6 +32,7 @@ import numpy as np
 
 from lasa_jax import io_utils
 from lasa_jax.chat import CONDITIONAL_PREFIX, RenderedPrompt, end_of_turn_ids, render_prompt
+from lasa_jax.continuous import decode_params, prompt_slots
 from lasa_jax.data.eval_sets import (  # noqa: F401  (eval-set parsing lives in data.eval_sets; names kept here)
     STANDARD_SETS,
     EvalPrompt,
@@ -221,12 +222,16 @@ def generate_responses(model, tokenizer, prompts: Sequence[EvalPrompt], *, mode:
         log.info("resuming from %s: %d of %d prompts already generated", partial_path, n - len(todo), n)
     rendered = render_inputs(tokenizer, [prompts[i] for i in todo], flags[todo], prefix=prefix,
                              template_kwargs=template_kwargs, max_prompt_length=max_prompt_length)
+    # one weight layout and one prompt length for every chunk: the chunks share the compiled programs
+    layout = decode_params(model) if rendered else None
+    prompt_length = prompt_slots([r.input_ids for r in rendered]) if rendered else None
     for start in range(0, len(todo), chunk_size):
         chunk = todo[start:start + chunk_size]
         outputs = generate_batched(model, [r.input_ids for r in rendered[start:start + chunk_size]],
                                    batch_size=decoding.batch_size, max_new_tokens=decoding.max_new_tokens,
                                    temperature=decoding.temperature, top_p=decoding.top_p, top_k=decoding.top_k,
-                                   eos_token_id=stop_ids, seed=decoding.seed + start, progress=progress)
+                                   eos_token_id=stop_ids, seed=decoding.seed + start, progress=progress,
+                                   decode_layout=layout, prompt_length=prompt_length)
         records = []
         for i, (tokens, finished) in zip(chunk, outputs):
             p = prompts[i]

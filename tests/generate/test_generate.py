@@ -198,20 +198,50 @@ def test_continuous_greedy_matches_hf_generate_with_slot_refills(tiny_hf_dirs, f
 
 
 def test_continuous_equals_static_and_compiles_once(llama):
-    from lasa_jax.continuous import _decode_block, _prefill_slot
+    from lasa_jax.continuous import _decode_block, _groups, _prefill_rows
 
     rng = np.random.default_rng(5)
     prompts = [rng.integers(0, 517, n) for n in (3, 11, 7, 16, 5, 90, 2, 12, 4, 33)]
     static = generate_batched(llama, prompts, batch_size=4, max_new_tokens=NEW, eos_token_id=[], scheduler="static")
-    before = (_prefill_slot._cache_size(), _decode_block._cache_size())
+    before = (_prefill_rows._cache_size(), _decode_block._cache_size())
     ours = generate_batched(llama, prompts, batch_size=4, max_new_tokens=NEW, eos_token_id=[])
-    # one program each for the whole run (prompt lengths 2..90); 0 when an earlier test compiled the same shapes
-    assert _prefill_slot._cache_size() - before[0] <= 1 and _decode_block._cache_size() - before[1] <= 1
+    # prompt lengths 2..90, positions < 128: one decode program (one window) for the whole run and one prefill
+    # program per row count (4 and 1); fewer when an earlier test compiled the same shapes
+    assert _prefill_rows._cache_size() - before[0] <= 2 and _decode_block._cache_size() - before[1] <= 1
     for (a, fa), (b, fb) in zip(static, ours):
         np.testing.assert_array_equal(b, a)
         assert fa == fb is False
     one = generate_batched(llama, prompts, batch_size=4, max_new_tokens=1, eos_token_id=[])
     assert [t.tolist() for t, _ in one] == [t[:1].tolist() for t, _ in static]
+    assert _groups(16, 16) == [16] and _groups(7, 16) == [4, 1, 1, 1] and _groups(5, 3) == [3, 1, 1]
+
+
+def test_continuous_windows_and_batched_prefill_match_hf(tiny_hf_dirs, llama):
+    """Prompts of different lengths (up to three prefill chunks) prefilled together into the free slots, decoded
+    with attention windows growing past 128 cache slots; a second call with the same prompt_length compiles
+    nothing new."""
+    from lasa_jax.continuous import WINDOW_ROUND, _decode_block, _prefill_rows, prompt_slots
+
+    rng = np.random.default_rng(7)
+    prompts = [rng.integers(0, 517, n) for n in (100, 5, 140, 30, 64, 121)]
+    new = 40  # positions up to 179: windows 128 and 256
+    expected = hf_generate_each(tiny_hf_dirs["llama"], prompts, new, [], llama.config.pad_token_id)
+    P = prompt_slots(prompts)
+    assert P == 256 and max(len(p) for p in prompts) + new > WINDOW_ROUND
+    ours = generate_batched(llama, prompts, batch_size=4, max_new_tokens=new, eos_token_id=[], prompt_length=P)
+    for r, (tokens, finished) in enumerate(ours):
+        np.testing.assert_array_equal(tokens, expected[r], err_msg=f"prompt {r}")
+        assert not finished
+    # longest prompt 100: the window starts at 128 slots and grows to 256 mid-run
+    subset = [0, 1, 3, 4]
+    before = (_prefill_rows._cache_size(), _decode_block._cache_size())
+    again = generate_batched(llama, [prompts[i] for i in subset], batch_size=4, max_new_tokens=new, eos_token_id=[],
+                             prompt_length=P)
+    assert (_prefill_rows._cache_size(), _decode_block._cache_size()) == before
+    for i, (tokens, _) in zip(subset, again):
+        np.testing.assert_array_equal(tokens, expected[i], err_msg=f"prompt {i}")
+    with pytest.raises(ValueError, match="more than prompt_length"):
+        generate_batched(llama, prompts, batch_size=4, max_new_tokens=new, eos_token_id=[], prompt_length=128)
 
 
 def test_continuous_sharded_layouts_equal_single_device(tiny_hf_dirs, llama):
