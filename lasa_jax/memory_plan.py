@@ -21,9 +21,10 @@
     stacked and the split copies at once (a transient before the cache exists). Then the per-layer KV cache, L x
     (B, S, K, hd) keys and values in the compute dtype (B = batch_size rounded up to the batch shards, rows and K
     sharded as `continuous._CACHE_AXES`; S = P + max_new_tokens, P = the planned prompt length rounded up to
-    `continuous.PROMPT_ROUND`), and the larger working set of `_prefill_slot` (measured on CPU, 8 devices: slicing
-    and writing a slot's rows at a dynamic slot gathers the cache of the whole batch on every device, ~cache x
-    batch shards) and `_decode_block` (one layer's cache, scores, logits).
+    `continuous.PROMPT_ROUND`), and the larger working set of the prefill (`_prefill_rows` builds a group's own
+    (k <= B, P) cache rows, `_insert` writes them at dynamic slots: planned as ~cache x batch shards, the whole-batch
+    gather measured on CPU with 8 devices for the earlier one-slot prefill; the test checks the total against
+    both programs) and `_decode_block` (one layer's cache, scores, logits).
 Every parameter is counted as actually sharded: `lasa_jax.sharding.logical_to_spec` on an abstract mesh of the
 preset's size, so a mesh axis that does not divide a dimension (or has size 1, e.g. `vocab -> tensor`) leaves it
 replicated. Activation terms are estimates of XLA's buffers (stated per term); `tests/train/test_memory_plan.py` checks

@@ -129,9 +129,9 @@ def test_parameters_counted_as_sharded_by_the_rules_table():
 
 @pytest.mark.parametrize("tensor, batch", [(1, 16), (1, 64), (4, 16)])
 def test_generation_plan_matches_xla_memory_analysis(tensor, batch):
-    """`continuous._prefill_slot` and `_decode_block` on 8 CPU devices with `decode_params`' layout (replicated at
-    tensor=1, tensor-parallel at tensor=4), float32 (XLA's CPU backend upcasts bfloat16). The plan's decode terms
-    against the larger program; the FSDP weights as loaded live beside them (exact)."""
+    """`continuous._prefill_rows` (+ `_insert`) and `_decode_block` on 8 CPU devices with `decode_params`' layout
+    (replicated at tensor=1, tensor-parallel at tensor=4), float32 (XLA's CPU backend upcasts bfloat16). The plan's
+    decode terms against the largest program; the FSDP weights as loaded live beside them (exact)."""
     from lasa_jax import continuous
     from lasa_jax.models.decoder import init_decoder
     from lasa_jax.sharding import make_mesh
@@ -146,9 +146,14 @@ def test_generation_plan_matches_xla_memory_analysis(tensor, batch):
     kwargs = dict(config=decode_config, mesh=mesh, max_new_tokens=new, greedy=True)
     sampling, eos, key = (jnp.float32(1.0), jnp.float32(1.0), jnp.int32(0)), jnp.asarray([2], jnp.int32), \
         jax.random.PRNGKey(0)
+    # prefill of the largest group (all B slots free, at the start): the group's own rows, then their insertion
+    prompts, lengths = jnp.zeros((batch, slots - new), jnp.int32), jnp.full((batch,), 5, jnp.int32)
+    keys = jnp.stack([jax.random.fold_in(key, i) for i in range(batch)])
+    rows = jax.eval_shape(lambda: continuous._prefill_rows(params, prompts, lengths, keys, eos, sampling, **kwargs))
     programs = [continuous._decode_block.lower(params, cache, state, key, eos, jnp.int32(0), sampling, **kwargs),
-                continuous._prefill_slot.lower(params, cache, state, jnp.zeros(slots - new, jnp.int32), jnp.int32(5),
-                                               jnp.int32(0), key, eos, sampling, **kwargs)]
+                continuous._prefill_rows.lower(params, prompts, lengths, keys, eos, sampling, **kwargs),
+                continuous._insert.lower(cache, state, *rows, lengths, jnp.arange(batch, dtype=jnp.int32),
+                                         mesh=mesh)]
     xla = max(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
               for m in (p.compile().memory_analysis() for p in programs))
 
