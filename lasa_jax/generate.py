@@ -43,6 +43,7 @@ from jax.sharding import Mesh
 from lasa_jax.activations import bucket_length, bucketed_batches
 from lasa_jax.config import ModelConfig
 from lasa_jax.errors import InputError
+from lasa_jax.models import kv_cache
 from lasa_jax.models.decoder import Decoder, Params, forward, init_cache, lm_logits, split_layers
 from lasa_jax.progress import progress_bar
 from lasa_jax.sharding import batch_shards, constrain, put_batch, to_host
@@ -76,6 +77,11 @@ _CACHE_AXES = (None, "batch", "length", "act_kv_heads", None)
 
 def _constrain_cache(cache: dict, mesh: Mesh | None) -> dict:
     return {name: constrain(value, mesh, _CACHE_AXES) for name, value in cache.items()}
+
+
+def _constrain_layer_caches(caches: tuple, mesh: Mesh | None) -> tuple:
+    """Per-layer caches (`kv_cache.split` layout, what the decode loop carries) constrained like the stacked one."""
+    return tuple({name: constrain(value, mesh, _CACHE_AXES[1:]) for name, value in layer.items()} for layer in caches)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "mesh", "max_new_tokens", "greedy"))
@@ -119,9 +125,11 @@ def _generate_core(params: Params, config: ModelConfig, input_ids: jax.Array, at
                          cache_index=T + step - 1, kv_mask=kv_mask)
         token, finished = next_token(result.final_hidden[:, 0], step, finished)
         out = jax.lax.dynamic_update_slice(out, token[:, None], (0, step))
-        return step + 1, _constrain_cache(result.cache, mesh), token, finished, out
+        return step + 1, _constrain_layer_caches(result.cache, mesh), token, finished, out
 
-    state = (jnp.int32(1), _constrain_cache(prefill.cache, mesh), first, finished, out)
+    # the loop carries the cache split per layer once (the unrolled blocks write each layer's array in place; a
+    # stacked cache would be split and re-stacked, i.e. copied whole, on every step)
+    state = (jnp.int32(1), _constrain_layer_caches(kv_cache.split(prefill.cache), mesh), first, finished, out)
     return jax.lax.while_loop(cond, body, state)[-1]
 
 
