@@ -279,12 +279,15 @@ def generation_plan(config: ModelConfig, preset_name: str, *, mesh: Mapping[str,
     return MemoryPlan("generation", preset_name, preset.hbm_bytes_per_device, parts, settings)
 
 
-# the config-reading check and its suggestions (lasa_jax.memory_check), re-exported
-from lasa_jax.memory_check import (  # noqa: E402,F401
-    DEFAULT_PLANNED_PROMPT_LENGTH,
-    check_pipeline,
-    generation_settings,
-    kto_settings,
-    suggest_generation,
-    suggest_kto,
-)
+# the config-reading check and its suggestions live in lasa_jax.memory_check (which imports this module);
+# re-exported here on first use, so either module can be imported first
+_CHECK_NAMES = ("DEFAULT_PLANNED_PROMPT_LENGTH", "check_pipeline", "generation_settings", "kto_settings",
+                "suggest_generation", "suggest_kto")
+
+
+def __getattr__(name: str):
+    if name not in _CHECK_NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from lasa_jax import memory_check
+
+    return getattr(memory_check, name)

@@ -264,7 +264,7 @@ def _check_memory_plan(config: ml_collections.ConfigDict, stages: list[str]) -> 
     config.json or the paper model's architecture (no weights are read). Skipped without a known preset or shapes;
     `config.memory_plan` "warn" logs instead of raising, "off" skips it."""
     from lasa_jax.config import ModelConfig
-    from lasa_jax.memory_plan import check_pipeline
+    from lasa_jax.memory_check import check_pipeline
     from lasa_jax.presets import PAPER_MODELS, TPU_PRESETS
 
     preset, mode = config.get("preset", ""), config.get("memory_plan", "check")
