@@ -50,13 +50,7 @@ def report_lines(stage_dir: str) -> list[str]:
     its summary) and links to metrics.jsonl and the exported model, relative to the stage's parent directory
     (the pipeline workdir; "(missing)" when absent)."""
     from lasa_jax.io_utils import read_json
-
-    name = os.path.basename(os.path.normpath(stage_dir))
-
-    def link(rel: str, text: str | None = None) -> str:
-        target = f"{name}/{rel}"
-        return f"[{text or target}]({target})" if os.path.exists(os.path.join(stage_dir, rel)) else \
-            f"{text or target} (missing)"
+    from lasa_jax.stage import report_link
 
     lines = []
     summary_path = os.path.join(stage_dir, RUN_SUMMARY_FILE)
@@ -64,5 +58,5 @@ def report_lines(stage_dir: str) -> list[str]:
         run_summary = read_json(summary_path, "KTO run summary")
         lines.append(f"KTO {run_summary.get('status')} at step {run_summary.get('step')} of "
                      f"{run_summary.get('total_steps')}.")
-    lines.append(f"- {link(METRICS_FILE)}, aligned model {link('hf_export')}")
+    lines.append(f"- {report_link(stage_dir, METRICS_FILE)}, aligned model {report_link(stage_dir, 'hf_export')}")
     return lines
