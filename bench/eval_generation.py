@@ -2,7 +2,7 @@
 
 Prompts: `--num_prompts` MultiJail prompts (shared data `multijail/MultiJail.csv`, round-robin over its ten
 languages; lasa_jax/demo_data/prompts.jsonl when the shared data is absent), rendered with the chat template
-(`lasa_jax.chat.render_prompt`). Greedy, `--max_new_tokens` (EOS ends a row on every side), `--batch_size` rows on
+(`lasa_jax.models.chat.render_prompt`). Greedy, `--max_new_tokens` (EOS ends a row on every side), `--batch_size` rows on
 every side, float32. Timed, one after another:
   hf:         transformers `generate` on static batches (prompts sorted by length, left-padded),
   static:     lasa-jax `generate_batched(scheduler="static")` (length buckets, a batch runs until its longest row),
@@ -40,7 +40,7 @@ def load_prompts(num: int) -> list[str]:
         for p in rows:
             by_lang.setdefault(p.language, []).append(p.prompt)
     else:
-        from lasa_jax.io_utils import iter_jsonl
+        from lasa_jax.infra.storage import iter_jsonl
 
         by_lang = {}
         for row in iter_jsonl(pathlib.Path(__file__).resolve().parents[1] / "lasa_jax" / "demo_data" /
@@ -83,10 +83,10 @@ def main():
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lasa_jax.assets import resolve_asset_path
-    from lasa_jax.chat import render_prompt
-    from lasa_jax.generate import generate_batched, trim_after_eos
-    from lasa_jax.models import from_pretrained
+    from lasa_jax.decoding.generate import generate_batched, trim_after_eos
+    from lasa_jax.infra.assets import resolve_asset_path
+    from lasa_jax.models.chat import render_prompt
+    from lasa_jax.models.hf import from_pretrained
 
     directory = resolve_asset_path(MODEL)
     tokenizer = AutoTokenizer.from_pretrained(directory)

@@ -40,9 +40,9 @@ def main():
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from lasa_jax.flops import forward_flops
-    from lasa_jax.models import from_pretrained
     from lasa_jax.models.decoder import forward_jit
+    from lasa_jax.models.flops import forward_flops
+    from lasa_jax.models.hf import from_pretrained
 
     hf_config = LlamaConfig(vocab_size=16000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
                             num_attention_heads=12, num_key_value_heads=4, max_position_embeddings=1024,

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lasa_jax.generate import generate
-from lasa_jax.models import from_pretrained
+from lasa_jax.decoding.generate import generate
+from lasa_jax.models.hf import from_pretrained
 
 BATCH, NEW_TOKENS, REPEATS = 8, 64, 3
 MODEL = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=12,

@@ -18,10 +18,10 @@ import time
 import jax
 import numpy as np
 
-from lasa_jax.config import ModelConfig
+from lasa_jax.kto import step as kto_step
+from lasa_jax.models.config import ModelConfig
 from lasa_jax.models.decoder import init_decoder, param_shardings
 from lasa_jax.sharding import make_mesh, put_batch
-from lasa_jax.train import kto_step
 
 BENCH_CONFIG = dict(model_type="llama", vocab_size=16384, hidden_size=512, intermediate_size=1536, num_layers=6,
                     num_heads=8, num_kv_heads=4, head_dim=64, rms_norm_eps=1e-5, rope_theta=500000.0,

@@ -47,8 +47,11 @@ DEMO_KTO = pathlib.Path(__file__).resolve().parents[1] / "lasa_jax" / "demo_data
 
 def make_batches(model_dir: str, steps: int, batch_size: int, max_length: int, seed: int = 42):
     """The first `steps` KTOBatch objects of the demo rows (all rows valid: drop_last)."""
-    from lasa_jax.data.preference import assign_latent_labels, iterate_kto_batches, load_unpaired_jsonl, tokenize_rows
-    from lasa_jax.runtime import load_tokenizer
+    from lasa_jax.data.preference.formats import load_unpaired_jsonl
+    from lasa_jax.kto.batches import iterate_kto_batches
+    from lasa_jax.kto.examples import tokenize_rows
+    from lasa_jax.kto.labels import assign_latent_labels
+    from lasa_jax.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(model_dir)
     rows = assign_latent_labels(load_unpaired_jsonl(DEMO_KTO), seed=seed)
@@ -66,12 +69,12 @@ def run_lasa(model_dir: str, batches, *, lr: float, beta: float, chunk: int = 12
     """lasa-jax: per-step losses, timed seconds per update, reference-table seconds, compile seconds."""
     import jax
 
-    from lasa_jax.models import from_pretrained
+    from lasa_jax.kto.buckets import length_buckets, trimmed_arrays
+    from lasa_jax.kto import step as kto_step
+    from lasa_jax.kto.reference_table import ReferenceTable
     from lasa_jax.models.decoder import param_shardings
+    from lasa_jax.models.hf import from_pretrained
     from lasa_jax.sharding import make_mesh, put_batch
-    from lasa_jax.train import kto_step
-    from lasa_jax.train.buckets import length_buckets, trimmed_arrays
-    from lasa_jax.train.reference_table import ReferenceTable
 
     mesh = make_mesh(devices=jax.devices()[:1])
     steps, max_length = len(batches), batches[0].input_ids.shape[1]
@@ -177,7 +180,7 @@ def main() -> None:
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--torch_threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     args = parser.parse_args()
-    from lasa_jax.assets import resolve_asset_path
+    from lasa_jax.infra.assets import resolve_asset_path
 
     model_dir = resolve_asset_path(args.model)
     batches = make_batches(model_dir, args.steps, args.batch_size, args.max_length)

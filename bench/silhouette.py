@@ -22,9 +22,9 @@ import jax
 import numpy as np
 from sklearn.metrics import silhouette_score as sklearn_silhouette_score
 
-from lasa_jax import bottleneck
-from lasa_jax.activations import capture
-from lasa_jax.config import ModelConfig
+from lasa_jax.locate import silhouette as bottleneck
+from lasa_jax.models.capture import capture
+from lasa_jax.models.config import ModelConfig
 from lasa_jax.models.decoder import init_decoder
 
 NUM_GROUPS, NUM_LANGUAGES, DIM = 315, 10, 4096

@@ -8,7 +8,7 @@ llama_guard | rubric (the LLM judges need judge.model_path). split: odd (held-ou
 """
 from ml_collections import config_dict
 
-from lasa_jax.runtime import base_config
+from lasa_jax.infra.base_config import base_config
 
 
 def get_config():

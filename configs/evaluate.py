@@ -15,7 +15,7 @@ judge.model_path names the judge) and to the utility models (`utility.models`: s
 """
 from ml_collections import config_dict
 
-from lasa_jax.runtime import base_config
+from lasa_jax.infra.base_config import base_config
 
 
 def get_config():

@@ -7,13 +7,13 @@
     python -m lasa_jax.scripts.generate --config=configs/generate.py --workdir=runs/prefix_only \
         --config.mode=prefix_only --config.model_path=BASE --config.ssi_dir=SSI_DIR
 
-Output: <workdir>/generations.jsonl (+ .meta.json); see lasa_jax/inference.py for the record format and
-lasa_jax/generation_stage.py for the stage.
+Output: <workdir>/generations.jsonl (+ .meta.json); see lasa_jax/decoding/answers.py for the record format and
+lasa_jax/generate/stage.py for the stage.
 """
 from ml_collections import config_dict
 
-from lasa_jax.chat import CONDITIONAL_PREFIX
-from lasa_jax.runtime import base_config
+from lasa_jax.infra.base_config import base_config
+from lasa_jax.models.chat import CONDITIONAL_PREFIX
 
 
 def get_config():

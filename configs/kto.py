@@ -6,12 +6,12 @@
 Defaults are the reference run's (lr 1e-6, beta 0.1, max length 512, 3 epochs, 16 rows per update, cosine with
 100 warmup steps, grad norm 1.0, seed 42, latent labels: safety rows unsafe with probability 0.5). Rerunning the
 same command resumes from <workdir>/checkpoints; the trained policy is exported to <workdir>/hf_export.
-See lasa_jax/train/kto_trainer.py for the run and lasa_jax/train/kto_step.py for the step.
+See lasa_jax/kto/trainer.py for the run and lasa_jax/kto/step.py for the step.
 """
 import ml_collections
 
-from lasa_jax.chat import CONDITIONAL_PREFIX
-from lasa_jax.runtime import base_config
+from lasa_jax.infra.base_config import base_config
+from lasa_jax.models.chat import CONDITIONAL_PREFIX
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -45,7 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.polyrefuse.modes = "baseline,harm_ablation"
     c.data.polyrefuse.source = "safety"
     # benign rows: the base model's greedy answers to PolyRefuse harmless-train prompts (desirable, no prefix in
-    # "paper" label mode), generated once and cached (lasa_jax.data.benign); they make `share` of the mixed rows
+    # "paper" label mode), generated once and cached (lasa_jax.kto.benign); they make `share` of the mixed rows
     c.data.benign = ml_collections.ConfigDict()
     c.data.benign.share = 0.2      # fraction of the training rows (0 = none); needs data.root/polyrefuse
     c.data.benign.languages = ""   # comma-separated ISO codes ("" = the languages of the loaded rows)

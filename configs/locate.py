@@ -4,14 +4,14 @@
         --config.data.root=../shared/data --workdir=DIR
 
 Writes <workdir>/{config.json, bottleneck.json, layers.csv, bottleneck_layers.png, tsne_layer<k>.png,
-activations.npz, activations.json}; see lasa_jax/locate.py. Quick run: --config.data.max_groups_per_source=20
+activations.npz, activations.json}; see lasa_jax/locate/stage.py. Quick run: --config.data.max_groups_per_source=20
 --config.selection.num_bootstrap=50. Demo data: --config.data.source=jsonl
 --config.data.path=lasa_jax/demo_data/prompts.jsonl (train split only).
 """
 import ml_collections
 
 from lasa_jax.data.languages import MULTIJAIL_LANGUAGES
-from lasa_jax.runtime import base_config
+from lasa_jax.infra.base_config import base_config
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -52,11 +52,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.selection.include_final = True        # residual index L (after the final norm) among the candidates:
     #                                         True = 1..L, the paper's selection; False = 1..L-1 (lasa-jax before)
     c.selection.num_bootstrap = 200         # query-group resamples for the interval and the pick share
-    c.selection.bootstrap = "points"        # points: centred cluster bootstrap (lasa_jax/bottleneck_selection.py);
+    c.selection.bootstrap = "points"        # points: centred cluster bootstrap (lasa_jax/locate/selection.py);
     #                                         the biased "expanded" scheme was removed (an error names it)
     c.selection.confidence = 0.95
 
-    # harmful-vs-benign probe per residual index, on the same features (lasa_jax/layer_probe.py): val AUROC in
+    # harmful-vs-benign probe per residual index, on the same features (lasa_jax/locate/probe.py): val AUROC in
     # bottleneck.json, layers.csv and the plot; split by query group; labelled rows only (PolyRefuse, FLORES = benign)
     c.probe = ml_collections.ConfigDict()
     c.probe.enabled = True

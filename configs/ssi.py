@@ -12,7 +12,7 @@ lasa_jax/ssi/artifact.py for the artifact schema.
 import ml_collections
 
 from lasa_jax.data.languages import MULTIJAIL_LANGUAGES
-from lasa_jax.runtime import base_config
+from lasa_jax.infra.base_config import base_config
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -8,8 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from lasa_jax.config import ModelConfig
-from lasa_jax.errors import InputError
+from lasa_jax.infra.errors import InputError, config_field
 from lasa_jax.memory_plan import (
     MemoryPlan,
     _batch_shards,
@@ -18,8 +17,8 @@ from lasa_jax.memory_plan import (
     preset_named,
     resolve_reference_mode,
 )
+from lasa_jax.models.config import ModelConfig
 from lasa_jax.presets import GIB, TPU_PRESETS
-from lasa_jax.stage import config_field
 
 
 def kto_settings(kto: Any) -> dict[str, Any]:

@@ -14,7 +14,7 @@
     gradient. Untied, the two are not live together (the head's comes at the loss, the table's at the end of the
     backward pass): max(head gathered + its gradient, table gradient), ~2 tables of float32; tied, one gradient
     buffer carries both uses through the backward pass: their sum, ~3 tables.
-  Generation (`lasa_jax.continuous`): the model's weights as loaded (FSDP, stage dtype) stay alive while
+  Generation (`lasa_jax.decoding.continuous`): the model's weights as loaded (FSDP, stage dtype) stay alive while
     `decode_params` re-lays them for decoding: replicated when the whole model is at most
     `continuous.REPLICATE_MAX_BYTES`, else tensor-parallel (the rules table with `embed` unsharded; on a mesh with
     tensor=1, as every preset's, that is replicated too). Splitting the stacked block weights per layer holds the
@@ -43,10 +43,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from lasa_jax.config import ModelConfig
-from lasa_jax.errors import InputError
+from lasa_jax.infra.errors import InputError, config_field
+from lasa_jax.models.config import ModelConfig
 from lasa_jax.presets import CPU_PRESET, GIB, TPU_PRESETS, TPUPreset
-from lasa_jax.stage import config_field
 
 # share of a chip's HBM the plan may fill (the rest: XLA's runtime reservations, fragmentation, collectives buffers)
 HBM_USABLE_SHARE = 0.9
@@ -242,7 +241,7 @@ def generation_plan(config: ModelConfig, preset_name: str, *, mesh: Mapping[str,
                     compute_dtype: str = "", replicate_max_bytes: int | None = None) -> MemoryPlan:
     """Per-device bytes of continuous-batching generation (module docstring); batch_size = decode slots (global),
     prompt_length = the longest prompt planned for; replicate_max_bytes as `continuous.decode_params`."""
-    from lasa_jax import continuous
+    from lasa_jax.decoding import continuous
 
     preset = preset_named(preset_name)
     sizes = mesh_sizes(mesh if mesh is not None else preset.mesh, preset.num_devices)

@@ -41,11 +41,11 @@ from typing import Any
 
 import ml_collections
 
-from lasa_jax import io_utils
-from lasa_jax.errors import InputError
-from lasa_jax.io_utils import atomic_write_json, atomic_write_text, read_json
-from lasa_jax.runtime import comma_list, is_writer
-from lasa_jax.stage import config_field
+from lasa_jax.infra import storage
+from lasa_jax.infra.base_config import comma_list
+from lasa_jax.infra.distributed import is_writer
+from lasa_jax.infra.errors import InputError, config_field
+from lasa_jax.infra.storage import atomic_write_json, atomic_write_text, read_json
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +62,12 @@ class StageRow:
 
 
 STAGE_TABLE = (
-    StageRow("locate", "lasa_jax.locate", "locate"),
+    StageRow("locate", "lasa_jax.locate.stage", "locate"),
     StageRow("ssi", "lasa_jax.ssi.stage", "ssi"),
-    StageRow("kto", "lasa_jax.train.kto_stage", "kto"),
-    StageRow("generate_baseline", "lasa_jax.generation_stage", "generate", mode="baseline"),
-    StageRow("generate_prefix_only", "lasa_jax.generation_stage", "generate", mode="prefix_only"),
-    StageRow("generate_lasa", "lasa_jax.generation_stage", "generate", mode="lasa"),
+    StageRow("kto", "lasa_jax.kto.stage", "kto"),
+    StageRow("generate_baseline", "lasa_jax.generate.stage", "generate", mode="baseline"),
+    StageRow("generate_prefix_only", "lasa_jax.generate.stage", "generate", mode="prefix_only"),
+    StageRow("generate_lasa", "lasa_jax.generate.stage", "generate", mode="lasa"),
     StageRow("evaluate", "lasa_jax.evaluate.stage", "evaluate"),
 )
 STAGES = tuple(row.name for row in STAGE_TABLE)
@@ -167,7 +167,7 @@ def config_hash(config: ml_collections.ConfigDict) -> str:
 
 def stage_status(workdir: str, stage: str) -> dict | None:
     path = os.path.join(_stage_dir(workdir, stage), DONE_FILE)
-    return read_json(path, "stage marker") if io_utils.isfile(path) else None
+    return read_json(path, "stage marker") if storage.isfile(path) else None
 
 
 def stage_decision(workdir: str, stage: str, digest: str, consumed: dict[str, str | None],
@@ -230,10 +230,10 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> 
         digest = config_hash(stage_config)
         consumed = {up: (stage_status(workdir, up) or {}).get("run_id") for up in inputs[stage]}
         action, reason = stage_decision(workdir, stage, digest, consumed, stage in rerun)
-        if action == "clear" and io_utils.isdir(stage_dir):
+        if action == "clear" and storage.isdir(stage_dir):
             log.info("pipeline: %s: clearing %s", reason, stage_dir)
             if is_writer():
-                io_utils.rmtree(stage_dir)
+                storage.rmtree(stage_dir)
         _barrier(f"pipeline-{stage}-start")
         if action == "skip":
             log.info("pipeline: %s %s, skipped", stage, reason)
@@ -241,7 +241,7 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> 
             continue
         log.info("pipeline: running %s in %s", stage, stage_dir)
         if is_writer():
-            io_utils.makedirs(stage_dir)
+            storage.makedirs(stage_dir)
             atomic_write_json(os.path.join(stage_dir, "config.json"), json.loads(stage_config.to_json_best_effort()))
         start = time.perf_counter()
         result = stage_module(row).run(stage_config, stage_dir, mesh)
@@ -263,8 +263,8 @@ def _check_memory_plan(config: ml_collections.ConfigDict, stages: list[str]) -> 
     preset's memory (`lasa_jax.memory_plan.check_pipeline`); the model's shapes come from `model_path`'s
     config.json or the paper model's architecture (no weights are read). Skipped without a known preset or shapes;
     `config.memory_plan` "warn" logs instead of raising, "off" skips it."""
-    from lasa_jax.config import ModelConfig
     from lasa_jax.memory_check import check_pipeline
+    from lasa_jax.models.config import ModelConfig
     from lasa_jax.presets import PAPER_MODELS, TPU_PRESETS
 
     preset, mode = config.get("preset", ""), config.get("memory_plan", "check")
@@ -272,7 +272,7 @@ def _check_memory_plan(config: ml_collections.ConfigDict, stages: list[str]) -> 
         raise InputError(f"{config_field('memory_plan')}: expected check, warn or off, got {mode!r}")
     if mode == "off" or (preset != "cpu" and preset not in TPU_PRESETS):
         return
-    if io_utils.isfile(os.path.join(config.model_path, "config.json")):
+    if storage.isfile(os.path.join(config.model_path, "config.json")):
         model_config = ModelConfig.from_pretrained(config.model_path)
     elif config.get("paper_model") in PAPER_MODELS:
         model_config = PAPER_MODELS[config.paper_model].model_config()

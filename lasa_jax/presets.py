@@ -4,7 +4,7 @@
 checkpoint's own config.json is what `from_pretrained` uses) and the bottleneck residual index reported by the
 authors (METHOD.md §3 table, residual-index convention of `lasa_jax.models.decoder`). One entry is not a paper
 model: `smollm2_135m`, the embedded real model (SmolLM2-135M-Instruct) for CPU runs; it has no published bottleneck
-(index -1: the run's own Locate picks it) and `asset` names its cached import (`lasa_jax.assets`), which configs use
+(index -1: the run's own Locate picks it) and `asset` names its cached import (`lasa_jax.infra.assets`), which configs use
 as model_path "asset:<asset>" instead of the hub id.
 
 `default_preset` is the preset the model's whole pipeline fits (`lasa_jax.memory_plan`), the one to pass as
@@ -17,7 +17,7 @@ chip can hold for these models. `lasa_jax.memory_plan` adds the rest (gathered w
 pipeline refuses a preset that cannot hold a stage; `kto_fits` applies it with a preset's own defaults. By that plan
 (max length 512): 7B-14B models train on v5p-8 (14B with the precomputed reference, its default) and pod slices;
 32B models need v5p-64 (their default_preset); no paper model's KTO fits v4-8 or v5e-8. Generation
-(`lasa_jax.continuous`) replicates the decode weights on a tensor=1 mesh (beside their stacked copy while they are
+(`lasa_jax.decoding.continuous`) replicates the decode weights on a tensor=1 mesh (beside their stacked copy while they are
 split per layer): 7-8B models generate on v5p-8 and v5p-64, none on v5e-8 (16 GiB chips) without a tensor axis;
 32B models need `mesh.tensor=2` on v5p-64 (their `default_mesh_tensor`; with tensor=1 the pipeline refuses in
 seconds and names it).
@@ -27,8 +27,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from lasa_jax.config import ModelConfig
-from lasa_jax.errors import InputError
+from lasa_jax.infra.errors import InputError
+from lasa_jax.models.config import ModelConfig
 
 
 @dataclasses.dataclass(frozen=True)

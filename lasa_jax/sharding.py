@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from lasa_jax.errors import InputError
+from lasa_jax.infra.errors import InputError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 

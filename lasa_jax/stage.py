@@ -1,7 +1,7 @@
 """The one contract every pipeline stage follows (locate, ssi, kto, generate, evaluate).
 
-A stage is one module (`lasa_jax.locate`, `lasa_jax.ssi.stage`, `lasa_jax.train.kto_stage`,
-`lasa_jax.generation_stage`, `lasa_jax.evaluate.stage`) that exposes:
+A stage is one module (`lasa_jax.locate.stage`, `lasa_jax.ssi.stage`, `lasa_jax.kto.stage`,
+`lasa_jax.generate.stage`, `lasa_jax.evaluate.stage`) that exposes:
 
     NAME: str                                       the stage's name ("locate", "ssi", "kto", "generate", "evaluate")
     settings(config) -> <Settings dataclass>        reads and validates its config section; the only code of the
@@ -21,7 +21,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
-from lasa_jax import io_utils
+from lasa_jax.infra import storage
 
 S = TypeVar("S")
 # exit status of a script whose stage stopped with status "preempted" (SIGTERM after a checkpoint; EX_TEMPFAIL):
@@ -66,16 +66,10 @@ def as_settings(config_or_settings: Any, settings_type: type[S], read: Callable[
     return read(config_or_settings)
 
 
-def config_field(name: str) -> str:
-    """How library errors name a config field: "config field kto.train.batch_size" (the CLI spells the same field
-    `--config.kto.train.batch_size`; library code never spells flags)."""
-    return f"config field {name}"
-
-
 def report_link(stage_dir: str, name: str, text: str | None = None) -> str:
     """A markdown link to `<stage_dir>/<name>` for the pipeline report, which sits in stage_dir's parent (the
     workdir): "[ssi/ssi/config.json](ssi/ssi/config.json)", or "<rel> (missing)" when the file does not exist."""
     import os
 
     rel = os.path.join(os.path.basename(os.path.normpath(stage_dir)), name)
-    return f"[{text or rel}]({rel})" if io_utils.exists(os.path.join(stage_dir, name)) else f"{text or rel} (missing)"
+    return f"[{text or rel}]({rel})" if storage.exists(os.path.join(stage_dir, name)) else f"{text or rel} (missing)"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 
-from lasa_jax.errors import InputError
+from lasa_jax.infra.errors import InputError
 
 # Chat templates (jinja, as `transformers` renders them). They follow the layout of the real templates of
 # Llama-3.1-Instruct, Qwen2.5-Instruct and Qwen3, shortened (no tool calling).

@@ -1,11 +1,12 @@
-"""Data loaders, one module per data-format family.
+"""Data files: readers of the sets the stages use, one module per family. Readers return plain rows; each stage
+converts them to its own types.
 
-- `languages`: language-name normalisation to ISO 639-1 codes.
-- `parallel`: parallel text for Locate (text, language, group_id, source).
+- `languages`: language names and scripts (ISO 639-1 codes).
+- `parallel`: parallel text (FLORES/SIB-200, PolyRefuse, MultiJail, ...) for Locate.
 - `labelled`: harmful/benign prompts for the SSI.
-- `preference` (subpackage, one module a step): paired/unpaired preference rows for KTO, latent labels,
-  tokenisation, class weights, KL pairing and resumable batches.
-- `benign`: the base model's cached answers to benign prompts (desirable KTO rows).
+- `preference` (subpackage): preference files (the authors' paired JSON, unpaired JSONL, the WildGuard-labelled
+  PolyRefuse completions) -> `PreferenceRow`s.
+- `groups`: query-group operations (subsampling, grouped splits, disjointness).
 - `heldout`: the held-out guard (no evaluation prompt enters training or selection).
 - `eval_sets`: held-out evaluation prompts (MultiJail, XSTest, OR-Bench, OKTest).
 """

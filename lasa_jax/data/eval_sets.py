@@ -7,7 +7,7 @@ These sets are evaluation-only: never train on them, pick layers or tune thresho
 Ids are namespaced by source ("multijail:<row id>:<lang>", "xstest:<id>", "or_bench_hard_test:<index>",
 "oktest:<index>") so that rows of different sets never collide. Languages are ISO 639-1 codes.
 
-Files are read with `lasa_jax.io_utils.read_json` / `iter_jsonl`: missing files raise FileNotFoundError and
+Files are read with `lasa_jax.infra.storage.read_json` / `iter_jsonl`: missing files raise FileNotFoundError and
 malformed content ValueError, both naming the file (and the line: "<path>:<line>").
 
 Eval-set specs (`load_eval_spec`, `load_eval_prompts`, `EvalSetSelection`): "multijail", "xstest_safe", ...,
@@ -25,8 +25,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from lasa_jax.data.languages import MULTIJAIL_LANGUAGES, normalize_language
-from lasa_jax.errors import InputError
-from lasa_jax.io_utils import iter_jsonl, read_json, require_file
+from lasa_jax.infra.errors import InputError
+from lasa_jax.infra.storage import iter_jsonl, read_json, require_file
 
 HARMFUL = "harmful"
 BENIGN = "benign"

@@ -15,7 +15,7 @@ orders exist only so that existing configs keep drawing exactly the groups they 
 were merged; new callers should use "sorted".
 
 Splitting (`grouped_split`): every group to exactly one named split, stratified by label; `check_disjoint_groups`
-verifies a split. (`lasa_jax.layer_probe.grouped_split` is a second, deliberate one: see its docstring.)
+verifies a split. (`lasa_jax.locate.probe.grouped_split` is a second, deliberate one: see its docstring.)
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from lasa_jax.errors import InputError
+from lasa_jax.infra.errors import InputError
 
 R = TypeVar("R")
 CANDIDATE_ORDERS = ("sorted", "first_seen")
@@ -64,7 +64,7 @@ def grouped_split(records: Sequence[R], fractions: Mapping[str, float], seed: in
     `np.random.default_rng(seed)` and cut by cumulative share (rounded; every split with a positive share gets at
     least one group of a label when that label has enough groups). Record order is preserved inside each split.
 
-    `lasa_jax.layer_probe.grouped_split` is a second, deliberate grouped split: a two-way train/val row mask over
+    `lasa_jax.locate.probe.grouped_split` is a second, deliberate grouped split: a two-way train/val row mask over
     arrays that include unlabelled rows (left in neither), taking val groups first with its own rounding. Merging
     the two would change the groups of every existing SSI split or Locate probe, so both stay.
     """

@@ -52,8 +52,7 @@ from lasa_jax.data.eval_sets import (
     load_or_bench_hard_test,
     load_xstest,
 )
-from lasa_jax.errors import InputError
-from lasa_jax.stage import config_field
+from lasa_jax.infra.errors import InputError, config_field
 
 log = logging.getLogger(__name__)
 

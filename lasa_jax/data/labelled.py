@@ -40,7 +40,6 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from lasa_jax.data.groups import check_disjoint_groups, grouped_split, limit_groups  # noqa: F401 (re-exported)
 from lasa_jax.data.heldout import NEAR_DUPLICATE_JACCARD, TextIndex
 from lasa_jax.data.languages import normalize_language
 from lasa_jax.data.parallel import (
@@ -51,8 +50,8 @@ from lasa_jax.data.parallel import (
     load_multijail,
     load_polyrefuse,
 )
-from lasa_jax.errors import InputError
-from lasa_jax.io_utils import iter_jsonl
+from lasa_jax.infra.errors import InputError
+from lasa_jax.infra.storage import iter_jsonl
 
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike

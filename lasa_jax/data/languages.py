@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from lasa_jax.errors import InputError
+from lasa_jax.infra.errors import InputError
 
 MULTIJAIL_LANGUAGES = ("en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv")
 

@@ -12,7 +12,7 @@ Loaders (paths are the dataset folders of /work/shared/data, see each folder's S
 - `load_translated_safety_json`: the reference code's `safety_train_translated.json` layout.
 - `load_parallel_jsonl` / `load_parallel_hub`: generic rows `{text|prompt, language, group_id[, label, source]}`.
 Filtering and the default Locate corpus (`filter_parallel_groups`, `check_parallel_corpus`, `keep_common_sources`,
-`default_locate_corpus`, `corpus_summary`) are in `lasa_jax.data.parallel_corpus`; they are re-exported here
+`default_locate_corpus`, `corpus_summary`) are in `lasa_jax.locate.corpus_filters`; they are re-exported here
 (resolved on first use, since that module imports this one).
 
 Size: ~360 lines, just over the 350-line aim: one job (the parallel-text loaders), six formats with their checks.
@@ -29,8 +29,8 @@ from typing import Any
 
 from lasa_jax.data.heldout import POLYREFUSE_MULTIJAIL_ROWS
 from lasa_jax.data.languages import MULTIJAIL_LANGUAGES, normalize_language
-from lasa_jax.errors import InputError
-from lasa_jax.io_utils import iter_jsonl, read_json
+from lasa_jax.infra.errors import InputError
+from lasa_jax.infra.storage import iter_jsonl, read_json
 
 PathLike = str | os.PathLike
 
@@ -355,9 +355,9 @@ _CORPUS_NAMES = ("check_parallel_corpus", "corpus_summary", "default_locate_corp
 
 
 def __getattr__(name: str):
-    """The corpus functions of `lasa_jax.data.parallel_corpus`, imported on first use."""
+    """The corpus functions of `lasa_jax.locate.corpus_filters`, imported on first use."""
     if name not in _CORPUS_NAMES:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from lasa_jax.data import parallel_corpus
+    from lasa_jax.locate import corpus_filters as parallel_corpus
 
     return getattr(parallel_corpus, name)

@@ -23,13 +23,12 @@ import os
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from lasa_jax import io_utils
 from lasa_jax.data.heldout import POLYREFUSE_MULTIJAIL_ROWS
-from lasa_jax.data.preference import COMPLETIONS_SUFFIX, read_completions_file
-from lasa_jax.errors import InputError
-from lasa_jax.evaluate.judges import INVALID, SAFETY_TASK, UNSAFE, Judge
-from lasa_jax.io_utils import atomic_write_json, atomic_write_text
-from lasa_jax.stage import config_field
+from lasa_jax.data.preference.polyrefuse import COMPLETIONS_SUFFIX, read_completions_file
+from lasa_jax.evaluate.verdicts import INVALID, SAFETY_TASK, UNSAFE, Judge
+from lasa_jax.infra import storage
+from lasa_jax.infra.errors import InputError, config_field
+from lasa_jax.infra.storage import atomic_write_json, atomic_write_text
 
 SPLITS = ("odd", "even", "all")
 GOAL_MAX_DELTA_POINTS = 5.0
@@ -198,7 +197,7 @@ def render_calibration_markdown(result: Mapping[str, Any]) -> str:
 
 def write_calibration(out_dir: str | os.PathLike, result: Mapping[str, Any]) -> tuple[str, str]:
     """Write calibration.json and calibration.md into `out_dir` atomically; return their paths."""
-    io_utils.makedirs(out_dir)
+    storage.makedirs(out_dir)
     json_path, md_path = os.path.join(out_dir, CALIBRATION_JSON), os.path.join(out_dir, CALIBRATION_MD)
     atomic_write_json(json_path, result)
     atomic_write_text(md_path, render_calibration_markdown(result))

@@ -7,8 +7,8 @@ import json
 import os
 from collections.abc import Sequence
 
-from lasa_jax import io_utils
 from lasa_jax.evaluate.verdicts import Judge, Verdict, check_pairs
+from lasa_jax.infra import storage
 
 
 def pair_key(prompt: str, response: str, language: str | None = None) -> str:
@@ -48,9 +48,9 @@ class CachedJudge:
 
     def _load(self) -> None:
         """Read the verdicts on the complete lines of the cache file (a truncated last line is ignored)."""
-        if not io_utils.exists(self.cache_path):
+        if not storage.exists(self.cache_path):
             return
-        with io_utils.open_file(self.cache_path, "rb") as f:
+        with storage.open_file(self.cache_path, "rb") as f:
             data = f.read()
         complete = data[: data.rfind(b"\n") + 1]
         for line_number, line in enumerate(complete.splitlines(), start=1):
@@ -67,8 +67,8 @@ class CachedJudge:
         if not self.write:
             return
         payload = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries).encode("utf-8")
-        if io_utils.is_url(self.cache_path):
-            return io_utils.append_after_complete_lines(self.cache_path, payload)
+        if storage.is_url(self.cache_path):
+            return storage.append_after_complete_lines(self.cache_path, payload)
         os.makedirs(os.path.dirname(os.path.abspath(self.cache_path)), exist_ok=True)
         with open(self.cache_path, "a+b") as f:
             _drop_unterminated_tail(f)

@@ -26,28 +26,13 @@ import hashlib
 import re
 from collections.abc import Callable, Sequence
 
-from lasa_jax.evaluate.heuristics import (  # noqa: F401  (re-exported: the judges' one import path)
-    INVALID_REASONS,
-    REFUSAL_PHRASES,
-    REFUSAL_WINDOW_CHARS,
-    RefusalHeuristicJudge,
-    invalid_reason,
-    is_refusal,
-    repetition_loop,
-    wrong_script,
-)
-from lasa_jax.evaluate.judge_cache import CachedJudge, _drop_unterminated_tail, pair_key  # noqa: F401
-from lasa_jax.evaluate.verdicts import (  # noqa: F401
-    APPROXIMATE_MARKER,
-    COMPLIANCE,
+from lasa_jax.evaluate.verdicts import (
     INVALID,
-    REFUSAL,
     REFUSAL_TASK,
     SAFE,
     SAFETY_TASK,
     TASK_LABELS,
     UNSAFE,
-    Judge,
     Verdict,
     check_pairs,
 )

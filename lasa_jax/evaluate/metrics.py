@@ -20,7 +20,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from lasa_jax.evaluate.judges import INVALID, REFUSAL, REFUSAL_TASK, SAFETY_TASK, TASK_LABELS, UNSAFE
+from lasa_jax.evaluate.verdicts import INVALID, REFUSAL, REFUSAL_TASK, SAFETY_TASK, TASK_LABELS, UNSAFE
 
 
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:

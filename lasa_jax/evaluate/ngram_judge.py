@@ -18,7 +18,7 @@ Training data (`train_ngram_judge`): the EVEN rows of every WildGuard-labelled f
 beside the weights. Artifact directory (`save_artifact` / `load_artifact`): `config.json` (feature and fit
 settings, training files with sha256, calibrated languages) + `weights.safetensors` (`w` [num_features] float32,
 `b` [1] float32) + `calibration.json` / `calibration.md`. `cached_ngram_judge(data_root)` trains it once and keeps
-it under `lasa_jax.assets.cache_dir()/judges/<name>/`, keyed by a hash of the settings and the training files.
+it under `lasa_jax.infra.assets.cache_dir()/judges/<name>/`, keyed by a hash of the settings and the training files.
 
 `NgramJudge` labels pairs in the calibrated languages with the model, other languages with the refusal-phrase
 heuristic (`RefusalHeuristicJudge`, marked uncalibrated in the report); every language first goes through the
@@ -38,18 +38,10 @@ from typing import Any
 
 import numpy as np
 
-from lasa_jax.errors import InputError
-from lasa_jax.evaluate.judges import (
-    INVALID,
-    SAFE,
-    SAFETY_TASK,
-    UNSAFE,
-    RefusalHeuristicJudge,
-    Verdict,
-    invalid_reason,
-)
-from lasa_jax.evaluate.verdicts import check_pairs
-from lasa_jax.io_utils import atomic_directory, read_json, sha256_file
+from lasa_jax.evaluate.heuristics import RefusalHeuristicJudge, invalid_reason
+from lasa_jax.evaluate.verdicts import INVALID, SAFE, SAFETY_TASK, UNSAFE, Verdict, check_pairs
+from lasa_jax.infra.errors import InputError
+from lasa_jax.infra.storage import atomic_directory, read_json, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -280,8 +272,8 @@ def train_ngram_judge(root: str | os.PathLike, settings: NgramSettings = NgramSe
 
 def ngram_cache_dir(root: str | os.PathLike, settings: NgramSettings = NgramSettings()) -> str:
     """`<cache_dir()>/judges/ngram-lr-<key>`: where `cached_ngram_judge` keeps the judge trained on `root`."""
-    from lasa_jax.assets import cache_dir
     from lasa_jax.evaluate.calibration import labelled_files
+    from lasa_jax.infra.assets import cache_dir
 
     key = _training_key(labelled_files(root), settings)
     return os.path.join(os.fspath(cache_dir()), "judges", f"ngram-lr-{key[:16]}")

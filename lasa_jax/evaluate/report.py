@@ -23,20 +23,17 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lasa_jax import io_utils
 from lasa_jax.data.eval_sets import EvalPrompt
 from lasa_jax.data.languages import MULTIJAIL_LANGUAGES
-from lasa_jax.evaluate.judges import APPROXIMATE_MARKER, REFUSAL, Judge
+from lasa_jax.decoding.answers import GATED_MODES
 from lasa_jax.evaluate.metrics import Rate, asr_summary, refusal_by_language, refusal_summary
-from lasa_jax.evaluate.report_markdown import (  # noqa: F401  (re-exported)
-    calibration_lines,
-    render_comparison,
+from lasa_jax.evaluate.report_markdown import (
     render_markdown,
-    render_utility_markdown,
 )
 from lasa_jax.evaluate.report_plots import ASR_CHART_PNG, SYSTEMS_CHART_PNG, plot_asr, plot_comparison
-from lasa_jax.inference import GATED_MODES
-from lasa_jax.io_utils import atomic_write_json, atomic_write_text
+from lasa_jax.evaluate.verdicts import APPROXIMATE_MARKER, REFUSAL, Judge
+from lasa_jax.infra import storage
+from lasa_jax.infra.storage import atomic_write_json, atomic_write_text
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -187,7 +184,7 @@ def write_report(out_dir: str | os.PathLike, asr_rows: Mapping[str, Rows], *, sa
     atomically); return the report."""
     report = build_report(asr_rows, safety_judge=safety_judge, refusal_rows=refusal_rows,
                           refusal_judge=refusal_judge, ssi_rows=ssi_rows, z=z, safety_calibration=safety_calibration)
-    io_utils.makedirs(out_dir)
+    storage.makedirs(out_dir)
     atomic_write_json(os.path.join(out_dir, REPORT_JSON), report)
     atomic_write_text(os.path.join(out_dir, REPORT_MD), render_markdown(report))
     plot_asr(report, os.path.join(out_dir, ASR_CHART_PNG))

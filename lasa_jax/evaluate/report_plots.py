@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from lasa_jax.io_utils import atomic_path
+from lasa_jax.infra.storage import atomic_path
 
 ASR_CHART_PNG = "asr_by_language.png"
 SYSTEMS_CHART_PNG = "systems_by_language.png"

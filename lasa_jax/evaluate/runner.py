@@ -4,7 +4,7 @@ charts (the evaluate stage itself, reading its config: `lasa_jax.evaluate.stage`
     evaluation = evaluate_generations({"baseline": baseline_records, "prefix_only": prefix_only_records,
                                        "lasa": lasa_records}, out_dir, safety_judge=judge, refusal_judge=refusal_judge)
 
-Which records feed which metric (records as `lasa_jax.inference` writes them):
+Which records feed which metric (records as `lasa_jax.decoding.answers` writes them):
 - ASR: records with expected "harmful" whose source is in `asr_sources` (default MultiJail), judged by the safety
   judge ("safe" / "unsafe" / "invalid"), per language.
 - Refusal: records whose source is in `refusal_sources` (XSTest, OR-Bench-hard-test, OKTest), judged by the
@@ -27,26 +27,19 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lasa_jax import io_utils
 from lasa_jax.data.eval_sets import EvalPrompt
-from lasa_jax.errors import InputError
-from lasa_jax.evaluate.judges import (
-    REFUSAL_TASK,
-    SAFETY_TASK,
-    GenerateFn,
-    Judge,
-    LlamaGuard3Judge,
-    RefusalHeuristicJudge,
-    RefusalRubricJudge,
-    RubricJudge,
-)
+from lasa_jax.decoding.answers import stop_token_ids
+from lasa_jax.decoding.generate import generate_batched
+from lasa_jax.evaluate.heuristics import RefusalHeuristicJudge
+from lasa_jax.evaluate.judges import GenerateFn, LlamaGuard3Judge, RefusalRubricJudge, RubricJudge
 from lasa_jax.evaluate.report import build_report, judge_responses, write_report
-from lasa_jax.generate import generate_batched
-from lasa_jax.inference import stop_token_ids
-from lasa_jax.io_utils import read_json, write_jsonl
-from lasa_jax.runtime import is_writer, load_model, load_tokenizer
-from lasa_jax.runtime import template_kwargs as config_template_kwargs
-from lasa_jax.stage import config_field
+from lasa_jax.evaluate.verdicts import REFUSAL_TASK, SAFETY_TASK, Judge
+from lasa_jax.infra import storage
+from lasa_jax.infra.base_config import template_kwargs as config_template_kwargs
+from lasa_jax.infra.distributed import is_writer
+from lasa_jax.infra.errors import InputError, config_field
+from lasa_jax.infra.storage import read_json, write_jsonl
+from lasa_jax.models.loading import load_model, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -188,12 +181,12 @@ def find_calibration(judge: Judge, explicit_path: str = "", labelled: str = "",
         if result.get("judge") != judge.name:
             raise InputError(f"{path}: calibration of judge {result.get('judge')!r}, but the judge that runs is "
                              f"{judge.name!r}")
-        return calibration_summary(result, io_utils.absolute(path))
+        return calibration_summary(result, storage.absolute(path))
     if isinstance(inner, RefusalHeuristicJudge) and has_labelled_data(labelled):
         result = calibrate(inner, load_labelled_responses(labelled, split="odd"), split="odd", data_root=labelled)
         if out_dir and is_writer():
             path = write_calibration(os.path.join(out_dir, "judge_calibration"), result)[0]
-        return calibration_summary(result, io_utils.absolute(path) if path else "")
+        return calibration_summary(result, storage.absolute(path) if path else "")
     return None
 
 

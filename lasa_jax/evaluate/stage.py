@@ -18,9 +18,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from lasa_jax import io_utils
-from lasa_jax.errors import InputError
-from lasa_jax.evaluate.judges import REFUSAL_TASK, SAFETY_TASK, CachedJudge
+from lasa_jax.decoding.answers import read_generations
+from lasa_jax.evaluate.judge_cache import CachedJudge
 from lasa_jax.evaluate.runner import (
     EVALUATION_META,
     JUDGE_KINDS,
@@ -32,11 +31,14 @@ from lasa_jax.evaluate.runner import (
     find_calibration,
     labelled_dir,
 )
-from lasa_jax.inference import read_generations
-from lasa_jax.io_utils import atomic_write_json, read_json, sha256_file
-from lasa_jax.runtime import comma_list, is_writer
-from lasa_jax.runtime import template_kwargs as config_template_kwargs
-from lasa_jax.stage import StageResult, as_settings, config_field, report_link
+from lasa_jax.evaluate.verdicts import REFUSAL_TASK, SAFETY_TASK
+from lasa_jax.infra import storage
+from lasa_jax.infra.base_config import comma_list
+from lasa_jax.infra.base_config import template_kwargs as config_template_kwargs
+from lasa_jax.infra.distributed import is_writer
+from lasa_jax.infra.errors import InputError, config_field
+from lasa_jax.infra.storage import atomic_write_json, read_json, sha256_file
+from lasa_jax.stage import StageResult, as_settings, report_link
 
 log = logging.getLogger(__name__)
 NAME = "evaluate"
@@ -161,11 +163,11 @@ def run(config_or_settings, workdir: str, mesh=None) -> StageResult:
         refusal_sources=s.refusal_sources, paired=s.paired, z=s.z, safety_calibration=calibration)
     judges = [judge for judge in (safety, refusal) if judge is not None]
     report = _add_utility(s, workdir, mesh, evaluation.report)
-    meta = {"inputs": {name: {"path": io_utils.absolute(path), "sha256": sha256_file(path)}
+    meta = {"inputs": {name: {"path": storage.absolute(path), "sha256": sha256_file(path)}
                        for name, path in s.systems.items()},
             "safety_judge": safety.name, "refusal_judge": refusal.name if refusal else None,
             "safety_judge_calibration": calibration["path"] if calibration else None,
-            "judge_cache": {"dir": io_utils.absolute(cache_dir), "hits": sum(judge.hits for judge in judges),
+            "judge_cache": {"dir": storage.absolute(cache_dir), "hits": sum(judge.hits for judge in judges),
                             "misses": sum(judge.misses for judge in judges)},
             "paired": s.paired, **evaluation.counts}
     if is_writer():
@@ -214,7 +216,7 @@ def report_lines(stage_dir: str) -> list[str]:
     from lasa_jax.evaluate.report import REPORT_JSON, REPORT_MD
 
     path = os.path.join(stage_dir, REPORT_JSON)
-    lines = headline_lines(read_json(path)) if io_utils.isfile(path) else []
+    lines = headline_lines(read_json(path)) if storage.isfile(path) else []
     links = [report_link(stage_dir, name) for name in (REPORT_MD, REPORT_JSON, "asr_by_language.png",
                                                        "systems_by_language.png")]
     return lines + ["- " + ", ".join(links)]

@@ -42,18 +42,17 @@ from typing import Any
 
 import numpy as np
 
-from lasa_jax import io_utils
 from lasa_jax.data.languages import MULTIJAIL_LANGUAGES, normalize_language
 from lasa_jax.data.parallel import flores_sib200_rows
-from lasa_jax.errors import InputError
 from lasa_jax.evaluate.metrics import Rate
-from lasa_jax.evaluate.utility_scoring import (  # noqa: F401  (re-exported)
+from lasa_jax.evaluate.utility_scoring import (
     NORMALIZATIONS,
     label_logprobs,
-    label_logps_step,
     predict_labels,
     sentence_nll,
 )
+from lasa_jax.infra import storage
+from lasa_jax.infra.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +250,7 @@ TOKENISATION_NOTE = ("raw text with the tokenizer's default special tokens; labe
 
 def settings_from_config(utility) -> UtilitySettings:
     """`UtilitySettings` of configs/evaluate.py's `utility` section (max_sentences 0 = all)."""
-    from lasa_jax.runtime import comma_list
+    from lasa_jax.infra.base_config import comma_list
 
     return UtilitySettings(languages=tuple(normalize_language(lang) for lang in comma_list(utility.languages)),
                            max_sentences=int(utility.max_sentences) or None, split=str(utility.split),
@@ -273,8 +272,9 @@ def run_utility(config, mesh=None, out_dir: str | None = None) -> dict[str, Any]
     {"status": "not run", "reason"} (disabled, no data_root, no FLORES/SIB-200 under it, no model paths).
     With `out_dir` (process 0), per-sentence rows go to utility_<system>.jsonl.
     """
-    from lasa_jax.io_utils import write_jsonl
-    from lasa_jax.runtime import is_writer, load_model, load_tokenizer
+    from lasa_jax.infra.distributed import is_writer
+    from lasa_jax.infra.storage import write_jsonl
+    from lasa_jax.models.loading import load_model, load_tokenizer
 
     utility = config.utility
     if not utility.enabled:
@@ -295,7 +295,7 @@ def run_utility(config, mesh=None, out_dir: str | None = None) -> dict[str, Any]
     for name, path in models.items():
         model = load_model(config, mesh, path=path)
         summaries[name], rows[name] = evaluate_utility(model, tokenizer, data, settings)
-        summaries[name]["model_path"] = io_utils.absolute(path)
+        summaries[name]["model_path"] = storage.absolute(path)
         del model
         log.info("utility %s: macro SIB-200 accuracy %.3f, macro NLL/token %.3f (%.0f s)", name,
                  summaries[name]["macro_accuracy"], summaries[name]["macro_nll"], summaries[name]["wall_s"])
@@ -304,6 +304,6 @@ def run_utility(config, mesh=None, out_dir: str | None = None) -> dict[str, Any]
     reference = "baseline" if "baseline" in rows else None
     return {"status": "ran", "settings": {**dataclasses.asdict(settings), "prompt": topic_prompt("<text>"),
                                           "labels": list(SIB200_TOPICS), "tokenisation": TOKENISATION_NOTE,
-                                          "tokenizer": io_utils.absolute(tokenizer_path), "data": dataset_dir},
+                                          "tokenizer": storage.absolute(tokenizer_path), "data": dataset_dir},
             "languages": list(settings.languages), "systems": summaries, "reference": reference,
             "differences": compare_utility(rows, reference, settings.z) if reference else {}}

@@ -8,9 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lasa_jax.activations import bucketed_batches, default_batch_size
-from lasa_jax.errors import InputError
-from lasa_jax.models.decoder import forward, init_cache, lm_logits
+from lasa_jax.infra.errors import InputError
+from lasa_jax.models.blocks import lm_logits
+from lasa_jax.models.capture import bucketed_batches, default_batch_size
+from lasa_jax.models.decoder import forward
+from lasa_jax.models.kv_cache import init_cache
 from lasa_jax.sharding import put_batch, to_host
 
 NORMALIZATIONS = ("token", "none")
@@ -86,7 +88,7 @@ def sentence_nll(model, token_ids: Sequence[np.ndarray], *, batch_size: int | No
                  pad_id: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(summed NLL over tokens 1.., number of those tokens) per sentence, float64 / int64, in input order.
     Sentences need >= 2 tokens."""
-    from lasa_jax.train.kto_step import batch_logps
+    from lasa_jax.models.logprobs import batch_logps
 
     short = [i for i, ids in enumerate(token_ids) if len(ids) < 2]
     if short:

@@ -36,8 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lasa_jax.config import ATTENTION_BACKENDS
-from lasa_jax.errors import InputError
+from lasa_jax.infra.errors import InputError
+from lasa_jax.models.config import ATTENTION_BACKENDS
 
 MASK_VALUE = -1e30  # finite: a fully masked (padding) query row gives a uniform softmax, never NaN
 SPLASH_BLOCKS = (512, 256, 128)  # splash tile sizes tried, largest first (the kernel needs multiples of 128)

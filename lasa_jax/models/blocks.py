@@ -12,9 +12,9 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
-from lasa_jax.config import ModelConfig
 from lasa_jax.models import kv_cache
-from lasa_jax.models.attention_kernels import MASK_VALUE, attention  # noqa: F401  (re-exported)
+from lasa_jax.models.attention_kernels import attention
+from lasa_jax.models.config import ModelConfig
 from lasa_jax.sharding import constrain
 
 ACT = ("batch", "length", "act_embed")  # logical axes of the residual stream (B, T, D)

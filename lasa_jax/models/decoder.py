@@ -39,15 +39,11 @@ import numpy as np
 from flax import nnx, struct, traverse_util
 from jax.sharding import Mesh
 
-from lasa_jax.config import ModelConfig
-from lasa_jax.errors import InputError
+from lasa_jax.infra.errors import InputError
 from lasa_jax.models import kv_cache
-from lasa_jax.models.blocks import (  # noqa: F401
+from lasa_jax.models.blocks import (
     ACT,
-    MASK_VALUE,
     DecoderBlocks,
-    apply_rope,
-    attention,
     block,
     embed_tokens,
     jnp_dtype,
@@ -57,7 +53,7 @@ from lasa_jax.models.blocks import (  # noqa: F401
     rms_norm,
     rope_cos_sin,
 )
-from lasa_jax.models.kv_cache import init_cache  # noqa: F401  (re-exported)
+from lasa_jax.models.config import ModelConfig
 from lasa_jax.sharding import batch_shards, constrain, put_batch
 
 Params = dict[str, Any]

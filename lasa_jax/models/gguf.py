@@ -20,7 +20,7 @@ build a wrong model silently: a tensor that maps to no parameter of the architec
 (transformers falls back to the Qwen3Config default of 128, which equals key_length in released Qwen3 files).
 
 The converted model is held in host memory once (float32: 4 bytes per parameter) and written as one
-safetensors file; the output directory appears only when complete (`io_utils.atomic_directory`).
+safetensors file; the output directory appears only when complete (`storage.atomic_directory`).
 """
 from __future__ import annotations
 
@@ -32,9 +32,9 @@ import time
 
 import numpy as np
 
-from lasa_jax.errors import InputError
-from lasa_jax.io_utils import atomic_directory, set_default_permissions, sha256_file
-from lasa_jax.models.hf import ARCHITECTURES, NP_DTYPES
+from lasa_jax.infra.errors import InputError
+from lasa_jax.infra.storage import atomic_directory, set_default_permissions, sha256_file
+from lasa_jax.models.hf_layout import ARCHITECTURES, NP_DTYPES
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,11 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 
-from lasa_jax import io_utils
-from lasa_jax.config import ModelConfig
-from lasa_jax.errors import InputError
-from lasa_jax.io_utils import read_json
+from lasa_jax.infra import storage
+from lasa_jax.infra.errors import InputError
+from lasa_jax.infra.storage import read_json
+from lasa_jax.infra.trees import describe_diff, shape_diff
+from lasa_jax.models.config import ModelConfig
 from lasa_jax.models.decoder import Decoder, abstract_decoder, param_shardings
 from lasa_jax.models.hf_layout import (
     IGNORED_HF_TENSORS,
@@ -43,7 +44,6 @@ from lasa_jax.models.hf_layout import (
 )
 from lasa_jax.models.integrity import check_dtypes
 from lasa_jax.sharding import check_replicated, logical_to_spec
-from lasa_jax.trees import describe_diff, shape_diff
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def resolve_model_path(path: str | os.PathLike) -> str:
     """A local directory (or a URL of one) as is; otherwise a hub id `org/name` is downloaded (safetensors +
     configs only)."""
     path = os.fspath(path)
-    if os.path.isdir(path) or (io_utils.is_url(path) and io_utils.isdir(path)):
+    if os.path.isdir(path) or (storage.is_url(path) and storage.isdir(path)):
         return path  # a URL is downloaded by from_pretrained
     if os.path.exists(path):
         raise InputError(f"{path}: expected a Hugging Face model directory, got a file")
@@ -94,8 +94,8 @@ def from_pretrained(path: str | os.PathLike, dtype: str = "float32", mesh: Mesh 
 
     A URL (gs://, memory://) is downloaded to a temporary directory first; `source_path` stays the URL.
     """
-    if io_utils.is_url(path):
-        with io_utils.local_copy(path) as local:
+    if storage.is_url(path):
+        with storage.local_copy(path) as local:
             model = from_pretrained(local, dtype, mesh, compute_dtype=compute_dtype, scan_layers=scan_layers,
                                     remat_policy=remat_policy, attention_backend=attention_backend,
                                     replicated_warning_bytes=replicated_warning_bytes)
@@ -175,8 +175,8 @@ def model_fingerprint(path: str | os.PathLike, windows_per_tensor: int = 3, wind
     outside the sampled windows would go unnoticed (it is a guard against mix-ups, not a cryptographic digest).
     An exported copy of a model (same dtype) has the same fingerprint.
     """
-    if io_utils.is_url(path):
-        with io_utils.local_copy(path) as local:
+    if storage.is_url(path):
+        with storage.local_copy(path) as local:
             return model_fingerprint(local, windows_per_tensor, window_bytes)
     directory = os.fspath(path)
     h = hashlib.sha256()
@@ -203,12 +203,3 @@ def model_fingerprint(path: str | os.PathLike, windows_per_tensor: int = 3, wind
 
 
 # export and the layout tables, re-exported: lasa_jax.models.hf stays the one import path for HF checkpoints
-from lasa_jax.models.hf_export import iter_hf_tensors, save_pretrained  # noqa: E402,F401  (re-exported)
-from lasa_jax.models.hf_layout import (  # noqa: E402,F401  (re-exported)
-    ARCHITECTURES,
-    LAYER_TENSORS,
-    SAFETENSORS_DTYPES,
-    TOKENIZER_FILES,
-    TOP_TENSORS,
-    to_hf_layout,
-)

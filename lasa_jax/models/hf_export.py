@@ -3,7 +3,7 @@
 Export gathers one HF tensor (one layer of one stacked parameter) at a time, writes `model-0000k-of-0000N.safetensors`
 shards capped at `max_shard_size` plus `model.safetensors.index.json`, `config.json` (through the transformers
 config class), and the tokenizer / generation config files of the source directory, into a temporary directory
-that is renamed at the end (a URL: written locally, then copied; `lasa_jax.io_utils`).
+that is renamed at the end (a URL: written locally, then copied; `lasa_jax.infra.storage`).
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from collections.abc import Iterator
 import jax
 import numpy as np
 
-from lasa_jax import io_utils
-from lasa_jax.errors import InputError
-from lasa_jax.io_utils import atomic_directory, set_default_permissions, write_failed
+from lasa_jax.infra import storage
+from lasa_jax.infra.errors import InputError
+from lasa_jax.infra.storage import atomic_directory, set_default_permissions, write_failed
 from lasa_jax.models.decoder import Decoder
 from lasa_jax.models.hf_layout import ARCHITECTURES, NP_DTYPES, TOKENIZER_FILES, _get, param_mappings, to_hf_layout
 from lasa_jax.sharding import to_host
@@ -67,11 +67,11 @@ def save_pretrained(model: Decoder, out_dir: str | os.PathLike, *, dtype: str | 
     from `tokenizer_source` (default: the directory the model was loaded from). On a multi-process run every
     process must call this (tensors are gathered collectively); only process 0 writes. Returns out_dir on the
     writing process. `out_dir` may be a URL (gs://, memory://): the files are written to a local temporary
-    directory (transformers and safetensors write local files), then copied there (`io_utils.atomic_directory`).
+    directory (transformers and safetensors write local files), then copied there (`storage.atomic_directory`).
     """
-    out_dir = os.fspath(out_dir) if io_utils.is_url(out_dir) else os.path.abspath(os.fspath(out_dir))
+    out_dir = os.fspath(out_dir) if storage.is_url(out_dir) else os.path.abspath(os.fspath(out_dir))
     writer = jax.process_index() == 0
-    if writer and io_utils.exists(out_dir) and not overwrite:
+    if writer and storage.exists(out_dir) and not overwrite:
         raise FileExistsError(f"{out_dir} already exists; pass overwrite=True to replace it")
     dtype = dtype or model.config.param_dtype
     if dtype not in NP_DTYPES:
@@ -115,8 +115,8 @@ def _write_config(model: Decoder, dtype: str, directory: str) -> None:
 
     hf = {}
     source = model.source_path
-    if source and io_utils.isfile(os.path.join(source, "config.json")):
-        with io_utils.open_file(os.path.join(source, "config.json")) as f:
+    if source and storage.isfile(os.path.join(source, "config.json")):
+        with storage.open_file(os.path.join(source, "config.json")) as f:
             hf = json.load(f)
         for legacy in ("rope_theta", "rope_scaling"):
             hf.pop(legacy, None)
@@ -134,10 +134,10 @@ def _copy_tokenizer_files(source: str | os.PathLike | None, directory: str) -> N
         return
     for name in TOKENIZER_FILES:
         src = os.path.join(source, name)
-        if io_utils.is_url(src) and io_utils.isfile(src):
-            with io_utils.open_file(src, "rb") as fin, open(os.path.join(directory, name), "wb") as fout:
+        if storage.is_url(src) and storage.isfile(src):
+            with storage.open_file(src, "rb") as fin, open(os.path.join(directory, name), "wb") as fout:
                 shutil.copyfileobj(fin, fout)
-        elif not io_utils.is_url(src) and os.path.isfile(src):
+        elif not storage.is_url(src) and os.path.isfile(src):
             shutil.copy2(src, os.path.join(directory, name))
 
 

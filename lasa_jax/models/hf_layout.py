@@ -13,7 +13,7 @@ import ml_dtypes
 import numpy as np
 from flax import nnx
 
-from lasa_jax.errors import InputError
+from lasa_jax.infra.errors import InputError
 from lasa_jax.models.decoder import Decoder
 from lasa_jax.models.integrity import check_shards, read_header, read_index
 

@@ -2,7 +2,7 @@
 
 Everything here reads only file sizes, the safetensors headers, the index and config.json (and the tokenizer for
 `check_tokenizer`), so a broken checkpoint is reported before any device memory is used. Every problem raises one
-`lasa_jax.errors.InputError` naming the file, the tensor or field, what was expected and what was found.
+`lasa_jax.infra.errors.InputError` naming the file, the tensor or field, what was expected and what was found.
 
 A safetensors file is an 8-byte little-endian header length n, then n bytes of JSON
 `{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}`, then the data buffer; offsets
@@ -21,7 +21,7 @@ import struct
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from lasa_jax.errors import InputError
+from lasa_jax.infra.errors import InputError
 
 INDEX_FILE = "model.safetensors.index.json"
 # safetensors dtype -> item size in bytes

@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from lasa_jax.config import ModelConfig
+from lasa_jax.models.config import ModelConfig
 
 
 def init_cache(config: ModelConfig, batch_size: int, max_length: int, dtype=None) -> dict:

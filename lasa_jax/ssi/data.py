@@ -37,13 +37,11 @@ import pathlib
 from typing import Any
 
 from lasa_jax.data.eval_sets import MULTIJAIL_CSV
+from lasa_jax.data.groups import check_disjoint_groups, grouped_split, limit_groups
 from lasa_jax.data.heldout import check_source_names, guard_inputs
 from lasa_jax.data.labelled import (
     LabelledPrompt,
-    check_disjoint_groups,
     drop_near_duplicate_groups,
-    grouped_split,
-    limit_groups,
     load_flores_benign,
     load_labelled_jsonl,
     load_multijail_prompts,
@@ -54,8 +52,7 @@ from lasa_jax.data.labelled import (
     split_summary,
 )
 from lasa_jax.data.languages import MULTIJAIL_LANGUAGES, normalize_language
-from lasa_jax.errors import InputError
-from lasa_jax.stage import config_field
+from lasa_jax.infra.errors import InputError, config_field
 
 log = logging.getLogger(__name__)
 DATA_SOURCES = ("polyrefuse", "jsonl", "authors")

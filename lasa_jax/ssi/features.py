@@ -1,12 +1,12 @@
 """SSI input features: the pooled residual stream at one residual index, from a truncated frozen trunk.
 
-`prompt_features` tokenises prompts with `lasa_jax.activations.tokenize_prompts` (raw text by default, or the chat
-template; over-long prompts lose their oldest user-content tokens) and runs `lasa_jax.activations.capture` with
+`prompt_features` tokenises prompts with `lasa_jax.models.capture.tokenize_prompts` (raw text by default, or the chat
+template; over-long prompts lose their oldest user-content tokens) and runs `lasa_jax.models.capture.capture` with
 `residual_index=k`, which runs only the embedding and the first k blocks (plus the final norm when k == L), batched,
 length-bucketed and sharded over the model's mesh. Training and inference call this same function with the settings
 stored in the SSI artifact, so the token sequences and the feature position match (METHOD.md §9 items 1, 6, 7).
 
-Cache: with `cache_dir`, features are stored through `lasa_jax.activation_cache` (the one activation cache, also
+Cache: with `cache_dir`, features are stored through `lasa_jax.models.activation_cache` (the one activation cache, also
 Locate's): entry `<cache_dir>/ssi_features_k<k>_<pooling>_<key>.{npz,json}`, keyed by the model fingerprint and
 dtypes, k, pooling, chat-template flag and kwargs, max_length and the token ids themselves (which cover the prompt
 texts, their order, the tokenizer and truncation). A hit returns the stored array; anything that changes the
@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from lasa_jax import activation_cache, io_utils
-from lasa_jax.activations import capture, token_ids_digest, tokenize_prompts
+from lasa_jax.infra import storage
+from lasa_jax.models import activation_cache
+from lasa_jax.models.capture import capture, token_ids_digest, tokenize_prompts
 
 log = logging.getLogger(__name__)
 # Fixed multilingual probe prompts: their token ids identify the tokenisation an SSI was trained with.
@@ -42,7 +43,7 @@ def tokenization_fingerprint(tokenizer, *, chat_template: bool, max_length: int,
 
 def feature_cache_key(model, token_ids: Sequence[np.ndarray], *, residual_index: int, pooling: str,
                       chat_template: bool, max_length: int, template_kwargs: Mapping[str, Any] | None) -> str:
-    """Hex key of the features `prompt_features` computes for these inputs (`lasa_jax.activation_cache`)."""
+    """Hex key of the features `prompt_features` computes for these inputs (`lasa_jax.models.activation_cache`)."""
     return activation_cache.entry_key(activation_cache.key_description(
         model, token_ids, residual_index=residual_index, pooling=pooling, chat_template=chat_template,
         max_length=max_length, template_kwargs=template_kwargs))
@@ -54,7 +55,7 @@ def prompt_features(model, tokenizer, prompts: Sequence[str], *, residual_index:
                     cache_dir: str | os.PathLike | None = None, progress: bool = True) -> np.ndarray:
     """(N, D) float32 features of `prompts` at `residual_index` (module docstring), optionally cached.
 
-    batch_size: prompts per forward pass; None = `lasa_jax.activations.default_batch_size`.
+    batch_size: prompts per forward pass; None = `lasa_jax.models.capture.default_batch_size`.
     """
     if not 0 <= residual_index <= model.config.num_layers:
         raise ValueError(f"residual_index must be in [0, {model.config.num_layers}] for this model, "
@@ -72,7 +73,7 @@ def prompt_features(model, tokenizer, prompts: Sequence[str], *, residual_index:
                 model, token_ids, residual_index=residual_index, pooling=pooling, chat_template=chat_template,
                 max_length=max_length, template_kwargs=template_kwargs)
             key = activation_cache.entry_key(description)
-            entry = (io_utils.to_path(cache_dir) / f"ssi_features_k{residual_index}_{pooling}_{key}", key, description)
+            entry = (storage.to_path(cache_dir) / f"ssi_features_k{residual_index}_{pooling}_{key}", key, description)
             cached = activation_cache.read_entry(entry[0], key, (len(prompts), model.config.hidden_size))
             if cached is not None:
                 log.info("SSI features: %d prompts from cache %s", len(prompts), entry[0])

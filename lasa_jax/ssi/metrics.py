@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from lasa_jax.evaluate.metrics import wilson_interval
-from lasa_jax.io_utils import atomic_path
+from lasa_jax.infra.storage import atomic_path
 
 THRESHOLD_RULES = ("tpr_at_fpr", "accuracy")
 DECISION_RULE = ("harmful iff logit > threshold_logit (threshold = sigmoid(threshold_logit); artifacts without "

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lasa_jax.trees import describe_diff, flatten, shape_diff, unflatten
+from lasa_jax.infra.trees import describe_diff, flatten, shape_diff, unflatten
 
 LAYER_NORM_EPS = 1e-5
 STANDARDIZE_EPS = 1e-6

@@ -28,19 +28,20 @@ from typing import Any
 
 import numpy as np
 
-from lasa_jax import io_utils
 from lasa_jax.data.labelled import split_summary
-from lasa_jax.errors import InputError
-from lasa_jax.io_utils import read_json
-from lasa_jax.runtime import is_writer, load_model, load_tokenizer
-from lasa_jax.runtime import template_kwargs as runtime_template_kwargs
+from lasa_jax.infra import storage
+from lasa_jax.infra.base_config import template_kwargs as runtime_template_kwargs
+from lasa_jax.infra.distributed import is_writer
+from lasa_jax.infra.errors import InputError, config_field
+from lasa_jax.infra.storage import read_json
+from lasa_jax.models.loading import load_model, load_tokenizer
 from lasa_jax.ssi.artifact import ARTIFACT_SUBDIR, METRICS_FILE, SSI, SSIConfig, save_ssi
 from lasa_jax.ssi.data import SSIData, load_ssi_data
 from lasa_jax.ssi.features import prompt_features, tokenization_fingerprint
 from lasa_jax.ssi.metrics import DECISION_RULE, choose_threshold, classification_metrics, evaluate_by_language
 from lasa_jax.ssi.mlp import resolve_hidden_dims
 from lasa_jax.ssi.training import TrainSettings, train_classifier
-from lasa_jax.stage import StageResult, as_settings, config_field, report_link
+from lasa_jax.stage import StageResult, as_settings, report_link
 
 log = logging.getLogger(__name__)
 NAME = "ssi"
@@ -111,7 +112,7 @@ def resolve_residual_index(config, model=None) -> int:
     if not config.locate_workdir:
         raise InputError(f"set {config_field('residual_index')} to K or {config_field('locate_workdir')} to a Locate "
                          "workdir (with bottleneck.json) to read k* from")
-    from lasa_jax.bottleneck import load_bottleneck, verdict_line
+    from lasa_jax.locate.report import load_bottleneck, verdict_line
 
     report = load_bottleneck(config.locate_workdir)
     if model is not None:
@@ -250,7 +251,7 @@ def run(config_or_settings, workdir: str | os.PathLike, mesh=None) -> StageResul
     """Run the SSI stage; writes `<workdir>/ssi/`; details = the metrics dict."""
     s = as_settings(config_or_settings, SSISettings, settings)
     start = time.perf_counter()
-    artifact_dir = io_utils.to_path(workdir) / ARTIFACT_SUBDIR
+    artifact_dir = storage.to_path(workdir) / ARTIFACT_SUBDIR
     if artifact_dir.exists() and not s.overwrite:
         finished = _finished_metrics(artifact_dir, s.run_hash)
         if finished is not None:  # this very run finished before (e.g. killed after the artifact was written)
@@ -261,7 +262,7 @@ def run(config_or_settings, workdir: str | os.PathLike, mesh=None) -> StageResul
     data = load_ssi_data(s.data, seed=s.seed)
     model, residual_index = _load_model_checked(s, mesh)
     tokenizer = load_tokenizer(s.model_path)
-    embedder = _embedder(s, model, tokenizer, residual_index, s.feature_cache_dir or str(io_utils.to_path(workdir) /
+    embedder = _embedder(s, model, tokenizer, residual_index, s.feature_cache_dir or str(storage.to_path(workdir) /
                                                                                        "feature_cache"))
     features_of = embedder(data.train + data.val + [r for records in data.evaluation.values() for r in records])
     hidden_dims = resolve_hidden_dims(s.hidden_dims, model.config.hidden_size)
@@ -300,7 +301,7 @@ def train_ssi(config, workdir: str | os.PathLike, mesh=None) -> dict[str, Any]:
 def report_lines(stage_dir: str) -> list[str]:
     """The pipeline report's lines: residual index, threshold, hidden dims, train languages, artifact links."""
     path = os.path.join(stage_dir, ARTIFACT_SUBDIR, "config.json")
-    ssi_config = read_json(path) if io_utils.isfile(path) else None
+    ssi_config = read_json(path) if storage.isfile(path) else None
     lines = []
     if ssi_config:
         lines.append(f"SSI at residual index {ssi_config['residual_index']}, threshold {ssi_config['threshold']:.4f} "

@@ -6,13 +6,11 @@ import pathlib
 import numpy as np
 import pytest
 
+from lasa_jax.data.groups import check_disjoint_groups, grouped_split, limit_groups
 from lasa_jax.data.heldout import POLYREFUSE_MULTIJAIL_ROWS
 from lasa_jax.data.labelled import (
     LabelledPrompt,
-    check_disjoint_groups,
     drop_near_duplicate_groups,
-    grouped_split,
-    limit_groups,
     load_flores_benign,
     load_labelled_jsonl,
     load_polyrefuse_prompts,

@@ -10,17 +10,19 @@ from lasa_jax.data.heldout import POLYREFUSE_MULTIJAIL_ROWS
 from lasa_jax.data.languages import MULTIJAIL_LANGUAGES, language_name, normalize_language
 from lasa_jax.data.parallel import (
     ParallelText,
-    check_parallel_corpus,
-    corpus_summary,
-    default_locate_corpus,
-    filter_parallel_groups,
-    keep_common_sources,
     load_flores_sib200,
     load_multijail,
     load_parallel_hub,
     load_parallel_jsonl,
     load_polyrefuse,
     load_translated_safety_json,
+)
+from lasa_jax.locate.corpus_filters import (
+    check_parallel_corpus,
+    corpus_summary,
+    default_locate_corpus,
+    filter_parallel_groups,
+    keep_common_sources,
 )
 
 POLYREFUSE_IN_MULTIJAIL = {"en", "zh", "it", "ar", "ko", "th"}

@@ -10,7 +10,6 @@ from lasa_jax.data.eval_sets import (
     BENIGN,
     HARMFUL,
     EvalPrompt,
-    iter_jsonl,
     load_hf_dataset,
     load_instruction_json,
     load_jsonl,
@@ -19,9 +18,9 @@ from lasa_jax.data.eval_sets import (
     load_or_bench_hard_test,
     load_standard_eval_sets,
     load_xstest,
-    read_json,
 )
 from lasa_jax.data.languages import MULTIJAIL_LANGUAGES
+from lasa_jax.infra.storage import iter_jsonl, read_json
 
 
 def test_multijail_all_languages(shared_data):

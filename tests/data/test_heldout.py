@@ -22,8 +22,8 @@ from lasa_jax.data.heldout import (
     shingles,
 )
 from lasa_jax.data.labelled import LabelledPrompt, load_polyrefuse_prompts
-from lasa_jax.data.preference import PreferenceRow
-from lasa_jax.errors import InputError
+from lasa_jax.data.preference.rows import PreferenceRow
+from lasa_jax.infra.errors import InputError
 
 
 @pytest.fixture(scope="module")

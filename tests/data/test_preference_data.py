@@ -9,28 +9,16 @@ import unicodedata
 import numpy as np
 import pytest
 
-from lasa_jax.chat import CONDITIONAL_PREFIX, end_of_turn_ids, render_prompt
 from lasa_jax.data.heldout import POLYREFUSE_MULTIJAIL_ROWS
-from lasa_jax.data.preference import (
-    NATURAL_END_CHARS,
-    DataPosition,
-    PreferenceRow,
-    assign_latent_labels,
-    batches_per_epoch,
-    build_kto_batch,
-    convert_polyrefuse_completions,
-    derangement,
-    ends_naturally,
-    epoch_permutation,
-    family_completion_models,
-    iterate_kto_batches,
-    kl_partners,
-    load_paired_preference_json,
-    load_unpaired_jsonl,
-    prompt_group_id,
-    tokenize_rows,
-)
-from lasa_jax.errors import InputError
+from lasa_jax.data.preference.formats import load_paired_preference_json, load_unpaired_jsonl
+from lasa_jax.data.preference.polyrefuse import convert_polyrefuse_completions, family_completion_models
+from lasa_jax.data.preference.rows import NATURAL_END_CHARS, PreferenceRow, ends_naturally, prompt_group_id
+from lasa_jax.infra.errors import InputError
+from lasa_jax.kto.batches import DataPosition, batches_per_epoch, build_kto_batch, iterate_kto_batches
+from lasa_jax.kto.examples import tokenize_rows
+from lasa_jax.kto.labels import assign_latent_labels
+from lasa_jax.kto.pairing import derangement, epoch_permutation, kl_partners
+from lasa_jax.models.chat import CONDITIONAL_PREFIX, end_of_turn_ids, render_prompt
 from lasa_jax.testing import build_tokenizer
 
 QUESTIONS = ["How do I bake bread at home?", "What is the capital of France?", "Please explain photosynthesis.",

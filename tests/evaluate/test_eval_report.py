@@ -5,16 +5,10 @@ import math
 import pytest
 
 from lasa_jax.data.eval_sets import EvalPrompt
-from lasa_jax.evaluate.judges import RefusalHeuristicJudge
+from lasa_jax.evaluate.heuristics import RefusalHeuristicJudge
 from lasa_jax.evaluate.metrics import Rate, asr_summary, refusal_summary, wilson_interval
-from lasa_jax.evaluate.report import (
-    ASR_CHART_PNG,
-    REPORT_JSON,
-    REPORT_MD,
-    SYSTEMS_CHART_PNG,
-    judge_responses,
-    write_report,
-)
+from lasa_jax.evaluate.report import REPORT_JSON, REPORT_MD, judge_responses, write_report
+from lasa_jax.evaluate.report_plots import ASR_CHART_PNG, SYSTEMS_CHART_PNG
 
 
 def test_wilson_interval_hand_computed():

@@ -6,19 +6,17 @@ import pathlib
 import numpy as np
 import pytest
 
-from lasa_jax.evaluate.judges import INVALID, SAFE, UNSAFE, LlamaGuard3Judge, RefusalHeuristicJudge, RubricJudge
-from lasa_jax.evaluate.report import ASR_CHART_PNG, REPORT_JSON, REPORT_MD
-from lasa_jax.evaluate.runner import (
-    EVALUATION_META,
-    build_judge,
-    evaluate_generations,
-    model_generate_fn,
-    run_evaluation,
-)
-from lasa_jax.generate import generate, trim_after_eos
-from lasa_jax.inference import RECORD_FIELDS, stop_token_ids, write_generations
-from lasa_jax.models import from_pretrained
-from lasa_jax.runtime import load_tokenizer
+from lasa_jax.decoding.answers import RECORD_FIELDS, stop_token_ids, write_generations
+from lasa_jax.decoding.generate import generate, trim_after_eos
+from lasa_jax.evaluate.heuristics import RefusalHeuristicJudge
+from lasa_jax.evaluate.judges import LlamaGuard3Judge, RubricJudge
+from lasa_jax.evaluate.report import REPORT_JSON, REPORT_MD
+from lasa_jax.evaluate.report_plots import ASR_CHART_PNG
+from lasa_jax.evaluate.runner import EVALUATION_META, build_judge, evaluate_generations, model_generate_fn
+from lasa_jax.evaluate.stage import run_evaluation
+from lasa_jax.evaluate.verdicts import INVALID, SAFE, UNSAFE
+from lasa_jax.models.hf import from_pretrained
+from lasa_jax.models.loading import load_tokenizer
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
 
@@ -213,8 +211,8 @@ THREE = {
 
 
 def test_three_systems_side_by_side(tmp_path):
-    from lasa_jax.evaluate.report import SYSTEMS_CHART_PNG
-    from lasa_jax.pipeline import headline_lines
+    from lasa_jax.evaluate.report_plots import SYSTEMS_CHART_PNG
+    from lasa_jax.evaluate.stage import headline_lines
 
     evaluation = evaluate_generations(THREE, tmp_path, safety_judge=RefusalHeuristicJudge(),
                                       refusal_judge=RefusalHeuristicJudge(task="refusal"), asr_sources=["demo"],
@@ -272,7 +270,7 @@ def test_two_systems_and_old_evaluate_configs_still_work(tmp_path):
     it) gives the same two-system report; further systems come from --config.generations."""
     import ml_collections
 
-    from lasa_jax.evaluate.runner import evaluated_systems
+    from lasa_jax.evaluate.stage import evaluated_systems
 
     paths = {}
     for system, records in THREE.items():

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from lasa_jax.data.languages import expected_scripts, script_shares
-from lasa_jax.errors import InputError
 from lasa_jax.evaluate.calibration import (
     CALIBRATION_JSON,
     CALIBRATION_MD,
@@ -17,14 +16,9 @@ from lasa_jax.evaluate.calibration import (
     load_labelled_responses,
     write_calibration,
 )
-from lasa_jax.evaluate.judges import (
-    CachedJudge,
-    RefusalHeuristicJudge,
-    invalid_reason,
-    parse_llama_guard_output,
-    parse_rubric_output,
-    repetition_loop,
-)
+from lasa_jax.evaluate.heuristics import RefusalHeuristicJudge, invalid_reason, repetition_loop
+from lasa_jax.evaluate.judge_cache import CachedJudge
+from lasa_jax.evaluate.judges import parse_llama_guard_output, parse_rubric_output
 from lasa_jax.evaluate.ngram_judge import (
     NgramJudge,
     NgramSettings,
@@ -35,8 +29,10 @@ from lasa_jax.evaluate.ngram_judge import (
     save_artifact,
     train_ngram_judge,
 )
-from lasa_jax.evaluate.report import build_report, render_markdown
+from lasa_jax.evaluate.report import build_report
+from lasa_jax.evaluate.report_markdown import render_markdown
 from lasa_jax.evaluate.runner import build_judge, find_calibration, resolve_judge_kind, run_calibration
+from lasa_jax.infra.errors import InputError
 
 GIBBERISH = "xqz blorp vantu kelmi sorp trandu wexil pomra"
 WRONG_SCRIPT_CASES = [  # (language, prompt, a Latin gibberish answer is invalid, a native answer is valid)

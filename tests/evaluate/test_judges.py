@@ -7,20 +7,16 @@ import json
 
 import pytest
 
+from lasa_jax.evaluate.heuristics import RefusalHeuristicJudge, is_refusal
+from lasa_jax.evaluate.judge_cache import CachedJudge, _drop_unterminated_tail, pair_key
 from lasa_jax.evaluate.judges import (
-    APPROXIMATE_MARKER,
-    CachedJudge,
     LlamaGuard3Judge,
-    RefusalHeuristicJudge,
     RefusalRubricJudge,
     RubricJudge,
-    Verdict,
-    _drop_unterminated_tail,
-    is_refusal,
-    pair_key,
     parse_llama_guard_output,
     parse_rubric_output,
 )
+from lasa_jax.evaluate.verdicts import APPROXIMATE_MARKER, Verdict
 from lasa_jax.testing import build_tokenizer
 
 # A shortened Llama-Guard-3 chat template (the real one lists all 14 categories and handles tool/image turns).

@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lasa_jax.errors import InputError
 from lasa_jax.evaluate import utility as u
-from lasa_jax.models import from_pretrained
+from lasa_jax.infra.errors import InputError
+from lasa_jax.models.hf import from_pretrained
 from lasa_jax.sharding import make_mesh
 
 CONTEXTS = ["Sentence: The team won the cup.\nTopic:", "Sentence: 如何在家烤面包？\nTopic:",
@@ -144,7 +144,7 @@ def _utility_config(data_root, model_path, **overrides):
 
 
 def test_run_utility_end_to_end_and_report(tmp_path, tiny_hf_dirs):
-    from lasa_jax.evaluate.report import render_utility_markdown
+    from lasa_jax.evaluate.report_markdown import render_utility_markdown
 
     _write_sib200(tmp_path)
     section = u.run_utility(_utility_config(tmp_path, tiny_hf_dirs["llama"]), out_dir=str(tmp_path))
@@ -166,7 +166,7 @@ def test_run_utility_end_to_end_and_report(tmp_path, tiny_hf_dirs):
 
 
 def test_run_utility_not_run_reasons(tmp_path, tiny_hf_dirs):
-    from lasa_jax.evaluate.report import render_utility_markdown
+    from lasa_jax.evaluate.report_markdown import render_utility_markdown
 
     section = u.run_utility(_utility_config("", tiny_hf_dirs["llama"]))
     assert section == {"status": "not run", "reason": section["reason"]} and "data_root" in section["reason"]

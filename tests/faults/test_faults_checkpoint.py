@@ -9,10 +9,11 @@ import struct
 import jax
 import pytest
 
-from lasa_jax.errors import InputError
-from lasa_jax.models import from_pretrained, save_pretrained
+from lasa_jax.infra.errors import InputError
+from lasa_jax.models.hf import from_pretrained
+from lasa_jax.models.hf_export import save_pretrained
 from lasa_jax.models.integrity import read_header
-from lasa_jax.runtime import load_tokenizer
+from lasa_jax.models.loading import load_tokenizer
 
 
 @pytest.fixture(scope="module")

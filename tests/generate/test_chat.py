@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from lasa_jax.chat import CONDITIONAL_PREFIX, assemble_example, end_of_turn_ids, render_example, render_prompt
+from lasa_jax.models.chat import CONDITIONAL_PREFIX, assemble_example, end_of_turn_ids, render_example, render_prompt
 from lasa_jax.testing import build_tokenizer
 
 STYLES = ("llama3", "qwen2", "qwen3")

@@ -6,8 +6,9 @@ import torch
 from transformers import AutoModelForCausalLM
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
-from lasa_jax.generate import _generate_core, generate, generate_batched, select_tokens, trim_after_eos
-from lasa_jax.models import from_pretrained
+from lasa_jax.decoding.generate import _generate_core, generate, generate_batched, trim_after_eos
+from lasa_jax.decoding.sampling import select_tokens
+from lasa_jax.models.hf import from_pretrained
 from lasa_jax.sharding import make_mesh
 
 FAMILIES = ("llama", "qwen2", "qwen3")
@@ -198,7 +199,7 @@ def test_continuous_greedy_matches_hf_generate_with_slot_refills(tiny_hf_dirs, f
 
 
 def test_continuous_equals_static_and_compiles_once(llama):
-    from lasa_jax.continuous import _decode_block, _groups, _prefill_rows
+    from lasa_jax.decoding.continuous import _decode_block, _groups, _prefill_rows
 
     rng = np.random.default_rng(5)
     prompts = [rng.integers(0, 517, n) for n in (3, 11, 7, 16, 5, 90, 2, 12, 4, 33)]
@@ -220,7 +221,7 @@ def test_continuous_windows_and_batched_prefill_match_hf(tiny_hf_dirs, llama):
     """Prompts of different lengths (up to three prefill chunks) prefilled together into the free slots, decoded
     with attention windows growing past 128 cache slots; a second call with the same prompt_length compiles
     nothing new."""
-    from lasa_jax.continuous import WINDOW_ROUND, _decode_block, _prefill_rows, prompt_slots
+    from lasa_jax.decoding.continuous import WINDOW_ROUND, _decode_block, _prefill_rows, prompt_slots
 
     rng = np.random.default_rng(7)
     prompts = [rng.integers(0, 517, n) for n in (100, 5, 140, 30, 64, 121)]
@@ -246,8 +247,8 @@ def test_continuous_windows_and_batched_prefill_match_hf(tiny_hf_dirs, llama):
 
 def test_continuous_sharded_layouts_equal_single_device(tiny_hf_dirs, llama):
     """Decode weights replicated (they fit) or tensor-parallel (forced), on 8 devices, equal one device."""
-    from lasa_jax.continuous import decode_params, generate_continuous
-    from lasa_jax.generate import resolve_special_ids
+    from lasa_jax.decoding.continuous import decode_params, generate_continuous
+    from lasa_jax.decoding.generate import resolve_special_ids
 
     mesh = make_mesh(data=1, fsdp=4, tensor=2)
     sharded = from_pretrained(tiny_hf_dirs["llama"], mesh=mesh)

@@ -7,25 +7,24 @@ import pathlib
 import numpy as np
 import pytest
 
-from lasa_jax.chat import CONDITIONAL_PREFIX
-from lasa_jax.data.eval_sets import EvalPrompt
-from lasa_jax.generate import generate, trim_after_eos
-from lasa_jax.inference import (
+from lasa_jax.data.eval_sets import EvalPrompt, load_eval_prompts
+from lasa_jax.decoding.answers import (
     RECORD_FIELDS,
     Decoding,
     generate_responses,
-    load_eval_prompts,
     prefix_decisions,
     read_generations,
     render_inputs,
-    run_generation,
     run_inference,
     split_reasoning,
     stop_token_ids,
     write_generations,
 )
-from lasa_jax.models import from_pretrained
-from lasa_jax.runtime import load_tokenizer
+from lasa_jax.decoding.generate import generate, trim_after_eos
+from lasa_jax.generate.stage import run_generation
+from lasa_jax.models.chat import CONDITIONAL_PREFIX
+from lasa_jax.models.hf import from_pretrained
+from lasa_jax.models.loading import load_tokenizer
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
 PROMPTS = [
@@ -173,8 +172,8 @@ def test_generation_config_eos_ids_also_stop(tiny_hf_dirs, tmp_path):
     transformers' GenerationConfig."""
     from transformers import GenerationConfig
 
-    from lasa_jax.errors import InputError
-    from lasa_jax.inference import generation_config_eos_ids
+    from lasa_jax.decoding.answers import generation_config_eos_ids
+    from lasa_jax.infra.errors import InputError
 
     tokenizer = load_tokenizer(str(tiny_hf_dirs["qwen2"]))
     im_end, endoftext = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
@@ -262,7 +261,7 @@ def load_config(name):
 
 
 def test_generate_stage_baseline_writes_records_and_meta(tiny_hf_dirs, shared_data, tmp_path):
-    from lasa_jax.runtime import start_run
+    from lasa_jax.infra.run import start_run
 
     jsonl = tmp_path / "prompts.jsonl"
     jsonl.write_text("".join(json.dumps({"id": p.id, "language": p.language, "prompt": p.prompt,
@@ -297,8 +296,10 @@ def test_generate_stage_gated_with_a_real_ssi_artifact(tiny_hf_dirs, llama, tmp_
     the artifact's threshold_logit; prefix_only generates with that base model (model_path may be left empty)."""
     import dataclasses
 
-    from lasa_jax.runtime import start_run
-    from lasa_jax.ssi import SSI, SSIConfig, SSIScorer, new_classifier, save_ssi, tokenization_fingerprint
+    from lasa_jax.infra.run import start_run
+    from lasa_jax.ssi.artifact import SSI, SSIConfig, SSIScorer, save_ssi
+    from lasa_jax.ssi.features import tokenization_fingerprint
+    from lasa_jax.ssi.mlp import new_classifier
 
     model, tokenizer = llama
     classifier = new_classifier(model.config.hidden_size, (), 0.0, seed=0)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lasa_jax import activation_cache
-from lasa_jax.activations import (
+from lasa_jax.models import activation_cache
+from lasa_jax.models.capture import (
     bucketed_batches,
     capture,
     capture_step,
@@ -15,7 +15,7 @@ from lasa_jax.activations import (
     save_activations,
     tokenize_prompts,
 )
-from lasa_jax.models import from_pretrained
+from lasa_jax.models.hf import from_pretrained
 from lasa_jax.sharding import make_mesh
 
 PROMPTS = ["How do I bake bread at home?", "如何在家烤面包？", "Ninawezaje kuoka mkate nyumbani?", "hi",

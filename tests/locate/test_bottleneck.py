@@ -10,22 +10,18 @@ import pytest
 from sklearn.metrics import silhouette_samples as sklearn_silhouette_samples
 from sklearn.metrics import silhouette_score as sklearn_silhouette_score
 
-from lasa_jax import bottleneck
-from lasa_jax.bottleneck import (
+from lasa_jax.locate.report import load_bottleneck, verdict_line, write_bottleneck_report
+from lasa_jax.locate.selection import (
     CSV_FIELDS,
     LAYER_FIELDS,
     PROBE_FIELD,
     group_bootstrap_multiplicities,
     layer_silhouettes,
-    layerwise_silhouette_scores,
-    load_bottleneck,
     no_bottleneck_reasons,
     select_bottleneck_layer,
-    silhouette_samples,
-    silhouette_score,
-    verdict_line,
-    write_bottleneck_report,
 )
+from lasa_jax.locate.silhouette import layerwise_silhouette_scores, silhouette_samples, silhouette_score
+from lasa_jax.locate import silhouette as bottleneck
 
 METRICS = ("cosine", "euclidean")
 

@@ -1,4 +1,4 @@
-"""The per-residual-index harmful-vs-benign probe of Locate (lasa_jax/layer_probe.py): AUROC against
+"""The per-residual-index harmful-vs-benign probe of Locate (lasa_jax/locate/probe.py): AUROC against
 sklearn.metrics.roc_auc_score, the Newton logistic regression against sklearn's LogisticRegression, the grouped
 split, and the whole per-layer AUROC against an sklearn pipeline on the same split."""
 import jax.numpy as jnp
@@ -7,7 +7,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from lasa_jax.layer_probe import auroc, fit_logistic, grouped_split, layer_probe_auroc
+from lasa_jax.locate.probe import auroc, fit_logistic, grouped_split, layer_probe_auroc
 
 
 def test_auroc_matches_sklearn_with_ties_and_a_mask():

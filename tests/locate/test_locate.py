@@ -18,24 +18,19 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score, silhouette_score
 from transformers import AutoModelForCausalLM
 
-from lasa_jax import locate
-from lasa_jax.activations import load_activations, tokenize_prompts
-from lasa_jax.bottleneck import load_bottleneck
 from lasa_jax.data.heldout import HELD_OUT_FILES
 from lasa_jax.data.labelled import load_multijail_prompts
-from lasa_jax.data.parallel import ParallelText, corpus_summary, default_locate_corpus
-from lasa_jax.layer_probe import grouped_split
-from lasa_jax.locate import (
-    ACTIVATIONS_FILE,
-    ACTIVATIONS_META_FILE,
-    load_locate_corpus,
-    locate_corpus_with_notes,
-    locate_probe,
-    parse_tsne_layers,
-    run_locate,
-)
-from lasa_jax.models import from_pretrained
-from lasa_jax.runtime import load_tokenizer
+from lasa_jax.data.parallel import ParallelText
+from lasa_jax.locate.corpus import load_locate_corpus, locate_corpus_with_notes
+from lasa_jax.locate.corpus_filters import corpus_summary, default_locate_corpus
+from lasa_jax.locate.probe import grouped_split
+from lasa_jax.locate.report import load_bottleneck
+from lasa_jax.locate.settings import parse_tsne_layers
+from lasa_jax.locate.stage import ACTIVATIONS_FILE, ACTIVATIONS_META_FILE, locate_probe, run_locate
+from lasa_jax.locate import stage as locate
+from lasa_jax.models.capture import load_activations, tokenize_prompts
+from lasa_jax.models.hf import from_pretrained
+from lasa_jax.models.loading import load_tokenizer
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DEMO_PROMPTS = REPO / "lasa_jax" / "demo_data" / "prompts.jsonl"
@@ -191,7 +186,7 @@ def test_changed_tokenisation_captures_again(script_run, tiny_hf_dirs, shared_da
     config.data.languages = LANGUAGES
     config.data.max_groups_per_source = GROUPS_PER_SOURCE
     config.max_length = 16
-    with caplog.at_level("INFO", logger="lasa_jax.locate"):
+    with caplog.at_level("INFO", logger="lasa_jax.locate.stage"):
         run_locate(config, workdir)
     assert "other inputs" in caplog.text and "capturing" in caplog.text
     after = load_activations(workdir / ACTIVATIONS_FILE)
@@ -250,7 +245,7 @@ def test_multijail_needs_the_explicit_held_out_flag(shared_data, caplog):
     with pytest.raises(ValueError, match="allow_held_out"):
         run_locate(config, "/nonexistent/never-created")
     config.data.allow_held_out = True
-    with caplog.at_level("WARNING", logger="lasa_jax.locate"):
+    with caplog.at_level("WARNING", logger="lasa_jax.locate.stage"):
         records = load_locate_corpus(config.data, seed=0)
     assert "HELD-OUT" in caplog.text
     assert {r.source for r in records} == {"multijail"} and len({r.group_id for r in records}) == 5

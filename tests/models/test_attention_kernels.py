@@ -12,8 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lasa_jax.config import ATTENTION_BACKENDS, ModelConfig
-from lasa_jax.errors import InputError
+from lasa_jax.infra.errors import InputError
 from lasa_jax.models.attention_kernels import (
     attention,
     dot_product_attention,
@@ -22,6 +21,7 @@ from lasa_jax.models.attention_kernels import (
     splash_attention,
     splash_mask_supported,
 )
+from lasa_jax.models.config import ATTENTION_BACKENDS, ModelConfig
 
 H, K, HD = 4, 2, 32  # grouped-query: 2 query heads per key/value head
 F32_TOL = 1e-5
@@ -180,7 +180,8 @@ def test_decoder_runs_the_configured_backend(tmp_path):
     """The decoder's blocks call this module with `ModelConfig.attention_backend`: a tiny Qwen2 model loaded with
     backend "xla" gives the einsum backend's logits and hidden states on a left-padded batch (the einsum is the
     decoder's reference, MASK_VALUE shared)."""
-    from lasa_jax.models import attention_kernels, blocks, from_pretrained
+    from lasa_jax.models import attention_kernels, blocks
+    from lasa_jax.models.hf import from_pretrained
     from lasa_jax.testing import build_tiny_hf_model
 
     assert blocks.MASK_VALUE == attention_kernels.MASK_VALUE and blocks.attention is attention_kernels.attention

@@ -1,4 +1,4 @@
-"""lasa_jax.checkpoint: sharded save/restore with orbax, retention, interrupted writes, run-identity checks."""
+"""lasa_jax.kto.checkpoint: sharded save/restore with orbax, retention, interrupted writes, run-identity checks."""
 import os
 import subprocess
 import sys
@@ -12,7 +12,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lasa_jax.checkpoint import Checkpointer, abstract_target, check_run_identity
+from lasa_jax.kto.checkpoint import Checkpointer, abstract_target, check_run_identity
 from lasa_jax.sharding import make_mesh
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -90,7 +90,7 @@ def test_a_save_killed_mid_write_is_never_picked_up(tmp_path):
         import os, sys
         sys.path.insert(0, {ROOT!r})
         import jax.numpy as jnp
-        from lasa_jax.checkpoint import Checkpointer
+        from lasa_jax.kto.checkpoint import Checkpointer
         ckpt = Checkpointer({str(tmp_path)!r}, async_save=True)
         w = jnp.ones((4096, 4096), jnp.float32)
         ckpt.save(1, {{"w": w}}, {{"step": 1}})

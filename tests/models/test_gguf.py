@@ -17,9 +17,9 @@ from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lasa_jax.errors import InputError
-from lasa_jax.models import from_pretrained
+from lasa_jax.infra.errors import InputError
 from lasa_jax.models.gguf import IMPORT_RECORD, convert_gguf
+from lasa_jax.models.hf import from_pretrained
 from lasa_jax.testing import build_tiny_hf_model, write_gguf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

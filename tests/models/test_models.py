@@ -13,10 +13,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from lasa_jax.config import ModelConfig
-from lasa_jax.errors import InputError
-from lasa_jax.models import from_pretrained, init_cache, save_pretrained
-from lasa_jax.models.decoder import forward_jit, init_decoder, rms_norm
+from lasa_jax.infra.errors import InputError
+from lasa_jax.models.blocks import rms_norm
+from lasa_jax.models.config import ModelConfig
+from lasa_jax.models.decoder import forward_jit, init_decoder
+from lasa_jax.models.hf import from_pretrained
+from lasa_jax.models.hf_export import save_pretrained
+from lasa_jax.models.kv_cache import init_cache
 from lasa_jax.sharding import LOGICAL_AXIS_RULES, check_replicated, logical_to_spec, make_mesh
 from lasa_jax.testing import build_tiny_hf_model, hf_config
 
@@ -399,7 +402,7 @@ def test_import_streams_layers_without_a_host_copy_of_stacked_parameters(tmp_pat
 
 def test_embedding_lookup_does_not_gather_the_sharded_table():
     """The (V, D) table stays split over tensor x fsdp: the compiled lookup moves ids and (B, T, D) rows only."""
-    from lasa_jax.models.decoder import embed_tokens
+    from lasa_jax.models.blocks import embed_tokens
     from lasa_jax.sharding import put_batch
 
     config = ModelConfig.from_hf_dict({**hf_config("llama").to_dict(), "vocab_size": 1024, "hidden_size": 64},

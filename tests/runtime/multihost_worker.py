@@ -35,10 +35,11 @@ def compute(model_dir: str, mesh, export_dir: str, checkpoint_dir: str) -> dict[
     host numpy. `checkpoint_dir` must be the same directory for every process."""
     import jax
 
-    from lasa_jax.models import from_pretrained, save_pretrained
+    from lasa_jax.kto import step as kto_step
     from lasa_jax.models.decoder import param_shardings
+    from lasa_jax.models.hf import from_pretrained
+    from lasa_jax.models.hf_export import save_pretrained
     from lasa_jax.sharding import put_batch, to_host
-    from lasa_jax.train import kto_step
 
     model = from_pretrained(model_dir, mesh=mesh)
     rng = np.random.default_rng(1)
@@ -77,9 +78,9 @@ def checkpoint_round_trip(state, optimizer, shardings, checkpoint_dir: str) -> d
     import jax
     import jax.numpy as jnp
 
-    from lasa_jax.checkpoint import Checkpointer
+    from lasa_jax.kto.checkpoint import Checkpointer
+    from lasa_jax.kto import step as kto_step
     from lasa_jax.sharding import to_host
-    from lasa_jax.train import kto_step
 
     abstract_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state["params"])
     target = kto_step.abstract_state(optimizer, abstract_params, shardings)

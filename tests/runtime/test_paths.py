@@ -1,5 +1,5 @@
-"""The path layer (lasa_jax.io_utils) on a local directory and on a non-local URL (fsspec's in-process memory://
-filesystem, registered with etils.epath by io_utils), orbax checkpoints at such a URL, and the tiny demo pipeline
+"""The path layer (lasa_jax.infra.storage) on a local directory and on a non-local URL (fsspec's in-process memory://
+filesystem, registered with etils.epath by storage), orbax checkpoints at such a URL, and the tiny demo pipeline
 run with --workdir=memory://... (nothing written locally, every artifact at the URL, the export reloadable)."""
 import json
 import os
@@ -8,7 +8,7 @@ import uuid
 import numpy as np
 import pytest
 
-from lasa_jax import io_utils
+from lasa_jax.infra import storage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -21,107 +21,107 @@ def base(request, tmp_path):
         return
     url = f"memory://lasa-test-{uuid.uuid4().hex}"
     yield url
-    io_utils.rmtree(url)
+    storage.rmtree(url)
 
 
 def test_url_detection_and_epath_paths():
-    assert io_utils.is_url("gs://bucket/run") and io_utils.is_url("memory://x")
-    assert not io_utils.is_url("/tmp/run") and not io_utils.is_url("relative/run")
-    path = io_utils.as_path("memory://a/b") / "c.json"
+    assert storage.is_url("gs://bucket/run") and storage.is_url("memory://x")
+    assert not storage.is_url("/tmp/run") and not storage.is_url("relative/run")
+    path = storage.as_path("memory://a/b") / "c.json"
     assert os.fspath(path) == "memory://a/b/c.json" and path.name == "c.json"
     assert os.fspath(path.parent) == "memory://a/b"
-    assert os.fspath(io_utils.as_path("gs://bucket/x") / "y") == "gs://bucket/x/y"
+    assert os.fspath(storage.as_path("gs://bucket/x") / "y") == "gs://bucket/x/y"
     import pathlib
-    assert isinstance(io_utils.to_path("/tmp/x"), pathlib.Path)  # local paths keep their type
+    assert isinstance(storage.to_path("/tmp/x"), pathlib.Path)  # local paths keep their type
 
 
 def test_round_trip_listing_and_removal(base):
-    io_utils.makedirs(base)
-    io_utils.atomic_write_json(os.path.join(base, "a", "x.json"), {"k": [1, "ü"]})
-    io_utils.atomic_write_text(os.path.join(base, "b.txt"), "héllo\n")
-    assert io_utils.read_json(os.path.join(base, "a", "x.json")) == {"k": [1, "ü"]}
-    assert io_utils.read_text(os.path.join(base, "b.txt")) == "héllo\n"
-    assert io_utils.read_bytes(os.path.join(base, "b.txt")) == "héllo\n".encode()
-    assert io_utils.listdir(base) == ["a", "b.txt"]
-    assert io_utils.isdir(os.path.join(base, "a")) and not io_utils.isfile(os.path.join(base, "a"))
-    assert io_utils.isfile(os.path.join(base, "b.txt")) and not io_utils.isdir(os.path.join(base, "b.txt"))
-    digest = io_utils.sha256_file(os.path.join(base, "b.txt"))
+    storage.makedirs(base)
+    storage.atomic_write_json(os.path.join(base, "a", "x.json"), {"k": [1, "ü"]})
+    storage.atomic_write_text(os.path.join(base, "b.txt"), "héllo\n")
+    assert storage.read_json(os.path.join(base, "a", "x.json")) == {"k": [1, "ü"]}
+    assert storage.read_text(os.path.join(base, "b.txt")) == "héllo\n"
+    assert storage.read_bytes(os.path.join(base, "b.txt")) == "héllo\n".encode()
+    assert storage.listdir(base) == ["a", "b.txt"]
+    assert storage.isdir(os.path.join(base, "a")) and not storage.isfile(os.path.join(base, "a"))
+    assert storage.isfile(os.path.join(base, "b.txt")) and not storage.isdir(os.path.join(base, "b.txt"))
+    digest = storage.sha256_file(os.path.join(base, "b.txt"))
     import hashlib
     assert digest == hashlib.sha256("héllo\n".encode()).hexdigest()
     with pytest.raises(FileNotFoundError, match="the thing not found"):
-        io_utils.read_json(os.path.join(base, "missing.json"), "the thing")
-    io_utils.remove(os.path.join(base, "b.txt"))
-    io_utils.remove(os.path.join(base, "b.txt"))  # absent: no error
-    assert io_utils.listdir(base) == ["a"]
-    io_utils.rmtree(base)
-    assert not io_utils.exists(base) and not io_utils.exists(os.path.join(base, "a", "x.json"))
-    io_utils.rmtree(base)  # absent: no error
+        storage.read_json(os.path.join(base, "missing.json"), "the thing")
+    storage.remove(os.path.join(base, "b.txt"))
+    storage.remove(os.path.join(base, "b.txt"))  # absent: no error
+    assert storage.listdir(base) == ["a"]
+    storage.rmtree(base)
+    assert not storage.exists(base) and not storage.exists(os.path.join(base, "a", "x.json"))
+    storage.rmtree(base)  # absent: no error
 
 
 def test_atomic_replace_keeps_the_old_file_when_the_writer_fails(base):
     path = os.path.join(base, "sub", "report.json")
-    io_utils.atomic_write_json(path, {"v": 1})
-    io_utils.atomic_write_json(path, {"v": 2})
-    assert io_utils.read_json(path) == {"v": 2}
+    storage.atomic_write_json(path, {"v": 1})
+    storage.atomic_write_json(path, {"v": 2})
+    assert storage.read_json(path) == {"v": 2}
     with pytest.raises(RuntimeError, match="boom"):
-        with io_utils.atomic_path(path) as tmp:
+        with storage.atomic_path(path) as tmp:
             with open(tmp, "w", encoding="utf-8") as f:
                 f.write('{"v": 3')  # half written
             raise RuntimeError("boom")
-    assert io_utils.read_json(path) == {"v": 2}
-    assert io_utils.listdir(os.path.join(base, "sub")) == ["report.json"]  # no temporary left at the final place
+    assert storage.read_json(path) == {"v": 2}
+    assert storage.listdir(os.path.join(base, "sub")) == ["report.json"]  # no temporary left at the final place
 
 
 def test_jsonl_append_truncate_and_iteration(base):
     path = os.path.join(base, "gen", "generations.jsonl")
-    io_utils.append_durably(path, b'{"i": 1}\n')
-    io_utils.append_durably(path, b'{"i": 2}\n{"i": 3')  # torn last line of a killed writer
-    data = io_utils.read_bytes(path)
-    io_utils.truncate(path, data.rfind(b"\n") + 1)
-    assert [row for _, row in io_utils.iter_jsonl(path)] == [{"i": 1}, {"i": 2}]
-    with io_utils.open_append(path) as f:  # MetricWriter's handle
+    storage.append_durably(path, b'{"i": 1}\n')
+    storage.append_durably(path, b'{"i": 2}\n{"i": 3')  # torn last line of a killed writer
+    data = storage.read_bytes(path)
+    storage.truncate(path, data.rfind(b"\n") + 1)
+    assert [row for _, row in storage.iter_jsonl(path)] == [{"i": 1}, {"i": 2}]
+    with storage.open_append(path) as f:  # MetricWriter's handle
         f.write(json.dumps({"i": 4}) + "\n")
         f.flush()
-        assert [row["i"] for _, row in io_utils.iter_jsonl(path)] == [1, 2, 4]
+        assert [row["i"] for _, row in storage.iter_jsonl(path)] == [1, 2, 4]
         f.write(json.dumps({"i": 5}) + "\n")
-    assert [row["i"] for _, row in io_utils.iter_jsonl(path)] == [1, 2, 4, 5]
-    io_utils.write_jsonl(path, [{"a": "ü"}])
-    assert list(io_utils.iter_jsonl(path)) == [(1, {"a": "ü"})]
-    if io_utils.is_url(base):
-        io_utils.append_durably(path, b'{"torn": ')
-        io_utils.append_after_complete_lines(path, b'{"b": 1}\n')  # the judge cache's append at a URL
-        assert [row for _, row in io_utils.iter_jsonl(path)] == [{"a": "ü"}, {"b": 1}]
+    assert [row["i"] for _, row in storage.iter_jsonl(path)] == [1, 2, 4, 5]
+    storage.write_jsonl(path, [{"a": "ü"}])
+    assert list(storage.iter_jsonl(path)) == [(1, {"a": "ü"})]
+    if storage.is_url(base):
+        storage.append_durably(path, b'{"torn": ')
+        storage.append_after_complete_lines(path, b'{"b": 1}\n')  # the judge cache's append at a URL
+        assert [row for _, row in storage.iter_jsonl(path)] == [{"a": "ü"}, {"b": 1}]
 
 
 def test_atomic_directory_copy_tree_and_local_copy(base, tmp_path):
     target = os.path.join(base, "export")
-    with io_utils.atomic_directory(target) as tmp:
+    with storage.atomic_directory(target) as tmp:
         os.makedirs(os.path.join(tmp, "nested"))
         with open(os.path.join(tmp, "nested", "w.bin"), "wb") as f:
             f.write(b"\x00\x01")
         with open(os.path.join(tmp, "old.txt"), "w") as f:
             f.write("old")
     with pytest.raises(FileExistsError):
-        with io_utils.atomic_directory(target):
+        with storage.atomic_directory(target):
             pass
-    with io_utils.atomic_directory(target, overwrite=True) as tmp:
+    with storage.atomic_directory(target, overwrite=True) as tmp:
         with open(os.path.join(tmp, "new.txt"), "w") as f:
             f.write("new")
-    assert io_utils.listdir(target) == ["new.txt"]  # the old tree is replaced, not merged
-    io_utils.copy_tree(target, os.path.join(base, "copy"))
-    assert io_utils.read_text(os.path.join(base, "copy", "new.txt")) == "new"
-    with io_utils.local_copy(target) as local:
-        assert not io_utils.is_url(local) and os.listdir(local) == ["new.txt"]
+    assert storage.listdir(target) == ["new.txt"]  # the old tree is replaced, not merged
+    storage.copy_tree(target, os.path.join(base, "copy"))
+    assert storage.read_text(os.path.join(base, "copy", "new.txt")) == "new"
+    with storage.local_copy(target) as local:
+        assert not storage.is_url(local) and os.listdir(local) == ["new.txt"]
     np.savez(str(tmp_path / "a.npz"), x=np.arange(3))
-    io_utils.copy_file(str(tmp_path / "a.npz"), os.path.join(base, "a.npz"))
-    with np.load(io_utils.for_reading(os.path.join(base, "a.npz"))) as data:
+    storage.copy_file(str(tmp_path / "a.npz"), os.path.join(base, "a.npz"))
+    with np.load(storage.for_reading(os.path.join(base, "a.npz"))) as data:
         assert data["x"].tolist() == [0, 1, 2]
 
 
 def test_checkpoints_at_a_url_orbax_cannot_write_go_through_a_mirror():
     import jax.numpy as jnp
 
-    from lasa_jax.checkpoint import MIRROR_COMPLETE, Checkpointer, orbax_writes
+    from lasa_jax.kto.checkpoint import MIRROR_COMPLETE, Checkpointer, orbax_writes
 
     assert orbax_writes("/tmp/x") and orbax_writes("gs://bucket/x") and not orbax_writes("memory://x")
     url = f"memory://lasa-test-{uuid.uuid4().hex}/checkpoints"
@@ -130,17 +130,17 @@ def test_checkpoints_at_a_url_orbax_cannot_write_go_through_a_mirror():
         with Checkpointer(url, max_to_keep=2) as checkpointer:
             for step in (1, 2, 3):
                 assert checkpointer.save(step, {"w": state["w"] + step, "n": state["n"]}, {"step": step})
-        assert io_utils.listdir(url) == ["2", "3"]  # max_to_keep applies at the URL
-        assert MIRROR_COMPLETE in io_utils.listdir(f"{url}/3")
-        io_utils.copy_tree(f"{url}/3", f"{url}/4")  # a copy without its completion marker: not a checkpoint
-        io_utils.remove(f"{url}/4/{MIRROR_COMPLETE}")
+        assert storage.listdir(url) == ["2", "3"]  # max_to_keep applies at the URL
+        assert MIRROR_COMPLETE in storage.listdir(f"{url}/3")
+        storage.copy_tree(f"{url}/3", f"{url}/4")  # a copy without its completion marker: not a checkpoint
+        storage.remove(f"{url}/4/{MIRROR_COMPLETE}")
         with Checkpointer(url) as checkpointer:
             assert checkpointer.all_steps() == [2, 3]
             restored, meta = checkpointer.restore(3, state)
             assert meta == {"step": 3}
             np.testing.assert_array_equal(np.asarray(restored["w"]), np.arange(6.0).reshape(2, 3) + 3)
     finally:
-        io_utils.rmtree(url.rsplit("/", 1)[0])
+        storage.rmtree(url.rsplit("/", 1)[0])
 
 
 @pytest.mark.slow
@@ -149,10 +149,10 @@ def test_demo_pipeline_runs_on_a_memory_url_workdir(tmp_path, monkeypatch):
     directory (the gs:// bug wrote a local folder named "gs:"), and the export reloads from the URL."""
     from absl import flags
 
-    from lasa_jax.models import from_pretrained
+    from lasa_jax.infra.trees import flatten
+    from lasa_jax.models.hf import from_pretrained
     from lasa_jax.pipeline import STAGES
     from lasa_jax.scripts import demo
-    from lasa_jax.trees import flatten
 
     monkeypatch.chdir(tmp_path)
     workdir = f"memory://lasa-demo-{uuid.uuid4().hex}/run"
@@ -163,27 +163,27 @@ def test_demo_pipeline_runs_on_a_memory_url_workdir(tmp_path, monkeypatch):
         demo.main(["demo"])
         assert os.listdir(tmp_path) == []
         for stage in STAGES:
-            done = io_utils.read_json(f"{workdir}/{stage}/stage_done.json")
+            done = storage.read_json(f"{workdir}/{stage}/stage_done.json")
             assert done["run_id"], stage
-        assert "Semantic bottleneck" in io_utils.read_text(f"{workdir}/report.md")
-        assert io_utils.read_json(f"{workdir}/evaluate/report.json")["comparison"]
-        assert io_utils.isfile(f"{workdir}/ssi/ssi/params.safetensors")
-        assert [row for _, row in io_utils.iter_jsonl(f"{workdir}/kto/metrics.jsonl")][-1]["step"] == 4
-        assert io_utils.listdir(f"{workdir}/kto/checkpoints") == ["2", "4"]
-        summary = io_utils.read_json(f"{workdir}/kto/run_summary.json")
+        assert "Semantic bottleneck" in storage.read_text(f"{workdir}/report.md")
+        assert storage.read_json(f"{workdir}/evaluate/report.json")["comparison"]
+        assert storage.isfile(f"{workdir}/ssi/ssi/params.safetensors")
+        assert [row for _, row in storage.iter_jsonl(f"{workdir}/kto/metrics.jsonl")][-1]["step"] == 4
+        assert storage.listdir(f"{workdir}/kto/checkpoints") == ["2", "4"]
+        summary = storage.read_json(f"{workdir}/kto/run_summary.json")
         export = f"{workdir}/kto/hf_export"
         assert summary["status"] == "completed" and summary["export_dir"] == export
-        assert {"config.json", "model.safetensors.index.json", "tokenizer.json"} <= set(io_utils.listdir(export))
+        assert {"config.json", "model.safetensors.index.json", "tokenizer.json"} <= set(storage.listdir(export))
         local = str(tmp_path.parent / f"{tmp_path.name}-export")
-        io_utils.copy_tree(export, local)
+        storage.copy_tree(export, local)
         from_url, from_local = from_pretrained(export), from_pretrained(local)
         assert from_url.source_path == export and from_url.fingerprint == from_local.fingerprint
         url_params, local_params = flatten(from_url.params()), flatten(from_local.params())
         assert url_params.keys() == local_params.keys()
         for name, value in url_params.items():
             np.testing.assert_array_equal(np.asarray(value), np.asarray(local_params[name]), err_msg=name)
-        generations = [row for _, row in io_utils.iter_jsonl(f"{workdir}/generate_lasa/generations.jsonl")]
+        generations = [row for _, row in storage.iter_jsonl(f"{workdir}/generate_lasa/generations.jsonl")]
         assert generations and all(row["mode"] for row in generations)
     finally:
         flags.FLAGS.unparse_flags()
-        io_utils.rmtree(workdir.rsplit("/", 1)[0])
+        storage.rmtree(workdir.rsplit("/", 1)[0])

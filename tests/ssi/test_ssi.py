@@ -15,34 +15,31 @@ import torch
 from sklearn.metrics import roc_auc_score
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lasa_jax.activations import tokenize_prompts
 from lasa_jax.data.labelled import load_multijail_prompts
 from lasa_jax.data.languages import MULTIJAIL_LANGUAGES
-from lasa_jax.data.preference import PreferenceRow, assign_latent_labels
-from lasa_jax.errors import InputError
-from lasa_jax.models import from_pretrained
-from lasa_jax.ssi import (
+from lasa_jax.data.preference.rows import PreferenceRow
+from lasa_jax.infra.errors import InputError
+from lasa_jax.kto.labels import assign_latent_labels
+from lasa_jax.models.capture import tokenize_prompts
+from lasa_jax.models.hf import from_pretrained
+from lasa_jax.ssi.artifact import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    PARAMS_FILE,
+    PLOT_FILE,
     SSI,
     SSIConfig,
     SSIScorer,
-    choose_threshold,
-    classification_metrics,
-    evaluate_by_language,
     load_ssi,
-    new_classifier,
-    predict_logits,
-    prompt_features,
-    resolve_hidden_dims,
-    roc_auc,
     save_ssi,
-    tokenization_fingerprint,
-    train_classifier,
+    sigmoid,
 )
-from lasa_jax.ssi.artifact import CONFIG_FILE, METRICS_FILE, PARAMS_FILE, PLOT_FILE, sigmoid
 from lasa_jax.ssi.data import load_ssi_data
-from lasa_jax.ssi.mlp import flatten_params
+from lasa_jax.ssi.features import prompt_features, tokenization_fingerprint
+from lasa_jax.ssi.metrics import choose_threshold, classification_metrics, evaluate_by_language, roc_auc
+from lasa_jax.ssi.mlp import flatten_params, new_classifier, resolve_hidden_dims
 from lasa_jax.ssi.stage import resolve_residual_index, train_ssi
-from lasa_jax.ssi.training import TrainSettings, _epoch_batches, weighted_bce
+from lasa_jax.ssi.training import TrainSettings, _epoch_batches, predict_logits, train_classifier, weighted_bce
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DEMO_PROMPTS = REPO / "lasa_jax" / "demo_data" / "prompts.jsonl"
@@ -634,7 +631,7 @@ def test_located_layer_of_another_model_is_refused(tmp_path, tiny_hf_dirs):
 
     import ml_collections
 
-    from lasa_jax.models import from_pretrained
+    from lasa_jax.models.hf import from_pretrained
     from lasa_jax.ssi.stage import resolve_residual_index
 
     model = from_pretrained(tiny_hf_dirs["llama"])

@@ -6,12 +6,13 @@ import pathlib
 
 import pytest
 
-from lasa_jax.data.benign import benign_prompts, cache_key, generate_benign_rows, mix_benign_rows, num_benign_rows
-from lasa_jax.data.preference import AUTO_WEIGHT_RATIO, PreferenceRow, balance_class_weights, trl_weight_check
-from lasa_jax.errors import InputError
-from lasa_jax.models import from_pretrained, model_fingerprint
-from lasa_jax.runtime import load_tokenizer
-from lasa_jax.train.kto_trainer import completion_models, prepare_examples
+from lasa_jax.data.preference.rows import PreferenceRow
+from lasa_jax.infra.errors import InputError
+from lasa_jax.kto.benign import benign_prompts, cache_key, generate_benign_rows, mix_benign_rows, num_benign_rows
+from lasa_jax.kto.data import completion_models, prepare_examples
+from lasa_jax.kto.weights import AUTO_WEIGHT_RATIO, balance_class_weights, trl_weight_check
+from lasa_jax.models.hf import from_pretrained, model_fingerprint
+from lasa_jax.models.loading import load_tokenizer
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 WEIGHT_CASES = [(7, 3, 1.0, 1.0), (3, 7, 1.0, 1.0), (7, 3, 1.0, 2.0), (6, 4, 1.0, 1.2), (5, 5, 1.0, 3.0)]

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lasa_jax.kto import completion_logps, kto_loss
+from lasa_jax.kto.loss import kto_loss
+from lasa_jax.models.logprobs import completion_logps
 
 
 def trl_kto_reference(policy, ref, kl_policy, kl_ref, desirable, beta, w_d, w_u):

@@ -23,24 +23,23 @@ import torch
 from jax.experimental.compilation_cache import compilation_cache as jax_compilation_cache
 from safetensors.numpy import load_file
 
-from lasa_jax.checkpoint import Checkpointer
-from lasa_jax.data.preference import assign_latent_labels, iterate_kto_batches, load_unpaired_jsonl, tokenize_rows
-from lasa_jax.kto import completion_logps
-from lasa_jax.models import from_pretrained, save_pretrained
+from lasa_jax.data.preference.formats import load_unpaired_jsonl
+from lasa_jax.kto.batches import iterate_kto_batches
+from lasa_jax.kto.checkpoint import Checkpointer
+from lasa_jax.kto.data import label_rows, prepare_examples
+from lasa_jax.kto.examples import tokenize_rows
+from lasa_jax.kto.labels import assign_latent_labels
+from lasa_jax.kto.loop import NonFiniteLossError
+from lasa_jax.kto import step as kto_step
+from lasa_jax.kto.metric_writer import read_metrics
+from lasa_jax.kto.trainer import CHECKPOINT_DIR, REFERENCE_TABLE_FILE, train_kto
 from lasa_jax.models.decoder import forward, param_shardings
-from lasa_jax.runtime import load_tokenizer
+from lasa_jax.models.hf import from_pretrained
+from lasa_jax.models.hf_export import save_pretrained
+from lasa_jax.models.loading import load_tokenizer
+from lasa_jax.models.logprobs import completion_logps
 from lasa_jax.sharding import make_mesh, put_batch
-from lasa_jax.train import kto_step
-from lasa_jax.train.kto_trainer import (
-    CHECKPOINT_DIR,
-    EXIT_PREEMPTED,
-    REFERENCE_TABLE_FILE,
-    NonFiniteLossError,
-    label_rows,
-    prepare_examples,
-    train_kto,
-)
-from lasa_jax.train.metric_writer import read_metrics
+from lasa_jax.stage import EXIT_PREEMPTED
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DEMO_KTO = REPO / "lasa_jax" / "demo_data" / "kto.jsonl"
@@ -234,7 +233,7 @@ def test_gradient_accumulation_matches_one_big_batch(llama_dir, demo_batches):
 
 
 def test_length_buckets_only_drop_padding_and_one_reference_forward_matches_two(llama_dir):
-    from lasa_jax.train.buckets import batch_length, bucket_for, length_buckets, trimmed_arrays
+    from lasa_jax.kto.buckets import batch_length, bucket_for, length_buckets, trimmed_arrays
 
     assert length_buckets(512) == (64, 128, 256, 512) and length_buckets(256, "off") is None
     assert length_buckets(200, "100, 300") == (100, 200) and bucket_for(65, (64, 128, 256)) == 128
@@ -402,7 +401,9 @@ def test_sigterm_then_kill9_then_rerun_gives_bit_identical_parameters(llama_dir,
 def llama_ssi(llama_dir, tmp_path_factory):
     """An SSI trained on nothing, for the tiny Llama: residual 2, a linear head, the threshold at the median score
     of the first 40 demo rows' prompts. Returns (SSI directory, those rows, {prompt: harmful flag})."""
-    from lasa_jax.ssi import SSI, SSIConfig, SSIScorer, new_classifier, save_ssi, tokenization_fingerprint
+    from lasa_jax.ssi.artifact import SSI, SSIConfig, SSIScorer, save_ssi
+    from lasa_jax.ssi.features import tokenization_fingerprint
+    from lasa_jax.ssi.mlp import new_classifier
 
     base = from_pretrained(llama_dir)
     tokenizer = load_tokenizer(str(llama_dir))
@@ -491,7 +492,7 @@ def test_kto_stage_contract_on_a_finished_run(llama_dir, reference_run, tmp_path
     """kto_stage.run on a finished workdir: no step, StageResult with the export; report_lines as the pipeline's."""
     import shutil
 
-    from lasa_jax.train import kto_stage
+    from lasa_jax.kto import stage as kto_stage
 
     workdir = tmp_path / "kto"
     shutil.copytree(reference_run[0], workdir)

@@ -7,16 +7,10 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from lasa_jax.config import ModelConfig
-from lasa_jax.errors import InputError
-from lasa_jax.memory_plan import (
-    check_pipeline,
-    generation_plan,
-    kto_plan,
-    mesh_sizes,
-    suggest_generation,
-    suggest_kto,
-)
+from lasa_jax.infra.errors import InputError
+from lasa_jax.memory_check import check_pipeline, suggest_generation, suggest_kto
+from lasa_jax.memory_plan import generation_plan, kto_plan, mesh_sizes
+from lasa_jax.models.config import ModelConfig
 from lasa_jax.presets import PAPER_MODELS
 from lasa_jax.testing import TINY_CONFIGS
 
@@ -40,9 +34,9 @@ def _load_config(name: str, arg: str | None = None):
 
 def _xla_memory(config: ModelConfig, batch_size: int, length: int, step_config, online: bool):
     """XLA's per-device `memory_analysis()` of the compiled, 8-way FSDP `kto_step` train step (nothing is run)."""
+    from lasa_jax.kto import step as kto_step
     from lasa_jax.models.decoder import abstract_decoder, param_shardings
     from lasa_jax.sharding import batch_sharding, make_mesh
-    from lasa_jax.train import kto_step
 
     mesh = make_mesh(data=1, fsdp=-1, tensor=1)
     model = abstract_decoder(config, mesh)
@@ -71,7 +65,7 @@ def _xla_memory(config: ModelConfig, batch_size: int, length: int, step_config, 
 @pytest.mark.parametrize("remat, online, grad_accum, compute", [("full", True, 1, "float32"),
                                                                 ("none", False, 2, "bfloat16")])
 def test_kto_plan_matches_xla_memory_analysis(remat, online, grad_accum, compute):
-    from lasa_jax.train.kto_step import KTOStepConfig
+    from lasa_jax.kto.step import KTOStepConfig
 
     assert len(jax.devices()) == 8
     config = ModelConfig.from_hf_dict(SMALL_LLAMA, param_dtype="float32", compute_dtype=compute, remat_policy=remat)
@@ -97,7 +91,7 @@ def test_kto_plan_matches_xla_memory_analysis(remat, online, grad_accum, compute
 def test_embedding_and_lm_head_term_follows_xla(tied):
     """What the vocabulary costs, isolated: XLA's per-device bytes grow with V as the plan's do (lookup on the
     sharded table, whole-table gradient, gathered LM head; tied: ~3 tables, untied: ~2; measured 0.94-1.03)."""
-    from lasa_jax.train.kto_step import KTOStepConfig
+    from lasa_jax.kto.step import KTOStepConfig
 
     totals = []
     for vocab in (16384, 131072):
@@ -132,7 +126,7 @@ def test_generation_plan_matches_xla_memory_analysis(tensor, batch):
     """`continuous._prefill_rows` (+ `_insert`) and `_decode_block` on 8 CPU devices with `decode_params`' layout
     (replicated at tensor=1, tensor-parallel at tensor=4), float32 (XLA's CPU backend upcasts bfloat16). The plan's
     decode terms against the largest program; the FSDP weights as loaded live beside them (exact)."""
-    from lasa_jax import continuous
+    from lasa_jax.decoding import continuous
     from lasa_jax.models.decoder import init_decoder
     from lasa_jax.sharding import make_mesh
 

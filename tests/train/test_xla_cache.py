@@ -1,7 +1,7 @@
-"""The persistent compilation cache switch (lasa_jax.xla_cache): default location, explicit directory, off."""
+"""The persistent compilation cache switch (lasa_jax.infra.xla_cache): default location, explicit directory, off."""
 import jax
 
-from lasa_jax import xla_cache
+from lasa_jax.infra import xla_cache
 
 
 def test_cache_location_and_off_switch(monkeypatch, tmp_path):

@@ -6,9 +6,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from lasa_jax.chat import Prompt, chat_messages
 from lasa_jax.data.languages import normalize_language
-from lasa_jax.errors import InputError
+from lasa_jax.infra.errors import InputError
+from lasa_jax.models.chat import Prompt, chat_messages
 
 
 def string_field(record: Mapping, field: str, where: str, required: bool = True) -> str:

@@ -14,8 +14,8 @@ from lasa_jax.data.preference.fields import (
     string_field,
 )
 from lasa_jax.data.preference.rows import PreferenceRow, prompt_group_id
-from lasa_jax.errors import InputError
-from lasa_jax.io_utils import iter_jsonl, read_json
+from lasa_jax.infra.errors import InputError
+from lasa_jax.infra.storage import iter_jsonl, read_json
 
 
 def load_paired_preference_json(path: str | os.PathLike) -> list[PreferenceRow]:

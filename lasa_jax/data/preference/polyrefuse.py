@@ -12,8 +12,8 @@ from lasa_jax.data.heldout import POLYREFUSE_MULTIJAIL_ROWS
 from lasa_jax.data.languages import normalize_language
 from lasa_jax.data.preference.fields import binary_field, string_field
 from lasa_jax.data.preference.rows import PreferenceRow, ends_naturally
-from lasa_jax.errors import InputError
-from lasa_jax.io_utils import read_json
+from lasa_jax.infra.errors import InputError
+from lasa_jax.infra.storage import read_json
 
 COMPLETIONS_SUFFIX = "_evaluations.no_tokens.json"
 # model_type (config.json) -> the polyrefuse_completions model folder of that family (`family_completion_models`)

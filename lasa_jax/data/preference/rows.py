@@ -10,7 +10,7 @@ import json
 import unicodedata
 from typing import Any
 
-from lasa_jax.chat import Prompt, chat_messages
+from lasa_jax.models.chat import Prompt, chat_messages
 
 # Last characters of a text that ended where its author (model) stopped: sentence-final punctuation (Latin, CJK,
 # Devanagari, Arabic, Thai), closing brackets and quotes, markup/code closers, and the Chinese question particles

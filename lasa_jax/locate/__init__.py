@@ -1,0 +1,6 @@
+"""Stage 1 (Locate): the semantic bottleneck, the residual index where prompts cluster by meaning, not language.
+
+Modules: `stage` (the contract and the run), `settings` (the config reader), `corpus` (the parallel texts),
+`silhouette` (jitted cosine/euclidean silhouettes), `selection` (argmax of S_sem - S_lang with a group bootstrap),
+`probe` (harmful-vs-benign probe AUROC per residual index), `report` (bottleneck.json, layers.csv, plots).
+"""

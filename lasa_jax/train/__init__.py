@@ -1,1 +1,0 @@
-"""Training loops (KTO) and their checkpointing."""
