@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from lasa_jax.kto import step as kto_step
+from lasa_jax.models import logprobs
 from lasa_jax.models.config import ModelConfig
 from lasa_jax.models.decoder import init_decoder, param_shardings
 from lasa_jax.sharding import make_mesh, put_batch
@@ -95,14 +96,14 @@ def main():
     def reference_pass():
         for keys in (kto_step.POLICY_ROW_KEYS, kto_step.KL_ROW_KEYS):
             arrays = put_batch(mesh, *(host[k] for k in keys))
-            out = kto_step.batch_logps(reference, config, *arrays, mesh=mesh, chunk_size=args.logits_chunk_size)
+            out = logprobs.batch_logps(reference, config, *arrays, mesh=mesh, chunk_size=args.logits_chunk_size)
         jax.block_until_ready(out)
 
     reference_pass()
     precompute_s = median_seconds(reference_pass, args.steps)
-    ref_logps = np.asarray(kto_step.batch_logps(reference, config, *put_batch(
+    ref_logps = np.asarray(logprobs.batch_logps(reference, config, *put_batch(
         mesh, *(host[k] for k in kto_step.POLICY_ROW_KEYS)), mesh=mesh, chunk_size=args.logits_chunk_size))
-    kl_ref_logps = np.asarray(kto_step.batch_logps(reference, config, *put_batch(
+    kl_ref_logps = np.asarray(logprobs.batch_logps(reference, config, *put_batch(
         mesh, *(host[k] for k in kto_step.KL_ROW_KEYS)), mesh=mesh, chunk_size=args.logits_chunk_size))
 
     results = {}

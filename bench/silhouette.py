@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from sklearn.metrics import silhouette_score as sklearn_silhouette_score
 
-from lasa_jax.locate import silhouette as bottleneck
+from lasa_jax.locate import selection, silhouette
 from lasa_jax.models.capture import capture
 from lasa_jax.models.config import ModelConfig
 from lasa_jax.models.decoder import init_decoder
@@ -65,10 +65,10 @@ def best_seconds(fn, repeats: int) -> tuple[float, object]:
 def bench_silhouette(x: np.ndarray, labels: np.ndarray, name: str) -> dict:
     """Best of REPEATS back-to-back runs of each implementation (runs are not interleaved: OpenBLAS worker threads keep
     spinning for a while after sklearn's products and would slow the next XLA call on a 2-core machine)."""
-    bottleneck.silhouette_score(x, labels)  # warm-up: jit compile for this label count
-    lasa_s, lasa_value = best_seconds(lambda: bottleneck.silhouette_score(x, labels), REPEATS)
+    silhouette.silhouette_score(x, labels)  # warm-up: jit compile for this label count
+    lasa_s, lasa_value = best_seconds(lambda: silhouette.silhouette_score(x, labels), REPEATS)
     x_device = jax.device_put(x)
-    device_s, _ = best_seconds(lambda: bottleneck.silhouette_score(x_device, labels), REPEATS)
+    device_s, _ = best_seconds(lambda: silhouette.silhouette_score(x_device, labels), REPEATS)
     sklearn_s, sklearn_value = best_seconds(lambda: sklearn_silhouette_score(x, labels, metric="cosine"), REPEATS)
     print(f"[{name}] {len(np.unique(labels))} clusters: lasa_jax {lasa_s:.4f} s from NumPy input "
           f"({device_s:.4f} s device-resident), sklearn {sklearn_s:.4f} s: ratio {sklearn_s / lasa_s:.1f}x "
@@ -80,10 +80,10 @@ def bench_silhouette(x: np.ndarray, labels: np.ndarray, name: str) -> dict:
 def bench_bootstrap(x: np.ndarray, groups: np.ndarray, languages: np.ndarray) -> dict:
     """One layer, point estimate + NUM_BOOTSTRAP group resamples, under each bootstrap scheme (now only "points")."""
     multiplicities = np.concatenate([np.ones((1, NUM_GROUPS), np.int32),
-                                     bottleneck.group_bootstrap_multiplicities(NUM_GROUPS, NUM_BOOTSTRAP, seed=0)])
+                                     selection.group_bootstrap_multiplicities(NUM_GROUPS, NUM_BOOTSTRAP, seed=0)])
     result = {"num_bootstrap": NUM_BOOTSTRAP}
-    for scheme in bottleneck.BOOTSTRAP_MODES:
-        run = lambda: bottleneck.layer_silhouettes(x, languages, groups, multiplicities, bootstrap=scheme)
+    for scheme in selection.BOOTSTRAP_MODES:
+        run = lambda: selection.layer_silhouettes(x, languages, groups, multiplicities, bootstrap=scheme)
         run()  # warm-up
         seconds, (s_lang, s_sem) = best_seconds(run, 3)
         print(f"[bootstrap {scheme}] one layer, point estimate + {NUM_BOOTSTRAP} group resamples: {seconds:.3f} s "

@@ -11,9 +11,9 @@ from typing import Any
 from lasa_jax.infra.errors import InputError, config_field
 from lasa_jax.memory_plan import (
     MemoryPlan,
-    _batch_shards,
     generation_plan,
     kto_plan,
+    mesh_batch_shards,
     preset_named,
     resolve_reference_mode,
 )
@@ -77,7 +77,7 @@ def suggest_kto(config: ModelConfig, plan: MemoryPlan, kto_prefix: str = "kto.")
     settings = {k: plan.settings[k] for k in plan.settings if k not in ("rows_per_device", "mesh")}
     sizes = plan.settings["mesh"]
     found = []
-    for variant in _kto_variants(settings, _batch_shards(sizes)):
+    for variant in _kto_variants(settings, mesh_batch_shards(sizes)):
         candidate = kto_plan(config, plan.preset, mesh=sizes, **variant)
         if candidate.fits:
             note = (" (bfloat16 master weights and AdamW moments: 1e-6 updates may stall)"

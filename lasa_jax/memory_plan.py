@@ -141,10 +141,10 @@ def _sharded_params(config: ModelConfig, sizes_items: tuple, decode: bool) -> li
 
 
 def _rows_per_device(rows: int, sizes: Mapping[str, int]) -> int:
-    return max(1, -(-rows // _batch_shards(sizes)))
+    return max(1, -(-rows // mesh_batch_shards(sizes)))
 
 
-def _batch_shards(sizes: Mapping[str, int]) -> int:
+def mesh_batch_shards(sizes: Mapping[str, int]) -> int:
     """`lasa_jax.sharding.batch_shards` of a mesh of `sizes`."""
     from lasa_jax.sharding import LOGICAL_AXIS_RULES
 
@@ -246,7 +246,7 @@ def generation_plan(config: ModelConfig, preset_name: str, *, mesh: Mapping[str,
     preset = preset_named(preset_name)
     sizes = mesh_sizes(mesh if mesh is not None else preset.mesh, preset.num_devices)
     pb, cb = itemsize(dtype), itemsize(compute_dtype or dtype)
-    c, shards = config, _batch_shards(sizes)
+    c, shards = config, mesh_batch_shards(sizes)
     loaded = sharded_params(config, sizes)
     limit = continuous.REPLICATE_MAX_BYTES if replicate_max_bytes is None else replicate_max_bytes
     replicated = sum(n for _, n, _, _ in loaded) * pb <= limit
@@ -278,15 +278,3 @@ def generation_plan(config: ModelConfig, preset_name: str, *, mesh: Mapping[str,
     return MemoryPlan("generation", preset_name, preset.hbm_bytes_per_device, parts, settings)
 
 
-# the config-reading check and its suggestions live in lasa_jax.memory_check (which imports this module);
-# re-exported here on first use, so either module can be imported first
-_CHECK_NAMES = ("DEFAULT_PLANNED_PROMPT_LENGTH", "check_pipeline", "generation_settings", "kto_settings",
-                "suggest_generation", "suggest_kto")
-
-
-def __getattr__(name: str):
-    if name not in _CHECK_NAMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from lasa_jax import memory_check
-
-    return getattr(memory_check, name)

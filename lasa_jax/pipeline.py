@@ -305,9 +305,3 @@ def write_summary(workdir: str, config: ml_collections.ConfigDict) -> str:
     return path
 
 
-def __getattr__(name: str):
-    if name == "headline_lines":  # moved to the evaluate stage (imported lazily: it imports the judges)
-        from lasa_jax.evaluate.stage import headline_lines
-
-        return headline_lines
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

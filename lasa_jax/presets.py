@@ -14,7 +14,7 @@ as model_path "asset:<asset>" instead of the hub id.
 Every mesh is FSDP over all chips (`fsdp=-1`): a KTO step holds a float32 policy, its gradient, the float32
 gradient accumulator, the AdamW moments and (online) a bf16 reference, about 22 bytes per parameter, which no single
 chip can hold for these models. `lasa_jax.memory_plan` adds the rest (gathered weights, logits, activations) and the
-pipeline refuses a preset that cannot hold a stage; `kto_fits` applies it with a preset's own defaults. By that plan
+pipeline refuses a preset that cannot hold a stage. By that plan, with a preset's own defaults
 (max length 512): 7B-14B models train on v5p-8 (14B with the precomputed reference, its default) and pod slices;
 32B models need v5p-64 (their default_preset); no paper model's KTO fits v4-8 or v5e-8. Generation
 (`lasa_jax.decoding.continuous`) replicates the decode weights on a tensor=1 mesh (beside their stacked copy while they are
@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from lasa_jax.infra.errors import InputError
 from lasa_jax.models.config import ModelConfig
 
 
@@ -171,16 +170,3 @@ def device_peak_flops(device_kind: str) -> float | None:
     return PEAK_FLOPS_BY_DEVICE_KIND.get(device_kind)
 
 
-def kto_fits(config: ModelConfig, preset: TPUPreset, precomputed_reference: bool = False) -> tuple[bool, str]:
-    """Whether one KTO update of `config` with the preset's own defaults (and the paper's max length 512, float32
-    master weights, bfloat16 compute, full remat) fits the preset, and the plan's one-line summary
-    (`lasa_jax.memory_plan.kto_plan`, which the pipeline checks with the run's real settings)."""
-    from lasa_jax.memory_plan import kto_plan
-
-    name = next((n for n, p in TPU_PRESETS.items() if p is preset), "cpu" if preset is CPU_PRESET else None)
-    if name is None:
-        raise InputError(f"kto_fits: {preset.accelerator_type} is not one of lasa_jax.presets.TPU_PRESETS")
-    reference = "precomputed" if precomputed_reference else preset.kto_reference_mode
-    plan = kto_plan(config, name, batch_size=preset.kto_batch_size, grad_accum_steps=preset.kto_micro_batches,
-                    max_length=512, reference_mode=reference)
-    return plan.fits, plan.describe()

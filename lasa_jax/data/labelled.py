@@ -43,12 +43,12 @@ from typing import Any
 from lasa_jax.data.heldout import NEAR_DUPLICATE_JACCARD, TextIndex
 from lasa_jax.data.languages import normalize_language
 from lasa_jax.data.parallel import (
-    _read_json_list,
-    _require_field,
-    _require_text,
     load_flores_sib200,
     load_multijail,
     load_polyrefuse,
+    read_json_list,
+    require_field,
+    require_text,
 )
 from lasa_jax.infra.errors import InputError
 from lasa_jax.infra.storage import iter_jsonl
@@ -121,14 +121,14 @@ def load_unsafe_train_json(path: PathLike, languages: Iterable[str] | None = Non
     path = pathlib.Path(path)
     requested = _language_set(languages)
     records = []
-    for i, row in enumerate(_read_json_list(path)):
+    for i, row in enumerate(read_json_list(path)):
         where = f"{path} record {i}"
         text = _prompt_text(row, where, ("prompt", "query"))
         language = _language(row, where, ("language", "lingual"))
         if row.get("is_unsafe") is False:
             raise InputError(f"{where}: 'is_unsafe' is false; unsafe_train.json is expected to hold harmful "
                              f"prompts only")
-        source = _require_text(row.get("source") or "unsafe_train", where, "source")
+        source = require_text(row.get("source") or "unsafe_train", where, "source")
         group = row.get("group_id", row.get("idx", i))
         if isinstance(group, bool) or not isinstance(group, (int, str)) or str(group).strip() == "":
             raise InputError(f"{where}: field 'group_id' (or 'idx') must be a string or an integer, got {group!r}")
@@ -164,11 +164,11 @@ def load_ultrafeedback_prompts(path: PathLike, languages: Iterable[str] | None =
         language = normalize_language(match.group(1))
         if requested is not None and language not in requested:
             continue
-        rows = _read_json_list(file)
+        rows = read_json_list(file)
         for i, row in enumerate(rows[:max_per_language] if max_per_language is not None else rows):
             where = f"{file} record {i}"
             text = _prompt_text(row, where, ("prompt", "instruction"))
-            idx = _require_field(row, "idx", where)
+            idx = require_field(row, "idx", where)
             records.append(LabelledPrompt(text, language, 0, f"ultrafeedback:{idx}", "ultrafeedback", None))
     if not records:
         raise InputError(f"{path}: no UltraFeedback prompts in the requested languages {sorted(requested or ())}")
@@ -202,15 +202,15 @@ def _jsonl_record(row: Any, where: str, default_source: str) -> LabelledPrompt:
         raise InputError(f"{where}: missing field 'prompt' (or its alias 'text')")
     if len(present) == 2 and row["prompt"] != row["text"]:
         raise InputError(f"{where}: fields 'prompt' and 'text' differ; give one of them")
-    text = _require_text(row[present[0]], where, present[0])
+    text = require_text(row[present[0]], where, present[0])
     language = _language(row, where, ("language",))
-    label = _require_field(row, "label", where)
+    label = require_field(row, "label", where)
     if label not in (0, 1):  # True/False compare equal to 1/0
         raise InputError(f"{where}: field 'label' must be 0 (benign) or 1 (harmful), got {label!r}")
-    group = _require_field(row, "group_id", where)
+    group = require_field(row, "group_id", where)
     if isinstance(group, bool) or not isinstance(group, (str, int)) or str(group).strip() == "":
         raise InputError(f"{where}: field 'group_id' must be a non-empty string or an integer, got {group!r}")
-    source = _require_text(row.get("source") or default_source, where, "source")
+    source = require_text(row.get("source") or default_source, where, "source")
     split = row.get("split")
     if split is not None and not isinstance(split, str):
         raise InputError(f"{where}: field 'split' must be a string, got {split!r}")
@@ -228,7 +228,7 @@ def _prompt_text(row: Any, where: str, fields: Sequence[str]) -> str:
         if not value or not isinstance(value[0], dict) or "content" not in value[0]:
             raise InputError(f"{where}: field {field!r} is a list but not of chat messages with 'content'")
         value = value[0]["content"]
-    return _require_text(value, where, field)
+    return require_text(value, where, field)
 
 
 def _language(row: Mapping, where: str, fields: Sequence[str]) -> str:

@@ -61,7 +61,7 @@ class ParallelText:
 # ----------------------------------------------------------------------------------------------- shared helpers
 
 
-def _requested_languages(languages: Iterable[str] | None) -> frozenset[str] | None:
+def requested_languages(languages: Iterable[str] | None) -> frozenset[str] | None:
     return None if languages is None else frozenset(normalize_language(lang) for lang in languages)
 
 
@@ -73,13 +73,13 @@ def _language(label: Any, where: str) -> str:
         raise InputError(f"{where}: {err}") from err
 
 
-def _require_text(value: Any, where: str, field: str) -> str:
+def require_text(value: Any, where: str, field: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise InputError(f"{where}: field {field!r} must be a non-empty string, got {value!r}")
     return value
 
 
-def _require_field(row: Any, field: str, where: str) -> Any:
+def require_field(row: Any, field: str, where: str) -> Any:
     if not isinstance(row, dict):
         raise InputError(f"{where}: expected a JSON object, got {type(row).__name__}")
     if field not in row or row[field] is None:
@@ -87,7 +87,7 @@ def _require_field(row: Any, field: str, where: str) -> Any:
     return row[field]
 
 
-def _read_json_list(path: pathlib.Path) -> list:
+def read_json_list(path: pathlib.Path) -> list:
     rows = read_json(path, "JSON data file")
     if not isinstance(rows, list):
         raise InputError(f"{path}: expected a JSON list of records, got {type(rows).__name__}")
@@ -112,7 +112,7 @@ def load_multijail(path: PathLike, languages: Iterable[str] | None = MULTIJAIL_L
     csv_path = path / "MultiJail.csv" if path.is_dir() else path
     if not csv_path.is_file():
         raise FileNotFoundError(f"{csv_path} not found (expected MultiJail.csv)")
-    requested = _requested_languages(languages)
+    requested = requested_languages(languages)
     with open(csv_path, encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
@@ -131,9 +131,9 @@ def load_multijail(path: PathLike, languages: Iterable[str] | None = MULTIJAIL_L
         records = []
         for line_index, row in enumerate(reader):
             where = f"{csv_path} row {line_index + 1}"
-            row_id = _require_text(row.get("id"), where, "id").strip()
+            row_id = require_text(row.get("id"), where, "id").strip()
             for column, language in language_columns.items():
-                text = _require_text(row.get(column), where, column)
+                text = require_text(row.get(column), where, column)
                 records.append(ParallelText(text, language, f"multijail:{row_id}", "multijail", 1))
     return records
 
@@ -161,7 +161,7 @@ def flores_sib200_rows(dataset_dir: PathLike, languages: Iterable[str] | None = 
     if unknown_splits:
         raise InputError(f"unknown FLORES/SIB-200 splits {sorted(unknown_splits)}; "
                          f"expected a subset of {_FLORES_SPLITS}")
-    requested = _requested_languages(languages)
+    requested = requested_languages(languages)
     folders = sorted(p for p in annotated.iterdir() if p.is_dir())
     selected = [(p, _language(p.name, f"{annotated}: folder {p.name!r}")) for p in folders]
     selected = [(p, lang) for p, lang in selected if requested is None or lang in requested]
@@ -181,9 +181,9 @@ def flores_sib200_rows(dataset_dir: PathLike, languages: Iterable[str] | None = 
                 for line_index, row in enumerate(reader):
                     where = f"{tsv} line {line_index + 2}"
                     rows.append({"language": language, "split": split,
-                                 "index_id": _require_text(row["index_id"], where, "index_id").strip(),
-                                 "category": _require_text(row["category"], where, "category").strip(),
-                                 "text": _require_text(row["text"], where, "text")})
+                                 "index_id": require_text(row["index_id"], where, "index_id").strip(),
+                                 "category": require_text(row["category"], where, "category").strip(),
+                                 "text": require_text(row["text"], where, "text")})
     return rows
 
 
@@ -205,7 +205,7 @@ def load_polyrefuse(dataset_dir: PathLike, kinds: Sequence[str] = ("harmful", "h
     translated_dir = root / "PolyRefuse"
     if not translated_dir.is_dir():
         raise FileNotFoundError(f"{translated_dir} not found (expected <polyrefuse>/PolyRefuse/*_translated_<l>.json)")
-    requested = _requested_languages(languages)
+    requested = requested_languages(languages)
     records = []
     for kind in kinds:
         if kind not in ("harmful", "harmless"):
@@ -238,18 +238,18 @@ def _load_polyrefuse_split(root: pathlib.Path, kind: str, split: str,
 
     english_originals = None  # test files: `instruction` must be the same English prompt in every language
     if split == "test" and "en" in files:
-        english_originals = [_require_field(row, "instruction", f"{files['en']} record {i}")
-                             for i, row in enumerate(_read_json_list(files["en"]))]
+        english_originals = [require_field(row, "instruction", f"{files['en']} record {i}")
+                             for i, row in enumerate(read_json_list(files["en"]))]
     rows_by_language = {}
     for language, path in selected.items():
-        rows = _read_json_list(path)
+        rows = read_json_list(path)
         texts = []
         for i, row in enumerate(rows):
             where = f"{path} record {i}"
             field = "instruction_translated" if split == "test" and language != "en" else "instruction"
-            texts.append(_require_text(_require_field(row, field, where), where, field))
+            texts.append(require_text(require_field(row, field, where), where, field))
             if english_originals is not None and i < len(english_originals):
-                original = _require_field(row, "instruction", where)
+                original = require_field(row, "instruction", where)
                 if original != english_originals[i]:
                     raise InputError(f"{where}: 'instruction' differs from record {i} of {files['en']}; "
                                      f"the files are not row-aligned")
@@ -275,41 +275,41 @@ def load_translated_safety_json(path: PathLike, source: str = "safety_translated
     group_id = "<source>:<idx>".
     """
     path = pathlib.Path(path)
-    requested = _requested_languages(languages)
+    requested = requested_languages(languages)
     records, seen_ids = [], set()
-    for i, row in enumerate(_read_json_list(path)):
+    for i, row in enumerate(read_json_list(path)):
         where = f"{path} record {i}"
-        idx = _require_field(row, "idx", where)
+        idx = require_field(row, "idx", where)
         if idx in seen_ids:
             raise InputError(f"{where}: duplicate idx {idx!r}")
         seen_ids.add(idx)
         group_id = f"{source}:{idx}"
-        texts = {"en": _require_text(_require_field(row, "original_query", where), where, "original_query")}
-        translations = _require_field(row, "translations", where)
+        texts = {"en": require_text(require_field(row, "original_query", where), where, "original_query")}
+        translations = require_field(row, "translations", where)
         if not isinstance(translations, dict):
             raise InputError(f"{where}: field 'translations' must be an object {{language: text}}")
         for name, text in translations.items():
             language = _language(name, f"{where}: field 'translations'")
-            texts[language] = _require_text(text, where, f"translations.{name}")
+            texts[language] = require_text(text, where, f"translations.{name}")
         records.extend(ParallelText(text, language, group_id, source, label)
                        for language, text in texts.items() if requested is None or language in requested)
     return records
 
 
-def _record_from_row(row: Any, where: str, default_source: str) -> ParallelText:
+def record_from_row(row: Any, where: str, default_source: str) -> ParallelText:
     if not isinstance(row, dict):
         raise InputError(f"{where}: expected a JSON object, got {type(row).__name__}")
     present = [field for field in ("text", "prompt") if row.get(field) is not None]
     if not present or (len(present) == 2 and row["text"] != row["prompt"]):
         raise InputError(f"{where}: expected the field 'text' (or its alias 'prompt'; both only if equal), "
                          f"got {present}")
-    text = _require_text(row[present[0]], where, present[0])
-    language = _language(_require_field(row, "language", where), f"{where}: field 'language'")
-    raw_group = _require_field(row, "group_id", where)
+    text = require_text(row[present[0]], where, present[0])
+    language = _language(require_field(row, "language", where), f"{where}: field 'language'")
+    raw_group = require_field(row, "group_id", where)
     if isinstance(raw_group, bool) or not isinstance(raw_group, (str, int)) or str(raw_group).strip() == "":
         raise InputError(f"{where}: field 'group_id' must be a non-empty string or an integer, got {raw_group!r}")
     source = row.get("source") if row.get("source") is not None else default_source
-    source = _require_text(source, where, "source")
+    source = require_text(source, where, "source")
     label = row.get("label")
     if label is not None and (isinstance(label, bool) or label not in (0, 1)):
         raise InputError(f"{where}: field 'label' must be 0 (benign) or 1 (harmful), got {label!r}")
@@ -323,7 +323,7 @@ def load_parallel_jsonl(path: PathLike, source: str | None = None) -> list[Paral
     """
     path = pathlib.Path(path)
     default_source = source or path.stem
-    records = [_record_from_row(row, f"{path}:{line_number}", default_source)
+    records = [record_from_row(row, f"{path}:{line_number}", default_source)
                for line_number, row in iter_jsonl(path, "parallel JSONL file")]
     if not records:
         raise InputError(f"{path}: no records")
@@ -344,20 +344,9 @@ def load_parallel_hub(dataset_id: str, split: str = "train", data_files: Any = N
             source = pathlib.Path(data_files).stem
     dataset = datasets.load_dataset(dataset_id, split=split, data_files=data_files,
                                      cache_dir=None if cache_dir is None else os.fspath(cache_dir))
-    records = [_record_from_row(row, f"{dataset_id} ({split}) record {i}", source) for i, row in enumerate(dataset)]
+    records = [record_from_row(row, f"{dataset_id} ({split}) record {i}", source) for i, row in enumerate(dataset)]
     if not records:
         raise InputError(f"{dataset_id} ({split}): no records")
     return records
 
 
-_CORPUS_NAMES = ("check_parallel_corpus", "corpus_summary", "default_locate_corpus", "filter_parallel_groups",
-                 "keep_common_sources")
-
-
-def __getattr__(name: str):
-    """The corpus functions of `lasa_jax.locate.corpus_filters`, imported on first use."""
-    if name not in _CORPUS_NAMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from lasa_jax.locate import corpus_filters as parallel_corpus
-
-    return getattr(parallel_corpus, name)

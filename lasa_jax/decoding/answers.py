@@ -326,13 +326,3 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             "prefix_rate": sum(g["prefix_used"] for g in groups.values()) / total if total else None}
 
 
-# ----------------------------------------------------------------------------------------------- moved names
-_MOVED_TO_STAGE = ("run_generation", "eval_prompts_from_config")  # lasa_jax.generate.stage imports this module
-
-
-def __getattr__(name: str):
-    if name in _MOVED_TO_STAGE:
-        from lasa_jax.generate import stage as generation_stage
-
-        return getattr(generation_stage, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -295,13 +295,3 @@ def _judged_rows(judge: Judge, records: Sequence[Mapping[str, Any]]) -> list[dic
     return rows
 
 
-# ----------------------------------------------------------------------------------------------- moved names
-_MOVED_TO_STAGE = ("run_evaluation", "evaluated_systems")  # lasa_jax.evaluate.stage imports this module
-
-
-def __getattr__(name: str):
-    if name in _MOVED_TO_STAGE:
-        from lasa_jax.evaluate import stage
-
-        return getattr(stage, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -181,11 +181,6 @@ def run(config_or_settings, workdir: str, mesh=None) -> StageResult:
                        summary={"systems": list(s.systems), "safety_judge": safety.name}, details=report)
 
 
-def run_evaluation(config, workdir: str, mesh=None) -> dict[str, Any]:
-    """`run`, returning the report dict (the entry point's older signature)."""
-    return run(config, workdir, mesh).details
-
-
 def _percent(rate: float | None) -> str:
     return "–" if rate is None else f"{100 * rate:.1f}%"
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from lasa_jax.data.eval_sets import EvalPrompt, EvalSetSelection, HubSetOptions
+from lasa_jax.data.eval_sets import EvalSetSelection, HubSetOptions
 from lasa_jax.decoding.answers import (
     GATED_MODES,
     MODES,
@@ -93,11 +93,6 @@ def eval_set_selection(config) -> EvalSetSelection:
                             hub=HubSetOptions(name=hub.name or None, split=hub.split, expected=hub.expected or None,
                                               language=hub.language or None, field_map=field_map),
                             limit_sets=limit_sets)
-
-
-def eval_prompts_from_config(config) -> list[EvalPrompt]:
-    """The evaluation prompts a generate config selects (`eval_set_selection(config).load()`)."""
-    return eval_set_selection(config).load()
 
 
 def _model_paths(config) -> tuple[str, str]:
@@ -191,11 +186,6 @@ def run(config_or_settings, workdir: str, mesh=None) -> StageResult:
              new_tokens, seconds, int(flags.sum()))
     return StageResult(NAME, outputs={"generations": output, "meta": output + META_SUFFIX},
                        summary={"prompts": len(records), "prefix_used": int(flags.sum()), "new_tokens": new_tokens})
-
-
-def run_generation(config, workdir: str, mesh=None) -> str:
-    """`run`, returning the generations path (the entry point's older signature)."""
-    return run(config, workdir, mesh).outputs["generations"]
 
 
 def _ssi_threshold_text(meta: dict) -> str:

@@ -78,3 +78,17 @@ def describe_diff(diff: ShapeDiff, limit: int = 25) -> str:
     parts = [listing("missing", diff.missing), listing("unexpected", diff.unexpected),
              listing("wrong shape", diff.misshaped)]
     return "\n".join(p for p in parts if p)
+
+
+def get_path(tree: dict, path: tuple[str, ...]):
+    """tree[path[0]][path[1]]...: the value at a key path of a nested dict."""
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def put_path(tree: dict, path: tuple[str, ...], value) -> None:
+    """Set the value at a key path of a nested dict, creating the intermediate dicts."""
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value

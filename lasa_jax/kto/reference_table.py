@@ -18,9 +18,10 @@ import numpy as np
 from lasa_jax.infra import storage
 from lasa_jax.infra.distributed import is_writer
 from lasa_jax.infra.storage import atomic_path
+from lasa_jax.kto import step as kto_step
 from lasa_jax.kto.batches import KTOBatch
 from lasa_jax.kto.buckets import trimmed_arrays
-from lasa_jax.kto import step as kto_step
+from lasa_jax.models import logprobs
 from lasa_jax.models.config import ModelConfig
 from lasa_jax.sharding import put_batch, to_host
 
@@ -58,7 +59,7 @@ class ReferenceTable:
                     policy.setdefault(int(rows[i]), float(ref[i]))
             else:  # every policy row seen (a later epoch): the KL rows only
                 kl_arrays = put_batch(mesh, *(arrays[k] for k in kto_step.KL_ROW_KEYS))
-                kl_ref = to_host(kto_step.batch_logps(ref_params, ref_config, *kl_arrays, mesh=mesh,
+                kl_ref = to_host(logprobs.batch_logps(ref_params, ref_config, *kl_arrays, mesh=mesh,
                                                       chunk_size=chunk_size))
             for i in valid:
                 kl[(int(rows[i]), int(rows[batch.kl_partner[i]]))] = float(kl_ref[i])

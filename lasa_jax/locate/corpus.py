@@ -14,10 +14,10 @@ from lasa_jax.data.groups import sample_groups
 from lasa_jax.data.heldout import guard_inputs
 from lasa_jax.data.parallel import (
     ParallelText,
-    _record_from_row,
     load_multijail,
     load_parallel_hub,
     load_translated_safety_json,
+    record_from_row,
 )
 from lasa_jax.infra.errors import InputError, config_field
 from lasa_jax.infra.storage import iter_jsonl
@@ -50,7 +50,7 @@ def load_parallel_jsonl_split(path: str | os.PathLike, splits: Sequence[str] = (
         split = row.get("split")
         if keep and split is not None and split not in keep:
             continue
-        records.append(_record_from_row(row, where, source or path.stem))
+        records.append(record_from_row(row, where, source or path.stem))
     if not records:
         raise InputError(f"{path}: no records" + (f" with split in {sorted(keep)}" if keep else ""))
     return records

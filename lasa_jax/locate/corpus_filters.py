@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 
 from lasa_jax.data.groups import sample_groups
 from lasa_jax.data.languages import MULTIJAIL_LANGUAGES
-from lasa_jax.data.parallel import ParallelText, PathLike, _requested_languages, load_flores_sib200, load_polyrefuse
+from lasa_jax.data.parallel import ParallelText, PathLike, load_flores_sib200, load_polyrefuse, requested_languages
 from lasa_jax.infra.errors import InputError
 
 
@@ -24,7 +24,7 @@ def filter_parallel_groups(records: Sequence[ParallelText], languages: Iterable[
 
     Raises ValueError if fewer than 2 languages or fewer than 2 groups remain (silhouettes need both).
     """
-    requested = _requested_languages(languages)
+    requested = requested_languages(languages)
     kept = [r for r in records if requested is None or r.language in requested]
     group_languages = collections.defaultdict(set)
     for r in kept:
@@ -48,7 +48,7 @@ def keep_common_sources(records: Sequence[ParallelText], languages: Iterable[str
     """Keep the records of sources that have texts in every one of `languages` (so no language is represented by
     a source, or domain, the others lack). Returns (kept records in order, {dropped source: its languages among
     `languages`}). ValueError if no source covers every language."""
-    requested = _requested_languages(languages)
+    requested = requested_languages(languages)
     covered = collections.defaultdict(set)
     for r in records:
         covered[r.source].update({r.language} & requested)

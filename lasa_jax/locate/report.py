@@ -21,7 +21,7 @@ from lasa_jax.infra import storage
 from lasa_jax.infra.errors import InputError
 from lasa_jax.infra.storage import atomic_path, atomic_write_json, atomic_write_text
 from lasa_jax.locate.selection import CSV_FIELDS, LAYER_FIELDS, PROBE_FIELD, BottleneckResult, no_bottleneck_reasons
-from lasa_jax.locate.silhouette import _TINY, _factorize
+from lasa_jax.locate.silhouette import TINY, factorize
 
 BOTTLENECK_FILE = "bottleneck.json"
 
@@ -84,11 +84,11 @@ def plot_tsne(x: Any, languages: Sequence[Any], group_ids: Sequence[Any], path: 
     from sklearn.manifold import TSNE
 
     x = np.asarray(x, dtype=np.float32)
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), _TINY)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), TINY)
     embedded = TSNE(n_components=2, perplexity=min(30.0, x.shape[0] - 1.0), max_iter=max_iter,
                     random_state=seed).fit_transform(x)
-    language_codes, unique_languages = _factorize(languages, x.shape[0], "languages")
-    group_codes, unique_groups = _factorize(group_ids, x.shape[0], "group_ids")
+    language_codes, unique_languages = factorize(languages, x.shape[0], "languages")
+    group_codes, unique_groups = factorize(group_ids, x.shape[0], "group_ids")
     figure = Figure(figsize=(12, 5.5))
     by_language, by_group = figure.subplots(1, 2)
     for code, language in enumerate(unique_languages):

@@ -33,12 +33,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from lasa_jax.locate.silhouette import (
-    _check_metric,
-    _check_num_labels,
-    _check_points,
-    _device_chunks,
-    _factorize,
-    _point_bootstrap_jit,
+    check_metric,
+    check_num_labels,
+    check_points,
+    device_chunks,
+    factorize,
+    point_bootstrap_jit,
 )
 
 BOOTSTRAP_MODES = ("points",)
@@ -69,17 +69,17 @@ class _PointLabels:
 
     @classmethod
     def build(cls, languages: Sequence[Any], group_ids: Sequence[Any], num_points: int) -> _PointLabels:
-        language_codes, unique_languages = _factorize(languages, num_points, "languages")
-        group_codes, unique_groups = _factorize(group_ids, num_points, "group_ids")
-        _check_num_labels(len(unique_languages), num_points, "languages")
-        _check_num_labels(len(unique_groups), num_points, "group ids")
+        language_codes, unique_languages = factorize(languages, num_points, "languages")
+        group_codes, unique_groups = factorize(group_ids, num_points, "group_ids")
+        check_num_labels(len(unique_languages), num_points, "languages")
+        check_num_labels(len(unique_groups), num_points, "group ids")
         return cls(language_codes, group_codes, unique_languages, unique_groups)
 
     def bootstrap_silhouettes(self, x: Any, multiplicities: np.ndarray, *, metric: str, normalize: bool,
                               block_size: int) -> tuple[np.ndarray, np.ndarray]:
         """(s_lang (R,), s_sem (R,)) of one layer x (N, D) for multiplicity rows (R, G)."""
-        s_lang, s_sem = _point_bootstrap_jit(
-            _device_chunks(x), jnp.asarray(self.language_codes), jnp.asarray(self.group_codes),
+        s_lang, s_sem = point_bootstrap_jit(
+            device_chunks(x), jnp.asarray(self.language_codes), jnp.asarray(self.group_codes),
             jnp.asarray(multiplicities), num_languages=len(self.languages), num_groups=len(self.groups),
             metric=metric, normalize=normalize, block_size=min(block_size, x.shape[0]))
         return np.asarray(s_lang), np.asarray(s_sem)
@@ -100,9 +100,9 @@ def layer_silhouettes(x: Any, languages: Sequence[Any], group_ids: Sequence[Any]
     """(s_lang (R,), s_sem (R,)) of one layer x (N, D) for each group-multiplicity row (R, G) (groups in sorted
     order of the unique `group_ids`) under the "points" bootstrap of the module docstring; None = one row of ones,
     the plain silhouettes. normalize: L2-normalise the vectors first (no effect on cosine)."""
-    _check_metric(metric)
+    check_metric(metric)
     _check_bootstrap(bootstrap)
-    x = _check_points(x, 2, "x")
+    x = check_points(x, 2, "x")
     labels = _PointLabels.build(languages, group_ids, x.shape[0])
     if multiplicities is None:
         multiplicities = np.ones((1, len(labels.groups)), np.int32)
@@ -237,9 +237,9 @@ def select_bottleneck_layer(features: Any, languages: Sequence[Any], group_ids: 
     same resamples for every layer, under the "points" scheme (module docstring); diff_lo/diff_hi are the
     (1 - confidence)/2 and (1 + confidence)/2 percentiles.
     """
-    _check_metric(metric)
+    check_metric(metric)
     _check_bootstrap(bootstrap)
-    features = _check_points(features, 3, "features (L+1, N, D)")
+    features = check_points(features, 3, "features (L+1, N, D)")
     num_layers = features.shape[0] - 1
     first = 0 if include_embeddings else 1
     last = num_layers if include_final else num_layers - 1

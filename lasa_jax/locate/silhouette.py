@@ -2,8 +2,7 @@
 
 Part of Stage 1 (Locate, METHOD.md §3, §9.10-11). This module holds the numerics; layer selection with the group
 bootstrap is `lasa_jax.locate.selection`, the report files (bottleneck.json, layers.csv, plots, loading) are
-`lasa_jax.locate.report`. Their public names are re-exported here (lazily, module `__getattr__`, so that either
-module can import this one first), so `from lasa_jax.locate.silhouette import load_bottleneck` keeps working.
+`lasa_jax.locate.report`; both use the checks and kernels below.
 
 Conventions
 -----------
@@ -29,7 +28,7 @@ Everything goes through cluster distance sums S[c, i] = sum_{j in c} d(x_i, x_j)
 Then a_i = (S[A_i, i] - d(x_i, x_i)) / (|A_i| - 1) and b_i = min_{c != A_i, |c| > 0} S[c, i] / |c|; empty label
 slots (|c| = 0) are ignored and singleton clusters give 0.
 
-The group bootstrap's kernel (`_point_bootstrap_jit`, bootstrap="points", see `lasa_jax.locate.selection`):
+The group bootstrap's kernel (`point_bootstrap_jit`, bootstrap="points", see `lasa_jax.locate.selection`):
 per-point silhouettes s_i once per layer on the full data, then per resample the weighted mean
 sum_i m_{g_i} s_i / sum_i m_{g_i} with m_g = times query group g was drawn.
 """
@@ -44,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 METRICS = ("cosine", "euclidean")
-_TINY = 1e-12
+TINY = 1e-12
 _HOST_CHUNK_BYTES = 16 << 20
 
 
@@ -53,7 +52,7 @@ _HOST_CHUNK_BYTES = 16 << 20
 
 def _unit_rows(x: jax.Array) -> jax.Array:
     """(N, D) -> (N, D) rows scaled to unit L2 norm (all-zero rows stay zero)."""
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), _TINY)
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), TINY)
 
 
 def _scaled_segment_sum(x: jax.Array, scales: jax.Array, codes: jax.Array, num_segments: int,
@@ -83,7 +82,7 @@ def _concat_rows(chunks: tuple[jax.Array, ...]) -> jax.Array:
 def _cluster_distance_sums(chunks: tuple[jax.Array, ...], codes: jax.Array, num_clusters: int, metric: str,
                            block_size: int) -> tuple[jax.Array, jax.Array]:
     """Cluster distance sums S (k, N), S[c, i] = sum_{j: codes_j = c} d(x_i, x_j) (self pair included), and the
-    self distance d(x_i, x_i) (N,) that S contains. chunks: row chunks of x (N, D) float32 (see `_device_chunks`);
+    self distance d(x_i, x_i) (N,) that S contains. chunks: row chunks of x (N, D) float32 (see `device_chunks`);
     codes: (N,) int32 in [0, num_clusters)."""
     if metric == "cosine":
         return _cosine_cluster_distance_sums(chunks, codes, num_clusters)
@@ -98,7 +97,7 @@ def _cosine_cluster_distance_sums(chunks, codes, num_clusters):
     inv_norms, self_dists = [], []
     for chunk, start, stop in zip(chunks, offsets[:-1], offsets[1:]):
         sq_norms = jnp.einsum("nd,nd->n", chunk, chunk)
-        inv_norm = jax.lax.rsqrt(jnp.maximum(sq_norms, _TINY * _TINY))  # all-zero rows: x * inv_norm = 0
+        inv_norm = jax.lax.rsqrt(jnp.maximum(sq_norms, TINY * TINY))  # all-zero rows: x * inv_norm = 0
         unit_sums = unit_sums + _scaled_segment_sum(chunk, inv_norm, codes[start:stop], num_clusters)
         inv_norms.append(inv_norm)
         self_dists.append(1.0 - sq_norms * inv_norm * inv_norm)
@@ -185,7 +184,7 @@ def _weighted_means(values: jax.Array, point_weights: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("num_languages", "num_groups", "metric", "normalize", "block_size"))
-def _point_bootstrap_jit(chunks, language_codes, group_codes, multiplicities, *, num_languages, num_groups, metric,
+def point_bootstrap_jit(chunks, language_codes, group_codes, multiplicities, *, num_languages, num_groups, metric,
                          normalize, block_size):
     """bootstrap="points": weighted means of the full-data per-point silhouettes. Returns (s_lang (R,), s_sem (R,))."""
     chunks = _prepared_chunks(chunks, metric, normalize)
@@ -200,12 +199,12 @@ def _point_bootstrap_jit(chunks, language_codes, group_codes, multiplicities, *,
 # --------------------------------------------------------------------------------------------- host wrappers
 
 
-def _check_metric(metric: str) -> None:
+def check_metric(metric: str) -> None:
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
 
 
-def _factorize(labels: Sequence[Any], num_points: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+def factorize(labels: Sequence[Any], num_points: int, what: str) -> tuple[np.ndarray, np.ndarray]:
     """Host factorisation: (codes (N,) int32 into the sorted unique labels, unique labels)."""
     labels = np.asarray(labels)
     if labels.ndim != 1 or labels.shape[0] != num_points:
@@ -215,13 +214,13 @@ def _factorize(labels: Sequence[Any], num_points: int, what: str) -> tuple[np.nd
     return codes.astype(np.int32), uniques
 
 
-def _check_num_labels(num_labels: int, num_points: int, what: str) -> None:
+def check_num_labels(num_labels: int, num_points: int, what: str) -> None:
     if not 2 <= num_labels <= num_points - 1:
         raise ValueError(f"silhouette needs 2 <= number of distinct {what} <= number of points - 1; "
                          f"got {num_labels} distinct {what} for {num_points} points")
 
 
-def _check_points(x: Any, ndim: int, what: str) -> np.ndarray | jax.Array:
+def check_points(x: Any, ndim: int, what: str) -> np.ndarray | jax.Array:
     """x as a JAX array (unchanged) or a NumPy array (np.asarray: no copy for NumPy input) of `ndim` dimensions."""
     if not isinstance(x, jax.Array):
         x = np.asarray(x)
@@ -230,7 +229,7 @@ def _check_points(x: Any, ndim: int, what: str) -> np.ndarray | jax.Array:
     return x
 
 
-def _device_chunks(x: Any) -> tuple[jax.Array, ...]:
+def device_chunks(x: Any) -> tuple[jax.Array, ...]:
     """x (N, D) as device row chunks for the jitted core. A JAX array passes through as one chunk. A host array
     goes over in chunks of <= 16 MiB: on CPU one fresh N x D buffer costs more in page faults than the whole
     cosine segment sum (bench/silhouette.py), while chunk-sized buffers are recycled by the allocator.
@@ -244,11 +243,11 @@ def _device_chunks(x: Any) -> tuple[jax.Array, ...]:
 def silhouette_samples(x: Any, labels: Sequence[Any], metric: str = "cosine", *,
                        block_size: int = 1024) -> np.ndarray:
     """Per-point silhouettes (N,) of x (N, D) under `labels` (N,), as `sklearn.metrics.silhouette_samples`."""
-    _check_metric(metric)
-    x = _check_points(x, 2, "x")
-    codes, uniques = _factorize(labels, x.shape[0], "labels")
-    _check_num_labels(len(uniques), x.shape[0], "labels")
-    values = _silhouette_samples_jit(_device_chunks(x), jnp.asarray(codes), num_clusters=len(uniques),
+    check_metric(metric)
+    x = check_points(x, 2, "x")
+    codes, uniques = factorize(labels, x.shape[0], "labels")
+    check_num_labels(len(uniques), x.shape[0], "labels")
+    values = _silhouette_samples_jit(device_chunks(x), jnp.asarray(codes), num_clusters=len(uniques),
                                      metric=metric, block_size=min(block_size, x.shape[0]))
     return np.asarray(values)
 
@@ -263,38 +262,20 @@ def layerwise_silhouette_scores(x_layers: Any, labels: Sequence[Any], metric: st
                                 block_size: int = 1024) -> np.ndarray:
     """Silhouette score of every layer: x_layers (n_layers, N, D) -> (n_layers,). A JAX array is scored in one
     jitted lax.map over layers; a host array one layer at a time (only one layer on the device at once)."""
-    _check_metric(metric)
-    x_layers = _check_points(x_layers, 3, "x_layers")
+    check_metric(metric)
+    x_layers = check_points(x_layers, 3, "x_layers")
     num_points = x_layers.shape[1]
-    codes, uniques = _factorize(labels, num_points, "labels")
-    _check_num_labels(len(uniques), num_points, "labels")
+    codes, uniques = factorize(labels, num_points, "labels")
+    check_num_labels(len(uniques), num_points, "labels")
     static = dict(num_clusters=len(uniques), metric=metric, block_size=min(block_size, num_points))
     codes = jnp.asarray(codes)
     if isinstance(x_layers, jax.Array):
         return np.asarray(_layerwise_scores_jit(x_layers, codes, **static))
-    return np.array([float(jnp.mean(_silhouette_samples_jit(_device_chunks(x), codes, **static)))
+    return np.array([float(jnp.mean(_silhouette_samples_jit(device_chunks(x), codes, **static)))
                      for x in x_layers])
 
 
-# ------------------------------------------------------------------------ re-exports (selection and report)
 
-_REEXPORTS = {
-    "lasa_jax.locate.selection": (
-        "BOOTSTRAP_MODES", "CSV_FIELDS", "LAYER_FIELDS", "MIN_PICK_SHARE", "NO_BOTTLENECK_REASONS", "PROBE_FIELD",
-        "BottleneckResult", "group_bootstrap_multiplicities", "layer_silhouettes", "no_bottleneck_reasons",
-        "select_bottleneck_layer"),
-    "lasa_jax.locate.report": (
-        "BOTTLENECK_FILE", "load_bottleneck", "plot_layer_curves", "plot_tsne", "probe_line", "verdict_line",
-        "write_bottleneck_report"),
-}
-_REEXPORTED = {name: module for module, names in _REEXPORTS.items() for name in names}
-__all__ = ["METRICS", "layerwise_silhouette_scores", "silhouette_samples", "silhouette_score", *_REEXPORTED]
+__all__ = ["METRICS", "layerwise_silhouette_scores", "silhouette_samples", "silhouette_score"]
 
 
-def __getattr__(name: str):
-    """The selection and report names, imported on first use (those modules import this one)."""
-    if name not in _REEXPORTED:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(_REEXPORTED[name]), name)

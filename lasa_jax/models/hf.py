@@ -25,7 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceShardin
 from lasa_jax.infra import storage
 from lasa_jax.infra.errors import InputError
 from lasa_jax.infra.storage import read_json
-from lasa_jax.infra.trees import describe_diff, shape_diff
+from lasa_jax.infra.trees import describe_diff, get_path, put_path, shape_diff
 from lasa_jax.models.config import ModelConfig
 from lasa_jax.models.decoder import Decoder, abstract_decoder, param_shardings
 from lasa_jax.models.hf_layout import (
@@ -34,8 +34,6 @@ from lasa_jax.models.hf_layout import (
     ParamMapping,
     SafetensorsReader,
     TensorInfo,
-    _get,
-    _put,
     checkpoint_files,
     hf_shape,
     param_mappings,
@@ -115,8 +113,8 @@ def from_pretrained(path: str | os.PathLike, dtype: str = "float32", mesh: Mesh 
     device = SingleDeviceSharding(jax.devices()[0])
     params: dict = {}
     for m in mappings:
-        sharding = _get(shardings, m.path) if shardings is not None else device
-        _put(params, m.path, _load_param(reader, m, target, sharding))
+        sharding = get_path(shardings, m.path) if shardings is not None else device
+        put_path(params, m.path, _load_param(reader, m, target, sharding))
     if mesh is not None:
         check_replicated(((".".join(m.path), m.shape, logical_to_spec(m.axes, m.shape, mesh), target.itemsize)
                           for m in mappings), replicated_warning_bytes)

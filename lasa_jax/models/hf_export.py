@@ -20,8 +20,9 @@ import numpy as np
 from lasa_jax.infra import storage
 from lasa_jax.infra.errors import InputError
 from lasa_jax.infra.storage import atomic_directory, set_default_permissions, write_failed
+from lasa_jax.infra.trees import get_path
 from lasa_jax.models.decoder import Decoder
-from lasa_jax.models.hf_layout import ARCHITECTURES, NP_DTYPES, TOKENIZER_FILES, _get, param_mappings, to_hf_layout
+from lasa_jax.models.hf_layout import ARCHITECTURES, NP_DTYPES, TOKENIZER_FILES, param_mappings, to_hf_layout
 from lasa_jax.sharding import to_host
 
 log = logging.getLogger(__name__)
@@ -49,13 +50,13 @@ def iter_hf_tensors(model: Decoder, dtype: str | None = None) -> Iterator[tuple[
     stacked = [m for m in mappings if m.stacked]
     for m in top:
         if m.path == ("embed",):
-            yield m.hf_names[0], to_hf_layout(m.kind, to_host(_get(params, m.path))).astype(target)
+            yield m.hf_names[0], to_hf_layout(m.kind, to_host(get_path(params, m.path))).astype(target)
     for i in range(model.config.num_layers):
         for m in stacked:
-            yield m.hf_names[i], to_hf_layout(m.kind, to_host(_get(params, m.path)[i])).astype(target)
+            yield m.hf_names[i], to_hf_layout(m.kind, to_host(get_path(params, m.path)[i])).astype(target)
     for m in top:
         if m.path != ("embed",):
-            yield m.hf_names[0], to_hf_layout(m.kind, to_host(_get(params, m.path))).astype(target)
+            yield m.hf_names[0], to_hf_layout(m.kind, to_host(get_path(params, m.path))).astype(target)
 
 
 def save_pretrained(model: Decoder, out_dir: str | os.PathLike, *, dtype: str | None = None,

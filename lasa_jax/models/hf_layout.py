@@ -217,13 +217,4 @@ def read_hf_slice(tensor: np.ndarray, kind: str, ours: tuple[int, ...], index: t
         return block.reshape(-1, n.stop - n.start, hd).transpose(1, 2, 0)[:, h, :]
     raise ValueError(kind)
 
-def _get(tree: dict, path: tuple[str, ...]):
-    for key in path:
-        tree = tree[key]
-    return tree
 
-
-def _put(tree: dict, path: tuple[str, ...], value) -> None:
-    for key in path[:-1]:
-        tree = tree.setdefault(key, {})
-    tree[path[-1]] = value

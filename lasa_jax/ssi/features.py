@@ -41,14 +41,6 @@ def tokenization_fingerprint(tokenizer, *, chat_template: bool, max_length: int,
     return token_ids_digest(ids)[:24]
 
 
-def feature_cache_key(model, token_ids: Sequence[np.ndarray], *, residual_index: int, pooling: str,
-                      chat_template: bool, max_length: int, template_kwargs: Mapping[str, Any] | None) -> str:
-    """Hex key of the features `prompt_features` computes for these inputs (`lasa_jax.models.activation_cache`)."""
-    return activation_cache.entry_key(activation_cache.key_description(
-        model, token_ids, residual_index=residual_index, pooling=pooling, chat_template=chat_template,
-        max_length=max_length, template_kwargs=template_kwargs))
-
-
 def prompt_features(model, tokenizer, prompts: Sequence[str], *, residual_index: int, pooling: str = "last",
                     chat_template: bool = False, max_length: int = 512,
                     template_kwargs: Mapping[str, Any] | None = None, batch_size: int | None = None,

@@ -293,11 +293,6 @@ def run(config_or_settings, workdir: str | os.PathLike, mesh=None) -> StageResul
     return _result(artifact_dir, metrics)
 
 
-def train_ssi(config, workdir: str | os.PathLike, mesh=None) -> dict[str, Any]:
-    """`run`, returning the metrics dict (the entry point's older signature)."""
-    return run(config, workdir, mesh).details
-
-
 def report_lines(stage_dir: str) -> list[str]:
     """The pipeline report's lines: residual index, threshold, hidden dims, train languages, artifact links."""
     path = os.path.join(stage_dir, ARTIFACT_SUBDIR, "config.json")

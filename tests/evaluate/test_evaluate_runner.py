@@ -13,7 +13,7 @@ from lasa_jax.evaluate.judges import LlamaGuard3Judge, RubricJudge
 from lasa_jax.evaluate.report import REPORT_JSON, REPORT_MD
 from lasa_jax.evaluate.report_plots import ASR_CHART_PNG
 from lasa_jax.evaluate.runner import EVALUATION_META, build_judge, evaluate_generations, model_generate_fn
-from lasa_jax.evaluate.stage import run_evaluation
+from lasa_jax.evaluate.stage import run as run_evaluate_stage
 from lasa_jax.evaluate.verdicts import INVALID, SAFE, UNSAFE
 from lasa_jax.models.hf import from_pretrained
 from lasa_jax.models.loading import load_tokenizer
@@ -161,7 +161,7 @@ def test_evaluate_stage_with_cache(tmp_path):
     config.lasa_generations = str(tmp_path / "lasa.jsonl")
     config.progress = False
     workdir = tmp_path / "eval"
-    report = run_evaluation(config, str(workdir))
+    report = run_evaluate_stage(config, str(workdir)).details
     assert report["systems"] == ["baseline", "lasa"] and report["refusal"] is not None
     meta = json.loads((workdir / EVALUATION_META).read_text(encoding="utf-8"))
     assert meta["safety_judge"] == "refusal-heuristic(approximate)"
@@ -173,13 +173,13 @@ def test_evaluate_stage_with_cache(tmp_path):
     assert report["utility"]["status"] == "not run" and "data_root" in report["utility"]["reason"]
     assert json.loads((workdir / "report.json").read_text(encoding="utf-8"))["utility"] == report["utility"]
     assert "utility: not run: no --config.utility.data_root" in (workdir / REPORT_MD).read_text(encoding="utf-8")
-    again = run_evaluation(config, str(workdir))
+    again = run_evaluate_stage(config, str(workdir)).details
     assert again == report
     meta = json.loads((workdir / EVALUATION_META).read_text(encoding="utf-8"))
     assert meta["judge_cache"]["misses"] == 0 and meta["judge_cache"]["hits"] > 0
     config.baseline_generations = config.lasa_generations = ""
     with pytest.raises(ValueError, match="lasa_generations and/or config field generations"):
-        run_evaluation(config, str(workdir))
+        run_evaluate_stage(config, str(workdir)).details
 
 
 # three systems on hand-made demo-style generations: 4 harmful + 2 benign prompts in en and zh
@@ -282,7 +282,7 @@ def test_two_systems_and_old_evaluate_configs_still_work(tmp_path):
     old.update(baseline_generations=paths["baseline"], lasa_generations=paths["lasa"], asr_sources="demo",
                refusal_sources="demo", progress=False)
     assert evaluated_systems(old) == {"baseline": paths["baseline"], "lasa": paths["lasa"]}
-    report = run_evaluation(old, str(tmp_path / "two"))
+    report = run_evaluate_stage(old, str(tmp_path / "two")).details
     comp = report["comparison"]
     assert report["systems"] == comp["systems"] == ["baseline", "lasa"]
     assert comp["metrics"]["asr"]["systems"]["lasa"]["average"] == pytest.approx(0.125)

@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lasa_jax.evaluate import utility as u
+from lasa_jax.evaluate import utility_scoring
 from lasa_jax.infra.errors import InputError
 from lasa_jax.models.hf import from_pretrained
 from lasa_jax.sharding import make_mesh
@@ -54,9 +55,9 @@ def test_label_logprobs_compile_once_per_bucket(llama):
     labels = u.label_token_ids(tokenizer)
     rng = np.random.default_rng(0)
     contexts = [rng.integers(5, 300, n).astype(np.int32) for n in (3, 9, 14, 20, 30, 5, 7)]  # buckets 16 and 32
-    before = u.label_logps_step._cache_size()
+    before = utility_scoring.label_logps_step._cache_size()
     u.label_logprobs(model, contexts, labels, batch_size=3)  # a batch size no other test uses: fresh programs
-    assert u.label_logps_step._cache_size() - before == 2
+    assert utility_scoring.label_logps_step._cache_size() - before == 2
 
 
 @pytest.mark.slow  # ~90 s on the shared 2-core machine (compiles for an 8-device mesh)

@@ -21,7 +21,7 @@ from lasa_jax.decoding.answers import (
     write_generations,
 )
 from lasa_jax.decoding.generate import generate, trim_after_eos
-from lasa_jax.generate.stage import run_generation
+from lasa_jax.generate.stage import run as run_generate_stage
 from lasa_jax.models.chat import CONDITIONAL_PREFIX
 from lasa_jax.models.hf import from_pretrained
 from lasa_jax.models.loading import load_tokenizer
@@ -277,7 +277,7 @@ def test_generate_stage_baseline_writes_records_and_meta(tiny_hf_dirs, shared_da
     config.progress = False
     workdir = str(tmp_path / "run")
     mesh = start_run(config, workdir, config_name="generate_config.json")
-    output = run_generation(config, workdir, mesh)
+    output = run_generate_stage(config, workdir, mesh).outputs["generations"]
     records = read_generations(output)
     assert [r["id"] for r in records][:4] == [p.id for p in PROMPTS] and len(records) == 6
     assert all(not r["prefix_used"] and r["ssi_score"] is None for r in records)
@@ -287,7 +287,7 @@ def test_generate_stage_baseline_writes_records_and_meta(tiny_hf_dirs, shared_da
     assert not os.path.exists(output + ".partial")
     config.mode = "lasa"
     with pytest.raises(ValueError, match="needs config field ssi_dir and config field base_model_path"):
-        run_generation(config, workdir, mesh)
+        run_generate_stage(config, workdir, mesh).outputs["generations"]
 
 
 @pytest.mark.parametrize("mode", ["lasa", "prefix_only"])
@@ -323,7 +323,7 @@ def test_generate_stage_gated_with_a_real_ssi_artifact(tiny_hf_dirs, llama, tmp_
                        mode=mode, eval_sets=f"jsonl:{jsonl}", progress=False))
     config.decoding.max_new_tokens = 8
     workdir = str(tmp_path / "run")
-    output = run_generation(config, workdir, start_run(config, workdir))
+    output = run_generate_stage(config, workdir, start_run(config, workdir)).outputs["generations"]
     records = read_generations(output)
     np.testing.assert_allclose([r["ssi_score"] for r in records], probs, atol=1e-5)
     assert [r["prefix_used"] for r in records] == list(logits > threshold_logit)
@@ -340,7 +340,7 @@ def test_generate_stage_gated_with_a_real_ssi_artifact(tiny_hf_dirs, llama, tmp_
     if mode == "prefix_only":  # the generating model must be the base model the SSI reads
         config.model_path = str(tiny_hf_dirs["qwen3"])
         with pytest.raises(ValueError, match="prefix_only generates with the base model"):
-            run_generation(config, workdir)
+            run_generate_stage(config, workdir)
 
 
 def test_split_reasoning():

@@ -78,8 +78,8 @@ def checkpoint_round_trip(state, optimizer, shardings, checkpoint_dir: str) -> d
     import jax
     import jax.numpy as jnp
 
-    from lasa_jax.kto.checkpoint import Checkpointer
     from lasa_jax.kto import step as kto_step
+    from lasa_jax.kto.checkpoint import Checkpointer
     from lasa_jax.sharding import to_host
 
     abstract_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state["params"])

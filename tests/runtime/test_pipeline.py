@@ -9,8 +9,9 @@ import time
 import ml_collections
 import pytest
 
+from lasa_jax.memory_plan import kto_plan
 from lasa_jax.pipeline import STAGES, run_pipeline, stage_configs, stage_inputs
-from lasa_jax.presets import PAPER_MODELS, TPU_PRESETS, kto_fits
+from lasa_jax.presets import PAPER_MODELS, TPU_PRESETS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -118,8 +119,14 @@ def test_paper_model_configs_resolve_for_every_preset(model):
         thinking = '{"enable_thinking": false}' if model.startswith("qwen3") else ""
         assert all(stages[s].template_kwargs == thinking for s in ("kto", "generate_baseline", "generate_lasa"))
     # the KTO state of every paper model fits a v5p pod slice; 32B models do not fit one v5p-8 VM
-    assert kto_fits(model_config, TPU_PRESETS["v5p-64"])[0]
-    assert kto_fits(model_config, TPU_PRESETS["v5p-8"])[0] == (expected_billions < 20)
+    # (the preset's own KTO defaults, the paper's max length 512)
+    def kto_fits(preset: str) -> bool:
+        p = TPU_PRESETS[preset]
+        return kto_plan(model_config, preset, batch_size=p.kto_batch_size, grad_accum_steps=p.kto_micro_batches,
+                        max_length=512, reference_mode=p.kto_reference_mode).fits
+
+    assert kto_fits("v5p-64")
+    assert kto_fits("v5p-8") == (expected_billions < 20)
 
 
 def _write_cached_import(cache, name: str) -> str:
@@ -168,7 +175,7 @@ def test_default_demo_runs_on_the_cached_smollm2_and_the_tiny_demo_on_a_random_m
 
 
 def test_smollm2_real_data_run_config_resolves(tmp_path, monkeypatch, shared_data):
-    from lasa_jax.generate.stage import eval_prompts_from_config
+    from lasa_jax.generate.stage import eval_set_selection
     from lasa_jax.infra.assets import CACHE_ENV
 
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
@@ -183,7 +190,7 @@ def test_smollm2_real_data_run_config_resolves(tmp_path, monkeypatch, shared_dat
     assert stages["kto"].data.path == os.path.join(str(shared_data), "polyrefuse_completions")
     assert all(stages[s].dtype == "float32" for s in ("locate", "ssi", "generate_lasa", "evaluate"))
     assert stages["kto"].compute_dtype == stages["kto"].reference.dtype == "float32"
-    prompts = eval_prompts_from_config(stages["generate_baseline"])
+    prompts = eval_set_selection(stages["generate_baseline"]).load()
     counts = {}
     for p in prompts:
         counts[(p.source, p.language)] = counts.get((p.source, p.language), 0) + 1

@@ -38,7 +38,8 @@ from lasa_jax.ssi.data import load_ssi_data
 from lasa_jax.ssi.features import prompt_features, tokenization_fingerprint
 from lasa_jax.ssi.metrics import choose_threshold, classification_metrics, evaluate_by_language, roc_auc
 from lasa_jax.ssi.mlp import flatten_params, new_classifier, resolve_hidden_dims
-from lasa_jax.ssi.stage import resolve_residual_index, train_ssi
+from lasa_jax.ssi.stage import resolve_residual_index
+from lasa_jax.ssi.stage import run as run_ssi_stage
 from lasa_jax.ssi.training import TrainSettings, _epoch_batches, predict_logits, train_classifier, weighted_bce
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -491,7 +492,7 @@ def test_train_ssi_script_end_to_end_on_shared_data(tiny_hf_dirs, shared_data, t
     same.data.root, same.data.max_groups_per_split, same.train.num_epochs = str(shared_data), 6, 4
     same.data.eval_multijail = False
     same.feature_cache_dir = str(workdir / "feature_cache")
-    without = train_ssi(same, tmp_path / "without")
+    without = run_ssi_stage(same, tmp_path / "without").details
     assert "multijail_harmful" not in without["evaluation"] and without["held_out_evaluation"] == []
     assert without["threshold"] == metrics["threshold"] and without["training"]["history"] == metrics["training"][
         "history"]
@@ -612,17 +613,17 @@ def test_train_ssi_on_demo_jsonl(tiny_hf_dirs, tmp_path, shared_data):
     config.train.num_epochs = 3
     config.train.class_balance = "balanced_batches"
     config.threshold.rule = "accuracy"
-    metrics = train_ssi(config, tmp_path)
+    metrics = run_ssi_stage(config, tmp_path).details
     assert set(metrics["evaluation"]) == {"val", "test_in_distribution", "test_cross_lingual"}
     ssi = load_ssi(tmp_path, model=from_pretrained(tiny_hf_dirs["qwen3"], dtype="float32"))
     assert ssi.config.hidden_dims == (256, 128) and ssi.config.threshold_rule == "accuracy"
     assert ssi.config.threshold == metrics["threshold"]["candidates"]["accuracy"]["threshold"]
     assert ssi.config.residual_index == 1 and metrics["training"]["settings"]["class_balance"] == "balanced_batches"
-    again = train_ssi(config, tmp_path)  # the same run again (e.g. after a kill): already finished, nothing redone
+    again = run_ssi_stage(config, tmp_path).details  # the same run again (e.g. after a kill): already finished, nothing redone
     assert again["wall_seconds"] == metrics["wall_seconds"] and again["run_config_hash"] == metrics["run_config_hash"]
     config.train.num_epochs = 4
     with pytest.raises(FileExistsError, match="overwrite"):  # another configuration: before any work is done
-        train_ssi(config, tmp_path)
+        run_ssi_stage(config, tmp_path).details
 
 
 def test_located_layer_of_another_model_is_refused(tmp_path, tiny_hf_dirs):

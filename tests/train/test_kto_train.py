@@ -24,15 +24,16 @@ from jax.experimental.compilation_cache import compilation_cache as jax_compilat
 from safetensors.numpy import load_file
 
 from lasa_jax.data.preference.formats import load_unpaired_jsonl
+from lasa_jax.kto import step as kto_step
 from lasa_jax.kto.batches import iterate_kto_batches
 from lasa_jax.kto.checkpoint import Checkpointer
 from lasa_jax.kto.data import label_rows, prepare_examples
 from lasa_jax.kto.examples import tokenize_rows
 from lasa_jax.kto.labels import assign_latent_labels
 from lasa_jax.kto.loop import NonFiniteLossError
-from lasa_jax.kto import step as kto_step
 from lasa_jax.kto.metric_writer import read_metrics
 from lasa_jax.kto.trainer import CHECKPOINT_DIR, REFERENCE_TABLE_FILE, train_kto
+from lasa_jax.models import logprobs
 from lasa_jax.models.decoder import forward, param_shardings
 from lasa_jax.models.hf import from_pretrained
 from lasa_jax.models.hf_export import save_pretrained
@@ -141,7 +142,7 @@ def test_chunked_sequence_logps_match_full_logits_values_and_gradients(llama_dir
             return completion_logps(forward(p, model.config, ids, mask).logits, ids, loss_mask)
 
         def chunked(p, chunk):
-            return kto_step.sequence_logps(p, model.config, ids, mask, loss_mask, chunk_size=chunk)
+            return logprobs.sequence_logps(p, model.config, ids, mask, loss_mask, chunk_size=chunk)
 
         values = [full(params)] + [chunked(params, chunk) for chunk in chunk_sizes]
         grads = [jax.grad(lambda p: full(p).sum())(params), jax.grad(lambda p: chunked(p, 64).sum())(params)]
@@ -249,12 +250,12 @@ def test_length_buckets_only_drop_padding_and_one_reference_forward_matches_two(
     full = {k: jnp.asarray(v) for k, v in batch.device_arrays().items()}
     short = {k: jnp.asarray(v) for k, v in trimmed.items()}
     for rows in (kto_step.POLICY_ROW_KEYS, kto_step.KL_ROW_KEYS):
-        want = kto_step.batch_logps(model.params(), model.config, *(full[k] for k in rows), chunk_size=64)
-        got = kto_step.batch_logps(model.params(), model.config, *(short[k] for k in rows), chunk_size=64)
+        want = logprobs.batch_logps(model.params(), model.config, *(full[k] for k in rows), chunk_size=64)
+        got = logprobs.batch_logps(model.params(), model.config, *(short[k] for k in rows), chunk_size=64)
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5)
     ref, kl_ref = kto_step.batch_reference_logps(model.params(), model.config, short, mesh=None, chunk_size=64)
     for value, rows in ((ref, kto_step.POLICY_ROW_KEYS), (kl_ref, kto_step.KL_ROW_KEYS)):
-        want = kto_step.batch_logps(model.params(), model.config, *(short[k] for k in rows), chunk_size=64)
+        want = logprobs.batch_logps(model.params(), model.config, *(short[k] for k in rows), chunk_size=64)
         np.testing.assert_allclose(np.asarray(value), np.asarray(want), rtol=1e-5)
 
 
@@ -462,7 +463,7 @@ def test_init_from_sets_the_policy_and_the_default_reference(llama_dir, sft_llam
 
     def class_means(model) -> dict[str, float]:
         arrays = (jnp.asarray(a) for a in (batch.input_ids, batch.attention_mask, batch.loss_mask))
-        logps = np.asarray(kto_step.batch_logps(model.params(), model.config, *arrays, chunk_size=64))
+        logps = np.asarray(logprobs.batch_logps(model.params(), model.config, *arrays, chunk_size=64))
         return {name: float(logps[mask].mean()) for name, mask in classes.items()}
 
     sft_logps, base_logps = class_means(sft), class_means(base)
