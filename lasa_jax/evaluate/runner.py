@@ -39,7 +39,7 @@ from lasa_jax.infra.base_config import template_kwargs as config_template_kwargs
 from lasa_jax.infra.distributed import is_writer
 from lasa_jax.infra.errors import InputError, config_field
 from lasa_jax.infra.storage import read_json, write_jsonl
-from lasa_jax.models.loading import load_model, load_tokenizer
+from lasa_jax.models.loading import load_model, load_tokenizer, read_model_settings
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class JudgeModels:
             raise InputError(f"an LLM judge needs {config_field('judge.model_path')} (a local Hugging Face model "
                              "directory)")
         if path not in self._loaded:
-            self._loaded[path] = (load_model(self.config, self.mesh, path=path), load_tokenizer(path))
+            self._loaded[path] = (load_model(read_model_settings(self.config), self.mesh, path=path), load_tokenizer(path))
         return self._loaded[path]
 
 

@@ -274,7 +274,7 @@ def run_utility(config, mesh=None, out_dir: str | None = None) -> dict[str, Any]
     """
     from lasa_jax.infra.distributed import is_writer
     from lasa_jax.infra.storage import write_jsonl
-    from lasa_jax.models.loading import load_model, load_tokenizer
+    from lasa_jax.models.loading import load_model, load_tokenizer, read_model_settings
 
     utility = config.utility
     if not utility.enabled:
@@ -293,7 +293,7 @@ def run_utility(config, mesh=None, out_dir: str | None = None) -> dict[str, Any]
     tokenizer = load_tokenizer(tokenizer_path)
     summaries, rows = {}, {}
     for name, path in models.items():
-        model = load_model(config, mesh, path=path)
+        model = load_model(read_model_settings(config), mesh, path=path)
         summaries[name], rows[name] = evaluate_utility(model, tokenizer, data, settings)
         summaries[name]["model_path"] = storage.absolute(path)
         del model

@@ -38,7 +38,7 @@ from lasa_jax.infra.base_config import template_kwargs as config_template_kwargs
 from lasa_jax.infra.distributed import is_writer
 from lasa_jax.infra.errors import InputError, config_field
 from lasa_jax.infra.storage import atomic_write_json, read_json
-from lasa_jax.models.loading import load_model, load_tokenizer
+from lasa_jax.models.loading import load_model, load_tokenizer, read_model_settings
 from lasa_jax.stage import StageResult, as_settings, report_link
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ def _ssi_decisions(s: GenerateSettings, prompts, mesh, meta: dict[str, Any]):
         return (*prefix_decisions(s.mode, prompts), None)
     from lasa_jax.ssi.artifact import SSIScorer, load_ssi
 
-    base = load_model(s.section, mesh, path=s.base_model_path)
+    base = load_model(read_model_settings(s.section), mesh, path=s.base_model_path)
     scorer = SSIScorer(base, load_ssi(s.ssi_dir), batch_size=s.decoding.batch_size, progress=s.progress)
     meta.update(base_model_path=s.base_model_path, base_fingerprint=base.fingerprint, ssi_dir=s.ssi_dir,
                 ssi_threshold=scorer.threshold, ssi_threshold_logit=getattr(scorer, "threshold_logit", None),
@@ -162,7 +162,7 @@ def run(config_or_settings, workdir: str, mesh=None) -> StageResult:
     scores, flags, model = _ssi_decisions(s, prompts, mesh, meta)
     meta["ssi_seconds"] = time.perf_counter() - start
     if model is None:
-        model = load_model(s.section, mesh, path=s.model_path)
+        model = load_model(read_model_settings(s.section), mesh, path=s.model_path)
     tokenizer = load_tokenizer(s.tokenizer_path or s.model_path)
     stop_ids = list(s.eos_token_ids) or stop_token_ids(model.config, tokenizer, s.template_kwargs,
                                                        model_dir=getattr(model, "source_path", None))

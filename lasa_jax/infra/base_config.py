@@ -47,3 +47,4 @@ def template_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
 def comma_list(value: str) -> list[str]:
     """"a, b,,c" -> ["a", "b", "c"] (config fields holding lists as comma-separated strings)."""
     return [item.strip() for item in str(value or "").split(",") if item.strip()]
+

@@ -68,7 +68,6 @@ import logging
 import os
 from collections.abc import Sequence
 
-import ml_collections
 import numpy as np
 
 from lasa_jax.data.parallel import ParallelText
@@ -83,7 +82,7 @@ from lasa_jax.locate.selection import BottleneckResult, select_bottleneck_layer
 from lasa_jax.locate.settings import DATA_SOURCES, LocateSettings, parse_tsne_layers, settings
 from lasa_jax.models import activation_cache
 from lasa_jax.models.capture import capture, default_batch_size, tokenize_prompts
-from lasa_jax.models.loading import load_model, load_tokenizer
+from lasa_jax.models.loading import ModelSettings, load_model, load_tokenizer
 from lasa_jax.stage import StageResult, as_settings
 
 __all__ = ["ACTIVATIONS_FILE", "ACTIVATIONS_META_FILE", "DATA_SOURCES", "NAME", "UNKNOWN_LABEL", "LocateSettings",
@@ -212,9 +211,7 @@ def _model_and_tokenizer(s: LocateSettings, mesh, model):
     """The given model (or `model_path` loaded on `mesh`) and its tokenizer (from `model_path` or the model's
     `source_path`)."""
     if model is None:
-        model = load_model(ml_collections.ConfigDict({"model_path": s.model_path, "dtype": s.dtype,
-                                                      "compute_dtype": s.compute_dtype,
-                                                      "attention_backend": s.attention_backend}), mesh)
+        model = load_model(ModelSettings(s.model_path, s.dtype, s.compute_dtype, s.attention_backend), mesh)
     tokenizer_path = s.model_path or model.source_path
     if not tokenizer_path:
         raise InputError(f"{config_field('model_path')} is required to load the tokenizer of the given model")

@@ -34,7 +34,7 @@ from lasa_jax.infra.base_config import template_kwargs as runtime_template_kwarg
 from lasa_jax.infra.distributed import is_writer
 from lasa_jax.infra.errors import InputError, config_field
 from lasa_jax.infra.storage import read_json
-from lasa_jax.models.loading import load_model, load_tokenizer
+from lasa_jax.models.loading import load_model, load_tokenizer, read_model_settings
 from lasa_jax.ssi.artifact import ARTIFACT_SUBDIR, METRICS_FILE, SSI, SSIConfig, save_ssi
 from lasa_jax.ssi.data import SSIData, load_ssi_data
 from lasa_jax.ssi.features import prompt_features, tokenization_fingerprint
@@ -238,7 +238,7 @@ def _result(artifact_dir: pathlib.Path, metrics: dict[str, Any]) -> StageResult:
 
 def _load_model_checked(s: SSISettings, mesh):
     """(model, residual index) with the model fingerprinted and the index within its layers (else InputError)."""
-    model = load_model(s.section, mesh)
+    model = load_model(read_model_settings(s.section), mesh)
     residual_index = resolve_residual_index(s, model)
     if model.fingerprint is None:
         raise InputError(f"the model at {s.model_path} has no fingerprint; an SSI must record its base model")
