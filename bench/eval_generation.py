@@ -2,8 +2,8 @@
 
 Prompts: `--num_prompts` MultiJail prompts (shared data `multijail/MultiJail.csv`, round-robin over its ten
 languages; lasa_jax/demo_data/prompts.jsonl when the shared data is absent), rendered with the chat template
-(`lasa_jax.models.chat.render_prompt`). Greedy, `--max_new_tokens` (EOS ends a row on every side), `--batch_size` rows on
-every side, float32. Timed, one after another:
+(`lasa_jax.models.chat.render_prompt`). Greedy, `--max_new_tokens` (EOS ends a row on every side), `--batch_size` rows
+on every side, float32. Timed, one after another:
   hf:         transformers `generate` on static batches (prompts sorted by length, left-padded),
   static:     lasa-jax `generate_batched(scheduler="static")` (length buckets, a batch runs until its longest row),
   continuous: lasa-jax `generate_batched(scheduler="continuous")` (slot pool refilled as rows finish).

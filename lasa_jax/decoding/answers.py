@@ -151,8 +151,8 @@ def split_reasoning(text: str) -> tuple[str | None, str]:
 
 @dataclasses.dataclass(frozen=True)
 class Decoding:
-    """Decoding settings of a run (see `lasa_jax.decoding.generate`); temperature 0 = greedy. Sampling keys: the chunk of
-    prompts starting at position s of the to-do list uses seed + s, its batch j `fold_in(PRNGKey(seed + s), j)`."""
+    """Decoding settings of a run (see `lasa_jax.decoding.generate`); temperature 0 = greedy. Sampling keys: the chunk
+    of prompts starting at position s of the to-do list uses seed + s, its batch j `fold_in(PRNGKey(seed + s), j)`."""
 
     max_new_tokens: int = 512
     temperature: float = 0.0

@@ -27,9 +27,10 @@ window shrinks as the long prompts finish), runs decode blocks and collects each
 in input order. A slot that finishes inside a block idles for the rest of that block (at most STEPS_PER_CALL - 1
 steps).
 
-Decoding and stopping follow `lasa_jax.decoding.generate` (greedy = argmax, identical to HF `generate(do_sample=False)`);
-sampling keys are fold_in(fold_in(PRNGKey(seed), 2 * call), step), prompt i's first token fold_in(PRNGKey(seed),
-2i + 1), so a seed reproduces a run for the same prompts, batch size and mesh (not the static path's draws).
+Decoding and stopping follow `lasa_jax.decoding.generate` (greedy = argmax, identical to HF
+`generate(do_sample=False)`); sampling keys are fold_in(fold_in(PRNGKey(seed), 2 * call), step), prompt i's first token
+fold_in(PRNGKey(seed), 2i + 1), so a seed reproduces a run for the same prompts, batch size and mesh (not the static
+path's draws).
 
 Decode layout (`decode_params`): the block loop is unrolled over weights split per layer once before the loop
 (not a scanned body: scanning slices each layer's KV cache out of a stacked array and stacks it back, a copy of the

@@ -1,7 +1,8 @@
 """Autoregressive generation with a KV cache: one prefill, then a jit-compiled `lax.while_loop` of decode steps.
 
 `generate` decodes one static batch (below). `generate_batched` decodes many prompts, by default with continuous
-batching (`lasa_jax.decoding.continuous`: a pool of slots refilled as rows finish), or with static length-bucketed batches.
+batching (`lasa_jax.decoding.continuous`: a pool of slots refilled as rows finish), or with static length-bucketed
+batches.
 
     tokens = generate(model, input_ids, attention_mask, max_new_tokens=64, eos_token_id=[128001, 128009],
                       pad_token_id=128004)   # (B, 64) int32 numpy: the new tokens only
@@ -241,7 +242,8 @@ def generate_batched(model: Decoder, token_ids: Sequence[Sequence[int] | np.ndar
     Args:
       token_ids: per-prompt token ids (already rendered, e.g. `lasa_jax.models.chat.render_prompt(...).input_ids`).
       batch_size: rows decoded together (rounded up to a multiple of the mesh's batch shards).
-      scheduler: "continuous" (default; `lasa_jax.decoding.continuous`: a pool of batch_size slots, a finished row's slot
+      scheduler: "continuous" (default; `lasa_jax.decoding.continuous`: a pool of batch_size slots, a finished row's
+      slot
         is refilled with the next prompt) or "static" (sorted by length, bucketed, fixed-size batches that run
         until their longest row ends; the last batch of a bucket is filled with copies of a row, so every batch
         of a bucket shares one compiled program; batch j samples with key fold_in(PRNGKey(seed), j)).

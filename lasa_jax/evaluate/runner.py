@@ -86,7 +86,8 @@ class JudgeModels:
             raise InputError(f"an LLM judge needs {config_field('judge.model_path')} (a local Hugging Face model "
                              "directory)")
         if path not in self._loaded:
-            self._loaded[path] = (load_model(read_model_settings(self.config), self.mesh, path=path), load_tokenizer(path))
+            model = load_model(read_model_settings(self.config), self.mesh, path=path)
+            self._loaded[path] = (model, load_tokenizer(path))
         return self._loaded[path]
 
 

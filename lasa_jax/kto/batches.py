@@ -54,8 +54,8 @@ def build_kto_batch(examples: Sequence[KTOExample], indices: Sequence[int], *, b
     """Fixed-shape arrays for the examples at `indices` (2 <= len(indices) <= batch_size; the rest is padding).
 
     KL partners come from `kl_partners(rng)` (avoiding pairs of one group or one prompt). A KL row is assembled
-    with the truncation rule of `lasa_jax.models.chat.assemble_example` (max_length = seq_len); if it still does not fit,
-    the partner completion's tail is cut (counted in num_kl_truncated): KL rows are never trained on, so their
+    with the truncation rule of `lasa_jax.models.chat.assemble_example` (max_length = seq_len); if it still does not
+    fit, the partner completion's tail is cut (counted in num_kl_truncated): KL rows are never trained on, so their
     end-of-turn carries no signal.
     """
     n = len(indices)

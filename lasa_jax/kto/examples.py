@@ -39,8 +39,8 @@ def tokenize_rows(rows: Sequence[PreferenceRow], tokenizer, *, prefix: str = CON
                   truncate_completions: bool = True) -> tuple[list[KTOExample], dict[str, Any]]:
     """Render every labelled row with `render_example` (prefix iff is_unsafe == 1, end-of-turn iff row.complete).
 
-    Over-long completions are tail-truncated to fit `max_length` (`lasa_jax.models.chat` truncation rule; the cut row has no
-    end-of-turn token); a row is dropped only when even its cut prompt leaves no room (or, with
+    Over-long completions are tail-truncated to fit `max_length` (`lasa_jax.models.chat` truncation rule; the cut row
+    has no end-of-turn token); a row is dropped only when even its cut prompt leaves no room (or, with
     truncate_completions=False, the old rule: whenever the whole completion cannot fit).
     Returns (examples, counts). counts: rows, kept, truncated (completion cut here), no_end_of_turn (kept rows
     without end-of-turn: cut by their generator or here), dropped_too_long, with_prefix (kept rows with the prefix),

@@ -94,12 +94,11 @@ from lasa_jax.stage import as_settings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EXIT_PREEMPTED", "CHECKPOINT_DIR", "REFERENCE_TABLE_FILE", "DATA_SUMMARY_FILE", "RUN_SUMMARY_FILE",
+__all__ = ["CHECKPOINT_DIR", "REFERENCE_TABLE_FILE", "DATA_SUMMARY_FILE", "RUN_SUMMARY_FILE",
            "EXPORT_DIR", "DATA_FORMATS", "LABEL_MODES", "REFERENCE_MODES", "NonFiniteLossError", "TrainResult",
            "ReferenceTable", "ModelDirs", "KTOSettings", "completion_models", "data_fingerprint", "label_rows",
            "load_rows", "parse_unsafe_probs", "prepare_examples", "run_identity", "train_kto"]
 
-from lasa_jax.stage import EXIT_PREEMPTED
 
 CHECKPOINT_DIR = "checkpoints"
 REFERENCE_TABLE_FILE = "reference_logps.npz"

@@ -2,8 +2,8 @@
 
     result = layer_probe_auroc(features, labels, group_ids, seed=0)   # features (L+1, N, D), labels (N,) 0/1/-1
 
-Used by Locate (`lasa_jax.locate.stage`) on the same one-pass all-layer capture as the silhouettes, so a user sees, beside
-S_sem - S_lang, whether harmful and benign prompts are linearly separable at each layer before training an SSI.
+Used by Locate (`lasa_jax.locate.stage`) on the same one-pass all-layer capture as the silhouettes, so a user sees,
+beside S_sem - S_lang, whether harmful and benign prompts are linearly separable at each layer before training an SSI.
 
 Conventions
 -----------

