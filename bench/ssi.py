@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from lasa_jax.ssi.metrics import choose_threshold, roc_auc
+from lasa_jax.ssi.metrics import choose_threshold
 from lasa_jax.ssi.training import TrainSettings, predict_logits, train_classifier
+from lasa_jax.statistics import roc_auc
 
 D_MODEL, HIDDEN, N_TRAIN, N_VAL, BATCH = 4096, 4096, 1380, 717, 64
 EPOCHS = 2

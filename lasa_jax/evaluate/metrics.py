@@ -21,46 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from lasa_jax.evaluate.verdicts import INVALID, REFUSAL, REFUSAL_TASK, SAFETY_TASK, TASK_LABELS, UNSAFE
-
-
-def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion k/n at normal quantile z (1.96 -> 95%).
-
-    n = 0 gives (0.0, 1.0): with no observations every rate is possible (the rate itself is undefined, see `Rate`).
-    """
-    if n < 0 or k < 0 or k > n:
-        raise ValueError(f"wilson_interval needs 0 <= k <= n, got k={k}, n={n}")
-    if z <= 0:
-        raise ValueError(f"wilson_interval needs z > 0, got {z}")
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    z2 = z * z
-    center = (p + z2 / (2 * n)) / (1 + z2 / n)
-    half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    return max(0.0, center - half), min(1.0, center + half)
-
-
-@dataclasses.dataclass(frozen=True)
-class Rate:
-    """count / total with its Wilson interval; `rate` is NaN (JSON null) when total is 0."""
-
-    count: int
-    total: int
-    z: float = 1.96
-
-    @property
-    def rate(self) -> float:
-        return self.count / self.total if self.total else math.nan
-
-    @property
-    def interval(self) -> tuple[float, float]:
-        return wilson_interval(self.count, self.total, self.z)
-
-    def to_json(self) -> dict[str, Any]:
-        lo, hi = self.interval
-        return {"count": self.count, "total": self.total, "rate": None if self.total == 0 else self.rate,
-                "ci_low": lo, "ci_high": hi, "z": self.z}
+from lasa_jax.statistics import Rate
 
 
 @dataclasses.dataclass(frozen=True)

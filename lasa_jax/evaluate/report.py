@@ -26,14 +26,13 @@ from typing import Any
 from lasa_jax.data.eval_sets import EvalPrompt
 from lasa_jax.data.languages import MULTIJAIL_LANGUAGES
 from lasa_jax.decoding.answers import GATED_MODES
-from lasa_jax.evaluate.metrics import Rate, asr_summary, refusal_by_language, refusal_summary
-from lasa_jax.evaluate.report_markdown import (
-    render_markdown,
-)
+from lasa_jax.evaluate.metrics import asr_summary, refusal_by_language, refusal_summary
+from lasa_jax.evaluate.report_markdown import render_markdown
 from lasa_jax.evaluate.report_plots import ASR_CHART_PNG, SYSTEMS_CHART_PNG, plot_asr, plot_comparison
 from lasa_jax.evaluate.verdicts import APPROXIMATE_MARKER, REFUSAL, Judge
 from lasa_jax.infra import storage
 from lasa_jax.infra.storage import atomic_write_json, atomic_write_text
+from lasa_jax.statistics import Rate
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"

@@ -44,15 +44,10 @@ import numpy as np
 
 from lasa_jax.data.languages import MULTIJAIL_LANGUAGES, normalize_language
 from lasa_jax.data.parallel import flores_sib200_rows
-from lasa_jax.evaluate.metrics import Rate
-from lasa_jax.evaluate.utility_scoring import (
-    NORMALIZATIONS,
-    label_logprobs,
-    predict_labels,
-    sentence_nll,
-)
+from lasa_jax.evaluate.utility_scoring import NORMALIZATIONS, label_logprobs, predict_labels, sentence_nll
 from lasa_jax.infra import storage
 from lasa_jax.infra.errors import InputError
+from lasa_jax.statistics import Rate
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from lasa_jax.evaluate.metrics import wilson_interval
 from lasa_jax.infra.storage import atomic_path
+from lasa_jax.statistics import roc_auc, wilson_interval
 
 THRESHOLD_RULES = ("tpr_at_fpr", "accuracy")
 DECISION_RULE = ("harmful iff logit > threshold_logit (threshold = sigmoid(threshold_logit); artifacts without "
@@ -48,21 +48,6 @@ def _check_scores(labels, scores, what: str = "scores") -> tuple[np.ndarray, np.
     if not np.isfinite(scores).all():
         raise ValueError(f"{what}: scores contain NaN or infinity")
     return labels.astype(np.int64), scores
-
-
-def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float | None:
-    """Area under the ROC curve = P(score of a random harmful > score of a random benign), ties counted 1/2
-    (Mann-Whitney U with average ranks). None when either class is absent."""
-    labels, scores = _check_scores(labels, scores)
-    n_pos = int(labels.sum())
-    n_neg = labels.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return None
-    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)  # tie block j holds 1-based ranks ends[j] - counts[j] + 1 .. ends[j]
-    ranks = ((2 * ends - counts + 1) / 2.0)[inverse]  # average rank of each score's tie block
-    u = ranks[labels == 1].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
 
 
 def _ratio(num: int, den: int) -> float | None:

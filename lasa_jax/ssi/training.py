@@ -42,7 +42,6 @@ import numpy as np
 import optax
 from flax import nnx
 
-from lasa_jax.ssi.metrics import roc_auc
 from lasa_jax.ssi.mlp import (
     SSIClassifier,
     classifier_logits,
@@ -51,6 +50,7 @@ from lasa_jax.ssi.mlp import (
     split_classifier,
     unflatten_params,
 )
+from lasa_jax.statistics import roc_auc
 
 log = logging.getLogger(__name__)
 

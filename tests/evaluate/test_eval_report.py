@@ -6,9 +6,10 @@ import pytest
 
 from lasa_jax.data.eval_sets import EvalPrompt
 from lasa_jax.evaluate.heuristics import RefusalHeuristicJudge
-from lasa_jax.evaluate.metrics import Rate, asr_summary, refusal_summary, wilson_interval
+from lasa_jax.evaluate.metrics import asr_summary, refusal_summary
 from lasa_jax.evaluate.report import REPORT_JSON, REPORT_MD, judge_responses, write_report
 from lasa_jax.evaluate.report_plots import ASR_CHART_PNG, SYSTEMS_CHART_PNG
+from lasa_jax.statistics import Rate, wilson_interval
 
 
 def test_wilson_interval_hand_computed():

@@ -36,11 +36,12 @@ from lasa_jax.ssi.artifact import (
 )
 from lasa_jax.ssi.data import load_ssi_data
 from lasa_jax.ssi.features import prompt_features, tokenization_fingerprint
-from lasa_jax.ssi.metrics import choose_threshold, classification_metrics, evaluate_by_language, roc_auc
+from lasa_jax.ssi.metrics import choose_threshold, classification_metrics, evaluate_by_language
 from lasa_jax.ssi.mlp import flatten_params, new_classifier, resolve_hidden_dims
 from lasa_jax.ssi.stage import resolve_residual_index
 from lasa_jax.ssi.stage import run as run_ssi_stage
 from lasa_jax.ssi.training import TrainSettings, _epoch_batches, predict_logits, train_classifier, weighted_bce
+from lasa_jax.statistics import roc_auc
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DEMO_PROMPTS = REPO / "lasa_jax" / "demo_data" / "prompts.jsonl"
