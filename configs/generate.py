@@ -7,8 +7,8 @@
     python -m lasa_jax.scripts.generate --config=configs/generate.py --workdir=runs/prefix_only \
         --config.mode=prefix_only --config.model_path=BASE --config.ssi_dir=SSI_DIR
 
-Output: <workdir>/generations.jsonl (+ .meta.json); see lasa_jax/decoding/answers.py for the record format and
-lasa_jax/generate/stage.py for the stage.
+Output: <workdir>/generations.jsonl (+ .meta.json); lasa_jax/generate/settings.py reads and checks these fields;
+see lasa_jax/decoding/answers.py for the record format and lasa_jax/generate/stage.py for the stage.
 """
 from ml_collections import config_dict
 

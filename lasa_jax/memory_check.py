@@ -5,9 +5,12 @@ optimizer state, smaller decoding batch, a tensor axis, another preset) and `che
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from typing import Any
 
+from lasa_jax.generate import stage as generate_stage
+from lasa_jax.generate.settings import GenerateSettings
 from lasa_jax.infra.errors import InputError, config_field
 from lasa_jax.memory_plan import (
     MemoryPlan,
@@ -39,12 +42,11 @@ def kto_settings(kto: Any) -> dict[str, Any]:
 DEFAULT_PLANNED_PROMPT_LENGTH = 512
 
 
-def generation_settings(generate: Any) -> dict[str, Any]:
-    """`generation_plan` keyword arguments from a generate stage config (configs/generate.py)."""
-    return dict(batch_size=int(generate.decoding.batch_size),
-                prompt_length=int(generate.max_prompt_length) or DEFAULT_PLANNED_PROMPT_LENGTH,
-                max_new_tokens=int(generate.decoding.max_new_tokens), dtype=generate.dtype,
-                compute_dtype=generate.get("compute_dtype", "") or "")
+def generation_settings(s: GenerateSettings) -> dict[str, Any]:
+    """`generation_plan` keyword arguments from the generate stage's settings (`lasa_jax.generate.settings`)."""
+    return dict(batch_size=s.decoding.batch_size,
+                prompt_length=s.max_prompt_length or DEFAULT_PLANNED_PROMPT_LENGTH,
+                max_new_tokens=s.decoding.max_new_tokens, dtype=s.model.dtype, compute_dtype=s.model.compute_dtype)
 
 
 def _kto_variants(settings: dict[str, Any], shards: int) -> Iterable[dict[str, Any]]:
@@ -140,7 +142,11 @@ def check_pipeline(config: Any, model_config: ModelConfig, stages: Iterable[str]
         if not plan.fits:
             problems.append(f"{plan.describe()}; fits: {suggest_kto(model_config, plan)}")
     if stages & {"generate_baseline", "generate_lasa"}:
-        plan = generation_plan(model_config, config.preset, mesh=mesh, **generation_settings(config.generate))
+        generate = copy.deepcopy(config.generate)
+        with generate.unlocked():
+            generate.mode = "baseline"  # the decoding settings are those of every mode; no SSI paths needed here
+        plan = generation_plan(model_config, config.preset, mesh=mesh,
+                               **generation_settings(generate_stage.settings(generate)))
         plans.append(plan)
         if not plan.fits:
             problems.append(f"{plan.describe()}; fits: {suggest_generation(model_config, plan)}")

@@ -2,5 +2,6 @@
 
 Modules: `generate` (one static batch with a `lax.while_loop`; `generate_batched`, the entry point for many
 prompts), `continuous` (continuous batching: a slot pool refilled as rows finish), `sampling` (token selection),
-`answers` (chat prompts -> answer records: rendering with or without the prefix, resumable files).
+`stop_tokens` (which ids end a row; the padded eos array the programs compare with), `answers` (chat prompts ->
+generation records: rendering with or without the prefix, the resumable loop, the generations.jsonl format).
 """

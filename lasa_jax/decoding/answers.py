@@ -1,14 +1,17 @@
-"""LASA, prefix-only and baseline inference over evaluation prompts -> one JSONL record per prompt.
+"""Answers to evaluation prompts as generation records: chat rendering (with or without the conditional prefix), the
+resumable generation loop, and the generations.jsonl record format that the evaluation reads.
 
-LASA (METHOD.md §6, without the reference's defects §9.1, 8, 13, 15):
-  1. the SSI scores every prompt on the frozen BASE model at the residual index recorded in its artifact
-     (`lasa_jax.ssi.SSIScorer`; any object with `score(list[str]) -> (probs (N,), flags (N,) bool)` works here);
-  2. prompts flagged harmful get the conditional prefix right after the assistant header, through
-     `lasa_jax.models.chat.render_prompt` (the rendering KTO training used); the others get the plain chat prompt;
-  3. the ALIGNED (KTO) model generates; the response is the continuation only (the prefix is not part of it).
-Prefix-only (an ablation: the gate and the prefix without KTO): steps 1 and 2 as in LASA, but the BASE model (the
-one the SSI reads) generates. Baseline: the same rendering without SSI and without prefix (a scorer, if given, is
-only recorded). Chat template variables (e.g. Qwen3 `enable_thinking`) are applied identically in every mode.
+`generate_responses(model, tokenizer, prompts, mode=..., ssi_scores=..., prefix_flags=...)` renders every prompt
+through `lasa_jax.models.chat.render_prompt` (the rendering KTO training used): the chat template with the
+generation prompt, plus the conditional prefix right after the assistant header where the prompt's flag is set.
+It generates with `lasa_jax.decoding.generate.generate_batched` and returns one record per prompt; the response is
+the continuation only (the prefix is not part of it). Who decides the flags is the caller's business (the generate
+stage's SSI gate, `lasa_jax.generate.gate`; KTO's benign answers set none). Chat template variables (e.g. Qwen3
+`enable_thinking`) are applied identically in every mode.
+
+Modes, recorded in every record: "lasa" (prefix where the SSI flags the prompt, the aligned model generates),
+"prefix_only" (the same gate, the base model generates) and "baseline" (never a prefix; an SSI score may be
+recorded). GATED_MODES are those in which the SSI decides the prefix.
 
 Record (JSON object per line, input order):
   {"id", "language", "prompt", "response", "reasoning", "ssi_score" (float or null), "prefix_used" (bool),
@@ -26,18 +29,19 @@ import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from lasa_jax.data.eval_sets import EvalPrompt
 from lasa_jax.decoding.continuous import decode_params, prompt_slots
 from lasa_jax.decoding.generate import generate_batched
+from lasa_jax.decoding.stop_tokens import stop_token_ids
 from lasa_jax.infra import storage
 from lasa_jax.infra.distributed import is_writer
-from lasa_jax.infra.errors import InputError, config_field
+from lasa_jax.infra.errors import InputError
 from lasa_jax.infra.storage import append_durably, iter_jsonl, write_jsonl
-from lasa_jax.models.chat import CONDITIONAL_PREFIX, RenderedPrompt, end_of_turn_ids, render_prompt
+from lasa_jax.models.chat import CONDITIONAL_PREFIX, RenderedPrompt, render_prompt
 
 log = logging.getLogger(__name__)
 
@@ -46,37 +50,6 @@ GATED_MODES = ("lasa", "prefix_only")  # modes in which the SSI decides the pref
 RECORD_FIELDS = ("id", "language", "prompt", "response", "reasoning", "ssi_score", "prefix_used", "source",
                  "expected", "category", "mode", "finish_reason", "num_new_tokens")
 PARTIAL_SUFFIX = ".partial"
-
-
-class PromptScorer(Protocol):
-    """The SSI interface inference needs: prompt strings -> (harmful probability (N,) float, flag (N,) bool)."""
-
-    def score(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        ...
-
-
-# ----------------------------------------------------------------------------------------------- SSI decisions
-def prefix_decisions(mode: str, prompts: Sequence[EvalPrompt],
-                     scorer: PromptScorer | None = None) -> tuple[np.ndarray | None, np.ndarray]:
-    """(SSI scores float32 (N,) or None, prefix flags bool (N,)) for `mode`.
-
-    "lasa" / "prefix_only": the scorer decides (required); "baseline": no prefix, scores recorded only if a scorer
-    is given.
-    """
-    if mode not in MODES:
-        raise InputError(f"mode must be one of {MODES}, got {mode!r}")
-    n = len(prompts)
-    if scorer is None:
-        if mode in GATED_MODES:
-            raise InputError(f"mode {mode!r} needs an SSI scorer ({config_field('ssi_dir')} and "
-                             f"{config_field('base_model_path')})")
-        return None, np.zeros(n, bool)
-    probs, flags = scorer.score([p.prompt for p in prompts])
-    probs, flags = np.asarray(probs, np.float32), np.asarray(flags)
-    if probs.shape != (n,) or flags.shape != (n,) or flags.dtype != bool:
-        raise ValueError(f"scorer.score must return (probs (N,), flags (N,) bool) for N={n} prompts, got shapes "
-                         f"{probs.shape}, {flags.shape} and flag dtype {flags.dtype}")
-    return probs, (flags if mode in GATED_MODES else np.zeros(n, bool))
 
 
 # ----------------------------------------------------------------------------------------------- rendering
@@ -94,47 +67,6 @@ def render_inputs(tokenizer, prompts: Sequence[EvalPrompt], prefix_flags: Sequen
         except ValueError as e:
             raise InputError(f"prompt {p.id!r}: {e}") from e
     return rendered
-
-
-GENERATION_CONFIG = "generation_config.json"
-
-
-def generation_config_eos_ids(model_dir: str | os.PathLike | None) -> list[int]:
-    """The eos_token_id(s) of `<model_dir>/generation_config.json` (an int or a list; Qwen lists `<|im_end|>` and
-    `<|endoftext|>`); [] when there is no such file or field. A malformed file -> InputError naming it."""
-    if not model_dir:
-        return []
-    path = os.path.join(os.fspath(model_dir), GENERATION_CONFIG)
-    if not storage.isfile(path):
-        return []
-    try:
-        with storage.open_file(path) as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: expected a JSON object, got unparsable text ({e})") from None
-    eos = data.get("eos_token_id") if isinstance(data, dict) else None
-    values = eos if isinstance(eos, list) else [] if eos is None else [eos]
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
-        raise InputError(f"{path}: field 'eos_token_id' must be a token id or a list of token ids, got {eos!r}")
-    return [int(v) for v in values]
-
-
-def stop_token_ids(model_config, tokenizer, template_kwargs: Mapping[str, Any] | None = None, *,
-                   model_dir: str | os.PathLike | None = None) -> list[int]:
-    """Tokens that end generation: the model config's eos ids, the eos ids of `<model_dir>/generation_config.json`
-    (e.g. Qwen's `<|endoftext|>` beside `<|im_end|>`), the tokenizer's eos token and the chat template's end-of-turn
-    token (Llama-3 `<|eot_id|>`, Qwen `<|im_end|>`), when the template reveals one."""
-    ids = set(model_config.eos_token_ids) | set(generation_config_eos_ids(model_dir))
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    if getattr(tokenizer, "chat_template", None):
-        try:
-            ids.add(int(end_of_turn_ids(tokenizer, template_kwargs)[-1]))
-        except ValueError as e:  # templates that rewrite assistant content (e.g. guard models): config ids only
-            log.info("no end-of-turn token from the chat template (%s); stopping on %s", e, sorted(ids))
-    if not ids:
-        raise InputError("no stop token: the model config has no eos_token_id and the tokenizer no eos_token")
-    return sorted(ids)
 
 
 # ----------------------------------------------------------------------------------------------- generation
@@ -242,13 +174,6 @@ def generate_responses(model, tokenizer, prompts: Sequence[EvalPrompt], *, mode:
     return [done[p.id] for p in prompts]
 
 
-def run_inference(model, tokenizer, prompts: Sequence[EvalPrompt], *, mode: str, scorer: PromptScorer | None = None,
-                  **kwargs) -> list[dict[str, Any]]:
-    """`prefix_decisions` then `generate_responses` (keyword arguments as there) with both models in memory."""
-    scores, flags = prefix_decisions(mode, prompts, scorer)
-    return generate_responses(model, tokenizer, prompts, mode=mode, ssi_scores=scores, prefix_flags=flags, **kwargs)
-
-
 # ----------------------------------------------------------------------------------------------- JSONL files
 def _append_records(path: str | os.PathLike, records: Sequence[Mapping[str, Any]]) -> None:
     if not is_writer() or not records:
@@ -304,25 +229,3 @@ def read_generations(path: str | os.PathLike) -> list[dict[str, Any]]:
             raise InputError(f"{path}: duplicate id {record['id']!r}")
         seen.add(record["id"])
     return records
-
-
-def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Counts per (source, language): prompts, prefix used, finished at EOS; mean SSI score where recorded."""
-    groups: dict[str, dict[str, Any]] = {}
-    for r in records:
-        g = groups.setdefault(f"{r['source']}/{r['language']}", {"prompts": 0, "prefix_used": 0, "eos": 0,
-                                                                  "ssi_scores": []})
-        g["prompts"] += 1
-        g["prefix_used"] += int(r["prefix_used"])
-        g["eos"] += int(r["finish_reason"] == "eos")
-        if r["ssi_score"] is not None:
-            g["ssi_scores"].append(r["ssi_score"])
-    for g in groups.values():
-        scores = g.pop("ssi_scores")
-        g["mean_ssi_score"] = float(np.mean(scores)) if scores else None
-    total = len(records)
-    return {"prompts": total, "prefix_used": sum(g["prefix_used"] for g in groups.values()),
-            "finished_at_eos": sum(g["eos"] for g in groups.values()), "by_source_language": groups,
-            "prefix_rate": sum(g["prefix_used"] for g in groups.values()) / total if total else None}
-
-

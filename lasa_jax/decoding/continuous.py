@@ -1,6 +1,7 @@
 """Continuous-batching generation: a fixed pool of decode slots, refilled with the next prompt as a row finishes.
 
-    results = generate_continuous(model, prompts, batch_size=16, max_new_tokens=256, eos_token_id=..., pad_token_id=...)
+    eos, pad_id = resolve_special_ids(model.config, stop_ids, None)     # lasa_jax.decoding.stop_tokens
+    results = generate_continuous(model, prompts, batch_size=16, max_new_tokens=256, eos=eos, pad_id=pad_id)
     # [(new token ids up to and including the first EOS, finished), ...] in input order
 
 Layout. B slots (batch_size rounded up to the mesh's batch shards). The KV cache is per layer (`kv_cache.split`
@@ -63,6 +64,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from lasa_jax.decoding.sampling import select_tokens
 from lasa_jax.infra.progress import progress_bar
 from lasa_jax.models import kv_cache
 from lasa_jax.models.blocks import lm_logits
@@ -116,8 +118,6 @@ def _init_pool(config: ModelConfig, mesh: Mesh | None, batch_size: int, num_slot
 
 
 def _next_token(params, config, hidden, key, sampling, greedy):
-    from lasa_jax.decoding.sampling import select_tokens
-
     return select_tokens(lm_logits(params, config, hidden), key, *sampling, greedy=greedy)
 
 
@@ -271,9 +271,10 @@ def generate_continuous(model: Decoder, token_ids: Sequence[np.ndarray], *, batc
                         eos: np.ndarray, pad_id: int, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
                         seed: int = 0, progress: bool = False, params: Params | None = None,
                         prompt_length: int | None = None) -> list[tuple[np.ndarray, bool]]:
-    """Generate for many prompts with a pool of `batch_size` slots (module docstring). `eos`: padded eos array
-    (`generate.resolve_special_ids`); `params`: a `decode_params(model)` result to reuse across calls;
-    `prompt_length`: P (`prompt_slots` of a superset of the prompts; default: of these prompts)."""
+    """Generate for many prompts with a pool of `batch_size` slots (module docstring). `eos`, `pad_id`: the padded
+    eos array and pad id of `lasa_jax.decoding.stop_tokens.resolve_special_ids`; `params`: a `decode_params(model)`
+    result to reuse across calls; `prompt_length`: P (`prompt_slots` of a superset of the prompts; default: of these
+    prompts)."""
     config = model.config.replace(scan_layers=False)
     mesh = model.mesh
     arrays = [np.asarray(t, np.int32) for t in token_ids]

@@ -19,12 +19,10 @@ Stopping. A row finishes at its first token in `eos_token_id` (an int or a list:
 with several). The EOS token itself is kept in the output; every later slot holds `pad_token_id`. The loop exits
 as soon as every row has finished (or after max_new_tokens).
 
-Decoding, per step on float32 logits (the order of Hugging Face's logits warpers):
-  temperature == 0: greedy (argmax; identical to HF `generate(do_sample=False)`);
-  otherwise: logits / temperature, then top-k (keep tokens whose logit is >= the k-th largest; 0 = off), then
-  top-p (keep the smallest set of most likely tokens whose probability reaches top_p; 1.0 = off), then one draw
-  from the renormalised distribution with the key `fold_in(PRNGKey(seed), step)` (batch rows draw independently).
-  A seed reproduces a run for the same batch (same rows, same order, same bucket).
+Decoding: each step's token comes from `lasa_jax.decoding.sampling.select_tokens` (greedy when temperature == 0,
+identical to HF `generate(do_sample=False)`; else temperature, top-k, top-p and one draw) with the key
+`fold_in(PRNGKey(seed), step)` (batch rows draw independently). A seed reproduces a run for the same batch (same
+rows, same order, same bucket). Stop ids and the pad id: `lasa_jax.decoding.stop_tokens.resolve_special_ids`.
 
 Sharding: with `model.mesh`, the batch (and the KV cache's batch axis) is split over `data` x `fsdp`; the batch is
 padded with copies of its first row to a multiple of that product.
@@ -34,14 +32,16 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from lasa_jax.decoding.continuous import generate_continuous
 from lasa_jax.decoding.sampling import select_tokens
+from lasa_jax.decoding.stop_tokens import eos_array, resolve_special_ids
 from lasa_jax.infra.errors import InputError
 from lasa_jax.infra.progress import progress_bar
 from lasa_jax.models import kv_cache
@@ -118,20 +118,6 @@ def _generate_core(params: Params, config: ModelConfig, input_ids: jax.Array, at
 
 
 # ----------------------------------------------------------------------------------------------- host wrappers
-_EOS_SLOTS = 4  # eos ids are padded with -1 (never a token) to a multiple of this: fewer distinct programs
-
-
-def _eos_array(eos_token_id: int | Iterable[int] | None) -> np.ndarray:
-    """Sorted unique eos ids, padded with -1 to a multiple of `_EOS_SLOTS` entries (int32)."""
-    ids = [] if eos_token_id is None else (
-        [eos_token_id] if isinstance(eos_token_id, (int, np.integer)) else list(eos_token_id))
-    if not all(isinstance(i, (int, np.integer)) and i >= 0 for i in ids):
-        raise InputError(f"eos_token_id must be a non-negative int or a list of them, got {eos_token_id!r}")
-    unique = sorted(set(int(i) for i in ids))
-    size = max(_EOS_SLOTS, -(-len(unique) // _EOS_SLOTS) * _EOS_SLOTS)
-    return np.asarray(unique + [-1] * (size - len(unique)), np.int32)
-
-
 def _check_sampling(max_new_tokens: int, temperature: float, top_p: float, top_k: int) -> None:
     if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
         raise InputError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
@@ -141,17 +127,6 @@ def _check_sampling(max_new_tokens: int, temperature: float, top_p: float, top_k
         raise InputError(f"top_p must be in (0, 1], got {top_p!r}")
     if not isinstance(top_k, (int, np.integer)) or top_k < 0:
         raise InputError(f"top_k must be a non-negative int (0 = off), got {top_k!r}")
-
-
-def resolve_special_ids(config: ModelConfig, eos_token_id, pad_token_id) -> tuple[np.ndarray, int]:
-    """(eos ids (E,) int32 padded with -1, pad id): the given values, else the model config's eos ids and pad id
-    (pad falls back to the first eos id, then 0)."""
-    eos = _eos_array(config.eos_token_ids if eos_token_id is None else eos_token_id)
-    if pad_token_id is None:
-        pad_token_id = config.pad_token_id if config.pad_token_id is not None else max(int(eos[0]), 0)
-    if not isinstance(pad_token_id, (int, np.integer)) or not 0 <= pad_token_id < config.vocab_size:
-        raise InputError(f"pad_token_id must be an int in [0, {config.vocab_size}), got {pad_token_id!r}")
-    return eos, int(pad_token_id)
 
 
 def _left_pack(input_ids: np.ndarray, attention_mask: np.ndarray, pad_id: int, length: int,
@@ -221,7 +196,7 @@ def generate(model: Decoder, input_ids, attention_mask=None, *, max_new_tokens: 
 
 def trim_after_eos(tokens: np.ndarray, eos_token_id: int | Sequence[int] | None) -> tuple[np.ndarray, bool]:
     """One row of `generate` output cut after its first EOS (kept) -> (ids, whether an EOS was generated)."""
-    return _trim(tokens, _eos_array(eos_token_id))
+    return _trim(tokens, eos_array(eos_token_id))
 
 
 def _trim(tokens: np.ndarray, eos: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -242,11 +217,10 @@ def generate_batched(model: Decoder, token_ids: Sequence[Sequence[int] | np.ndar
     Args:
       token_ids: per-prompt token ids (already rendered, e.g. `lasa_jax.models.chat.render_prompt(...).input_ids`).
       batch_size: rows decoded together (rounded up to a multiple of the mesh's batch shards).
-      scheduler: "continuous" (default; `lasa_jax.decoding.continuous`: a pool of batch_size slots, a finished row's
-      slot
-        is refilled with the next prompt) or "static" (sorted by length, bucketed, fixed-size batches that run
-        until their longest row ends; the last batch of a bucket is filled with copies of a row, so every batch
-        of a bucket shares one compiled program; batch j samples with key fold_in(PRNGKey(seed), j)).
+      scheduler: "continuous" (default; `lasa_jax.decoding.continuous`: a pool of batch_size slots, a finished
+        row's slot is refilled with the next prompt) or "static" (sorted by length, bucketed, fixed-size batches
+        that run until their longest row ends; the last batch of a bucket is filled with copies of a row, so every
+        batch of a bucket shares one compiled program; batch j samples with key fold_in(PRNGKey(seed), j)).
         Greedy outputs are the same under both.
       decode_layout, prompt_length (continuous only): `continuous.decode_params(model)` and
         `continuous.prompt_slots(all prompts)` computed once by a caller that generates in several calls, so the
@@ -265,8 +239,6 @@ def generate_batched(model: Decoder, token_ids: Sequence[Sequence[int] | np.ndar
     if any(a.ndim != 1 or a.size == 0 for a in arrays):
         raise InputError("every prompt needs at least one token (a 1-D id sequence)")
     if scheduler == "continuous":
-        from lasa_jax.decoding.continuous import generate_continuous
-
         if not arrays:
             return []
         return generate_continuous(model, arrays, batch_size=batch_size, max_new_tokens=max_new_tokens, eos=eos,

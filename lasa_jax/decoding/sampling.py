@@ -1,12 +1,17 @@
-"""Token selection of every decoding loop: greedy argmax or temperature / top-k / top-p sampling on float32 logits
-(the order of Hugging Face's logits warpers; the rules are in `lasa_jax.decoding.generate`'s docstring)."""
+"""Token selection of every decoding loop: greedy argmax or temperature / top-k / top-p sampling on float32 logits.
+
+Rules, per row, in the order of Hugging Face's logits warpers:
+  greedy (temperature == 0): argmax (identical to HF `generate(do_sample=False)`);
+  otherwise: logits / temperature, then top-k (keep tokens whose logit is >= the k-th largest; 0 = off), then
+  top-p (keep the smallest set of most likely tokens whose probability reaches top_p; 1.0 = off; the most likely
+  token is always kept), then one draw from the renormalised distribution with the caller's key.
+"""
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
 
-# ----------------------------------------------------------------------------------------------- token selection
 def select_tokens(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_p: jax.Array, top_k: jax.Array,
                   *, greedy: bool) -> jax.Array:
     """Next token per row from float32 logits (B, V) -> (B,) int32 (see the module docstring for the rules)."""

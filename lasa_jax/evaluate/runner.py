@@ -28,8 +28,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lasa_jax.data.eval_sets import EvalPrompt
-from lasa_jax.decoding.answers import stop_token_ids
 from lasa_jax.decoding.generate import generate_batched
+from lasa_jax.decoding.stop_tokens import stop_token_ids
 from lasa_jax.evaluate.heuristics import RefusalHeuristicJudge
 from lasa_jax.evaluate.judges import GenerateFn, LlamaGuard3Judge, RefusalRubricJudge, RubricJudge
 from lasa_jax.evaluate.report import build_report, judge_responses, write_report

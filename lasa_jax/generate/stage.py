@@ -1,44 +1,33 @@
 """The generate stage (`python -m lasa_jax.scripts.generate`, `configs/generate.py`): eval prompts -> SSI decisions
-on the base model -> responses -> `<workdir>/<output>` (+ `<output>.meta.json`).
+on the base model -> responses -> `<workdir>/<output>` (+ `<output>.meta.json`). Stage contract: `lasa_jax.stage`.
 
-Modes (`lasa_jax.decoding.answers` for the record format and the LASA method): "lasa" scores with the SSI on the base
-model, frees it, and generates with the aligned model; "prefix_only" generates with that same base model (loaded
-once); "baseline" generates with `model_path` and records SSI scores only when an SSI is given. The meta file holds
-models, fingerprints, decoding, stop tokens, counts and timings. Stage contract: `lasa_jax.stage`.
-
-`settings` reads the stage's own fields; the shared base-config fields (model_path, dtype, compute_dtype) are read by
-`runtime.load_model` from `GenerateSettings.section`, the validated config section itself.
+`settings` (lasa_jax/generate/settings.py) is the only reader of the config section. Modes (the gate:
+`lasa_jax.generate.gate`; the records: `lasa_jax.decoding.answers`): "lasa" scores with the SSI on the base model,
+frees it, and generates with the aligned model; "prefix_only" generates with that same base model (loaded once);
+"baseline" generates with `model_path` and records SSI scores only when an SSI is given. The meta file holds
+models, fingerprints, decoding, stop tokens, counts (`summarize`) and timings.
 """
 from __future__ import annotations
 
 import dataclasses
 import gc
-import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lasa_jax.data.eval_sets import EvalSetSelection, HubSetOptions
-from lasa_jax.decoding.answers import (
-    GATED_MODES,
-    MODES,
-    PARTIAL_SUFFIX,
-    Decoding,
-    generate_responses,
-    prefix_decisions,
-    stop_token_ids,
-    summarize,
-    write_generations,
-)
+import numpy as np
+
+from lasa_jax.decoding.answers import PARTIAL_SUFFIX, generate_responses, write_generations
+from lasa_jax.decoding.stop_tokens import stop_token_ids
+from lasa_jax.generate.gate import prefix_decisions
+from lasa_jax.generate.settings import GenerateSettings, settings
 from lasa_jax.infra import storage
-from lasa_jax.infra.base_config import comma_list
-from lasa_jax.infra.base_config import template_kwargs as config_template_kwargs
 from lasa_jax.infra.distributed import is_writer
-from lasa_jax.infra.errors import InputError, config_field
 from lasa_jax.infra.storage import atomic_write_json, read_json
-from lasa_jax.models.loading import load_model, load_tokenizer, read_model_settings
+from lasa_jax.models.loading import load_model, load_tokenizer
+from lasa_jax.ssi.artifact import SSIScorer, load_ssi
 from lasa_jax.stage import StageResult, as_settings, report_link
 
 log = logging.getLogger(__name__)
@@ -46,102 +35,15 @@ NAME = "generate"
 META_SUFFIX = ".meta.json"
 
 
-@dataclasses.dataclass(frozen=True)
-class GenerateSettings:
-    """The generate stage's settings (configs/generate.py). model_path: the model that generates; base_model_path:
-    the frozen model the SSI reads ("" = no SSI); prefix_only: both are the base model."""
-
-    mode: str
-    model_path: str
-    base_model_path: str
-    ssi_dir: str
-    tokenizer_path: str
-    prefix: str
-    template_kwargs: Mapping[str, Any]
-    max_prompt_length: int | None
-    eval_sets: EvalSetSelection
-    decoding: Decoding
-    eos_token_ids: tuple[int, ...]
-    output: str
-    chunk_size: int
-    resume: bool
-    progress: bool
-    section: Any = dataclasses.field(repr=False, compare=False, default=None)
-
-    @property
-    def scores(self) -> bool:
-        """Whether the SSI scores the prompts (gated modes, or a baseline that records scores)."""
-        return self.mode in GATED_MODES or bool(self.ssi_dir)
-
-
-def eval_set_selection(config) -> EvalSetSelection:
-    """The eval_sets, data_root, languages, max_per_language(_sets) and hub fields of a generate config."""
-    hub = config.hub
-    field_map = json.loads(hub.field_map) if hub.field_map else None
-    if field_map is not None and not isinstance(field_map, dict):
-        raise InputError(f"{config_field('hub.field_map')} must be a JSON object, got {hub.field_map!r}")
-    specs = tuple(comma_list(config.eval_sets))
-    if not specs:
-        raise InputError(f"{config_field('eval_sets')} is empty")
-    limit_sets = tuple(comma_list(config.get("max_per_language_sets", ""))) or None
-    unknown = sorted(set(limit_sets or ()) - set(specs))
-    if unknown:
-        raise InputError(f"{config_field('max_per_language_sets')}: {unknown} not in {config_field('eval_sets')} "
-                         f"{list(specs)}")
-    return EvalSetSelection(specs, data_root=config.data_root, languages=tuple(comma_list(config.languages)) or None,
-                            max_per_language=int(config.max_per_language),
-                            hub=HubSetOptions(name=hub.name or None, split=hub.split, expected=hub.expected or None,
-                                              language=hub.language or None, field_map=field_map),
-                            limit_sets=limit_sets)
-
-
-def _model_paths(config) -> tuple[str, str]:
-    """(model that generates, base model the SSI reads or ""); prefix_only generates with the base model, so
-    base_model_path defaults to model_path there and the two must not differ."""
-    if config.mode not in MODES:
-        raise InputError(f"{config_field('mode')}: expected one of {MODES}, got {config.mode!r}")
-    base = config.base_model_path
-    if config.mode == "prefix_only":
-        base = base or config.model_path
-        if config.model_path and os.path.abspath(config.model_path) != os.path.abspath(base):
-            raise InputError(f"mode prefix_only generates with the base model the SSI reads: "
-                             f"{config_field('model_path')} ({config.model_path!r}) must be empty or equal to "
-                             f"{config_field('base_model_path')} ({config.base_model_path!r})")
-        return base, base
-    return config.model_path, base
-
-
-def settings(config) -> GenerateSettings:
-    """Read and validate a generate config section."""
-    model_path, base_model_path = _model_paths(config)
-    if (config.mode in GATED_MODES or config.ssi_dir) and (not config.ssi_dir or not base_model_path):
-        raise InputError(f"mode {config.mode!r} (or recording SSI scores) needs {config_field('ssi_dir')} and "
-                         f"{config_field('base_model_path')} (the frozen base model the SSI reads)")
-    d = config.decoding
-    decoding = Decoding(max_new_tokens=int(d.max_new_tokens), temperature=float(d.temperature), top_p=float(d.top_p),
-                        top_k=int(d.top_k), seed=int(config.seed), batch_size=int(d.batch_size))
-    if int(config.chunk_size) < 1:
-        raise InputError(f"{config_field('chunk_size')} must be >= 1, got {config.chunk_size}")
-    return GenerateSettings(
-        mode=config.mode, model_path=model_path, base_model_path=base_model_path, ssi_dir=config.ssi_dir,
-        tokenizer_path=config.tokenizer_path, prefix=config.prefix, template_kwargs=config_template_kwargs(config),
-        max_prompt_length=int(config.max_prompt_length) or None, eval_sets=eval_set_selection(config),
-        decoding=decoding, eos_token_ids=tuple(int(i) for i in comma_list(config.eos_token_ids)),
-        output=config.output, chunk_size=int(config.chunk_size), resume=bool(config.resume),
-        progress=bool(config.progress), section=config)
-
-
 def _ssi_decisions(s: GenerateSettings, prompts, mesh, meta: dict[str, Any]):
     """(scores, flags, the base model when it also generates (prefix_only) else None); the base model is freed
     otherwise before the generating model is loaded."""
     if not s.scores:
         return (*prefix_decisions(s.mode, prompts), None)
-    from lasa_jax.ssi.artifact import SSIScorer, load_ssi
-
-    base = load_model(read_model_settings(s.section), mesh, path=s.base_model_path)
+    base = load_model(s.base_model, mesh)
     scorer = SSIScorer(base, load_ssi(s.ssi_dir), batch_size=s.decoding.batch_size, progress=s.progress)
-    meta.update(base_model_path=s.base_model_path, base_fingerprint=base.fingerprint, ssi_dir=s.ssi_dir,
-                ssi_threshold=scorer.threshold, ssi_threshold_logit=getattr(scorer, "threshold_logit", None),
+    meta.update(base_model_path=s.base_model.path, base_fingerprint=base.fingerprint, ssi_dir=s.ssi_dir,
+                ssi_threshold=scorer.threshold, ssi_threshold_logit=scorer.threshold_logit,
                 ssi_residual_index=scorer.ssi.config.residual_index)
     scores, flags = prefix_decisions(s.mode, prompts, scorer)
     generator = base if s.mode == "prefix_only" else None  # the base model generates too: loaded once
@@ -155,15 +57,15 @@ def run(config_or_settings, workdir: str, mesh=None) -> StageResult:
     s = as_settings(config_or_settings, GenerateSettings, settings)
     output = os.path.join(workdir, s.output)
     prompts = s.eval_sets.load()
-    meta: dict[str, Any] = {"mode": s.mode, "model_path": s.model_path, "eval_sets": ",".join(s.eval_sets.specs),
+    meta: dict[str, Any] = {"mode": s.mode, "model_path": s.model.path, "eval_sets": ",".join(s.eval_sets.specs),
                             "template_kwargs": dict(s.template_kwargs), "prefix": s.prefix}
     log.info("%d prompts from %s, mode %s", len(prompts), meta["eval_sets"], s.mode)
     start = time.perf_counter()
     scores, flags, model = _ssi_decisions(s, prompts, mesh, meta)
     meta["ssi_seconds"] = time.perf_counter() - start
     if model is None:
-        model = load_model(read_model_settings(s.section), mesh, path=s.model_path)
-    tokenizer = load_tokenizer(s.tokenizer_path or s.model_path)
+        model = load_model(s.model, mesh)
+    tokenizer = load_tokenizer(s.tokenizer_path)
     stop_ids = list(s.eos_token_ids) or stop_token_ids(model.config, tokenizer, s.template_kwargs,
                                                        model_dir=getattr(model, "source_path", None))
     meta.update(fingerprint=model.fingerprint, decoding=dataclasses.asdict(s.decoding), eos_token_ids=stop_ids,
@@ -186,6 +88,27 @@ def run(config_or_settings, workdir: str, mesh=None) -> StageResult:
              new_tokens, seconds, int(flags.sum()))
     return StageResult(NAME, outputs={"generations": output, "meta": output + META_SUFFIX},
                        summary={"prompts": len(records), "prefix_used": int(flags.sum()), "new_tokens": new_tokens})
+
+
+def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The meta file's "summary": counts per (source, language) of prompts, prefix used and finished at EOS, the
+    mean SSI score where recorded, and the totals."""
+    groups: dict[str, dict[str, Any]] = {}
+    for r in records:
+        g = groups.setdefault(f"{r['source']}/{r['language']}", {"prompts": 0, "prefix_used": 0, "eos": 0,
+                                                                  "ssi_scores": []})
+        g["prompts"] += 1
+        g["prefix_used"] += int(r["prefix_used"])
+        g["eos"] += int(r["finish_reason"] == "eos")
+        if r["ssi_score"] is not None:
+            g["ssi_scores"].append(r["ssi_score"])
+    for g in groups.values():
+        scores = g.pop("ssi_scores")
+        g["mean_ssi_score"] = float(np.mean(scores)) if scores else None
+    total = len(records)
+    return {"prompts": total, "prefix_used": sum(g["prefix_used"] for g in groups.values()),
+            "finished_at_eos": sum(g["eos"] for g in groups.values()), "by_source_language": groups,
+            "prefix_rate": sum(g["prefix_used"] for g in groups.values()) / total if total else None}
 
 
 def _ssi_threshold_text(meta: dict) -> str:

@@ -77,7 +77,8 @@ def generate_benign_rows(model, tokenizer, prompts: Sequence, *, model_fingerpri
     """Desirable rows (source "benign") of the base model's greedy answers to `prompts`, read from or written to the
     cache. Returns (rows in prompt order, counts {prompts, cached, generated, dropped_empty, stopped_at_length,
     cache_file})."""
-    from lasa_jax.decoding.answers import Decoding, generate_responses, stop_token_ids
+    from lasa_jax.decoding.answers import Decoding, generate_responses
+    from lasa_jax.decoding.stop_tokens import stop_token_ids
 
     if max_new_tokens < 1:
         raise InputError(f"{config_field('kto.data.benign.max_new_tokens')}: expected >= 1, got {max_new_tokens}")

@@ -6,8 +6,9 @@ import pathlib
 import numpy as np
 import pytest
 
-from lasa_jax.decoding.answers import RECORD_FIELDS, stop_token_ids, write_generations
+from lasa_jax.decoding.answers import RECORD_FIELDS, write_generations
 from lasa_jax.decoding.generate import generate, trim_after_eos
+from lasa_jax.decoding.stop_tokens import stop_token_ids
 from lasa_jax.evaluate.heuristics import RefusalHeuristicJudge
 from lasa_jax.evaluate.judges import LlamaGuard3Judge, RubricJudge
 from lasa_jax.evaluate.report import REPORT_JSON, REPORT_MD

@@ -176,7 +176,7 @@ def test_default_demo_runs_on_the_cached_smollm2_and_the_tiny_demo_on_a_random_m
 
 
 def test_smollm2_real_data_run_config_resolves(tmp_path, monkeypatch, shared_data):
-    from lasa_jax.generate.stage import eval_set_selection
+    from lasa_jax.generate.settings import eval_set_selection
     from lasa_jax.infra.assets import CACHE_ENV
 
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
