@@ -1,4 +1,5 @@
-"""The one SSI artifact schema, written by the trainer and read by every consumer (METHOD.md §9 items 1, 2).
+"""The one SSI artifact schema, written by the trainer and read by every consumer (one residual-index convention,
+one set of files and keys).
 
 An SSI is a directory:
     config.json         `SSIConfig` (schema below), format "lasa_jax.ssi", schema_version 1
@@ -254,7 +255,7 @@ def check_base_model(ssi: SSI, model) -> None:
         raise InputError(f"{where}: the SSI was trained on features of the model with fingerprint "
                          f"{ssi.config.base_model_fingerprint!r} ({ssi.config.base_model_path or 'path unknown'}), but "
                          f"the given model has fingerprint {model.fingerprint!r} ({model.source_path}); load the "
-                         f"base model the SSI was trained on (METHOD.md §9 item 8)")
+                         f"base model the SSI was trained on")
     if model.config.hidden_size != ssi.config.d_model:
         raise InputError(f"{where}: the SSI expects d_model {ssi.config.d_model} but the given model has hidden_size "
                          f"{model.config.hidden_size}")

@@ -4,7 +4,7 @@
 template; over-long prompts lose their oldest user-content tokens) and runs `lasa_jax.models.capture.capture` with
 `residual_index=k`, which runs only the embedding and the first k blocks (plus the final norm when k == L), batched,
 length-bucketed and sharded over the model's mesh. Training and inference call this same function with the settings
-stored in the SSI artifact, so the token sequences and the feature position match (METHOD.md §9 items 1, 6, 7).
+stored in the SSI artifact, so the token sequences and the feature position match.
 
 Cache: with `cache_dir`, features are stored through `lasa_jax.models.activation_cache` (the one activation cache, also
 Locate's): entry `<cache_dir>/ssi_features_k<k>_<pooling>_<key>.{npz,json}`, keyed by the model fingerprint and

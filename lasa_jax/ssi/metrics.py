@@ -12,7 +12,7 @@ Candidates are all distinct validation decisions: with sorted distinct scores u_
 "flag p > u_j" for each j (and flag-all). The returned threshold is the midpoint between the score that bounds the
 chosen decision from below and the next higher score (at the ends: 0 and 1 for probabilities, the extreme score
 -/+ 1 for logits), so it reproduces that decision on the validation set with the widest margin on both sides.
-(The reference swept t = 0.30..0.70 for accuracy, METHOD.md §4.)
+(The reference implementation swept t = 0.30, 0.31, ..., 0.70 on probabilities and kept the most accurate.)
 
 Per-set metrics (`evaluate_by_language`): per language and "pooled" over all rows: n, counts, accuracy, TPR
 (recall on harmful), FPR (benign flagged), precision, F1, AUROC (threshold-free), with 95% Wilson intervals for

@@ -4,13 +4,13 @@ Layout (flax NNX), for hidden widths (h_1, ..., h_n):
     x (N, d_model) float32 -> (x - input_mean) / input_std
       -> [Linear(h_i) -> LayerNorm(eps 1e-5) -> GELU (exact, erf) -> Dropout] x n -> Linear(1)
 input_mean / input_std are fixed (not trained) per-dimension statistics of the training features
-(`set_standardization`; std = sqrt(var + 1e-6)), or 0 / 1 when standardisation is off (the reference feeds raw
-features, METHOD.md §4). Residual streams are off-centre and have a few very large dimensions; standardising
+(`set_standardization`; std = sqrt(var + 1e-6)), or 0 / 1 when standardisation is off (the reference implementation
+feeds raw features). Residual streams are off-centre and have a few very large dimensions; standardising
 them makes the first layer's start well conditioned. They are part of the stored parameters, so inference applies
 exactly the training-time transform.
 No hidden layer (hidden_dims = ()) is a linear probe. The paper's released SSIs are "SimpleMLP" with one hidden
 layer of width about d_model (the default here); the authors' trainer default "DeepMLP" is hidden_dims (256, 128)
-with dropout 0.2 (METHOD.md §4). LayerNorm eps and exact GELU match PyTorch's defaults, as in the reference.
+with dropout 0.2. LayerNorm eps and exact GELU match PyTorch's defaults, as in the reference.
 
 Parameters are flattened to dotted names for storage (`flatten_params` / `unflatten_params`):
     input_mean (d_model,), input_std (d_model,), hidden.<i>.linear.kernel (in, out), hidden.<i>.linear.bias (out,),

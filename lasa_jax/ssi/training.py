@@ -1,5 +1,5 @@
 """Training the SSI classifier on cached features: optax AdamW, class balancing, early stopping with a real
-best-parameter restore (METHOD.md §4, §9 items 3 and 5).
+best-parameter restore (a copy of the parameters, not a reference the next step overwrites).
 
 One epoch is one jit-compiled `lax.scan` over fixed-size batches (rows are gathered on the device from the full
 feature matrix), so an epoch compiles once and runs without per-step Python dispatch.
@@ -60,7 +60,9 @@ EARLY_STOPPING_METRICS = {"loss": "min", "auroc": "max", "accuracy": "max", "bal
 
 @dataclasses.dataclass(frozen=True)
 class TrainSettings:
-    """Optimisation settings; defaults from METHOD.md §4 (class balancing and the stopping metric are ours)."""
+    """Optimisation settings; the defaults are the reference trainer's (AdamW, learning rate 1e-3, weight decay
+    1e-4, clip 1.0, batches of 64, 20 epochs, patience 5, plateau patience 2 and factor 0.5); class balancing and
+    the stopping metric are ours."""
 
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
