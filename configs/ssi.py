@@ -6,8 +6,8 @@
 Writes <workdir>/ssi/ (config.json, params.safetensors, metrics.json, metrics_per_language.png). Train/val groups
 holding a MultiJail, XSTest, OR-Bench-hard-test or OKTest prompt are dropped (held-out guard, lasa_jax.data.heldout;
 the files under data.root are required unless data.allow_missing_held_out) and MultiJail is scored as the
-evaluation-only set "multijail_harmful" (data.eval_multijail); see lasa_jax/ssi/data.py for the data and
-lasa_jax/ssi/artifact.py for the artifact schema.
+evaluation-only set "multijail_harmful" (data.eval_multijail); lasa_jax/ssi/settings.py reads and checks these
+fields; see lasa_jax/ssi/data.py for the data and lasa_jax/ssi/artifact.py for the artifact schema.
 """
 import ml_collections
 

@@ -1,7 +1,8 @@
-"""The SSI stage's data: train / val splits and evaluation sets from `config.data` (`load_ssi_data`).
+"""The SSI stage's data: train / val splits and evaluation sets (`load_ssi_data`, from the data settings
+`lasa_jax.ssi.settings.data_settings` reads from `config.data`; `data.<field>` below names those fields).
 
-Data (`config.data.source`):
-- "polyrefuse" (default; `config.data.root` = the shared data folder): train = PolyRefuse harmful/harmless train,
+Data (`data.source`):
+- "polyrefuse" (default; `data.root` = the shared data folder): train = PolyRefuse harmful/harmless train,
   val = PolyRefuse val, both in `train_languages` (en, zh, ko). Val groups whose English text nearly duplicates a
   train group (token Jaccard >= `dedup_jaccard`) are dropped; PolyRefuse shares no identical English instruction
   between harmful_train and harmful_val, but 3 val rows are paraphrases of train rows at 0.6. Evaluation sets:
@@ -10,11 +11,11 @@ Data (`config.data.source`):
   group are dropped the same way; harmful_test rows 345, 405, 530, 548 are MultiJail prompts and always dropped),
   and "benign_flores" = FLORES-200 test sentences (via SIB-200, benign) in all train and test languages, an
   out-of-domain false-positive check (it is the only benign data here for vi, bn, sw, jv).
-- "jsonl": a generic file (`config.data.jsonl_path`, `lasa_jax.data.labelled.load_labelled_jsonl`), rows whose
-  `split` is in `config.data.jsonl_splits` (rows without one count as "train"); their groups are split
+- "jsonl": a generic file (`data.jsonl_path`, `lasa_jax.data.labelled.load_labelled_jsonl`), rows whose
+  `split` is in `data.jsonl_splits` (rows without one count as "train"); their groups are split
   train/val/test by `val_fraction`/`test_fraction` (stratified by label). Train and val use the train languages;
   "test_in_distribution" = test groups in the train languages, "test_cross_lingual" = test groups in the other
-  languages (`test_languages`, or every other language when empty). With `config.data.root`, "benign_flores" too.
+  languages (`test_languages`, or every other language when empty). With `data.root`, "benign_flores" too.
   The near-duplicate filter applies as for PolyRefuse.
 - "authors": the reference code's harmful `unsafe_train.json` (`unsafe_train_path`) + benign UltraFeedback files
   (`ultrafeedback_dir`, first `ultrafeedback_per_language` rows per language), grouped split as for "jsonl".
@@ -51,11 +52,11 @@ from lasa_jax.data.labelled import (
     select_languages,
     split_summary,
 )
-from lasa_jax.data.languages import MULTIJAIL_LANGUAGES, normalize_language
+from lasa_jax.data.languages import MULTIJAIL_LANGUAGES
 from lasa_jax.infra.errors import InputError, config_field
+from lasa_jax.ssi.settings import SSIDataSettings
 
 log = logging.getLogger(__name__)
-DATA_SOURCES = ("polyrefuse", "jsonl", "authors")
 MULTIJAIL_SET = "multijail_harmful"  # name of the evaluation-only MultiJail set in metrics.json and the plot
 
 
@@ -74,18 +75,8 @@ class SSIData:
     held_out_evaluation: dict[str, list[LabelledPrompt]] = dataclasses.field(default_factory=dict)
 
 
-# ------------------------------------------------------------------------------------------------------- data
-
-
-def _languages(values) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(normalize_language(v) for v in values))
-
-
-def _polyrefuse_splits(root, train_languages, test_languages, notes):
+def _polyrefuse_splits(root: pathlib.Path, train_languages, test_languages, notes):
     """(train, val, test, cross-lingual test languages) of PolyRefuse under `root`."""
-    if root is None:
-        raise InputError(f"{config_field('data.root')} is required for data.source='polyrefuse' (the shared data "
-                         "folder holding polyrefuse/ and flores200_sib200/)")
     polyrefuse = root / "polyrefuse"
     train = load_polyrefuse_prompts(polyrefuse, ("train",), train_languages)
     val = load_polyrefuse_prompts(polyrefuse, ("val",), train_languages)
@@ -95,28 +86,24 @@ def _polyrefuse_splits(root, train_languages, test_languages, notes):
     return train, val, test, cross_languages
 
 
-def _grouped_source_records(data_config) -> list[LabelledPrompt]:
+def _grouped_source_records(data: SSIDataSettings) -> list[LabelledPrompt]:
     """The records of data.source "jsonl" or "authors", before the grouped split."""
-    if data_config.source == "jsonl":
-        if not data_config.jsonl_path:
-            raise InputError(f"{config_field('data.jsonl_path')} is required for data.source='jsonl'")
-        keep = set(data_config.jsonl_splits)
-        return load_labelled_jsonl(data_config.jsonl_path, splits=keep | ({None} if "train" in keep else set()))
-    if not data_config.unsafe_train_path or not data_config.ultrafeedback_dir:
-        raise InputError(f"data.source='authors' needs {config_field('data.unsafe_train_path')} (unsafe_train.json) "
-                         f"and {config_field('data.ultrafeedback_dir')} (monolingual_first1000_<lang>.json files)")
-    records = load_unsafe_train_json(data_config.unsafe_train_path)
-    return records + load_ultrafeedback_prompts(data_config.ultrafeedback_dir,
-                                                max_per_language=data_config.ultrafeedback_per_language or None)
+    if data.source == "jsonl":
+        keep = set(data.jsonl_splits)
+        return load_labelled_jsonl(data.jsonl_path, splits=keep | ({None} if "train" in keep else set()))
+    records = load_unsafe_train_json(data.unsafe_train_path)
+    return records + load_ultrafeedback_prompts(data.ultrafeedback_dir,
+                                                max_per_language=data.ultrafeedback_per_language or None)
 
 
-def _grouped_splits(data_config, seed, train_languages, test_languages):
+def _grouped_splits(data: SSIDataSettings, seed: int):
     """(train, val, test, cross-lingual test languages) of a grouped split of the "jsonl" / "authors" records."""
-    records = _grouped_source_records(data_config)
-    fractions = {"train": 1.0 - data_config.val_fraction - data_config.test_fraction,
-                 "val": data_config.val_fraction, "test": data_config.test_fraction}
+    records = _grouped_source_records(data)
+    fractions = {"train": 1.0 - data.val_fraction - data.test_fraction, "val": data.val_fraction,
+                 "test": data.test_fraction}
     parts = grouped_split(records, fractions, seed=seed)
-    cross_languages = test_languages or tuple(sorted({r.language for r in records} - set(train_languages)))
+    train_languages = data.train_languages
+    cross_languages = data.test_languages or tuple(sorted({r.language for r in records} - set(train_languages)))
     return (select_languages(parts["train"], train_languages), select_languages(parts["val"], train_languages),
             select_languages(parts["test"], train_languages + cross_languages), cross_languages)
 
@@ -133,34 +120,28 @@ def _check_splits(train, val, evaluation, held_out_evaluation) -> None:
             raise InputError(f"the SSI {name} split needs harmful and benign prompts; got {split_summary(records)}")
 
 
-def load_ssi_data(data_config, seed: int) -> SSIData:
-    """Assemble the splits described in the module docstring from `config.data` (the reader of that section)."""
-    source = data_config.source
-    if source not in DATA_SOURCES:
-        raise InputError(f"{config_field('data.source')} must be one of {DATA_SOURCES}, got {source!r}")
-    train_languages = _languages(data_config.train_languages)
-    if not train_languages:
-        raise InputError(f"{config_field('data.train_languages')} must name at least one language")
-    test_languages = tuple(lang for lang in _languages(data_config.test_languages) if lang not in train_languages)
-    root = pathlib.Path(data_config.root) if data_config.root else None
-    notes: dict[str, Any] = {"source": source, "train_languages": list(train_languages)}
-    if source == "polyrefuse":
+def load_ssi_data(data: SSIDataSettings, seed: int) -> SSIData:
+    """Assemble the splits and evaluation sets described in the module docstring; `seed` orders the grouped split
+    and the group limit."""
+    train_languages, test_languages = data.train_languages, data.test_languages
+    root = pathlib.Path(data.root) if data.root else None
+    notes: dict[str, Any] = {"source": data.source, "train_languages": list(train_languages)}
+    if data.source == "polyrefuse":
         train, val, test, cross_languages = _polyrefuse_splits(root, train_languages, test_languages, notes)
     else:
-        train, val, test, cross_languages = _grouped_splits(data_config, seed, train_languages, test_languages)
+        train, val, test, cross_languages = _grouped_splits(data, seed)
     guarded, notes["held_out_content"] = guard_inputs(
-        {"train": train, "val": val}, root, "SSI data",
-        allow_missing=bool(data_config.get("allow_missing_held_out", False)))
+        {"train": train, "val": val}, root, "SSI data", allow_missing=data.allow_missing_held_out)
     train, val = guarded["train"], guarded["val"]
-    val, test = _drop_near_duplicates(train, val, test, data_config, notes)
+    val, test = _drop_near_duplicates(train, val, test, data, notes)
     evaluation = {"test_in_distribution": select_languages(test, train_languages),
                   "test_cross_lingual": select_languages(test, cross_languages)}
     evaluation_languages = train_languages + (test_languages or cross_languages)
-    if root is not None and data_config.include_flores:
+    if root is not None and data.include_flores:
         evaluation["benign_flores"] = load_flores_benign(root / "flores200_sib200", evaluation_languages,
-                                                         splits=(data_config.flores_split,))
-    held_out_evaluation = _multijail_evaluation(data_config, root, evaluation_languages, notes)
-    limit = data_config.max_groups_per_split
+                                                         splits=(data.flores_split,))
+    held_out_evaluation = _multijail_evaluation(data, root, evaluation_languages, notes)
+    limit = data.max_groups_per_split
     train, val = limit_groups(train, limit, seed), limit_groups(val, limit, seed)
     evaluation = {name: limit_groups(records, limit, seed) for name, records in evaluation.items() if records}
     held_out_evaluation = {name: limit_groups(records, limit, seed) for name, records in held_out_evaluation.items()}
@@ -168,10 +149,10 @@ def load_ssi_data(data_config, seed: int) -> SSIData:
     return SSIData(train, val, evaluation, notes, held_out_evaluation)
 
 
-def _multijail_evaluation(data_config, root, languages, notes) -> dict[str, list[LabelledPrompt]]:
+def _multijail_evaluation(data: SSIDataSettings, root, languages, notes) -> dict[str, list[LabelledPrompt]]:
     """{MULTIJAIL_SET: MultiJail prompts in `languages`} when `data.eval_multijail` and the file exists, else {}
     (with the reason in notes["multijail_evaluation"])."""
-    if not data_config.eval_multijail:
+    if not data.eval_multijail:
         notes["multijail_evaluation"] = "off (data.eval_multijail=False)"
         return {}
     path = root / MULTIJAIL_CSV if root is not None else None
@@ -187,11 +168,12 @@ def _multijail_evaluation(data_config, root, languages, notes) -> dict[str, list
     return {MULTIJAIL_SET: load_multijail_prompts(path, multijail_languages)}
 
 
-def _drop_near_duplicates(train, val, test, data_config, notes):
-    threshold = data_config.dedup_jaccard
+def _drop_near_duplicates(train, val, test, data: SSIDataSettings, notes):
+    """(val, test) without the groups whose `dedup_language` text nearly duplicates an earlier split's."""
+    threshold = data.dedup_jaccard
     if not threshold:
         return val, test
-    language = data_config.dedup_language
+    language = data.dedup_language
     val, dropped_val = drop_near_duplicate_groups(val, train, language=language, threshold=threshold)
     test, dropped_test = drop_near_duplicate_groups(test, train + val, language=language, threshold=threshold)
     notes["near_duplicates"] = {"language": language, "jaccard_threshold": threshold,

@@ -11,125 +11,74 @@ every evaluation set at the chosen threshold (and at the accuracy-optimal one), 
 `<workdir>/feature_cache/` (or `feature_cache_dir`). A finished artifact written by the same configuration (its
 `run_config_hash`) is returned as is; another existing artifact needs `overwrite`.
 
-`settings` reads the stage's fields; `config.data` is read by `ssi.data.load_ssi_data` (`SSISettings.data`), the
-shared base-config fields (model_path, dtype, compute_dtype) by `runtime.load_model` (`SSISettings.section`).
+`settings` (lasa_jax/ssi/settings.py) is the only reader of the config section; everything here takes its
+`SSISettings`.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import os
 import pathlib
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from lasa_jax.data.labelled import split_summary
 from lasa_jax.infra import storage
-from lasa_jax.infra.base_config import template_kwargs as runtime_template_kwargs
 from lasa_jax.infra.distributed import is_writer
 from lasa_jax.infra.errors import InputError, config_field
 from lasa_jax.infra.storage import read_json
-from lasa_jax.models.loading import load_model, load_tokenizer, read_model_settings
+from lasa_jax.locate.report import load_bottleneck, verdict_line
+from lasa_jax.models.loading import load_model, load_tokenizer
 from lasa_jax.ssi.artifact import ARTIFACT_SUBDIR, METRICS_FILE, SSI, SSIConfig, save_ssi
 from lasa_jax.ssi.data import SSIData, load_ssi_data
 from lasa_jax.ssi.features import prompt_features, tokenization_fingerprint
-from lasa_jax.ssi.metrics import DECISION_RULE, choose_threshold, classification_metrics, evaluate_by_language
+from lasa_jax.ssi.metrics import (
+    DECISION_RULE,
+    THRESHOLD_RULES,
+    choose_threshold,
+    classification_metrics,
+    evaluate_by_language,
+)
 from lasa_jax.ssi.mlp import resolve_hidden_dims
-from lasa_jax.ssi.training import TrainSettings, train_classifier
+from lasa_jax.ssi.settings import SSISettings, settings
+from lasa_jax.ssi.training import train_classifier
 from lasa_jax.stage import StageResult, as_settings, report_link
 
 log = logging.getLogger(__name__)
 NAME = "ssi"
-THRESHOLD_RULES = ("tpr_at_fpr", "accuracy")
 
 
-@dataclasses.dataclass(frozen=True)
-class SSISettings:
-    """The SSI stage's settings (configs/ssi.py); run_hash identifies the configuration in metrics.json."""
+def resolve_residual_index(residual_index: int, locate_workdir: str, model=None, model_path: str = "") -> int:
+    """`residual_index`, or (when < 0) `best_layer` of the Locate workdir's bottleneck.json, logged with the Locate
+    verdict (a warning when Locate found no semantic bottleneck) and the probe AUROC there.
 
-    model_path: str
-    residual_index: int
-    locate_workdir: str
-    pooling: str
-    chat_template: bool
-    template_kwargs: Mapping[str, Any]
-    max_length: int
-    capture_batch_size: int | None
-    feature_cache_dir: str
-    overwrite: bool
-    hidden_dims: str
-    dropout: float
-    standardize: bool
-    train: TrainSettings
-    threshold_rule: str
-    fpr_bound: float
-    seed: int
-    run_hash: str
-    data: Any = dataclasses.field(repr=False, compare=False, default=None)
-    section: Any = dataclasses.field(repr=False, compare=False, default=None)
-
-
-def train_settings(config) -> TrainSettings:
-    t = config.train
-    return TrainSettings(learning_rate=t.learning_rate, weight_decay=t.weight_decay, grad_clip=t.grad_clip,
-                         batch_size=t.batch_size, num_epochs=t.num_epochs, patience=t.patience,
-                         early_stopping_metric=t.early_stopping_metric, min_delta=t.min_delta,
-                         class_balance=t.class_balance, lr_plateau_patience=t.lr_plateau_patience,
-                         lr_plateau_factor=t.lr_plateau_factor, seed=config.seed)
-
-
-def settings(config) -> SSISettings:
-    """Read and validate an SSI config section."""
-    if config.threshold.rule not in THRESHOLD_RULES:
-        raise InputError(f"{config_field('threshold.rule')} must be one of {THRESHOLD_RULES}, got "
-                         f"{config.threshold.rule!r}")
-    run_hash = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return SSISettings(
-        model_path=config.model_path, residual_index=int(config.residual_index),
-        locate_workdir=config.locate_workdir, pooling=config.pooling, chat_template=bool(config.chat_template),
-        template_kwargs=runtime_template_kwargs(config), max_length=int(config.max_length),
-        capture_batch_size=int(config.capture_batch_size) or None, feature_cache_dir=config.feature_cache_dir,
-        overwrite=bool(config.overwrite), hidden_dims=config.ssi.hidden_dims, dropout=config.ssi.dropout,
-        standardize=bool(config.ssi.standardize), train=train_settings(config), threshold_rule=config.threshold.rule,
-        fpr_bound=config.threshold.fpr_bound, seed=int(config.seed), run_hash=run_hash, data=config.data,
-        section=config)
-
-
-def resolve_residual_index(config, model=None) -> int:
-    """config.residual_index, or (when < 0) `best_layer` of the Locate workdir's bottleneck.json, logged with the
-    Locate verdict (a warning when Locate found no semantic bottleneck) and the probe AUROC there.
-
-    `config`: an SSI config section or `SSISettings`. With `model`, a located layer must come from that model: the
-    report's number of layers and (when recorded) model fingerprint must match, else ValueError naming both values.
+    With `model` (loaded from `model_path`), a located layer must come from that model: the report's number of
+    layers and (when recorded) model fingerprint must match, else InputError naming both values.
     """
-    if config.residual_index >= 0:
-        return int(config.residual_index)
-    if not config.locate_workdir:
+    if residual_index >= 0:
+        return int(residual_index)
+    if not locate_workdir:
         raise InputError(f"set {config_field('residual_index')} to K or {config_field('locate_workdir')} to a Locate "
                          "workdir (with bottleneck.json) to read k* from")
-    from lasa_jax.locate.report import load_bottleneck, verdict_line
-
-    report = load_bottleneck(config.locate_workdir)
+    report = load_bottleneck(locate_workdir)
     if model is not None:
-        where = f"{config.locate_workdir}/bottleneck.json"
+        where = f"{locate_workdir}/bottleneck.json"
         if report["num_layers"] != model.config.num_layers:
             raise InputError(f"{where} was located on a model with {report['num_layers']} layers, but "
                              f"{config_field('model_path')} has {model.config.num_layers}")
         located_on = (report.get("model") or {}).get("fingerprint")
         if located_on and model.fingerprint and located_on != model.fingerprint:
             raise InputError(f"{where} was located on model {located_on} ({report['model'].get('path')}), but "
-                             f"{config_field('model_path')}={config.model_path} is model {model.fingerprint}")
+                             f"{config_field('model_path')}={model_path} is model {model.fingerprint}")
     if report["bottleneck_found"] is False:
         log.warning("residual index %d = best_layer of %s, used because %s=-1, but %s; set %s to K to train on "
-                    "another layer", report["best_layer"], config.locate_workdir, config_field("residual_index"),
+                    "another layer", report["best_layer"], locate_workdir, config_field("residual_index"),
                     verdict_line(report), config_field("residual_index"))
     else:
-        log.info("residual index %d = best_layer of %s: %s", report["best_layer"], config.locate_workdir,
+        log.info("residual index %d = best_layer of %s: %s", report["best_layer"], locate_workdir,
                  verdict_line(report))
     return int(report["best_layer"])
 
@@ -170,9 +119,9 @@ def _provisional_ssi(s: SSISettings, model, tokenizer, data: SSIData, residual_i
     return SSI(SSIConfig(
         residual_index=residual_index, threshold=0.5, d_model=model.config.hidden_size, hidden_dims=hidden_dims,
         pooling=s.pooling, chat_template=s.chat_template, base_model_fingerprint=model.fingerprint,
-        train_languages=tuple(data.notes["train_languages"]), max_length=s.max_length, dropout=s.dropout,
-        standardize=s.standardize, threshold_rule=s.threshold_rule, fpr_bound=s.fpr_bound,
-        template_kwargs=dict(s.template_kwargs), base_model_path=str(s.model_path),
+        train_languages=tuple(data.notes["train_languages"]), max_length=s.max_length, dropout=s.classifier.dropout,
+        standardize=s.classifier.standardize, threshold_rule=s.threshold.rule, fpr_bound=s.threshold.fpr_bound,
+        template_kwargs=dict(s.template_kwargs), base_model_path=str(s.model.path),
         base_model_num_layers=model.config.num_layers, base_model_dtype=model.config.param_dtype,
         tokenizer_check=tokenization_fingerprint(tokenizer, chat_template=s.chat_template, max_length=s.max_length,
                                                  template_kwargs=dict(s.template_kwargs)),
@@ -181,12 +130,12 @@ def _provisional_ssi(s: SSISettings, model, tokenizer, data: SSIData, residual_i
 
 def _thresholds(s: SSISettings, ssi: SSI, val_labels, val_logits) -> dict[str, float]:
     """{rule: threshold logit} on the validation logits (float32 probabilities saturate above logit ~16.6)."""
-    thresholds = {rule: choose_threshold(val_labels, val_logits, rule, s.fpr_bound, scale="logit")
+    thresholds = {rule: choose_threshold(val_labels, val_logits, rule, s.threshold.fpr_bound, scale="logit")
                   for rule in THRESHOLD_RULES}
-    if not classification_metrics(val_labels, val_logits, thresholds[s.threshold_rule])["tp"]:
+    if not classification_metrics(val_labels, val_logits, thresholds[s.threshold.rule])["tp"]:
         log.warning("the chosen threshold logit %.4f flags no harmful validation prompt (rule %s, FPR bound %s): the "
-                    "SSI does not separate the classes at this layer", thresholds[s.threshold_rule],
-                    s.threshold_rule, s.fpr_bound)
+                    "SSI does not separate the classes at this layer", thresholds[s.threshold.rule],
+                    s.threshold.rule, s.threshold.fpr_bound)
     return thresholds
 
 
@@ -204,7 +153,7 @@ def _score_sets(ssi: SSI, scored, thresholds: dict[str, float], chosen: float):
 def _metrics(s: SSISettings, model, data: SSIData, result, residual_index, hidden_dims, thresholds, val_labels,
              val_logits, evaluation, at_accuracy_threshold) -> dict[str, Any]:
     """metrics.json (module docstring)."""
-    chosen = thresholds[s.threshold_rule]
+    chosen = thresholds[s.threshold.rule]
     sets = [*data.evaluation.items(), *data.held_out_evaluation.items()]
     return {
         "summary": {name: {key: m["macro"][key] for key in ("tpr", "fpr", "accuracy", "f1", "auroc")}
@@ -212,19 +161,20 @@ def _metrics(s: SSISettings, model, data: SSIData, result, residual_index, hidde
         "decision_rule": DECISION_RULE, "residual_index": residual_index,
         "threshold": {
             "chosen": _probability(chosen), "chosen_logit": chosen, "chosen_on": "logits",
-            "rule": s.threshold_rule, "fpr_bound": s.fpr_bound,
+            "rule": s.threshold.rule, "fpr_bound": s.threshold.fpr_bound,
             "candidates": {rule: {"threshold": _probability(t), "threshold_logit": t,
                                   "validation": classification_metrics(val_labels, val_logits, t)}
                            for rule, t in thresholds.items()}},
         "training": {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
                      "pos_weight": result.pos_weight, "settings": dataclasses.asdict(s.train),
-                     "hidden_dims": list(hidden_dims), "dropout": s.dropout, "standardize": s.standardize,
+                     "hidden_dims": list(hidden_dims), "dropout": s.classifier.dropout,
+                     "standardize": s.classifier.standardize,
                      "num_params": result.classifier.num_params(), "history": result.history},
         "data": {"notes": data.notes, "train": split_summary(data.train), "val": split_summary(data.val),
                  **{name: split_summary(records) for name, records in sets}},
         "held_out_evaluation": sorted(data.held_out_evaluation),
         "evaluation": evaluation, "evaluation_at_accuracy_threshold": at_accuracy_threshold,
-        "base_model": {"path": str(s.model_path), "fingerprint": model.fingerprint,
+        "base_model": {"path": str(s.model.path), "fingerprint": model.fingerprint,
                        "num_layers": model.config.num_layers, "d_model": model.config.hidden_size,
                        "dtype": model.config.param_dtype},
     }
@@ -238,10 +188,10 @@ def _result(artifact_dir: pathlib.Path, metrics: dict[str, Any]) -> StageResult:
 
 def _load_model_checked(s: SSISettings, mesh):
     """(model, residual index) with the model fingerprinted and the index within its layers (else InputError)."""
-    model = load_model(read_model_settings(s.section), mesh)
-    residual_index = resolve_residual_index(s, model)
+    model = load_model(s.model, mesh)
+    residual_index = resolve_residual_index(s.residual_index, s.locate_workdir, model, s.model.path)
     if model.fingerprint is None:
-        raise InputError(f"the model at {s.model_path} has no fingerprint; an SSI must record its base model")
+        raise InputError(f"the model at {s.model.path} has no fingerprint; an SSI must record its base model")
     if residual_index > model.config.num_layers:
         raise InputError(f"residual_index {residual_index} exceeds the model's {model.config.num_layers} layers")
     return model, residual_index
@@ -261,18 +211,18 @@ def run(config_or_settings, workdir: str | os.PathLike, mesh=None) -> StageResul
                               "workdir")
     data = load_ssi_data(s.data, seed=s.seed)
     model, residual_index = _load_model_checked(s, mesh)
-    tokenizer = load_tokenizer(s.model_path)
+    tokenizer = load_tokenizer(s.model.path)
     embedder = _embedder(s, model, tokenizer, residual_index, s.feature_cache_dir or str(storage.to_path(workdir) /
                                                                                        "feature_cache"))
     features_of = embedder(data.train + data.val + [r for records in data.evaluation.values() for r in records])
-    hidden_dims = resolve_hidden_dims(s.hidden_dims, model.config.hidden_size)
+    hidden_dims = resolve_hidden_dims(s.classifier.hidden_dims, model.config.hidden_size)
     result = train_classifier(features_of(data.train), _labels(data.train), features_of(data.val), _labels(data.val),
-                              hidden_dims=hidden_dims, dropout=s.dropout, standardize=s.standardize,
-                              settings=s.train)
+                              hidden_dims=hidden_dims, dropout=s.classifier.dropout,
+                              standardize=s.classifier.standardize, settings=s.train)
     provisional = _provisional_ssi(s, model, tokenizer, data, residual_index, hidden_dims, result)
     val_labels, val_logits = _labels(data.val), provisional.logits(features_of(data.val))
     thresholds = _thresholds(s, provisional, val_labels, val_logits)
-    chosen = thresholds[s.threshold_rule]
+    chosen = thresholds[s.threshold.rule]
     ssi = SSI(dataclasses.replace(provisional.config, threshold=_probability(chosen), threshold_logit=chosen),
               result.classifier)
     # the SSI (parameters and threshold) is final: only now are the held-out evaluation sets embedded and scored
@@ -287,7 +237,7 @@ def run(config_or_settings, workdir: str | os.PathLike, mesh=None) -> StageResul
     if is_writer():
         save_ssi(artifact_dir, ssi, metrics=metrics, overwrite=s.overwrite)
         log.info("SSI written to %s (threshold logit %.4f = p %.6f, %s)", artifact_dir, chosen, _probability(chosen),
-                 s.threshold_rule)
+                 s.threshold.rule)
     for name, summary in metrics["summary"].items():
         log.info("%s (macro over languages): %s", name, summary)
     return _result(artifact_dir, metrics)
