@@ -40,8 +40,9 @@ from lasa_jax.infra import storage
 from lasa_jax.infra.errors import InputError
 from lasa_jax.infra.storage import atomic_directory, atomic_write_json, set_default_permissions
 from lasa_jax.ssi.features import prompt_features, tokenization_fingerprint
-from lasa_jax.ssi.metrics import DECISION_RULE, THRESHOLD_RULES, plot_per_language
+from lasa_jax.ssi.metrics import DECISION_RULE, THRESHOLD_RULES
 from lasa_jax.ssi.mlp import SSIClassifier, flatten_params, new_classifier, unflatten_params
+from lasa_jax.ssi.plot import plot_per_language
 from lasa_jax.ssi.training import predict_logits
 
 log = logging.getLogger(__name__)
