@@ -124,9 +124,8 @@ def generate_responses(model, tokenizer, prompts: Sequence[EvalPrompt], *, mode:
 
     prefix_flags[i] puts `prefix` after the assistant header of prompt i; ssi_scores (or None) are recorded.
     eos_token_id: stop tokens (default `stop_token_ids`, with the generation_config.json of the model's directory).
-    partial_path: resume file (module docstring); chunks of
-    `chunk_size` prompts are generated and appended to it (process 0 writes) before the next chunk starts;
-    resume=False ignores and overwrites an existing one.
+    partial_path: resume file (module docstring); chunks of `chunk_size` prompts are generated and appended to it
+    (process 0 writes) before the next chunk starts; resume=False ignores and overwrites an existing one.
     Returns records (module docstring) in the order of `prompts`.
     """
     if mode not in MODES:
