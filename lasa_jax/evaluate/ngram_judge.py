@@ -273,7 +273,7 @@ def train_ngram_judge(root: str | os.PathLike, settings: NgramSettings = NgramSe
 def ngram_cache_dir(root: str | os.PathLike, settings: NgramSettings = NgramSettings()) -> str:
     """`<cache_dir()>/judges/ngram-lr-<key>`: where `cached_ngram_judge` keeps the judge trained on `root`."""
     from lasa_jax.evaluate.calibration import labelled_files
-    from lasa_jax.infra.assets import cache_dir
+    from lasa_jax.infra.cache import cache_dir
 
     key = _training_key(labelled_files(root), settings)
     return os.path.join(os.fspath(cache_dir()), "judges", f"ngram-lr-{key[:16]}")

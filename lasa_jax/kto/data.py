@@ -170,8 +170,8 @@ def prepare_examples(config: ml_collections.ConfigDict, tokenizer,
 def _with_benign_rows(rows: list[PreferenceRow], config: ml_collections.ConfigDict, tokenizer,
                       base_model: Callable[[], Decoder], model_dir: str) -> tuple[list[PreferenceRow], dict]:
     """rows + benign rows making `data.benign.share` of them (`lasa_jax.kto.benign`), held-out guarded."""
-    from lasa_jax.infra.assets import cache_dir
-    from lasa_jax.kto.loss import benign as benign_data
+    from lasa_jax.infra.cache import cache_dir
+    from lasa_jax.kto import benign as benign_data
 
     spec = config.data.benign
     wanted = benign_data.num_benign_rows(len(rows), float(spec.share))

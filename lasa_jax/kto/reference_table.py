@@ -18,9 +18,9 @@ import numpy as np
 from lasa_jax.infra import storage
 from lasa_jax.infra.distributed import is_writer
 from lasa_jax.infra.storage import atomic_path
+from lasa_jax.kto import step as kto_step
 from lasa_jax.kto.batches import KTOBatch
 from lasa_jax.kto.buckets import trimmed_arrays
-from lasa_jax.kto.loss import step as kto_step
 from lasa_jax.models import logprobs
 from lasa_jax.models.config import ModelConfig
 from lasa_jax.sharding import put_batch, to_host

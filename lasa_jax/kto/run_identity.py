@@ -14,7 +14,7 @@ from typing import Any
 import ml_collections
 
 from lasa_jax.infra.errors import InputError, config_field
-from lasa_jax.kto.loss import step as kto_step
+from lasa_jax.kto import step as kto_step
 from lasa_jax.models.config import ModelConfig
 from lasa_jax.models.hf import model_fingerprint, resolve_model_path
 

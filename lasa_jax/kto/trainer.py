@@ -66,6 +66,7 @@ from lasa_jax.infra import storage
 from lasa_jax.infra.distributed import is_writer
 from lasa_jax.infra.errors import InputError, config_field
 from lasa_jax.infra.storage import atomic_write_json
+from lasa_jax.kto import step as kto_step
 from lasa_jax.kto.batches import DataPosition, KTOBatch, batches_per_epoch, iterate_kto_batches
 from lasa_jax.kto.checkpoint import Checkpointer, check_run_identity
 from lasa_jax.kto.data import (
@@ -80,7 +81,6 @@ from lasa_jax.kto.data import (
 )
 from lasa_jax.kto.examples import KTOExample
 from lasa_jax.kto.loop import LoopSpec, NonFiniteLossError, TrainLoop
-from lasa_jax.kto.loss import step as kto_step
 from lasa_jax.kto.reference_table import ReferenceTable
 from lasa_jax.kto.run_identity import ModelDirs, check_architecture, run_identity
 from lasa_jax.kto.settings import REFERENCE_MODES, KTOSettings, check_mesh, read_settings

@@ -10,6 +10,7 @@ import pytest
 from sklearn.metrics import silhouette_samples as sklearn_silhouette_samples
 from sklearn.metrics import silhouette_score as sklearn_silhouette_score
 
+from lasa_jax.locate import silhouette as bottleneck
 from lasa_jax.locate.report import load_bottleneck, verdict_line, write_bottleneck_report
 from lasa_jax.locate.selection import (
     CSV_FIELDS,
@@ -21,7 +22,6 @@ from lasa_jax.locate.selection import (
     select_bottleneck_layer,
 )
 from lasa_jax.locate.silhouette import layerwise_silhouette_scores, silhouette_samples, silhouette_score
-from lasa_jax.locate.stage import silhouette as bottleneck
 
 METRICS = ("cosine", "euclidean")
 

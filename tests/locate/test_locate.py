@@ -21,13 +21,13 @@ from transformers import AutoModelForCausalLM
 from lasa_jax.data.heldout import HELD_OUT_FILES
 from lasa_jax.data.labelled import load_multijail_prompts
 from lasa_jax.data.parallel import ParallelText
+from lasa_jax.locate import stage as locate
 from lasa_jax.locate.corpus import load_locate_corpus, locate_corpus_with_notes
 from lasa_jax.locate.corpus_filters import corpus_summary, default_locate_corpus
 from lasa_jax.locate.probe import grouped_split
 from lasa_jax.locate.report import load_bottleneck
 from lasa_jax.locate.settings import parse_tsne_layers
 from lasa_jax.locate.stage import ACTIVATIONS_FILE, ACTIVATIONS_META_FILE, locate_probe, run_locate
-from lasa_jax.locate.stage import stage as locate
 from lasa_jax.models.capture import load_activations, tokenize_prompts
 from lasa_jax.models.hf import from_pretrained
 from lasa_jax.models.loading import load_tokenizer

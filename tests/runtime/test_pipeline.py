@@ -130,9 +130,9 @@ def test_paper_model_configs_resolve_for_every_preset(model):
 
 
 def _write_cached_import(cache, name: str) -> str:
-    """A cache entry as `lasa_jax.infra.assets.model_dir` leaves it (its import record names the expected GGUF
+    """A cache entry as `lasa_jax.models.assets.model_dir` leaves it (its import record names the expected GGUF
     sha256)."""
-    from lasa_jax.infra.assets import MODELS
+    from lasa_jax.models.assets import MODELS
     from lasa_jax.models.gguf import IMPORT_RECORD
 
     entry = cache / "models" / MODELS[name].name
@@ -142,8 +142,9 @@ def _write_cached_import(cache, name: str) -> str:
 
 
 def test_default_demo_runs_on_the_cached_smollm2_and_the_tiny_demo_on_a_random_model(tmp_path, monkeypatch):
-    from lasa_jax.infra.assets import CACHE_ENV, asset_name, model_entry, resolve_asset_path
+    from lasa_jax.infra.cache import CACHE_ENV
     from lasa_jax.infra.errors import InputError
+    from lasa_jax.models.assets import asset_name, model_entry, resolve_asset_path
     from lasa_jax.scripts.demo import demo_model_path
 
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
@@ -177,7 +178,7 @@ def test_default_demo_runs_on_the_cached_smollm2_and_the_tiny_demo_on_a_random_m
 
 def test_smollm2_real_data_run_config_resolves(tmp_path, monkeypatch, shared_data):
     from lasa_jax.generate.stage import eval_set_selection
-    from lasa_jax.infra.assets import CACHE_ENV
+    from lasa_jax.infra.cache import CACHE_ENV
 
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     config = _load_config("pipeline", "smollm2_135m,cpu")

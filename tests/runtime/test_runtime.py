@@ -4,9 +4,9 @@ import json
 import ml_collections
 import pytest
 
+from lasa_jax.cli import start_run
 from lasa_jax.infra.base_config import base_config, comma_list, template_kwargs
 from lasa_jax.infra.distributed import maybe_initialize_distributed, on_cloud_tpu_vm
-from lasa_jax.infra.run import start_run
 
 
 def test_template_kwargs_and_comma_lists():

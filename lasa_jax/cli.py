@@ -1,8 +1,14 @@
-"""Command-line entry for every absl script in lasa_jax/scripts: user errors read like errors.
+"""The command-line entry of every script in lasa_jax/scripts: the start of a run and errors that read like errors.
 
-    from lasa_jax.infra.cli import run
+    from lasa_jax.cli import run, start_run
+    def main(argv):
+        mesh = start_run(config, workdir)   # multi-host start-up, asset paths, workdir + config.json, the mesh
+        ...
     if __name__ == "__main__":
-        run(main)                      # instead of absl's app.run(main)
+        run(main)                           # instead of absl's app.run(main)
+
+A stage script is one `stage_main(module, ...)` call (flags --config and --workdir, then `start_run` and the stage's
+`run`).
 
 A user error (bad input, config or data: `lasa_jax.infra.errors.InputError`; a named input that does not exist
 (FileNotFoundError, NotADirectoryError); an output that exists and may not be replaced (FileExistsError); a write
@@ -14,14 +20,21 @@ and its first line last. Anything else is an unexpected failure and keeps absl's
 from __future__ import annotations
 
 import importlib
+import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Mapping
+from typing import Any
 
+import ml_collections
 from absl import app, flags
 
+from lasa_jax.infra import storage
+from lasa_jax.infra.distributed import is_writer, maybe_initialize_distributed
 from lasa_jax.infra.errors import InputError
-from lasa_jax.infra.storage import WRITE_REFUSED
+from lasa_jax.infra.storage import WRITE_REFUSED, atomic_write_json
+from lasa_jax.infra.xla_cache import enable_compilation_cache
 
 EXIT_USER_ERROR = 2
 DEBUG_ENV = "LASA_JAX_DEBUG"
@@ -78,11 +91,8 @@ def stage_main(stage_module: str, *, config_help: str, default_config: str | Non
     "completed" to the exit status of the script (default {"preempted": lasa_jax.stage.EXIT_PREEMPTED}, 75).
     `quiet_absl` raises absl's log level to WARNING (orbax logs every checkpoint file operation at INFO).
     """
-    import logging
-
     from ml_collections import config_flags
 
-    from lasa_jax.infra.run import start_run
     from lasa_jax.stage import EXIT_PREEMPTED
 
     exit_codes = {"preempted": EXIT_PREEMPTED} if exit_codes is None else exit_codes
@@ -105,3 +115,44 @@ def stage_main(stage_module: str, *, config_help: str, default_config: str | Non
     if default_config is None:
         flags.mark_flags_as_required(["config", "workdir"])
     run(main)
+
+
+# ----------------------------------------------------------------------------------------------- start of a run
+
+
+
+def mesh_from_config(mesh_config) -> Any:
+    from lasa_jax.sharding import make_mesh
+
+    return make_mesh(data=int(mesh_config.data), fsdp=int(mesh_config.fsdp), tensor=int(mesh_config.tensor))
+
+
+def start_run(config: ml_collections.ConfigDict, workdir: str, config_name: str = "config.json"):
+    """Initialise multi-host if needed, resolve "asset:<name>" model paths (the lasa-jax cache, fetched once),
+    create `workdir`, write the resolved config there (process 0), build the mesh.
+
+    Returns the mesh.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    maybe_initialize_distributed(config.get("distributed", "auto"))
+    enable_compilation_cache(config.get("compilation_cache", ""))  # before any jit; lasa_jax.infra.xla_cache
+    if not workdir:
+        raise InputError("--workdir is required")
+    _resolve_asset_paths(config)
+    if is_writer():
+        storage.makedirs(workdir)  # local directory or URL (gs://...): storage
+        atomic_write_json(os.path.join(workdir, config_name), json.loads(config.to_json_best_effort()))
+    return mesh_from_config(config.mesh)
+
+
+def _resolve_asset_paths(config: ml_collections.ConfigDict) -> None:
+    """Replace "asset:<name>" in the model-path fields of a stage config by the cached directory."""
+    from lasa_jax.models.assets import asset_name, resolve_asset_path
+
+    for field in ("model_path", "base_model_path", "tokenizer_path", "init_from"):
+        value = config.get(field)
+        if isinstance(value, str) and asset_name(value) is not None:
+            with config.unlocked():
+                config[field] = resolve_asset_path(value)
+
+
