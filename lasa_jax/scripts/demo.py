@@ -70,7 +70,8 @@ def build_demo_model(directory: str, seed: int = 0) -> str:
 def demo_model_path(model_path: str, workdir: str, seed: int = 0) -> str:
     """The directory the demo runs on: "" = the random tiny model built in <workdir>/base_model; "asset:<name>" =
     the cached import of that model (`lasa_jax.models.assets.resolve_asset_path`, fetched once); a directory as
-    given.""" if not model_path:
+    given."""
+    if not model_path:
         return build_demo_model(os.path.join(workdir, "base_model"), seed=seed)
     from lasa_jax.models.assets import resolve_asset_path
 
