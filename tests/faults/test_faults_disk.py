@@ -5,7 +5,7 @@ import json
 import os
 import sys
 
-from faults_util import assert_same_tree, file_size_limit, final_files, last_stderr_line, run
+from tests.faults.faults_util import assert_same_tree, file_size_limit, final_files, last_stderr_line, run
 
 WRITE_JSON = ("import sys\nfrom lasa_jax.cli import run\nfrom lasa_jax.infra.storage import atomic_write_json\n"
               "def main(argv):\n    atomic_write_json(sys.argv[1], {'rows': ['x' * 100] * int(sys.argv[2])})\n"

@@ -1,6 +1,6 @@
-"""One process of the two-process test (tests/runtime/test_multihost.py); also imported by its reference run.
+"""One process of the two-process test (tests/multihost/test_multihost.py); also imported by its reference run.
 
-    python tests/runtime/multihost_worker.py PROCESS_ID NUM_PROCESSES PORT MODEL_DIR OUT_DIR
+    python tests/multihost/multihost_worker.py PROCESS_ID NUM_PROCESSES PORT MODEL_DIR OUT_DIR
 
 Each process simulates 4 CPU devices; together they form one (data 2, fsdp 2, tensor 2) mesh. The process runs a
 sharded forward pass with all hidden states, one KTO step, a checkpoint save and restore of the train state (in

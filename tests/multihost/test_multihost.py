@@ -6,13 +6,13 @@ import socket
 import subprocess
 import sys
 
-import multihost_worker
 import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 from lasa_jax.sharding import make_mesh
+from tests.multihost import multihost_worker
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -27,7 +27,7 @@ def _free_port() -> int:
 def test_two_processes_equal_single_process(tiny_hf_dirs, tmp_path):
     model_dir = str(tiny_hf_dirs["llama"])
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": os.pathsep.join([os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(HERE)), os.environ.get("PYTHONPATH", "")])}
     port = str(_free_port())
     out_dir = tmp_path / "multi"
     out_dir.mkdir()
