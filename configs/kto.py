@@ -1,4 +1,4 @@
-"""Stage 3 (Inject): Latent KTO fine-tuning with the conditional prefix (METHOD.md §5).
+"""Stage 3 (Inject): Latent KTO fine-tuning with the conditional prefix (lasa_jax/kto/).
 
     python -m lasa_jax.scripts.train_kto --config=configs/kto.py --config.model_path=BASE_DIR \
         --config.data.path=PAIRS.json --config.data.format=paired_json --workdir=DIR
