@@ -117,7 +117,7 @@ def main(argv):
           + ", ".join(f"{stage} {state}" for stage, state in outcome.items()))
     report_json = os.path.join(workdir, "evaluate", "report.json")
     if storage.isfile(report_json):
-        from lasa_jax.evaluate.stage import headline_lines
+        from lasa_jax.evaluate.report_markdown import headline_lines
 
         print("\n".join(headline_lines(storage.read_json(report_json))))
     evaluation = os.path.join(workdir, "evaluate", "report.md")
