@@ -74,8 +74,7 @@ from lasa_jax.data.parallel import ParallelText
 from lasa_jax.infra import storage
 from lasa_jax.infra.distributed import is_writer
 from lasa_jax.infra.errors import InputError, config_field
-from lasa_jax.locate.corpus import load_locate_corpus, load_parallel_jsonl_split, locate_corpus_with_notes
-from lasa_jax.locate.corpus_filters import corpus_summary
+from lasa_jax.locate.corpus import corpus_summary, locate_corpus_with_notes
 from lasa_jax.locate.probe import ProbeResult, layer_probe_auroc
 from lasa_jax.locate.report import BOTTLENECK_FILE, load_bottleneck, probe_line, write_bottleneck_report
 from lasa_jax.locate.selection import BottleneckResult, select_bottleneck_layer
@@ -86,8 +85,8 @@ from lasa_jax.models.loading import ModelSettings, load_model, load_tokenizer
 from lasa_jax.stage import StageResult, as_settings
 
 __all__ = ["ACTIVATIONS_FILE", "ACTIVATIONS_META_FILE", "DATA_SOURCES", "NAME", "UNKNOWN_LABEL", "LocateSettings",
-           "load_locate_corpus", "load_parallel_jsonl_split", "locate_activations", "locate_corpus_with_notes",
-           "locate_probe", "parse_tsne_layers", "report_lines", "run", "run_locate", "settings", "summary_line"]
+           "locate_activations", "locate_probe", "parse_tsne_layers", "report_lines", "run", "run_locate", "settings",
+           "summary_line"]
 
 log = logging.getLogger(__name__)
 
