@@ -1,9 +1,8 @@
-"""Stage 1 (Locate) end to end: the script on a tiny model over a slice of ../shared/data (all files, HF parity of
-the stored activations, sklearn parity of the reported silhouettes, activation reuse), the demo JSONL, the
-held-out guard and config errors."""
+"""Stage 1 (Locate) end to end (lasa_jax/locate/stage.py): the script on a tiny model over a slice of ../shared/data
+(all files, HF parity of the stored activations, sklearn parity of the reported silhouettes and probe AUROCs,
+activation reuse), the demo JSONL through the stage contract, config errors, and the probe's row selection."""
 import csv
 import dataclasses
-import importlib.util
 import json
 import os
 import pathlib
@@ -24,8 +23,8 @@ from lasa_jax.locate import stage as locate
 from lasa_jax.locate.corpus import corpus_summary, default_locate_corpus, load_locate_corpus
 from lasa_jax.locate.probe import grouped_split
 from lasa_jax.locate.report import load_bottleneck
-from lasa_jax.locate.settings import data_settings, parse_tsne_layers
-from lasa_jax.locate.stage import ACTIVATIONS_FILE, ACTIVATIONS_META_FILE, locate_probe, run_locate
+from lasa_jax.locate.settings import data_settings
+from lasa_jax.locate.stage import ACTIVATIONS_FILE, ACTIVATIONS_META_FILE, locate_probe
 from lasa_jax.models.capture import load_activations, tokenize_prompts
 from lasa_jax.models.hf import from_pretrained
 from lasa_jax.models.loading import load_tokenizer
@@ -36,18 +35,6 @@ LANGUAGES = ("en", "zh", "ko", "ar")
 GROUPS_PER_SOURCE = 8
 SEED = 42  # base_config's seed: data subsampling and bootstrap
 NUM_LAYERS = 3  # the tiny llama of tiny_hf_dirs
-
-
-def _locate_config():
-    spec = importlib.util.spec_from_file_location("locate_config", REPO / "configs" / "locate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    config.dtype = "float32"
-    config.progress = False
-    config.selection.num_bootstrap = 20
-    config.report.tsne_layers = ""
-    return config
 
 
 def _run_script(workdir, model_dir, shared_data, *extra):
@@ -174,18 +161,18 @@ def test_rerun_reuses_the_stored_activations(script_run, tiny_hf_dirs, shared_da
     assert load_bottleneck(workdir) == first_report  # same data, same seed: same bootstrap
 
 
-def test_changed_tokenisation_captures_again(script_run, tiny_hf_dirs, shared_data, tmp_path, caplog):
+def test_changed_tokenisation_captures_again(locate_config, script_run, tiny_hf_dirs, shared_data, tmp_path, caplog):
     workdir = tmp_path / "copy"
     shutil.copytree(script_run[0], workdir)
     before = load_activations(workdir / ACTIVATIONS_FILE)["features"]
-    config = _locate_config()
+    config = locate_config
     config.model_path = str(tiny_hf_dirs["llama"])
     config.data.root = str(shared_data)
     config.data.languages = LANGUAGES
     config.data.max_groups_per_source = GROUPS_PER_SOURCE
     config.max_length = 16
     with caplog.at_level("INFO", logger="lasa_jax.locate.stage"):
-        run_locate(config, workdir)
+        locate.run(config, workdir)
     assert "other inputs" in caplog.text and "capturing" in caplog.text
     after = load_activations(workdir / ACTIVATIONS_FILE)
     assert after["features"].shape == before.shape and not np.allclose(after["features"], before)
@@ -193,8 +180,8 @@ def test_changed_tokenisation_captures_again(script_run, tiny_hf_dirs, shared_da
     assert meta["description"]["max_length"] == 16
 
 
-def test_demo_jsonl_uses_its_train_split_with_a_given_model(tiny_hf_dirs, tmp_path):
-    config = _locate_config()
+def test_demo_jsonl_uses_its_train_split_with_a_given_model(locate_config, tiny_hf_dirs, tmp_path):
+    config = locate_config
     config.data.allow_missing_held_out = True  # as the offline demo: no shared data
     config.data.root = ""
     config.model_path = str(tiny_hf_dirs["llama"])
@@ -250,8 +237,8 @@ def test_demo_jsonl_uses_its_train_split_with_a_given_model(tiny_hf_dirs, tmp_pa
     ("probe.c", 0.0, "config field probe.c"),
     ("probe.num_steps", 0, "config field probe.num_steps"),
 ])
-def test_bad_config_values_name_the_flag(field, value, message, tmp_path):
-    config = _locate_config()
+def test_bad_config_values_name_the_flag(locate_config, field, value, message, tmp_path):
+    config = locate_config
     config.model_path = "unused"
     config.data.root = "/nonexistent"
     *parents, leaf = field.split(".")
@@ -260,31 +247,24 @@ def test_bad_config_values_name_the_flag(field, value, message, tmp_path):
         node = node[parent]
     node[leaf] = value
     with pytest.raises(ValueError, match=message):
-        run_locate(config, tmp_path / "run")
+        locate.run(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()  # nothing written before the config is checked
 
 
-def test_tsne_layers_parse():
-    assert parse_tsne_layers("best, 1,best", best_layer=2, num_layers=3) == (2, 1)
-    assert parse_tsne_layers("", best_layer=2) == ()
-    with pytest.raises(ValueError, match="0..3"):
-        parse_tsne_layers("4", best_layer=2, num_layers=3)
-
-
-def test_locate_probe_uses_labelled_non_held_out_rows_only():
+def test_locate_probe_uses_labelled_non_held_out_rows_only(locate_config):
     rng = np.random.default_rng(0)
     records = [ParallelText(f"text {g} {lang}", lang, f"src:{g}", "src", label)
                for g, label in enumerate([1, 0] * 6 + [None] * 2) for lang in ("en", "zh")]
     features = rng.normal(size=(3, len(records), 8)).astype(np.float32)
-    config = _locate_config()
-    result = locate_probe(config, features, records)
+    config = locate_config
+    result = locate_probe(locate.settings(config), features, records)
     assert result.reason is None and result.auroc.shape == (3,)
     assert result.settings["num_train"] + result.settings["num_val"] == 24  # the 2 unlabelled groups left out
     config.data.allow_held_out = True
-    held_out = locate_probe(config, features, records)
+    held_out = locate_probe(locate.settings(config), features, records)
     assert held_out.auroc is None and "allow_held_out" in held_out.reason
     config.data.allow_held_out, config.probe.enabled = False, False
-    assert "disabled" in locate_probe(config, features, records).reason
+    assert "disabled" in locate_probe(locate.settings(config), features, records).reason
     config.probe.enabled = True
     unlabelled = [dataclasses.replace(r, label=None) for r in records]
-    assert "no harmful/benign labels" in locate_probe(config, features, unlabelled).reason
+    assert "no harmful/benign labels" in locate_probe(locate.settings(config), features, unlabelled).reason
