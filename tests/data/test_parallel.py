@@ -1,13 +1,12 @@
-"""Language normalisation and parallel-text loaders for Locate, on the real shared data files and small fixtures."""
+"""Parallel-text readers (lasa_jax/data/parallel.py), on the real shared data files and small fixtures."""
+import collections
 import csv
 import json
-import re
 
 import pytest
 
-from lasa_jax.data.groups import sample_groups
 from lasa_jax.data.heldout import POLYREFUSE_MULTIJAIL_ROWS
-from lasa_jax.data.languages import MULTIJAIL_LANGUAGES, language_name, normalize_language
+from lasa_jax.data.languages import MULTIJAIL_LANGUAGES
 from lasa_jax.data.parallel import (
     ParallelText,
     load_flores_sib200,
@@ -17,60 +16,8 @@ from lasa_jax.data.parallel import (
     load_polyrefuse,
     load_translated_safety_json,
 )
-from lasa_jax.locate.corpus_filters import (
-    check_parallel_corpus,
-    corpus_summary,
-    default_locate_corpus,
-    filter_parallel_groups,
-    keep_common_sources,
-)
 
 POLYREFUSE_IN_MULTIJAIL = {"en", "zh", "it", "ar", "ko", "th"}
-
-
-# ------------------------------------------------------------------------------------------------ languages
-
-
-@pytest.mark.parametrize("name, code", [
-    ("Chinese", "zh"), ("Javanese", "jv"), ("Swahili", "sw"), ("Bengali", "bn"), ("Bangla", "bn"),
-    ("zho_Hans", "zh"), ("jav_Latn", "jv"), ("swh_Latn", "sw"), ("arb_Arab", "ar"), ("kor_Hang", "ko"),
-    ("eng-US", "en"), ("zho-CN", "zh"), ("swa", "sw"), ("ben", "bn"), ("jw", "jv"), ("sp", "es"),
-    ("EN", "en"), (" Chinese (Simplified) ", "zh"), ("zh-Hans", "zh"), ("vi", "vi"), ("Thai", "th"),
-    ("ita_Latn", "it"), ("German", "de"), ("ger", "de"), ("yor", "yo"),
-])
-def test_normalize_language(name, code):
-    assert normalize_language(name) == code
-
-
-@pytest.mark.parametrize("bad", ["Klingon", "xx_Latn", "", 12])
-def test_normalize_language_unknown_names_the_value(bad):
-    with pytest.raises(ValueError, match=re.escape(repr(bad))):
-        normalize_language(bad)
-
-
-def test_language_name_and_multijail_constant():
-    assert language_name("jw") == "Javanese"
-    assert MULTIJAIL_LANGUAGES == ("en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv")
-    assert [normalize_language(language_name(code)) for code in MULTIJAIL_LANGUAGES] == list(MULTIJAIL_LANGUAGES)
-
-
-def test_every_language_label_in_shared_data_is_known(shared_data):
-    """Folder names, file-name codes and column names of all data sets map to ISO codes."""
-    labels = [p.name for p in (shared_data / "flores200_sib200/data/annotated").iterdir()]
-    labels += [p.name for p in (shared_data / "xsafety").iterdir() if p.is_dir()]
-    labels += [re.match(r"newstest2019-(?:src|ref)\.(.+)\.txt", p.name).group(1)
-               for p in (shared_data / "ntrex128/NTREX-128").iterdir()]
-    labels += [re.match(r".+_translated_(.+)\.json", p.name).group(1)
-               for p in (shared_data / "polyrefuse/PolyRefuse").iterdir()]
-    with open(shared_data / "multijail/MultiJail.csv", encoding="utf-8-sig", newline="") as f:
-        labels += next(csv.reader(f))[3:]
-    codes = {normalize_language(label) for label in labels}
-    assert set(MULTIJAIL_LANGUAGES) <= codes
-    assert {"es", "de", "fr", "ja", "hi", "ru", "nl", "pl", "yo"} <= codes
-    assert all(len(code) == 2 for code in codes)
-
-
-# --------------------------------------------------------------------------------------- real-data loaders
 
 
 def test_flores_counts_languages_and_alignment(shared_data):
@@ -96,10 +43,10 @@ def test_flores_counts_languages_and_alignment(shared_data):
 
 def test_polyrefuse_train_val(shared_data):
     records = load_polyrefuse(shared_data / "polyrefuse")
-    summary = corpus_summary(records)
     assert {r.language for r in records} == POLYREFUSE_IN_MULTIJAIL
-    assert summary["texts_per_source"] == {"polyrefuse/harmful_train": 260 * 6, "polyrefuse/harmful_val": 39 * 6,
-                                           "polyrefuse/harmless_train": 200 * 6, "polyrefuse/harmless_val": 200 * 6}
+    assert collections.Counter(r.source for r in records) == {
+        "polyrefuse/harmful_train": 260 * 6, "polyrefuse/harmful_val": 39 * 6, "polyrefuse/harmless_train": 200 * 6,
+        "polyrefuse/harmless_val": 200 * 6}
     assert {r.label for r in records if r.source.startswith("polyrefuse/harmful")} == {1}
     assert {r.label for r in records if r.source.startswith("polyrefuse/harmless")} == {0}
     english = json.loads((shared_data / "polyrefuse/dataset/splits/harmful_train.json").read_text("utf-8"))
@@ -125,69 +72,13 @@ def test_polyrefuse_test_split_drops_multijail_rows(shared_data):
     assert "zh" not in harmless_languages and len(harmless_languages) == 13
 
 
-def test_multijail_loader_and_never_in_default_corpus(shared_data):
+def test_multijail_loader(shared_data):
     multijail = load_multijail(shared_data / "multijail")
     assert len(multijail) == 315 * 10
     assert {r.language for r in multijail} == set(MULTIJAIL_LANGUAGES)
     assert {r.group_id for r in multijail} == {f"multijail:{i}" for i in range(315)}
     assert {r.label for r in multijail} == {1}
     assert len(load_multijail(shared_data / "multijail/MultiJail.csv", languages=["jw", "en"])) == 630
-
-    corpus = default_locate_corpus(shared_data, max_groups_per_source=None)
-    assert not any(r.source.startswith("multijail") for r in corpus)
-    assert not {r.text for r in multijail} & {r.text for r in corpus}
-    assert not any(r.source.endswith("_test") for r in corpus)
-
-
-def test_default_locate_corpus(shared_data):
-    corpus = default_locate_corpus(shared_data)
-    summary = corpus_summary(corpus)
-    assert summary["num_groups"] == 100 + 100 + 39 + 100 + 100
-    assert summary["num_texts"] == 100 * 10 + 339 * 6
-    assert set(summary["texts_per_language"]) == set(MULTIJAIL_LANGUAGES)
-    languages_per_group = {}
-    for r in corpus:
-        languages_per_group.setdefault(r.group_id, set()).add(r.language)
-    assert min(len(v) for v in languages_per_group.values()) >= 2
-    assert corpus == default_locate_corpus(shared_data)  # deterministic for a seed
-    assert {r.group_id for r in corpus} != {r.group_id for r in default_locate_corpus(shared_data, seed=1)}
-    assert corpus_summary(default_locate_corpus(shared_data, max_groups_per_source=None))["num_groups"] == 1703
-
-    sw_jv = default_locate_corpus(shared_data, languages=["sw", "jv"], max_groups_per_source=None)
-    assert {r.source for r in sw_jv} == {"flores"} and len(sw_jv) == 2 * 1004
-
-    # the source confound, visible in the summary: vi, bn, sw, jv have FLORES texts only
-    per_source_language = summary["texts_per_source_language"]
-    assert per_source_language["flores"] == {lang: 100 for lang in sorted(MULTIJAIL_LANGUAGES)}
-    for source in ("polyrefuse/harmful_train", "polyrefuse/harmless_train", "polyrefuse/harmful_val",
-                   "polyrefuse/harmless_val"):
-        assert set(per_source_language[source]) == POLYREFUSE_IN_MULTIJAIL
-    assert sum(sum(counts.values()) for counts in per_source_language.values()) == summary["num_texts"]
-
-
-def test_default_locate_corpus_common_sources_only(shared_data):
-    common = default_locate_corpus(shared_data, common_sources_only=True)
-    summary = corpus_summary(common)
-    assert summary["texts_per_source_language"] == {"flores": {lang: 100 for lang in sorted(MULTIJAIL_LANGUAGES)}}
-    assert summary["num_groups"] == 100 and summary["num_texts"] == 1000
-    # languages all sources cover: nothing to drop, the same corpus as without the option
-    six = sorted(POLYREFUSE_IN_MULTIJAIL)
-    assert default_locate_corpus(shared_data, six, common_sources_only=True) == default_locate_corpus(shared_data, six)
-
-
-def test_keep_common_sources():
-    records = [ParallelText("a", "en", "s:1", "s"), ParallelText("b", "zh", "s:1", "s"),
-               ParallelText("c", "sw", "s:2", "s"), ParallelText("d", "en", "s:2", "s"),
-               ParallelText("e", "en", "t:1", "t"), ParallelText("f", "zh", "t:1", "t"),
-               ParallelText("g", "fr", "u:1", "u")]
-    kept, dropped = keep_common_sources(records, ["en", "zh", "Swahili"])
-    assert [r.text for r in kept] == ["a", "b", "c", "d"] and dropped == {"t": ["en", "zh"], "u": []}
-    assert keep_common_sources(records, ["en", "zh"]) == (records[:6], {"u": []})
-    with pytest.raises(ValueError, match=r"no source has texts in every requested language \['en', 'fr'\]"):
-        keep_common_sources(records, ["en", "fr"])
-
-
-# -------------------------------------------------------------------------------------- fixtures and errors
 
 
 def _write_json(path, obj):
@@ -253,6 +144,16 @@ def test_parallel_jsonl_accepts_equal_text_and_prompt(tmp_path):
     path = _write_jsonl(tmp_path / "both.jsonl", [{"text": "Ciao", "prompt": "Ciao", "language": "it", "group_id": 1},
                                                    {"text": "Hi", "prompt": "Hi", "language": "en", "group_id": 1}])
     assert [r.text for r in load_parallel_jsonl(path)] == ["Ciao", "Hi"]
+
+
+def test_parallel_jsonl_keeps_the_requested_splits(tmp_path):
+    rows = [{**GENERIC_ROWS[0], "split": "train"}, {**GENERIC_ROWS[1], "split": "eval"}, GENERIC_ROWS[2]]
+    path = _write_jsonl(tmp_path / "split.jsonl", rows)
+    assert [r.text for r in load_parallel_jsonl(path, splits=("train",))] == ["Hello", "Bonjour"]  # no split: kept
+    assert [r.text for r in load_parallel_jsonl(path)] == [r.text for r in load_parallel_jsonl(path, splits=())] == [
+        "Hello", "Hallo", "Bonjour"]
+    with pytest.raises(ValueError, match=r"no records with split in \['test'\]"):
+        load_parallel_jsonl(_write_jsonl(tmp_path / "eval.jsonl", rows[:2]), splits=("test",))
 
 
 def test_parallel_hub_loader_with_local_json_builder(tmp_path):
@@ -328,23 +229,6 @@ def test_polyrefuse_misaligned_and_bad_records(tmp_path):
                  {"instruction": "c", "instruction_translated": "乙"}])
     with pytest.raises(ValueError, match=r"harmful_test_translated_zh.json record 1: 'instruction' differs from"):
         load_polyrefuse(root, kinds=["harmful"], splits=["test"])
-
-
-def test_filter_and_check_parallel_groups():
-    records = [ParallelText("a", "en", "s:1", "s"), ParallelText("b", "zh", "s:1", "s"),
-               ParallelText("c", "en", "s:2", "s"), ParallelText("d", "ko", "s:2", "s"),
-               ParallelText("e", "en", "s:3", "s")]
-    kept = filter_parallel_groups(records)
-    assert [r.text for r in kept] == ["a", "b", "c", "d"]
-    with pytest.raises(ValueError, match=r"need at least 2 languages and 2 groups, got 2 languages .* and 1 groups"):
-        filter_parallel_groups(records, languages=["en", "zh"])
-    with pytest.raises(ValueError, match=r"got 1 languages"):
-        check_parallel_corpus([r for r in records if r.language == "en"])
-    by_source = dict(stratum=lambda r: r.source, candidates="first_seen", what="max_groups_per_source")
-    assert len(sample_groups(kept, 1, seed=0, **by_source)) == 2
-    assert sample_groups(kept, 0, **by_source) == kept == sample_groups(kept, None, **by_source)  # 0 / None: all
-    with pytest.raises(ValueError, match="max_groups_per_source must be >= 0"):
-        sample_groups(kept, -1, **by_source)
 
 
 def test_multijail_and_flores_layout_errors(tmp_path):

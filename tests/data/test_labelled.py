@@ -1,12 +1,12 @@
-"""SSI data: loaders on the real shared files and small fixtures of the reference formats, grouped splits."""
+"""Labelled prompts for the SSI (lasa_jax/data/labelled.py): readers on the real shared files and small fixtures of
+the reference formats, the near-duplicate filter, and the row helpers."""
 import collections
 import json
 import pathlib
 
-import numpy as np
 import pytest
 
-from lasa_jax.data.groups import check_disjoint_groups, grouped_split, limit_groups
+from lasa_jax.data.groups import check_disjoint_groups, limit_groups
 from lasa_jax.data.heldout import POLYREFUSE_MULTIJAIL_ROWS
 from lasa_jax.data.labelled import (
     LabelledPrompt,
@@ -176,62 +176,12 @@ def test_labelled_jsonl_fields(tmp_path):
             load_labelled_jsonl(path)
 
 
-# ------------------------------------------------------------------------------------------------- splitting
+# ---------------------------------------------------------------------------------------------- row helpers
 
 
-def _synthetic(num_groups=60, languages=("en", "zh", "ko", "sw"), seed=0):
-    rng = np.random.default_rng(seed)
-    records = []
-    for g in range(num_groups):
-        label = int(rng.random() < 0.3)
-        for lang in languages[:rng.integers(1, len(languages) + 1)]:
-            records.append(LabelledPrompt(f"q{g}-{lang}", lang, label, f"src:{g}", "src"))
-    return records
-
-
-@pytest.mark.parametrize("seed", [0, 1, 7])
-def test_grouped_split_never_leaks_a_group(seed):
-    records = _synthetic(seed=seed)
-    parts = grouped_split(records, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=seed)
-    check_disjoint_groups(parts)
-    owner = {}
-    for name, part in parts.items():
-        for r in part:
-            assert owner.setdefault(r.group_id, name) == name
-    assert sorted(r.text for part in parts.values() for r in part) == sorted(r.text for r in records)
-    groups = {name: {r.group_id for r in part} for name, part in parts.items()}
-    total = sum(len(g) for g in groups.values())
-    assert abs(len(groups["train"]) / total - 0.6) < 0.1
-    for part in parts.values():  # stratified: both labels everywhere
-        assert {r.label for r in part} == {0, 1}
-    assert grouped_split(records, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=seed) == parts
-    assert grouped_split(records, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=seed + 100) != parts
-
-
-def test_grouped_split_validates_fractions():
-    with pytest.raises(ValueError, match="sum to 1"):
-        grouped_split(_synthetic(), {"train": 0.7, "val": 0.2})
-
-
-def test_check_disjoint_groups_names_the_leak():
-    a = LabelledPrompt("x", "en", 0, "s:1", "s")
-    b = LabelledPrompt("y", "zh", 0, "s:1", "s")
-    with pytest.raises(ValueError, match=r"'s:1' occurs in splits 'train' and 'val'"):
-        check_disjoint_groups({"train": [a], "val": [b]})
-
-
-def test_limit_groups_and_select_languages():
-    records = _synthetic(num_groups=80)
-    limited = limit_groups(records, 5, seed=3)
-    by_label = collections.defaultdict(set)
-    for r in limited:
-        by_label[r.label].add(r.group_id)
-    assert {label: len(groups) for label, groups in by_label.items()} == {0: 5, 1: 5}
-    kept = {r.group_id for r in limited}
-    assert [r for r in records if r.group_id in kept] == limited  # whole groups, order preserved
-    assert limit_groups(records, 0) == records
+def test_select_languages_and_split_summary(synthetic_prompts):
+    records = synthetic_prompts(num_groups=80)
     assert {r.language for r in select_languages(records, ["English", "ko"])} == {"en", "ko"}
+    limited = limit_groups(records, 5, seed=3)  # 5 groups of each label
     summary = split_summary(limited)
     assert summary["num_groups"] == 10 and summary["num_rows"] == len(limited)
-
-

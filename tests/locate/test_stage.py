@@ -1,9 +1,8 @@
-"""Stage 1 (Locate) end to end: the script on a tiny model over a slice of ../shared/data (all files, HF parity of
-the stored activations, sklearn parity of the reported silhouettes, activation reuse), the demo JSONL, the
-held-out guard and config errors."""
+"""Stage 1 (Locate) end to end (lasa_jax/locate/stage.py): the script on a tiny model over a slice of ../shared/data
+(all files, HF parity of the stored activations, sklearn parity of the reported silhouettes and probe AUROCs,
+activation reuse), the demo JSONL through the stage contract, config errors, and the probe's row selection."""
 import csv
 import dataclasses
-import importlib.util
 import json
 import os
 import pathlib
@@ -19,15 +18,13 @@ from sklearn.metrics import roc_auc_score, silhouette_score
 from transformers import AutoModelForCausalLM
 
 from lasa_jax.data.heldout import HELD_OUT_FILES
-from lasa_jax.data.labelled import load_multijail_prompts
 from lasa_jax.data.parallel import ParallelText
 from lasa_jax.locate import stage as locate
-from lasa_jax.locate.corpus import load_locate_corpus, locate_corpus_with_notes
-from lasa_jax.locate.corpus_filters import corpus_summary, default_locate_corpus
+from lasa_jax.locate.corpus import corpus_summary, default_locate_corpus, load_locate_corpus
 from lasa_jax.locate.probe import grouped_split
 from lasa_jax.locate.report import load_bottleneck
-from lasa_jax.locate.settings import parse_tsne_layers
-from lasa_jax.locate.stage import ACTIVATIONS_FILE, ACTIVATIONS_META_FILE, locate_probe, run_locate
+from lasa_jax.locate.settings import data_settings
+from lasa_jax.locate.stage import ACTIVATIONS_FILE, ACTIVATIONS_META_FILE, locate_probe
 from lasa_jax.models.capture import load_activations, tokenize_prompts
 from lasa_jax.models.hf import from_pretrained
 from lasa_jax.models.loading import load_tokenizer
@@ -38,18 +35,6 @@ LANGUAGES = ("en", "zh", "ko", "ar")
 GROUPS_PER_SOURCE = 8
 SEED = 42  # base_config's seed: data subsampling and bootstrap
 NUM_LAYERS = 3  # the tiny llama of tiny_hf_dirs
-
-
-def _locate_config():
-    spec = importlib.util.spec_from_file_location("locate_config", REPO / "configs" / "locate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    config.dtype = "float32"
-    config.progress = False
-    config.selection.num_bootstrap = 20
-    config.report.tsne_layers = ""
-    return config
 
 
 def _run_script(workdir, model_dir, shared_data, *extra):
@@ -176,18 +161,18 @@ def test_rerun_reuses_the_stored_activations(script_run, tiny_hf_dirs, shared_da
     assert load_bottleneck(workdir) == first_report  # same data, same seed: same bootstrap
 
 
-def test_changed_tokenisation_captures_again(script_run, tiny_hf_dirs, shared_data, tmp_path, caplog):
+def test_changed_tokenisation_captures_again(locate_config, script_run, tiny_hf_dirs, shared_data, tmp_path, caplog):
     workdir = tmp_path / "copy"
     shutil.copytree(script_run[0], workdir)
     before = load_activations(workdir / ACTIVATIONS_FILE)["features"]
-    config = _locate_config()
+    config = locate_config
     config.model_path = str(tiny_hf_dirs["llama"])
     config.data.root = str(shared_data)
     config.data.languages = LANGUAGES
     config.data.max_groups_per_source = GROUPS_PER_SOURCE
     config.max_length = 16
     with caplog.at_level("INFO", logger="lasa_jax.locate.stage"):
-        run_locate(config, workdir)
+        locate.run(config, workdir)
     assert "other inputs" in caplog.text and "capturing" in caplog.text
     after = load_activations(workdir / ACTIVATIONS_FILE)
     assert after["features"].shape == before.shape and not np.allclose(after["features"], before)
@@ -195,8 +180,8 @@ def test_changed_tokenisation_captures_again(script_run, tiny_hf_dirs, shared_da
     assert meta["description"]["max_length"] == 16
 
 
-def test_demo_jsonl_uses_its_train_split_with_a_given_model(tiny_hf_dirs, tmp_path):
-    config = _locate_config()
+def test_demo_jsonl_uses_its_train_split_with_a_given_model(locate_config, tiny_hf_dirs, tmp_path):
+    config = locate_config
     config.data.allow_missing_held_out = True  # as the offline demo: no shared data
     config.data.root = ""
     config.model_path = str(tiny_hf_dirs["llama"])
@@ -231,121 +216,9 @@ def test_demo_jsonl_uses_its_train_split_with_a_given_model(tiny_hf_dirs, tmp_pa
     assert load_bottleneck(tmp_path)["best_layer"] == result.best_layer
     assert not list(tmp_path.glob("tsne_*.png"))  # t-SNE off
     config.data.splits = ()  # every row: train and eval groups
-    assert len({r.group_id for r in load_locate_corpus(config.data, seed=0)}) == 12
+    assert len({r.group_id for r in load_locate_corpus(data_settings(config.data), seed=0)}) == 12
     config.data.max_groups_per_source = 0
-    assert len({r.group_id for r in load_locate_corpus(config.data, seed=0)}) == 48
-
-
-def test_multijail_needs_the_explicit_held_out_flag(shared_data, caplog):
-    config = _locate_config()
-    config.model_path = "unused"
-    config.data.source = "multijail"
-    config.data.root = str(shared_data)
-    config.data.max_groups_per_source = 5
-    with pytest.raises(ValueError, match="allow_held_out"):
-        run_locate(config, "/nonexistent/never-created")
-    config.data.allow_held_out = True
-    with caplog.at_level("WARNING", logger="lasa_jax.locate.stage"):
-        records = load_locate_corpus(config.data, seed=0)
-    assert "HELD-OUT" in caplog.text
-    assert {r.source for r in records} == {"multijail"} and len({r.group_id for r in records}) == 5
-    assert {r.language for r in records} == set(config.data.languages)
-
-
-def _write_rows(path, source=None):
-    rows = [{"text": f"text {g} {lang}", "language": lang, "group_id": g, "label": g % 2}
-            for g in range(3) for lang in ("en", "zh")]
-    if source is not None:
-        rows = [{**row, "source": source} for row in rows]
-    path.write_text("\n".join(json.dumps(row) for row in rows))
-    return path
-
-
-def test_jsonl_naming_a_held_out_source_is_refused(tmp_path):
-    config = _locate_config()
-    config.data.source = "jsonl"
-    config.data.path = str(_write_rows(tmp_path / "rows.jsonl", source="MultiJail-copy"))
-    with pytest.raises(ValueError, match="held-out"):
-        load_locate_corpus(config.data, seed=0)
-    config.data.allow_held_out = True
-    assert len(load_locate_corpus(config.data, seed=0)) == 6
-
-
-def test_non_default_sources_drop_multijail_prompts_under_other_names(tmp_path, shared_data, caplog):
-    multijail = {(r.group_id, r.language): r.text for r in load_multijail_prompts(shared_data / "multijail")}
-    rows = [{"text": f"text {g} {lang}", "language": lang, "group_id": g, "label": 0, "source": "mine"}
-            for g in range(3) for lang in ("en", "zh")]
-    rows += [{"text": multijail[("multijail:3", "en")], "language": "en", "group_id": 3, "label": 1},
-             {"text": "translated elsewhere", "language": "zh", "group_id": 3, "label": 1},
-             {"text": "an English original", "language": "en", "group_id": 4, "label": 1},
-             {"text": multijail[("multijail:9", "zh")], "language": "zh", "group_id": 4, "label": 1}]
-    path = tmp_path / "mine.jsonl"
-    path.write_text("\n".join(json.dumps(row, ensure_ascii=False) for row in rows), encoding="utf-8")
-    config = _locate_config()
-    config.data.source = "jsonl"
-    config.data.path = str(path)
-    config.data.root = str(shared_data)
-    config.data.languages = ("en", "zh")
-    with caplog.at_level("WARNING"):
-        records, notes = locate_corpus_with_notes(config.data, seed=0)
-    assert {r.group_id for r in records} == {"mine:0", "mine:1", "mine:2"}
-    dropped = notes["held_out_content"]["dropped"]["corpus"]
-    assert (dropped["groups"], dropped["rows"], dropped["by_set"]) == (["mine:3", "mine:4"], 4, {"multijail": 2})
-    assert "corpus: held-out guard dropped 2 groups (4 rows" in caplog.text
-    config.data.allow_held_out = True  # deliberate analysis: nothing dropped
-    assert len(load_locate_corpus(config.data, seed=0)) == len(rows)
-
-
-def test_common_sources_only_removes_the_source_confound(tmp_path, shared_data):
-    config = _locate_config()
-    config.data.root = str(shared_data)
-    config.data.max_groups_per_source = 5
-    mixed = load_locate_corpus(config.data, seed=0)  # all ten languages: PolyRefuse lacks vi, bn, sw, jv
-    assert {r.source for r in mixed} == {"flores", "polyrefuse/harmful_train", "polyrefuse/harmless_train",
-                                         "polyrefuse/harmful_val", "polyrefuse/harmless_val"}
-    config.data.common_sources_only = True
-    common, notes = locate_corpus_with_notes(config.data, seed=0)
-    assert corpus_summary(common)["texts_per_source_language"] == {"flores": {lang: 5 for lang in
-                                                                              sorted(config.data.languages)}}
-    assert notes["common_sources_only"] is True
-    # non-default sources: the dropped sources are listed with the languages they have
-    rows = [{"text": f"{source} {g} {lang}", "language": lang, "group_id": g, "source": source}
-            for source, languages in (("both", ("en", "zh")), ("english_chinese_korean", ("en", "zh", "ko")),
-                                      ("korean_only", ("ko", "en"))) for g in range(3) for lang in languages]
-    path = tmp_path / "rows.jsonl"
-    path.write_text("\n".join(json.dumps(row) for row in rows), encoding="utf-8")
-    config.data.source, config.data.path, config.data.languages = "jsonl", str(path), ("en", "zh", "ko")
-    records, notes = locate_corpus_with_notes(config.data, seed=0)
-    assert {r.source for r in records} == {"english_chinese_korean"}
-    assert notes["dropped_sources"] == {"both": ["en", "zh"], "korean_only": ["en", "ko"]}
-
-
-def test_hub_source_reads_local_files_through_datasets(tmp_path, shared_data):
-    config = _locate_config()
-    config.data.root = str(shared_data)  # the held-out guard checks the rows
-    config.data.source = "hub"
-    config.data.path = "json"
-    config.data.hub_data_files = str(_write_rows(tmp_path / "rows.jsonl"))
-    config.data.hub_cache_dir = str(tmp_path / "cache")
-    records = load_locate_corpus(config.data, seed=0)
-    assert [(r.group_id, r.language, r.label) for r in records[:3]] == [("rows:0", "en", 0), ("rows:0", "zh", 0),
-                                                                          ("rows:1", "en", 1)]
-    assert len(records) == 6 and (tmp_path / "cache").is_dir()
-
-
-def test_translated_json_source_reads_the_reference_layout(tmp_path, shared_data):
-    rows = [{"idx": i, "original_query": f"query {i}", "translations": {"Chinese": f"查询 {i}", "Javanese": f"q {i}"}}
-            for i in range(4)]
-    (tmp_path / "safety_train_translated.json").write_text(json.dumps(rows, ensure_ascii=False))
-    config = _locate_config()
-    config.data.root = str(shared_data)
-    config.data.source = "translated_json"
-    config.data.path = str(tmp_path / "safety_train_translated.json")
-    config.data.languages = ("en", "zh", "jv")
-    config.data.max_groups_per_source = 3
-    records = load_locate_corpus(config.data, seed=0)
-    assert {r.language for r in records} == {"en", "zh", "jv"} and {r.label for r in records} == {1}
-    assert len(records) == 9 and len({r.group_id for r in records}) == 3
+    assert len({r.group_id for r in load_locate_corpus(data_settings(config.data), seed=0)}) == 48
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -364,8 +237,8 @@ def test_translated_json_source_reads_the_reference_layout(tmp_path, shared_data
     ("probe.c", 0.0, "config field probe.c"),
     ("probe.num_steps", 0, "config field probe.num_steps"),
 ])
-def test_bad_config_values_name_the_flag(field, value, message, tmp_path):
-    config = _locate_config()
+def test_bad_config_values_name_the_flag(locate_config, field, value, message, tmp_path):
+    config = locate_config
     config.model_path = "unused"
     config.data.root = "/nonexistent"
     *parents, leaf = field.split(".")
@@ -374,35 +247,24 @@ def test_bad_config_values_name_the_flag(field, value, message, tmp_path):
         node = node[parent]
     node[leaf] = value
     with pytest.raises(ValueError, match=message):
-        run_locate(config, tmp_path / "run")
+        locate.run(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()  # nothing written before the config is checked
 
 
-def test_default_source_needs_the_data_root_and_tsne_layers_parse():
-    config = _locate_config()
-    config.data.root = ""
-    with pytest.raises(ValueError, match="config field data.root"):
-        load_locate_corpus(config.data, seed=0)
-    assert parse_tsne_layers("best, 1,best", best_layer=2, num_layers=3) == (2, 1)
-    assert parse_tsne_layers("", best_layer=2) == ()
-    with pytest.raises(ValueError, match="0..3"):
-        parse_tsne_layers("4", best_layer=2, num_layers=3)
-
-
-def test_locate_probe_uses_labelled_non_held_out_rows_only():
+def test_locate_probe_uses_labelled_non_held_out_rows_only(locate_config):
     rng = np.random.default_rng(0)
     records = [ParallelText(f"text {g} {lang}", lang, f"src:{g}", "src", label)
                for g, label in enumerate([1, 0] * 6 + [None] * 2) for lang in ("en", "zh")]
     features = rng.normal(size=(3, len(records), 8)).astype(np.float32)
-    config = _locate_config()
-    result = locate_probe(config, features, records)
+    config = locate_config
+    result = locate_probe(locate.settings(config), features, records)
     assert result.reason is None and result.auroc.shape == (3,)
     assert result.settings["num_train"] + result.settings["num_val"] == 24  # the 2 unlabelled groups left out
     config.data.allow_held_out = True
-    held_out = locate_probe(config, features, records)
+    held_out = locate_probe(locate.settings(config), features, records)
     assert held_out.auroc is None and "allow_held_out" in held_out.reason
     config.data.allow_held_out, config.probe.enabled = False, False
-    assert "disabled" in locate_probe(config, features, records).reason
+    assert "disabled" in locate_probe(locate.settings(config), features, records).reason
     config.probe.enabled = True
     unlabelled = [dataclasses.replace(r, label=None) for r in records]
-    assert "no harmful/benign labels" in locate_probe(config, features, unlabelled).reason
+    assert "no harmful/benign labels" in locate_probe(locate.settings(config), features, unlabelled).reason
