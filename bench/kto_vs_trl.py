@@ -69,8 +69,8 @@ def run_lasa(model_dir: str, batches, *, lr: float, beta: float, chunk: int = 12
     """lasa-jax: per-step losses, timed seconds per update, reference-table seconds, compile seconds."""
     import jax
 
+    from lasa_jax.kto import step as kto_step
     from lasa_jax.kto.buckets import length_buckets, trimmed_arrays
-    from lasa_jax.kto.loss import step as kto_step
     from lasa_jax.kto.reference_table import ReferenceTable
     from lasa_jax.models.decoder import param_shardings
     from lasa_jax.models.hf import from_pretrained

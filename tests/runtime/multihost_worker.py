@@ -35,7 +35,7 @@ def compute(model_dir: str, mesh, export_dir: str, checkpoint_dir: str) -> dict[
     host numpy. `checkpoint_dir` must be the same directory for every process."""
     import jax
 
-    from lasa_jax.kto.loss import step as kto_step
+    from lasa_jax.kto import step as kto_step
     from lasa_jax.models.decoder import param_shardings
     from lasa_jax.models.hf import from_pretrained
     from lasa_jax.models.hf_export import save_pretrained
@@ -78,8 +78,8 @@ def checkpoint_round_trip(state, optimizer, shardings, checkpoint_dir: str) -> d
     import jax
     import jax.numpy as jnp
 
+    from lasa_jax.kto import step as kto_step
     from lasa_jax.kto.checkpoint import Checkpointer
-    from lasa_jax.kto.loss import step as kto_step
     from lasa_jax.sharding import to_host
 
     abstract_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state["params"])

@@ -34,7 +34,7 @@ def _load_config(name: str, arg: str | None = None):
 
 def _xla_memory(config: ModelConfig, batch_size: int, length: int, step_config, online: bool):
     """XLA's per-device `memory_analysis()` of the compiled, 8-way FSDP `kto_step` train step (nothing is run)."""
-    from lasa_jax.kto.loss import step as kto_step
+    from lasa_jax.kto import step as kto_step
     from lasa_jax.models.decoder import abstract_decoder, param_shardings
     from lasa_jax.sharding import batch_sharding, make_mesh
 
