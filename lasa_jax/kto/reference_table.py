@@ -3,7 +3,7 @@
 Policy rows are keyed by row index, KL rows by (row index, partner row index), since KL pairs are drawn per batch.
 The table is computed along the run's own deterministic batch sequence, on the same length-bucketed arrays the
 steps see (`lasa_jax.kto.buckets`), with the policy and KL rows of a batch in one reference forward
-(`kto_step.reference_logps`; later epochs, whose policy rows are all known, run the KL rows only).
+(`lasa_jax.kto.step.reference_logps`; later epochs, whose policy rows are all known, run the KL rows only).
 File: `<workdir>/reference_logps.npz` with the identity of the run it belongs to.
 """
 from __future__ import annotations

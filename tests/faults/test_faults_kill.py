@@ -2,7 +2,7 @@
 point, the same command is rerun, and its outputs must equal those of an uninterrupted run (bit-identical: every
 stage is deterministic on CPU), while every file at a final path right after the kill parses completely (nothing
 half-written is ever read as complete). One seed per stage by default; more seeds are marked slow. KTO's kill -9
-test is tests/train/test_kto_train.py::test_sigterm_then_kill9_then_rerun_gives_bit_identical_parameters."""
+test is tests/kto/test_trainer.py::test_sigterm_then_kill9_then_rerun_gives_bit_identical_parameters."""
 import json
 import os
 import shutil
