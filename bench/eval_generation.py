@@ -84,7 +84,7 @@ def main():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lasa_jax.decoding.generate import generate_batched, trim_after_eos
-    from lasa_jax.infra.assets import resolve_asset_path
+    from lasa_jax.models.assets import resolve_asset_path
     from lasa_jax.models.chat import render_prompt
     from lasa_jax.models.hf import from_pretrained
 

@@ -18,7 +18,7 @@ import time
 import jax
 import numpy as np
 
-from lasa_jax.kto.loss import step as kto_step
+from lasa_jax.kto import step as kto_step
 from lasa_jax.models import logprobs
 from lasa_jax.models.config import ModelConfig
 from lasa_jax.models.decoder import init_decoder, param_shardings

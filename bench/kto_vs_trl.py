@@ -69,8 +69,8 @@ def run_lasa(model_dir: str, batches, *, lr: float, beta: float, chunk: int = 12
     """lasa-jax: per-step losses, timed seconds per update, reference-table seconds, compile seconds."""
     import jax
 
+    from lasa_jax.kto import step as kto_step
     from lasa_jax.kto.buckets import length_buckets, trimmed_arrays
-    from lasa_jax.kto.loss import step as kto_step
     from lasa_jax.kto.reference_table import ReferenceTable
     from lasa_jax.models.decoder import param_shardings
     from lasa_jax.models.hf import from_pretrained
@@ -180,7 +180,7 @@ def main() -> None:
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--torch_threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     args = parser.parse_args()
-    from lasa_jax.infra.assets import resolve_asset_path
+    from lasa_jax.models.assets import resolve_asset_path
 
     model_dir = resolve_asset_path(args.model)
     batches = make_batches(model_dir, args.steps, args.batch_size, args.max_length)

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from sklearn.metrics import silhouette_score as sklearn_silhouette_score
 
-from lasa_jax.locate.stage import selection, silhouette
+from lasa_jax.locate import selection, silhouette
 from lasa_jax.models.capture import capture
 from lasa_jax.models.config import ModelConfig
 from lasa_jax.models.decoder import init_decoder

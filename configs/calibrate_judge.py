@@ -1,4 +1,5 @@
-"""Judge calibration: score a safety judge against WildGuard labels (lasa_jax/evaluate/calibration.py).
+"""Judge calibration: score a safety judge against WildGuard labels (lasa_jax/evaluate/calibrate_judge.py; the
+metrics and files: lasa_jax/evaluate/calibration.py).
 
     python -m lasa_jax.scripts.calibrate_judge --config=configs/calibrate_judge.py --workdir=runs/calibration \
         --config.data_root=../shared/data --config.judge.safety=heuristic --config.split=odd

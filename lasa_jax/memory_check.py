@@ -12,6 +12,8 @@ from typing import Any
 from lasa_jax.generate import stage as generate_stage
 from lasa_jax.generate.settings import GenerateSettings
 from lasa_jax.infra.errors import InputError, config_field
+from lasa_jax.kto import stage as kto_stage
+from lasa_jax.kto.settings import KTOSettings
 from lasa_jax.memory_plan import (
     MemoryPlan,
     generation_plan,
@@ -24,17 +26,18 @@ from lasa_jax.models.config import ModelConfig
 from lasa_jax.presets import GIB, TPU_PRESETS
 
 
-def kto_settings(kto: Any) -> dict[str, Any]:
-    """`kto_plan` keyword arguments from a KTO stage config (configs/kto.py). reference.mode "auto" is resolved
-    with train.num_steps when set; otherwise the run's step count needs the data and "auto" stays (planned as
-    precomputed: online only beyond `MAX_PRECOMPUTED_KL_ROWS`). max_length: the longest length bucket."""
-    mode, steps = str(kto.reference.mode), int(kto.train.get("num_steps", 0) or 0)
-    if mode == "auto" and steps > 0:
-        mode = resolve_reference_mode(mode, total_steps=steps, batch_size=int(kto.train.batch_size))
-    return dict(batch_size=int(kto.train.batch_size), grad_accum_steps=int(kto.train.grad_accum_steps),
-                max_length=int(kto.data.max_length), param_dtype=kto.dtype, compute_dtype=kto.compute_dtype,
-                reference_mode=mode, reference_dtype=kto.reference.dtype,
-                remat_policy=kto.remat_policy, logits_chunk_size=int(kto.train.logits_chunk_size))
+def kto_settings(kto: KTOSettings) -> dict[str, Any]:
+    """`kto_plan` keyword arguments from the KTO stage's settings (`lasa_jax.kto.stage.settings`). reference.mode
+    "auto" is resolved with train.num_steps when set; otherwise the run's step count needs the data and "auto" stays
+    (planned as precomputed: online only beyond `MAX_PRECOMPUTED_KL_ROWS`). max_length: the longest length bucket."""
+    t = kto.train
+    mode = kto.reference.mode
+    if mode == "auto" and t.num_steps > 0:
+        mode = resolve_reference_mode(mode, total_steps=t.num_steps, batch_size=t.batch_size)
+    return dict(batch_size=t.batch_size, grad_accum_steps=t.grad_accum_steps, max_length=kto.data.max_length,
+                param_dtype=kto.model.dtype, compute_dtype=kto.model.compute_dtype, reference_mode=mode,
+                reference_dtype=kto.reference.dtype, remat_policy=kto.remat_policy,
+                logits_chunk_size=t.logits_chunk_size)
 
 
 # rendered prompt length assumed for generation when `max_prompt_length` is 0 (no cut): MultiJail / XSTest prompts
@@ -137,7 +140,7 @@ def check_pipeline(config: Any, model_config: ModelConfig, stages: Iterable[str]
     plans, problems = [], []
     mesh = dict(config.mesh)
     if "kto" in stages:
-        plan = kto_plan(model_config, config.preset, mesh=mesh, **kto_settings(config.kto))
+        plan = kto_plan(model_config, config.preset, mesh=mesh, **kto_settings(kto_stage.settings(config.kto)))
         plans.append(plan)
         if not plan.fits:
             problems.append(f"{plan.describe()}; fits: {suggest_kto(model_config, plan)}")

@@ -2,9 +2,9 @@
 
 `PAPER_MODELS[name]` holds the hub id, the architecture (for planning and shape checks without weights; the
 checkpoint's own config.json is what `from_pretrained` uses) and the bottleneck residual index reported by the
-authors (METHOD.md §3 table, residual-index convention of `lasa_jax.models.decoder`). One entry is not a paper
+authors in their README (in the residual-index convention of `lasa_jax.models.decoder`). One entry is not a paper
 model: `smollm2_135m`, the embedded real model (SmolLM2-135M-Instruct) for CPU runs; it has no published bottleneck
-(index -1: the run's own Locate picks it) and `asset` names its cached import (`lasa_jax.infra.assets`), which configs
+(index -1: the run's own Locate picks it) and `asset` names its cached import (`lasa_jax.models.assets`), which configs
 use as model_path "asset:<asset>" instead of the hub id.
 
 `default_preset` is the preset the model's whole pipeline fits (`lasa_jax.memory_plan`), the one to pass as

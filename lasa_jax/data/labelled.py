@@ -1,10 +1,9 @@
-"""Labelled prompts for Stage 2 (the Safety Semantic Interpreter): harmful (label 1) vs benign (label 0).
+"""Labelled prompts for the SSI (`LabelledPrompt`, harmful 1 / benign 0): their readers and the SSI's row helpers.
 
 A `LabelledPrompt` carries the prompt text, its ISO 639-1 language, its label, a query-group id shared by all
 translations of one query, and the split its source assigns (None when the source has none). Group ids are
-namespaced by source ("polyrefuse/harmful_train:17", "ultrafeedback:3"), so ids of two data sets never merge
-(METHOD.md §9.9). Splits are made by group (`grouped_split`, `lasa_jax.data.groups`, re-exported here with
-`limit_groups` and `check_disjoint_groups`): all translations of one query land in the same split (§9.4).
+namespaced by source ("polyrefuse/harmful_train:17", "ultrafeedback:3"), so the ids of two data sets never merge;
+splits made by group (`lasa_jax.data.groups.grouped_split`) keep all translations of one query in one split.
 
 Loaders and the fields they assume:
 - `load_polyrefuse_prompts`: PolyRefuse harmful/harmless JSON (via `lasa_jax.data.parallel.load_polyrefuse`); the
@@ -28,6 +27,9 @@ Held-out evaluation sets (MultiJail, XSTest, OR-Bench-hard-test, OKTest) are nev
 run `lasa_jax.data.heldout.guard_inputs` (source names and content against all four files) on their inputs.
 `load_multijail_prompts` reads MultiJail for the SSI's evaluation-only harmful set (scored after training and
 threshold selection); nothing else may use it.
+
+Also here, the SSI's operations on these records: `select_languages`, `drop_near_duplicate_groups` (groups that
+nearly duplicate another split's text) and `split_summary` (counts for its report).
 """
 from __future__ import annotations
 
@@ -37,19 +39,21 @@ import logging
 import os
 import pathlib
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from lasa_jax.data.heldout import NEAR_DUPLICATE_JACCARD, TextIndex
-from lasa_jax.data.languages import normalize_language
-from lasa_jax.data.parallel import (
-    load_flores_sib200,
-    load_multijail,
-    load_polyrefuse,
+from lasa_jax.data.fields import (
+    group_id_field,
+    language_code,
+    language_field,
+    language_set,
     read_json_list,
     require_field,
     require_text,
 )
+from lasa_jax.data.heldout import NEAR_DUPLICATE_JACCARD, TextIndex
+from lasa_jax.data.languages import normalize_language
+from lasa_jax.data.parallel import load_flores_sib200, load_multijail, load_polyrefuse
 from lasa_jax.infra.errors import InputError
 from lasa_jax.infra.storage import iter_jsonl
 
@@ -119,12 +123,12 @@ def load_multijail_prompts(path: PathLike, languages: Iterable[str] | None = Non
 def load_unsafe_train_json(path: PathLike, languages: Iterable[str] | None = None) -> list[LabelledPrompt]:
     """The reference code's `unsafe_train.json` (harmful, label 1); fields: see the module docstring."""
     path = pathlib.Path(path)
-    requested = _language_set(languages)
+    requested = language_set(languages)
     records = []
     for i, row in enumerate(read_json_list(path)):
         where = f"{path} record {i}"
         text = _prompt_text(row, where, ("prompt", "query"))
-        language = _language(row, where, ("language", "lingual"))
+        language = language_field(row, where, ("language", "lingual"))
         if row.get("is_unsafe") is False:
             raise InputError(f"{where}: 'is_unsafe' is false; unsafe_train.json is expected to hold harmful "
                              f"prompts only")
@@ -147,7 +151,7 @@ def load_ultrafeedback_prompts(path: PathLike, languages: Iterable[str] | None =
     max_per_language: keep the first N rows of each file (the reference's 200); None keeps all.
     """
     path = pathlib.Path(path)
-    requested = _language_set(languages)
+    requested = language_set(languages)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if _ULTRAFEEDBACK_FILE.match(p.name))
         if not files:
@@ -161,7 +165,7 @@ def load_ultrafeedback_prompts(path: PathLike, languages: Iterable[str] | None =
         match = _ULTRAFEEDBACK_FILE.match(file.name)
         if not match:
             raise InputError(f"{file}: expected a file name monolingual_first1000_<lang>.json")
-        language = normalize_language(match.group(1))
+        language = language_code(match.group(1), f"{file}: file-name language code")
         if requested is not None and language not in requested:
             continue
         rows = read_json_list(file)
@@ -203,13 +207,11 @@ def _jsonl_record(row: Any, where: str, default_source: str) -> LabelledPrompt:
     if len(present) == 2 and row["prompt"] != row["text"]:
         raise InputError(f"{where}: fields 'prompt' and 'text' differ; give one of them")
     text = require_text(row[present[0]], where, present[0])
-    language = _language(row, where, ("language",))
+    language = language_field(row, where)
     label = require_field(row, "label", where)
     if label not in (0, 1):  # True/False compare equal to 1/0
         raise InputError(f"{where}: field 'label' must be 0 (benign) or 1 (harmful), got {label!r}")
-    group = require_field(row, "group_id", where)
-    if isinstance(group, bool) or not isinstance(group, (str, int)) or str(group).strip() == "":
-        raise InputError(f"{where}: field 'group_id' must be a non-empty string or an integer, got {group!r}")
+    group = group_id_field(row, where)
     source = require_text(row.get("source") or default_source, where, "source")
     split = row.get("split")
     if split is not None and not isinstance(split, str):
@@ -231,26 +233,12 @@ def _prompt_text(row: Any, where: str, fields: Sequence[str]) -> str:
     return require_text(value, where, field)
 
 
-def _language(row: Mapping, where: str, fields: Sequence[str]) -> str:
-    field = next((f for f in fields if row.get(f) is not None), None)
-    if field is None:
-        raise InputError(f"{where}: missing field {' or '.join(map(repr, fields))}")
-    try:
-        return normalize_language(row[field])
-    except ValueError as err:
-        raise InputError(f"{where}: field {field!r}: {err}") from err
-
-
-def _language_set(languages: Iterable[str] | None) -> frozenset[str] | None:
-    return None if languages is None else frozenset(normalize_language(lang) for lang in languages)
-
-
 # ------------------------------------------------------------------------------------------ selection and splits
 
 
 def select_languages(records: Sequence[LabelledPrompt], languages: Iterable[str] | None) -> list[LabelledPrompt]:
     """Records in `languages` (ISO codes or any spelling `normalize_language` accepts); None keeps all."""
-    wanted = _language_set(languages)
+    wanted = language_set(languages)
     return [r for r in records if wanted is None or r.language in wanted]
 
 

@@ -1,5 +1,7 @@
-"""Language names and scripts: every loader maps its language labels to ISO 639-1 two-letter codes
-(`normalize_language`), and `LANGUAGE_SCRIPTS` / `script_shares` say which writing system a language's text uses.
+"""Language names and scripts: the ISO 639-1 code of any spelling, and the writing systems of a text.
+
+Every loader maps its language labels to ISO 639-1 two-letter codes (`normalize_language`); `LANGUAGE_SCRIPTS` /
+`script_shares` say which writing system a language's text uses.
 
 Accepted spellings (case-insensitive, surrounding whitespace ignored, `_` and `-` interchangeable):
 - ISO 639-1 codes (`"en"`, `"zh"`), with optional region/script suffix (`"zh-CN"`, `"en_US"`, `"zh-Hans"`);

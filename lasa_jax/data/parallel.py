@@ -1,21 +1,18 @@
-"""Parallel text for Stage 1 (Locate): the same meaning written in several languages.
+"""Readers of parallel text (the same meaning written in several languages) -> `ParallelText` records.
 
-Every loader returns a list of `ParallelText` records. A record's `group_id` identifies its meaning ("query id") and is
-always namespaced by its source (`"flores:1239"`, `"polyrefuse/harmful_train:17"`, `"multijail:12"`), so ids of two
-data sets never merge (METHOD.md §9.9). `language` is an ISO 639-1 code (`languages.normalize_language`).
+A record's `group_id` identifies its meaning ("query id") and is always namespaced by its source (`"flores:1239"`,
+`"polyrefuse/harmful_train:17"`, `"multijail:12"`), so the ids of two data sets never merge. `language` is an ISO
+639-1 code (`lasa_jax.data.languages.normalize_language`).
 
-Loaders (paths are the dataset folders of /work/shared/data, see each folder's SOURCE.md):
+Readers (paths are the dataset folders of the shared data, see each folder's SOURCE.md):
 - `load_flores_sib200`: FLORES-200 sentences via SIB-200, benign (label 0), joined across languages by `index_id`
   (`flores_sib200_rows`: the raw TSV rows with their SIB-200 topic, for the utility metric).
 - `load_polyrefuse`: PolyRefuse harmful (label 1) / harmless (label 0) prompts, row-aligned within a split.
 - `load_multijail`: MultiJail, harmful (label 1). HELD OUT: evaluation only, never part of the Locate data.
 - `load_translated_safety_json`: the reference code's `safety_train_translated.json` layout.
-- `load_parallel_jsonl` / `load_parallel_hub`: generic rows `{text|prompt, language, group_id[, label, source]}`.
-Filtering and the default Locate corpus (`filter_parallel_groups`, `check_parallel_corpus`, `keep_common_sources`,
-`default_locate_corpus`, `corpus_summary`) are in `lasa_jax.locate.corpus_filters`; they are re-exported here
-(resolved on first use, since that module imports this one).
-
-Size: ~360 lines, just over the 350-line aim: one job (the parallel-text loaders), six formats with their checks.
+- `load_parallel_jsonl` / `load_parallel_hub`: generic rows `{text|prompt, language, group_id[, label, source,
+  split]}`.
+Grouping them into Locate's corpus (filters, the default corpus, its summary) is `lasa_jax.locate.corpus`.
 """
 from __future__ import annotations
 
@@ -27,10 +24,19 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from lasa_jax.data.fields import (
+    group_id_field,
+    language_code,
+    language_field,
+    language_set,
+    read_json_list,
+    require_field,
+    require_text,
+)
 from lasa_jax.data.heldout import POLYREFUSE_MULTIJAIL_ROWS
-from lasa_jax.data.languages import MULTIJAIL_LANGUAGES, normalize_language
+from lasa_jax.data.languages import MULTIJAIL_LANGUAGES
 from lasa_jax.infra.errors import InputError
-from lasa_jax.infra.storage import iter_jsonl, read_json
+from lasa_jax.infra.storage import iter_jsonl
 
 PathLike = str | os.PathLike
 
@@ -58,44 +64,8 @@ class ParallelText:
     label: int | None = None
 
 
-# ----------------------------------------------------------------------------------------------- shared helpers
-
-
-def requested_languages(languages: Iterable[str] | None) -> frozenset[str] | None:
-    return None if languages is None else frozenset(normalize_language(lang) for lang in languages)
-
-
-def _language(label: Any, where: str) -> str:
-    """normalize_language with the error prefixed by where the label was found."""
-    try:
-        return normalize_language(label)
-    except ValueError as err:
-        raise InputError(f"{where}: {err}") from err
-
-
-def require_text(value: Any, where: str, field: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise InputError(f"{where}: field {field!r} must be a non-empty string, got {value!r}")
-    return value
-
-
-def require_field(row: Any, field: str, where: str) -> Any:
-    if not isinstance(row, dict):
-        raise InputError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    if field not in row or row[field] is None:
-        raise InputError(f"{where}: missing field {field!r}")
-    return row[field]
-
-
-def read_json_list(path: pathlib.Path) -> list:
-    rows = read_json(path, "JSON data file")
-    if not isinstance(rows, list):
-        raise InputError(f"{path}: expected a JSON list of records, got {type(rows).__name__}")
-    return rows
-
-
-def _no_languages_error(what: str, available: Iterable[str], requested: frozenset[str] | None) -> ValueError:
-    return ValueError(f"{what}: none of the requested languages {sorted(requested or ())} is available "
+def _no_languages_error(what: str, available: Iterable[str], requested: frozenset[str] | None) -> InputError:
+    return InputError(f"{what}: none of the requested languages {sorted(requested or ())} is available "
                       f"(available: {sorted(available)})")
 
 
@@ -112,7 +82,7 @@ def load_multijail(path: PathLike, languages: Iterable[str] | None = MULTIJAIL_L
     csv_path = path / "MultiJail.csv" if path.is_dir() else path
     if not csv_path.is_file():
         raise FileNotFoundError(f"{csv_path} not found (expected MultiJail.csv)")
-    requested = requested_languages(languages)
+    requested = language_set(languages)
     with open(csv_path, encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
@@ -122,7 +92,7 @@ def load_multijail(path: PathLike, languages: Iterable[str] | None = MULTIJAIL_L
         for column in header:
             if column in ("id", "source", "tags"):
                 continue
-            language = _language(column, f"{csv_path}: column {column!r}")
+            language = language_code(column, f"{csv_path}: column {column!r}")
             if requested is None or language in requested:
                 language_columns[column] = language
         if not language_columns:
@@ -161,9 +131,9 @@ def flores_sib200_rows(dataset_dir: PathLike, languages: Iterable[str] | None = 
     if unknown_splits:
         raise InputError(f"unknown FLORES/SIB-200 splits {sorted(unknown_splits)}; "
                          f"expected a subset of {_FLORES_SPLITS}")
-    requested = requested_languages(languages)
+    requested = language_set(languages)
     folders = sorted(p for p in annotated.iterdir() if p.is_dir())
-    selected = [(p, _language(p.name, f"{annotated}: folder {p.name!r}")) for p in folders]
+    selected = [(p, language_code(p.name, f"{annotated}: folder {p.name!r}")) for p in folders]
     selected = [(p, lang) for p, lang in selected if requested is None or lang in requested]
     if not selected:
         raise _no_languages_error(str(annotated), [p.name for p in folders], requested)
@@ -205,7 +175,7 @@ def load_polyrefuse(dataset_dir: PathLike, kinds: Sequence[str] = ("harmful", "h
     translated_dir = root / "PolyRefuse"
     if not translated_dir.is_dir():
         raise FileNotFoundError(f"{translated_dir} not found (expected <polyrefuse>/PolyRefuse/*_translated_<l>.json)")
-    requested = requested_languages(languages)
+    requested = language_set(languages)
     records = []
     for kind in kinds:
         if kind not in ("harmful", "harmless"):
@@ -228,7 +198,7 @@ def _load_polyrefuse_split(root: pathlib.Path, kind: str, split: str,
     for path in sorted((root / "PolyRefuse").iterdir()):
         match = pattern.match(path.name)
         if match:
-            files[_language(match.group(1), f"{path}: file-name language code")] = path
+            files[language_code(match.group(1), f"{path}: file-name language code")] = path
     english_file = _POLYREFUSE_ENGLISH_SPLITS.get((kind, split))
     if english_file is not None:
         files["en"] = root / "dataset" / "splits" / english_file
@@ -275,7 +245,7 @@ def load_translated_safety_json(path: PathLike, source: str = "safety_translated
     group_id = "<source>:<idx>".
     """
     path = pathlib.Path(path)
-    requested = requested_languages(languages)
+    requested = language_set(languages)
     records, seen_ids = [], set()
     for i, row in enumerate(read_json_list(path)):
         where = f"{path} record {i}"
@@ -289,14 +259,15 @@ def load_translated_safety_json(path: PathLike, source: str = "safety_translated
         if not isinstance(translations, dict):
             raise InputError(f"{where}: field 'translations' must be an object {{language: text}}")
         for name, text in translations.items():
-            language = _language(name, f"{where}: field 'translations'")
+            language = language_code(name, f"{where}: field 'translations'")
             texts[language] = require_text(text, where, f"translations.{name}")
         records.extend(ParallelText(text, language, group_id, source, label)
                        for language, text in texts.items() if requested is None or language in requested)
     return records
 
 
-def record_from_row(row: Any, where: str, default_source: str) -> ParallelText:
+def _generic_record(row: Any, where: str, default_source: str) -> ParallelText:
+    """One row of the generic layout (`load_parallel_jsonl`) as a `ParallelText`."""
     if not isinstance(row, dict):
         raise InputError(f"{where}: expected a JSON object, got {type(row).__name__}")
     present = [field for field in ("text", "prompt") if row.get(field) is not None]
@@ -304,29 +275,36 @@ def record_from_row(row: Any, where: str, default_source: str) -> ParallelText:
         raise InputError(f"{where}: expected the field 'text' (or its alias 'prompt'; both only if equal), "
                          f"got {present}")
     text = require_text(row[present[0]], where, present[0])
-    language = _language(require_field(row, "language", where), f"{where}: field 'language'")
-    raw_group = require_field(row, "group_id", where)
-    if isinstance(raw_group, bool) or not isinstance(raw_group, (str, int)) or str(raw_group).strip() == "":
-        raise InputError(f"{where}: field 'group_id' must be a non-empty string or an integer, got {raw_group!r}")
+    language = language_field(row, where)
+    group = group_id_field(row, where)
     source = row.get("source") if row.get("source") is not None else default_source
     source = require_text(source, where, "source")
     label = row.get("label")
     if label is not None and (isinstance(label, bool) or label not in (0, 1)):
         raise InputError(f"{where}: field 'label' must be 0 (benign) or 1 (harmful), got {label!r}")
-    return ParallelText(text, language, f"{source}:{raw_group}", source, label)
+    return ParallelText(text, language, f"{source}:{group}", source, label)
 
 
-def load_parallel_jsonl(path: PathLike, source: str | None = None) -> list[ParallelText]:
-    """Generic JSON Lines file, one object per line: `{"text" (or "prompt"), "language", "group_id"}` plus optional
-    `"label"` (0/1) and `"source"`. group_id becomes "<source>:<group_id>"; source defaults to the file stem.
-    Blank lines are skipped; any bad line raises ValueError naming the file, line and field.
+def load_parallel_jsonl(path: PathLike, source: str | None = None, splits: Sequence[str] | None = None,
+                        what: str = "parallel JSONL file") -> list[ParallelText]:
+    """Generic JSON Lines file, one object per line: `{"text" (or "prompt"; both only when equal), "language",
+    "group_id"}` plus optional `"label"` (0/1), `"source"` and `"split"`. group_id becomes "<source>:<group_id>";
+    source defaults to the file stem.
+
+    splits: keep the rows whose `split` is one of these and the rows without a `split`; None or () keeps every row.
+    Blank lines are skipped; a bad line raises an InputError naming the file, line and field; `what` names the
+    file's role when it is missing.
     """
     path = pathlib.Path(path)
     default_source = source or path.stem
-    records = [record_from_row(row, f"{path}:{line_number}", default_source)
-               for line_number, row in iter_jsonl(path, "parallel JSONL file")]
+    keep = set(splits or ())
+    records = []
+    for line_number, row in iter_jsonl(path, what):
+        if keep and isinstance(row, dict) and row.get("split") is not None and row["split"] not in keep:
+            continue
+        records.append(_generic_record(row, f"{path}:{line_number}", default_source))
     if not records:
-        raise InputError(f"{path}: no records")
+        raise InputError(f"{path}: no records" + (f" with split in {sorted(keep)}" if keep else ""))
     return records
 
 
@@ -344,7 +322,7 @@ def load_parallel_hub(dataset_id: str, split: str = "train", data_files: Any = N
             source = pathlib.Path(data_files).stem
     dataset = datasets.load_dataset(dataset_id, split=split, data_files=data_files,
                                      cache_dir=None if cache_dir is None else os.fspath(cache_dir))
-    records = [record_from_row(row, f"{dataset_id} ({split}) record {i}", source) for i, row in enumerate(dataset)]
+    records = [_generic_record(row, f"{dataset_id} ({split}) record {i}", source) for i, row in enumerate(dataset)]
     if not records:
         raise InputError(f"{dataset_id} ({split}): no records")
     return records

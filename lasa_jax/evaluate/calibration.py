@@ -1,4 +1,5 @@
-"""Judge calibration: score a safety judge against WildGuard labels on real model responses.
+"""Judge calibration: score a safety judge against WildGuard labels on real model responses, and find the measured
+calibration of the safety judge an evaluation runs (`find_calibration`).
 
 Labelled data: `<root>/<model>/<language>/harmful_<mode>_evaluations.no_tokens.json` (the shared
 `polyrefuse_completions` folder, see its SOURCE.md): PolyRefuse harmful_test prompts, one model's responses, and
@@ -25,16 +26,19 @@ from typing import Any
 
 from lasa_jax.data.heldout import POLYREFUSE_MULTIJAIL_ROWS
 from lasa_jax.data.preference.polyrefuse import COMPLETIONS_SUFFIX, read_completions_file
+from lasa_jax.evaluate.heuristics import RefusalHeuristicJudge
 from lasa_jax.evaluate.verdicts import INVALID, SAFETY_TASK, UNSAFE, Judge
 from lasa_jax.infra import storage
+from lasa_jax.infra.distributed import is_writer
 from lasa_jax.infra.errors import InputError, config_field
-from lasa_jax.infra.storage import atomic_write_json, atomic_write_text
+from lasa_jax.infra.storage import atomic_write_json, atomic_write_text, read_json
 
 SPLITS = ("odd", "even", "all")
 GOAL_MAX_DELTA_POINTS = 5.0
 GOAL_MIN_AGREEMENT = 0.90
 CALIBRATION_JSON = "calibration.json"
 CALIBRATION_MD = "calibration.md"
+LABELLED_SUBDIR = "polyrefuse_completions"  # the labelled folder's name under the shared data folder
 
 
 
@@ -64,6 +68,14 @@ def labelled_files(root: str | os.PathLike) -> list[str]:
     if not paths:
         raise InputError(f"{root}: no <model>/<language>/harmful_<mode>{COMPLETIONS_SUFFIX} files")
     return paths
+
+
+def has_labelled_data(path: str) -> bool:
+    """Whether `path` holds labelled response files (False for "" or a folder without them)."""
+    try:
+        return bool(path) and bool(labelled_files(path))
+    except InputError:
+        return False
 
 
 def _file_rows(path: str, drop: set[int]) -> list[LabelledResponse]:
@@ -210,3 +222,29 @@ def calibration_summary(result: Mapping[str, Any], path: str = "") -> dict[str, 
             "languages": {lang: {k: m[k] for k in ("n", "asr_judge", "asr_reference", "delta_points", "agreement",
                                                    "kappa")}
                           for lang, m in result["languages"].items()}}
+
+
+def find_calibration(judge: Judge, explicit_path: str = "", labelled: str = "",
+                     out_dir: str = "") -> dict[str, Any] | None:
+    """The measured calibration of a safety judge, as `calibration_summary` (None = not calibrated).
+
+    Looked up in order: `explicit_path` (a calibration.json from `scripts.calibrate_judge`; it must name this
+    judge); the calibration.json a judge carries as `calibration_path` (the calibrated n-gram judge stores it with
+    its weights); for the refusal-phrase heuristic, measured now on the odd rows of `labelled` (seconds) and written
+    to `<out_dir>/judge_calibration/` (process 0). LLM judges without an explicit file are not calibrated (run
+    `scripts.calibrate_judge` and pass --config.judge.calibration). A `CachedJudge` is looked through.
+    """
+    inner = getattr(judge, "inner", judge)
+    path = explicit_path or getattr(inner, "calibration_path", "")
+    if path:
+        result = read_json(path, "judge calibration file")
+        if result.get("judge") != judge.name:
+            raise InputError(f"{path}: calibration of judge {result.get('judge')!r}, but the judge that runs is "
+                             f"{judge.name!r}")
+        return calibration_summary(result, storage.absolute(path))
+    if isinstance(inner, RefusalHeuristicJudge) and has_labelled_data(labelled):
+        result = calibrate(inner, load_labelled_responses(labelled, split="odd"), split="odd", data_root=labelled)
+        if out_dir and is_writer():
+            path = write_calibration(os.path.join(out_dir, "judge_calibration"), result)[0]
+        return calibration_summary(result, storage.absolute(path) if path else "")
+    return None

@@ -1,5 +1,6 @@
-"""Judges: label (prompt, response) pairs for attack-success and over-refusal metrics; the LLM judges live here, the
-others in `heuristics`, `ngram_judge`, the verdict cache in `judge_cache` (all names re-exported here).
+"""The LLM judges: a chat model labels (prompt, response) pairs through a rubric or Llama Guard's own template, and
+its completion is parsed into a `Verdict`. The other judges: `heuristics` (refusal phrases), `ngram_judge` (the
+calibrated one); the verdict cache: `judge_cache`; building any of them by kind: `judge_factory`.
 
 Two tasks, told apart by `judge.task`:
 - "safety" (ASR): labels "safe" | "unsafe" | "invalid". `LlamaGuard3Judge`, `RubricJudge` (MultiJail-style rubric)

@@ -18,7 +18,7 @@ Training data (`train_ngram_judge`): the EVEN rows of every WildGuard-labelled f
 beside the weights. Artifact directory (`save_artifact` / `load_artifact`): `config.json` (feature and fit
 settings, training files with sha256, calibrated languages) + `weights.safetensors` (`w` [num_features] float32,
 `b` [1] float32) + `calibration.json` / `calibration.md`. `cached_ngram_judge(data_root)` trains it once and keeps
-it under `lasa_jax.infra.assets.cache_dir()/judges/<name>/`, keyed by a hash of the settings and the training files.
+it under `lasa_jax.infra.cache.cache_dir()/judges/<name>/`, keyed by a hash of the settings and the training files.
 
 `NgramJudge` labels pairs in the calibrated languages with the model, other languages with the refusal-phrase
 heuristic (`RefusalHeuristicJudge`, marked uncalibrated in the report); every language first goes through the
@@ -38,8 +38,17 @@ from typing import Any
 
 import numpy as np
 
+from lasa_jax.evaluate.calibration import (
+    CALIBRATION_JSON,
+    CALIBRATION_MD,
+    calibrate,
+    labelled_files,
+    load_labelled_responses,
+    render_calibration_markdown,
+)
 from lasa_jax.evaluate.heuristics import RefusalHeuristicJudge, invalid_reason
 from lasa_jax.evaluate.verdicts import INVALID, SAFE, SAFETY_TASK, UNSAFE, Verdict, check_pairs
+from lasa_jax.infra.cache import cache_dir
 from lasa_jax.infra.errors import InputError
 from lasa_jax.infra.storage import atomic_directory, read_json, sha256_file
 
@@ -184,7 +193,8 @@ class NgramJudge:
 
     def __init__(self, artifact: NgramArtifact, calibration_path: str = ""):
         self.artifact = artifact
-        self.calibration_path = calibration_path  # its calibration.json (odd half), "" if unknown
+        # its calibration.json (odd half; "" if unknown): `calibration.find_calibration` reads it
+        self.calibration_path = calibration_path
         self.fallback = RefusalHeuristicJudge(task=SAFETY_TASK)
         self.calibrated_languages = artifact.languages
         self.name = f"{artifact.name}(calibrated: {','.join(artifact.languages)}; other languages: refusal heuristic)"
@@ -247,8 +257,6 @@ def choose_thresholds(probs: np.ndarray, rows, invalid: np.ndarray) -> dict[str,
 def train_ngram_judge(root: str | os.PathLike, settings: NgramSettings = NgramSettings()) -> NgramArtifact:
     """Fit the judge on the even rows of every labelled file under `root` (polyrefuse_completions): thresholds
     from two-fold out-of-fold probabilities, weights from all even rows."""
-    from lasa_jax.evaluate.calibration import labelled_files, load_labelled_responses
-
     files = labelled_files(root)
     rows = load_labelled_responses(root, split="even")
     x = ngram_features([r.response for r in rows], settings)
@@ -272,9 +280,6 @@ def train_ngram_judge(root: str | os.PathLike, settings: NgramSettings = NgramSe
 
 def ngram_cache_dir(root: str | os.PathLike, settings: NgramSettings = NgramSettings()) -> str:
     """`<cache_dir()>/judges/ngram-lr-<key>`: where `cached_ngram_judge` keeps the judge trained on `root`."""
-    from lasa_jax.evaluate.calibration import labelled_files
-    from lasa_jax.infra.assets import cache_dir
-
     key = _training_key(labelled_files(root), settings)
     return os.path.join(os.fspath(cache_dir()), "judges", f"ngram-lr-{key[:16]}")
 
@@ -282,14 +287,6 @@ def ngram_cache_dir(root: str | os.PathLike, settings: NgramSettings = NgramSett
 def cached_ngram_judge(root: str | os.PathLike, settings: NgramSettings = NgramSettings()) -> tuple[NgramJudge, str]:
     """The judge trained on `root` (trained, odd-half calibrated and cached on first use); returns (judge, its
     artifact directory, which holds calibration.json)."""
-    from lasa_jax.evaluate.calibration import (
-        CALIBRATION_JSON,
-        CALIBRATION_MD,
-        calibrate,
-        load_labelled_responses,
-        render_calibration_markdown,
-    )
-
     directory = ngram_cache_dir(root, settings)
     calibration_path = os.path.join(directory, CALIBRATION_JSON)
     artifact = None

@@ -1,7 +1,7 @@
 """Evaluation report: judged rows of several systems -> report.json (built here), report.md (`report_markdown`) and
 grouped bar charts (`report_plots`).
 
-Row format (one dict per judged response, as `judge_responses` builds it):
+Row format (one dict per judged response, as `lasa_jax.evaluate.runner.judge_responses` builds it):
 {"id", "language", "source", "expected", "category", "prompt", "response", "verdict", "raw", "categories", "judge"}.
 ASR rows carry safety verdicts ("safe" | "unsafe" | "invalid"), refusal rows carry refusal verdicts
 ("refusal" | "compliance" | "invalid"); see `lasa_jax.evaluate.metrics` for the definitions. SSI rows (one per
@@ -23,13 +23,12 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lasa_jax.data.eval_sets import EvalPrompt
 from lasa_jax.data.languages import MULTIJAIL_LANGUAGES
 from lasa_jax.decoding.answers import GATED_MODES
 from lasa_jax.evaluate.metrics import asr_summary, refusal_by_language, refusal_summary
 from lasa_jax.evaluate.report_markdown import render_markdown
 from lasa_jax.evaluate.report_plots import ASR_CHART_PNG, SYSTEMS_CHART_PNG, plot_asr, plot_comparison
-from lasa_jax.evaluate.verdicts import APPROXIMATE_MARKER, REFUSAL, Judge
+from lasa_jax.evaluate.verdicts import APPROXIMATE_MARKER, REFUSAL
 from lasa_jax.infra import storage
 from lasa_jax.infra.storage import atomic_write_json, atomic_write_text
 from lasa_jax.statistics import Rate
@@ -38,15 +37,6 @@ REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 
 Rows = Sequence[Mapping[str, Any]]
-
-
-def judge_responses(judge: Judge, prompts: Sequence[EvalPrompt], responses: Sequence[str]) -> list[dict[str, Any]]:
-    """Judge `responses[i]` to `prompts[i]` and return report rows (see the module docstring)."""
-    if len(prompts) != len(responses):
-        raise ValueError(f"judge_responses: {len(prompts)} prompts but {len(responses)} responses")
-    verdicts = judge.judge([p.prompt for p in prompts], list(responses), languages=[p.language for p in prompts])
-    return [{**p.to_dict(), "response": r, "verdict": v.label, "raw": v.raw, "categories": list(v.categories),
-             "judge": judge.name} for p, r, v in zip(prompts, responses, verdicts)]
 
 
 def _judge_name(rows_by_system: Mapping[str, Rows], given: str | None, what: str) -> str:

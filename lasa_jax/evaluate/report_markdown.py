@@ -1,5 +1,6 @@
-"""The evaluation report as markdown (report.md): per-language ASR / refusal tables with the judge notes and
-calibration, the systems side by side, the utility section (report.json's parts, `lasa_jax.evaluate.report`)."""
+"""The evaluation report as markdown: report.md (per-language ASR / refusal tables with the judge notes and
+calibration, the systems side by side, the utility section) and the headline lines of the pipeline report, both
+from report.json's parts (`lasa_jax.evaluate.report`)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -179,4 +180,25 @@ def render_utility_markdown(utility: Mapping[str, Any]) -> list[str]:
                           _mean_cell(diff["all"]["nll"])])
         lines += _table(["language", f"{system} − {reference} accuracy", f"{system} − {reference} NLL/token"],
                         diff_rows)
+    return lines
+
+
+def headline_lines(report: Mapping[str, Any]) -> list[str]:
+    """The summary's headline numbers, averaged over languages: ASR and benign refusal rate per system (baseline,
+    prefix_only, lasa, ...) and the SSI's flag rates, from report.json's "comparison" part (ASR only for older
+    reports without it)."""
+    comp = report.get("comparison")
+    if not comp:
+        parts = [f"{system} {_percent(summary.get('macro_asr'))}"
+                 for system, summary in report.get("asr", {}).get("systems", {}).items()]
+        return ["Average ASR over languages: " + ", ".join(parts) + "."] if parts else []
+    lines = []
+    for metric in comp["metrics"].values():
+        parts = [f"{system} **{_percent(metric['systems'][system]['average'])}**" for system in comp["systems"]
+                 if system in metric["systems"]]
+        lines.append(f"- Average {metric['label']} over languages: " + ", ".join(parts) + ".")
+    ssi = comp.get("ssi")
+    if ssi:
+        lines.append(f"- The SSI flagged {_percent(ssi['harmful']['average'])} of harmful and "
+                     f"{_percent(ssi['benign']['average'])} of benign prompts (averaged over languages).")
     return lines

@@ -14,7 +14,7 @@ with `np.random.default_rng(seed)` (the TSVs are grouped by topic, so a prefix w
    SmolLM2-135M-Instruct: "token" predicted "science/technology" (3 tokens; "/technology" is nearly certain after
    "science") for every sentence, so the sum is the default; the summary holds both. Prediction: the
    argmax (ties: the first label in `SIB200_TOPICS` order). Accuracy per language with a Wilson interval
-   (`metrics.wilson_interval`). Shots (`k_shot`, default 0) come from the train split of the same language
+   (`lasa_jax.statistics.Rate`). Shots (`k_shot`, default 0) come from the train split of the same language
    (seeded, the same shots for every sentence of a language); the scored split is test (or dev), never train.
 2. Per-token NLL: each sentence of `nll_split` (default dev), raw text with the tokenizer's default special tokens
    (SmolLM2/Qwen add none, Llama adds BOS); NLL (nats) of every token but the first (nothing predicts it). Per
@@ -23,10 +23,10 @@ with `np.random.default_rng(seed)` (the TSVs are grouped by topic, so a prefix w
    finely the tokenizer splits a script (byte-split scripts get many easy tokens), so compare systems within a
    language; `nll_per_byte` (all NLL / UTF-8 bytes of the sentences) is comparable across languages.
 
-Computation (`label_logprobs`, in `utility_scoring`): each prompt runs once (left-padded, bucketed with
-`activations.bucketed_batches`, so one compile per bucket length) and fills a KV cache; the 7 label continuations
-then run as 7 rows per prompt against copies of that cache, all in the same jit program. NLL uses
-`kto_step.batch_logps` on right-padded buckets.
+Computation (`utility_scoring`): each prompt runs once (left-padded, bucketed with
+`models.capture.bucketed_batches`, so one compile per bucket length) and fills a KV cache; the 7 label continuations
+then run as 7 rows per prompt against copies of that cache, all in the same jit program (`label_logprobs`). NLL
+(`sentence_nll`) uses `models.logprobs.batch_logps` on right-padded buckets.
 Comparing systems (`compare_utility`): the same sentences for every system; differences (system - baseline) have a
 paired t interval over sentences (accuracy: per-sentence correct 0/1; NLL: per-sentence mean NLL).
 """
@@ -42,11 +42,14 @@ from typing import Any
 
 import numpy as np
 
-from lasa_jax.data.languages import MULTIJAIL_LANGUAGES, normalize_language
 from lasa_jax.data.parallel import flores_sib200_rows
+from lasa_jax.evaluate.settings import UtilityRunSettings, UtilitySettings
 from lasa_jax.evaluate.utility_scoring import NORMALIZATIONS, label_logprobs, predict_labels, sentence_nll
 from lasa_jax.infra import storage
+from lasa_jax.infra.distributed import is_writer
 from lasa_jax.infra.errors import InputError
+from lasa_jax.infra.storage import write_jsonl
+from lasa_jax.models.loading import load_model, load_tokenizer
 from lasa_jax.statistics import Rate
 
 log = logging.getLogger(__name__)
@@ -56,31 +59,6 @@ PROMPT_HEADER = "Topic classification. Topics: " + ", ".join(SIB200_TOPICS) + ".
 SHOT_TEMPLATE = "Sentence: {text}\nTopic: {label}\n\n"
 QUERY_TEMPLATE = "Sentence: {text}\nTopic:"
 FLORES_DIR = "flores200_sib200"
-
-
-@dataclasses.dataclass(frozen=True)
-class UtilitySettings:
-    """What `evaluate_utility` measures (the `utility` section of configs/evaluate.py)."""
-
-    languages: tuple[str, ...] = MULTIJAIL_LANGUAGES
-    max_sentences: int | None = 50      # per language and metric; None = the whole split
-    split: str = "test"                 # SIB-200 split classified (test or dev)
-    nll_split: str = "dev"              # FLORES split for per-token NLL
-    k_shot: int = 0
-    normalization: str = "none"
-    batch_size: int | None = None       # prompts per batch (None: `default_batch_size`)
-    seed: int = 0
-    z: float = 1.96
-
-    def __post_init__(self):
-        if self.split not in ("test", "dev") or self.nll_split not in ("test", "dev"):
-            raise InputError(f"utility.split and utility.nll_split must be 'test' or 'dev' (never train), got "
-                             f"{self.split!r} and {self.nll_split!r}")
-        if self.normalization not in NORMALIZATIONS:
-            raise InputError(f"utility.normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
-        if self.k_shot < 0 or (self.max_sentences is not None and self.max_sentences < 1):
-            raise InputError(f"utility.k_shot must be >= 0 and utility.max_sentences >= 1 (0 = all), got "
-                             f"{self.k_shot} and {self.max_sentences}")
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -243,62 +221,45 @@ TOKENISATION_NOTE = ("raw text with the tokenizer's default special tokens; labe
                      "without special tokens; NLL on every token but the first")
 
 
-def settings_from_config(utility) -> UtilitySettings:
-    """`UtilitySettings` of configs/evaluate.py's `utility` section (max_sentences 0 = all)."""
-    from lasa_jax.infra.base_config import comma_list
-
-    return UtilitySettings(languages=tuple(normalize_language(lang) for lang in comma_list(utility.languages)),
-                           max_sentences=int(utility.max_sentences) or None, split=str(utility.split),
-                           nll_split=str(utility.nll_split), k_shot=int(utility.k_shot),
-                           normalization=str(utility.normalization), batch_size=int(utility.batch_size) or None,
-                           seed=int(utility.seed))
-
-
 def not_run(reason: str) -> dict[str, Any]:
     log.warning("utility: not run: %s", reason)
     return {"status": "not run", "reason": reason}
 
 
-def run_utility(config, mesh=None, out_dir: str | None = None) -> dict[str, Any]:
-    """The utility section of the evaluate stage: every system of `config.utility.models` with a path is loaded
-    (dtype/mesh of `config`), scored on the same sentences, and compared with "baseline" when present.
+def run_utility(settings: UtilityRunSettings, mesh=None, out_dir: str | None = None) -> dict[str, Any]:
+    """The utility section of the evaluate stage: every system of `settings.models` is loaded (its dtypes, onto
+    `mesh`), scored on the same sentences, and compared with "baseline" when present.
 
     Returns {"status": "ran", "settings", "systems": {name: summary}, "reference", "differences"} or
     {"status": "not run", "reason"} (disabled, no data_root, no FLORES/SIB-200 under it, no model paths).
     With `out_dir` (process 0), per-sentence rows go to utility_<system>.jsonl.
     """
-    from lasa_jax.infra.distributed import is_writer
-    from lasa_jax.infra.storage import write_jsonl
-    from lasa_jax.models.loading import load_model, load_tokenizer, read_model_settings
-
-    utility = config.utility
-    if not utility.enabled:
+    if not settings.enabled:
         return not_run("disabled (--config.utility.enabled=False)")
-    if not utility.data_root:
+    if not settings.data_root:
         return not_run("no --config.utility.data_root (the folder holding flores200_sib200/)")
-    dataset_dir = os.path.join(utility.data_root, FLORES_DIR)
+    dataset_dir = os.path.join(settings.data_root, FLORES_DIR)
     if not os.path.isdir(os.path.join(dataset_dir, "data", "annotated")):
         return not_run(f"no FLORES/SIB-200 data at {dataset_dir}/data/annotated")
-    models = {name: path for name, path in utility.models.items() if path}
-    if not models:
+    if not settings.models:
         return not_run("no model paths in --config.utility.models")
-    settings = settings_from_config(utility)
-    data = load_utility_data(dataset_dir, settings)
-    tokenizer_path = utility.tokenizer_path or models.get("baseline") or next(iter(models.values()))
-    tokenizer = load_tokenizer(tokenizer_path)
+    metric = settings.metric
+    data = load_utility_data(dataset_dir, metric)
+    tokenizer = load_tokenizer(settings.tokenizer_path)
     summaries, rows = {}, {}
-    for name, path in models.items():
-        model = load_model(read_model_settings(config), mesh, path=path)
-        summaries[name], rows[name] = evaluate_utility(model, tokenizer, data, settings)
-        summaries[name]["model_path"] = storage.absolute(path)
+    for name, model_settings in settings.models.items():
+        model = load_model(model_settings, mesh)
+        summaries[name], rows[name] = evaluate_utility(model, tokenizer, data, metric)
+        summaries[name]["model_path"] = storage.absolute(model_settings.path)
         del model
         log.info("utility %s: macro SIB-200 accuracy %.3f, macro NLL/token %.3f (%.0f s)", name,
                  summaries[name]["macro_accuracy"], summaries[name]["macro_nll"], summaries[name]["wall_s"])
         if out_dir and is_writer():
             write_jsonl(os.path.join(out_dir, f"utility_{name}.jsonl"), rows[name])
     reference = "baseline" if "baseline" in rows else None
-    return {"status": "ran", "settings": {**dataclasses.asdict(settings), "prompt": topic_prompt("<text>"),
+    return {"status": "ran", "settings": {**dataclasses.asdict(metric), "prompt": topic_prompt("<text>"),
                                           "labels": list(SIB200_TOPICS), "tokenisation": TOKENISATION_NOTE,
-                                          "tokenizer": storage.absolute(tokenizer_path), "data": dataset_dir},
-            "languages": list(settings.languages), "systems": summaries, "reference": reference,
-            "differences": compare_utility(rows, reference, settings.z) if reference else {}}
+                                          "tokenizer": storage.absolute(settings.tokenizer_path),
+                                          "data": dataset_dir},
+            "languages": list(metric.languages), "systems": summaries, "reference": reference,
+            "differences": compare_utility(rows, reference, metric.z) if reference else {}}

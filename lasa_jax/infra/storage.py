@@ -259,7 +259,7 @@ def open_append(path: str | os.PathLike) -> IO:
 
 def append_after_complete_lines(url: str, data: bytes) -> None:
     """At a URL: store the complete lines of `url` (a torn last line of a killed writer dropped) followed by
-    `data`, in one put. (Local files do this in place: `lasa_jax.evaluate.judges`.)"""
+    `data`, in one put. (Local files do this in place: `lasa_jax.evaluate.judge_cache`.)"""
     with named_write_errors(url):
         url_store.append(url, data, drop_torn_tail=True)
 

@@ -1,6 +1,6 @@
 """The persistent XLA compilation cache, on by default: `enable_compilation_cache(setting)` sets it up once per run.
 
-Location: `$LASA_JAX_XLA_CACHE` if set, else `<lasa_jax.infra.assets.cache_dir()>/xla` (`$LASA_JAX_CACHE/xla`, by
+Location: `$LASA_JAX_XLA_CACHE` if set, else `<lasa_jax.infra.cache.cache_dir()>/xla` (`$LASA_JAX_CACHE/xla`, by
 default `~/.cache/lasa-jax/xla`); a `setting` (e.g. a config field) other than "" or "auto" names the directory.
 Off switch: setting or `$LASA_JAX_XLA_CACHE` = "off" (also "0", "false", "none"). A cache directory already set
 (`JAX_COMPILATION_CACHE_DIR` or `jax.config`, e.g. by tests) is left as it is. Programs are cached only when they
@@ -29,7 +29,7 @@ def compilation_cache_dir(setting: str = "") -> str | None:
         return None
     if value != "auto":
         return value
-    from lasa_jax.infra.assets import cache_dir
+    from lasa_jax.infra.cache import cache_dir
 
     return os.path.join(str(cache_dir()), "xla")
 

@@ -1,6 +1,6 @@
 """Sequence-length buckets of KTO batches: each batch is trimmed on the host to the smallest bucket that holds it.
 
-Rows are right-padded to `data.max_length` by `lasa_jax.data.preference.iterate_kto_batches`; a batch whose longest
+Rows are right-padded to `data.max_length` by `lasa_jax.kto.batches.iterate_kto_batches`; a batch whose longest
 real row (policy or KL, padding rows included) has n tokens only needs the first n positions. Trimming to the
 smallest bucket >= n of a short fixed list (`length_buckets`: powers of two from 64, then max_length) keeps the
 number of compiled step programs small (4 for max_length 512) while most of the padding is never computed. The

@@ -1,8 +1,7 @@
 """KTO training data: rows -> held-out guard -> + benign rows -> latent labels -> token-level examples -> weights.
 
-`prepare_examples(config, tokenizer, base_model)` is the whole preparation of `train_kto` (configs/kto.py sections
-`data`, `labels`, `train` weights); `load_rows`, `label_rows` and `data_fingerprint` are its steps. Errors name
-config fields as `lasa_jax.stage.config_field` spells them.
+`prepare_examples(settings, tokenizer, base_model)` is the whole preparation of a run (the `data`, `labels` and
+`train` class-weight settings); `load_rows`, `label_rows` and `data_fingerprint` are its steps.
 """
 from __future__ import annotations
 
@@ -12,18 +11,19 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import ml_collections
 import numpy as np
 
 from lasa_jax.data.heldout import guard_inputs
 from lasa_jax.data.preference.formats import load_paired_preference_json, load_unpaired_jsonl
 from lasa_jax.data.preference.polyrefuse import convert_polyrefuse_completions, family_completion_models
 from lasa_jax.data.preference.rows import PreferenceRow
-from lasa_jax.infra.base_config import comma_list, template_kwargs
+from lasa_jax.infra.base_config import comma_list
 from lasa_jax.infra.errors import InputError, config_field
 from lasa_jax.infra.storage import read_json
+from lasa_jax.kto import benign as benign_data
 from lasa_jax.kto.examples import KTOExample, tokenize_rows
 from lasa_jax.kto.labels import assign_latent_labels
+from lasa_jax.kto.settings import KTODataSettings, KTOSettings, LabelSettings
 from lasa_jax.kto.weights import balance_class_weights
 from lasa_jax.models.decoder import Decoder
 from lasa_jax.models.hf import model_fingerprint, resolve_model_path
@@ -31,26 +31,19 @@ from lasa_jax.sharding import batch_shards
 
 log = logging.getLogger(__name__)
 
-DATA_FORMATS = ("paired_json", "unpaired_jsonl", "polyrefuse_completions")
-LABEL_MODES = ("paper", "ssi")
 
-
-def load_rows(data: ml_collections.ConfigDict,
-              model_type: str | None = None) -> tuple[list[PreferenceRow], dict[str, Any]]:
-    """Rows of `data.path` (comma-separated paths are concatenated) read as `data.format`, and loader counts.
+def load_rows(data: KTODataSettings, model_type: str | None = None) -> tuple[list[PreferenceRow], dict[str, Any]]:
+    """Rows of `data.paths` (concatenated) read as `data.format`, and loader counts.
 
     polyrefuse_completions: the model folders come from `data.polyrefuse.models` (`completion_models`: "auto"
     selects the family of `model_type`, the base model's config.json model_type).
     """
-    if data.format not in DATA_FORMATS:
-        raise InputError(f"{config_field('data.format')} must be one of {DATA_FORMATS}, got {data.format!r}")
-    paths = [p.strip() for p in str(data.path).split(",") if p.strip()]
-    if not paths:
+    if not data.paths:
         raise InputError(f"{config_field('data.path')} is required (a preference file, or the PolyRefuse completions "
                          "root)")
     rows: list[PreferenceRow] = []
     counts: dict[str, Any] = {}
-    for path in paths:
+    for path in data.paths:
         if data.format == "paired_json":
             loaded = load_paired_preference_json(path)
         elif data.format == "unpaired_jsonl":
@@ -59,8 +52,7 @@ def load_rows(data: ml_collections.ConfigDict,
             pr = data.polyrefuse
             models, why = completion_models(pr.models, path, model_type)
             loaded, counts[path] = convert_polyrefuse_completions(
-                path, models=models, languages=comma_list(pr.languages) or None,
-                modes=comma_list(pr.modes), source=pr.source)
+                path, models=models, languages=list(pr.languages) or None, modes=list(pr.modes), source=pr.source)
             counts[path]["models"] = sorted({row.origin.split("/", 1)[0] for row in loaded})
             counts[path]["models_selected_by"] = why
             log.info("KTO data: polyrefuse completions of %s (%s)", counts[path]["models"], why)
@@ -89,31 +81,13 @@ def _model_type(model_dir: str) -> str:
     return str(read_json(os.path.join(model_dir, "config.json"), "model config").get("model_type", ""))
 
 
-def parse_unsafe_probs(spec: str) -> dict[str, float]:
-    """"safety=0.5,ultrafeedback=0" -> {"safety": 0.5, "ultrafeedback": 0.0} (`labels.unsafe_prob_by_source`)."""
-    probs = {}
-    for item in comma_list(spec):
-        name, sep, value = item.partition("=")
-        try:
-            if not sep or not name.strip():
-                raise ValueError
-            probs[name.strip()] = float(value)
-        except ValueError:
-            raise InputError(f"{config_field('labels.unsafe_prob_by_source')}: expected 'source=prob,...', "
-                             f"got {spec!r}") from None
-    return probs
-
-
-def label_rows(rows: Sequence[PreferenceRow], config: ml_collections.ConfigDict,
+def label_rows(rows: Sequence[PreferenceRow], labels: LabelSettings,
                base_model: Callable[[], Decoder]) -> list[PreferenceRow]:
     """Latent labels by `labels.mode`. "ssi" scores each distinct prompt text with the SSI on `base_model()` (the
     frozen `model_path` model the SSI was trained on, neither the initial policy nor the reference)."""
-    labels = config.labels
-    if labels.mode not in LABEL_MODES:
-        raise InputError(f"{config_field('labels.mode')} must be one of {LABEL_MODES}, got {labels.mode!r}")
     if labels.mode == "paper":
-        return assign_latent_labels(rows, "paper", unsafe_prob_by_source=parse_unsafe_probs(
-            labels.unsafe_prob_by_source), default_prob=labels.default_prob, seed=labels.seed)
+        return assign_latent_labels(rows, "paper", unsafe_prob_by_source=labels.unsafe_prob_by_source,
+                                    default_prob=labels.default_prob, seed=labels.seed)
     if not labels.ssi_dir:
         raise InputError(f"{config_field('labels.ssi_dir')} is required with labels.mode='ssi' (a trained SSI "
                          "directory)")
@@ -135,7 +109,7 @@ def data_fingerprint(examples: Sequence[KTOExample]) -> str:
     return h.hexdigest()[:24]
 
 
-def prepare_examples(config: ml_collections.ConfigDict, tokenizer,
+def prepare_examples(settings: KTOSettings, tokenizer,
                      base_model: Callable[[], Decoder]) -> tuple[list[KTOExample], dict[str, Any]]:
     """Rows -> held-out guard -> + benign rows -> latent labels -> token-level examples -> class weights.
 
@@ -143,22 +117,21 @@ def prepare_examples(config: ml_collections.ConfigDict, tokenizer,
     dropped per class, source and language), "examples", "desirable", "undesirable", "weights"
     (`balance_class_weights`: the weights the run uses) and "data_fingerprint".
     """
-    data = config.data
-    model_dir = resolve_model_path(config.model_path)
+    data = settings.data
+    model_dir = resolve_model_path(settings.model.path)
     rows, load_counts = load_rows(data, _model_type(model_dir))
-    guarded, held_out = guard_inputs({"rows": rows}, data.get("root", ""), "KTO data",
-                                     allow_missing=bool(data.get("allow_missing_held_out", False)))
+    guarded, held_out = guard_inputs({"rows": rows}, data.root, "KTO data", allow_missing=data.allow_missing_held_out)
     rows = guarded["rows"]
-    rows, benign = _with_benign_rows(rows, config, tokenizer, base_model, model_dir)
-    rows = label_rows(rows, config, base_model)
+    rows, benign = _with_benign_rows(rows, settings, tokenizer, base_model, model_dir)
+    rows = label_rows(rows, settings.labels, base_model)
     examples, token_counts = tokenize_rows(
-        rows, tokenizer, prefix=config.prefix, max_length=data.max_length,
-        max_prompt_length=data.max_prompt_length or None, template_kwargs=template_kwargs(config),
-        truncate_completions=bool(data.get("truncate_completions", True)))
+        rows, tokenizer, prefix=settings.prefix, max_length=data.max_length,
+        max_prompt_length=data.max_prompt_length or None, template_kwargs=settings.template_kwargs,
+        truncate_completions=data.truncate_completions)
     num_desirable = sum(e.desirable for e in examples)
-    t = config.train
+    t = settings.train
     weights = balance_class_weights(num_desirable, len(examples) - num_desirable, t.desirable_weight,
-                                    t.undesirable_weight, t.get("balance_weights", ""))
+                                    t.undesirable_weight, t.balance_weights)
     summary = {"load": load_counts, "held_out": held_out, "benign": benign, "tokenize": token_counts,
                "examples": len(examples), "desirable": num_desirable,
                "undesirable": len(examples) - num_desirable, "weights": weights,
@@ -167,29 +140,28 @@ def prepare_examples(config: ml_collections.ConfigDict, tokenizer,
     return examples, summary
 
 
-def _with_benign_rows(rows: list[PreferenceRow], config: ml_collections.ConfigDict, tokenizer,
+def _with_benign_rows(rows: list[PreferenceRow], settings: KTOSettings, tokenizer,
                       base_model: Callable[[], Decoder], model_dir: str) -> tuple[list[PreferenceRow], dict]:
     """rows + benign rows making `data.benign.share` of them (`lasa_jax.kto.benign`), held-out guarded."""
-    from lasa_jax.infra.assets import cache_dir
-    from lasa_jax.kto.loss import benign as benign_data
+    from lasa_jax.infra.cache import cache_dir
 
-    spec = config.data.benign
-    wanted = benign_data.num_benign_rows(len(rows), float(spec.share))
+    data, spec = settings.data, settings.data.benign
+    wanted = benign_data.num_benign_rows(len(rows), spec.share)
     if wanted == 0:
-        return rows, {"share": float(spec.share), "used": 0}
-    if not config.data.get("root", ""):
+        return rows, {"share": spec.share, "used": 0}
+    if not data.root:
         raise InputError(f"{config_field('data.benign.share')} > 0 needs {config_field('data.root')} (PolyRefuse "
                          "harmless-train prompts); set data.benign.share=0 to train without benign rows")
-    languages = comma_list(spec.languages) or sorted({r.language for r in rows if r.language})
-    prompts = benign_data.benign_prompts(config.data.root, languages, min(wanted, int(spec.max_prompts)))
+    languages = list(spec.languages) or sorted({r.language for r in rows if r.language})
+    prompts = benign_data.benign_prompts(data.root, languages, min(wanted, spec.max_prompts))
     generated, counts = benign_data.generate_benign_rows(
         base_model(), tokenizer, prompts, model_fingerprint=model_fingerprint(model_dir),
-        cache_dir=spec.cache_dir or os.path.join(cache_dir(), "kto_benign"), max_new_tokens=int(spec.max_new_tokens),
-        batch_size=int(spec.batch_size), template_kwargs=template_kwargs(config), progress=config.progress_bar)
-    guarded, counts["held_out"] = guard_inputs({"benign": generated}, config.data.root, "KTO benign rows",
-                                               allow_missing=bool(config.data.get("allow_missing_held_out", False)))
-    mixed, mix = benign_data.mix_benign_rows(rows, guarded["benign"], float(spec.share))
-    return mixed, {"share": float(spec.share), "languages": languages, **counts, **mix}
+        cache_dir=spec.cache_dir or os.path.join(cache_dir(), "kto_benign"), max_new_tokens=spec.max_new_tokens,
+        batch_size=spec.batch_size, template_kwargs=settings.template_kwargs, progress=settings.progress_bar)
+    guarded, counts["held_out"] = guard_inputs({"benign": generated}, data.root, "KTO benign rows",
+                                               allow_missing=data.allow_missing_held_out)
+    mixed, mix = benign_data.mix_benign_rows(rows, guarded["benign"], spec.share)
+    return mixed, {"share": spec.share, "languages": languages, **counts, **mix}
 
 
 def _log_data_summary(summary: Mapping[str, Any]) -> None:

@@ -1,5 +1,5 @@
-"""Latent labels of KTO rows: `is_unsafe` (train with the conditional prefix) from a per-source probability or from
-SSI predictions (METHOD.md §5 step 3; §9 item 14)."""
+"""Latent labels of KTO rows: `is_unsafe` (train with the conditional prefix) from a per-source probability (the
+paper's proxy) or from SSI predictions."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,7 +7,6 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from lasa_jax.data.preference.fields import binary_array
 from lasa_jax.data.preference.rows import PreferenceRow, row_hash_words
 from lasa_jax.infra.errors import InputError
 from lasa_jax.models.chat import prompt_text
@@ -20,7 +19,7 @@ def assign_latent_labels(rows: Sequence[PreferenceRow], mode: str = "paper",
                          seed: int = 42,
                          ssi_flags: Sequence[bool] | np.ndarray | Callable[[list[str]], np.ndarray] | None = None,
                          ) -> list[PreferenceRow]:
-    """Return copies of `rows` with `is_unsafe` set (METHOD.md §5 step 3; §9 item 14).
+    """Return copies of `rows` with `is_unsafe` set.
 
     mode "paper": each row is unsafe with probability unsafe_prob_by_source[row.source] (else default_prob),
       drawn from a numpy Generator seeded by (seed, SHA-256 of the row's content: source, group_id, prompt,
@@ -65,7 +64,17 @@ def _ssi_labels(rows: Sequence[PreferenceRow],
     if callable(ssi_flags):
         texts = [prompt_text(row.prompt) for row in rows]
         distinct = sorted(set(texts))
-        flags = binary_array(ssi_flags(distinct), len(distinct), "the SSI callable's output")
+        flags = _flag_array(ssi_flags(distinct), len(distinct), "the SSI callable's output")
         by_text = dict(zip(distinct, flags))
         return [int(by_text[text]) for text in texts]
-    return [int(f) for f in binary_array(ssi_flags, len(rows), "ssi_flags")]
+    return [int(f) for f in _flag_array(ssi_flags, len(rows), "ssi_flags")]
+
+
+def _flag_array(values, n: int, name: str) -> np.ndarray:
+    """(n,) bool from booleans or 0/1 flags of shape (n,); `name` names them in errors."""
+    array = np.asarray(values)
+    if array.shape != (n,):
+        raise InputError(f"{name} must have shape ({n},), got {array.shape}")
+    if array.dtype != bool and not np.all((array == 0) | (array == 1)):
+        raise InputError(f"{name} must hold booleans or 0/1 flags, got values {np.unique(array)[:5]}")
+    return array.astype(bool)

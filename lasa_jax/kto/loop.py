@@ -17,9 +17,9 @@ from typing import Any
 import jax
 import numpy as np
 
+from lasa_jax.kto import step as kto_step
 from lasa_jax.kto.batches import DataPosition, KTOBatch
 from lasa_jax.kto.buckets import trimmed_arrays
-from lasa_jax.kto.loss import step as kto_step
 from lasa_jax.kto.metric_writer import MetricWriter
 from lasa_jax.kto.preemption import PreemptionSignal
 from lasa_jax.models.config import ModelConfig

@@ -1,13 +1,13 @@
-"""KTO loss (Ethayarajh et al. 2024) as TRL's KTOTrainer computes it, and completion log-probabilities.
+"""The KTO loss (Ethayarajh et al. 2024) as TRL's KTOTrainer computes it, over per-row sequence log-probabilities.
 
-Both are pure jit-compiled functions over per-row arrays; the training step (written elsewhere) runs the policy
-and reference models and calls them. Conventions (METHOD.md §5):
+`kto_loss` is a pure jit-compiled function; the training step (`lasa_jax.kto.step`) runs the policy and reference
+models and calls it. Conventions:
 
 - A sequence log-probability is the **sum** of token log-probabilities over the completion positions
-  (`completion_logps`).
+  (`lasa_jax.models.logprobs.completion_logps`).
 - r = log π_θ(y|x) − log π_ref(y|x); reward = β·r.
 - KL anchor z0 = max(mean over valid KL rows of (log π_θ − log π_ref), 0), gradient stopped. The KL rows pair each
-  prompt with another row's completion (see `lasa_jax.data.preference`). Called on the global batch, the mean is
+  prompt with another row's completion (see `lasa_jax.kto.batches`). Called on the global batch, the mean is
   over the whole global batch (the reference averaged per-device means across processes: the same for equal
   per-device row counts).
 - Desirable rows: w_d·(1 − σ(β(r − z0))); undesirable rows: w_u·(1 − σ(β(z0 − r))); loss = mean over valid rows

@@ -1,9 +1,9 @@
 """Training metrics output: `metrics.jsonl` and TensorBoard in the workdir, and a tqdm progress bar.
 
-Only process 0 writes (`lasa_jax.infra.run.is_writer`); on other processes every method is a no-op. Each JSONL line
-is one flat JSON object {"step": int, name: float, ...}, appended and flushed when written. On resume from step s,
-lines with step > s (logged after the checkpoint the run resumes from) are removed first, atomically, and
-TensorBoard events after s are purged (`purge_step`), so a resumed run's logs read as one uninterrupted run.
+Only process 0 writes (`lasa_jax.infra.distributed.is_writer`); on other processes every method is a no-op. Each
+JSONL line is one flat JSON object {"step": int, name: float, ...}, appended and flushed when written. On resume
+from step s, lines with step > s (logged after the checkpoint the run resumes from) are removed first, atomically,
+and TensorBoard events after s are purged (`purge_step`), so a resumed run's logs read as one uninterrupted run.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Policy rows are keyed by row index, KL rows by (row index, partner row index), since KL pairs are drawn per batch.
 The table is computed along the run's own deterministic batch sequence, on the same length-bucketed arrays the
 steps see (`lasa_jax.kto.buckets`), with the policy and KL rows of a batch in one reference forward
-(`kto_step.reference_logps`; later epochs, whose policy rows are all known, run the KL rows only).
+(`lasa_jax.kto.step.reference_logps`; later epochs, whose policy rows are all known, run the KL rows only).
 File: `<workdir>/reference_logps.npz` with the identity of the run it belongs to.
 """
 from __future__ import annotations
@@ -18,9 +18,9 @@ import numpy as np
 from lasa_jax.infra import storage
 from lasa_jax.infra.distributed import is_writer
 from lasa_jax.infra.storage import atomic_path
+from lasa_jax.kto import step as kto_step
 from lasa_jax.kto.batches import KTOBatch
 from lasa_jax.kto.buckets import trimmed_arrays
-from lasa_jax.kto.loss import step as kto_step
 from lasa_jax.models import logprobs
 from lasa_jax.models.config import ModelConfig
 from lasa_jax.sharding import put_batch, to_host

@@ -1,4 +1,4 @@
-"""The KTO stage (`lasa_jax.stage` contract): settings of the kto config section, run, report lines.
+"""The KTO stage's contract (`lasa_jax.stage`): settings of the kto config section, run, report lines.
 
     NAME = "kto"
     settings(config) -> KTOSettings                 validation of configs/kto.py (`lasa_jax.kto.settings`)
@@ -16,12 +16,13 @@ import os
 import ml_collections
 
 from lasa_jax.infra import storage
+from lasa_jax.infra.storage import read_json
+from lasa_jax.kto.metric_writer import METRICS_FILE
 from lasa_jax.kto.settings import KTOSettings, read_settings
 from lasa_jax.kto.trainer import CHECKPOINT_DIR, RUN_SUMMARY_FILE, train_kto
-from lasa_jax.stage import StageResult, as_settings
+from lasa_jax.stage import StageResult, as_settings, report_link
 
 NAME = "kto"
-METRICS_FILE = "metrics.jsonl"
 
 
 def settings(config: ml_collections.ConfigDict) -> KTOSettings:
@@ -49,9 +50,6 @@ def report_lines(stage_dir: str) -> list[str]:
     """Markdown lines for the pipeline report: "KTO {status} at step {step} of {total_steps}." (when the run wrote
     its summary) and links to metrics.jsonl and the exported model, relative to the stage's parent directory
     (the pipeline workdir; "(missing)" when absent)."""
-    from lasa_jax.infra.storage import read_json
-    from lasa_jax.stage import report_link
-
     lines = []
     summary_path = os.path.join(stage_dir, RUN_SUMMARY_FILE)
     if storage.isfile(summary_path):

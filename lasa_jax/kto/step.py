@@ -1,4 +1,5 @@
-"""The jit-compiled KTO training step over pure parameter dicts, its optimizer, and analytic FLOP counts.
+"""The KTO training step: one jit-compiled optimizer update over pure parameter dicts, with its optimizer, its
+state and its FLOP count.
 
 Step (one optimizer update on a global batch of B rows, `KTOStepConfig.grad_accum_steps` = A micro-batches):
   for each micro-batch m (b = B / A rows: rows m, m + A, m + 2A, ... of the global batch, so that every device
@@ -11,7 +12,7 @@ Step (one optimizer update on a global batch of B rows, `KTOStepConfig.grad_accu
   global-norm clipping, AdamW with linear warmup + cosine decay, update.
 
 KL anchor scope: z0 is the mean over the rows of each micro-batch (all devices together), as in TRL and the
-reference implementation (METHOD.md §5: per-micro-batch mean, averaged across processes). With A = 1 it is the mean
+reference implementation (a per-micro-batch mean, averaged across processes). With A = 1 it is the mean
 over the global batch; with A > 1 each micro-batch has its own z0, so A is not purely a memory knob: it also sets
 the batch z0 is estimated on.
 
@@ -28,7 +29,7 @@ root PRNG key, uint32 (2,), saved and restored with the state; the step consumes
 in the reference) and passes it through; a stochastic extension should use `fold_in(rng, step)` to stay
 resume-exact)}. Batches are dicts of (B, S) int32 arrays `input_ids`, `attention_mask`, `loss_mask`,
 `kl_input_ids`, `kl_attention_mask`, `kl_loss_mask`, (B,) bool `is_desirable`, `valid` and, with a precomputed
-reference, (B,) float32 `ref_logps`, `kl_ref_logps` (`lasa_jax.data.preference.KTOBatch.device_arrays`).
+reference, (B,) float32 `ref_logps`, `kl_ref_logps` (`lasa_jax.kto.batches.KTOBatch.device_arrays`).
 """
 from __future__ import annotations
 
@@ -271,8 +272,8 @@ def step_flops(config: ModelConfig, policy_lengths: np.ndarray, kl_lengths: np.n
     Forward FLOPs per row: `lasa_jax.models.flops.forward_flops` (weight matmuls, causal attention, LM head; backward =
     2 x forward; remat recomputation is not counted). Policy-only ("useful", as for SFT): forward + backward of the
     policy rows, 3 forwards. Total adds the policy
-    forward on the KL rows and, with an online reference, its forwards on the policy and KL rows (ANCHORS.md: about
-    6 forward-equivalents online, 4 with a precomputed reference).
+    forward on the KL rows and, with an online reference, its forwards on the policy and KL rows (about 6
+    forward-equivalents per row online, 4 with a precomputed reference).
     """
     policy = sum(forward_flops(config, 1, int(n)) for n in policy_lengths)
     kl = sum(forward_flops(config, 1, int(n)) for n in kl_lengths)

@@ -1,8 +1,10 @@
-"""Locate's report files: bottleneck.json and layers.csv (writing and validated loading), the layer plot, t-SNE.
+"""Locate's report: bottleneck.json and layers.csv (written, and loaded with validation), the plots, one-line texts.
 
+`write_bottleneck_report` writes bottleneck.json, layers.csv, the layer plot and the t-SNE plots.
 bottleneck.json holds `BottleneckResult.to_json_dict()` (`lasa_jax.locate.selection`) plus caller metadata
-("model", "corpus"); `load_bottleneck` validates it and fills the verdict of files written before the verdict
-fields existed, so every bottleneck.json written before still loads.
+("model", "corpus"); `load_bottleneck` (how the SSI reads k*) validates it and fills the verdict of files written
+before the verdict fields existed, so every bottleneck.json written before still loads. `summary_line` (of a
+`BottleneckResult`), `verdict_line` and `probe_line` (of a loaded bottleneck.json) say the result in one line.
 """
 from __future__ import annotations
 
@@ -221,6 +223,29 @@ def _check_or_fill_verdict(report: dict, path: pathlib.Path) -> None:
     report.update(bottleneck_found=not reasons, reason="; ".join(m for _, m in reasons) or None,
                   reason_codes=[c for c, _ in reasons],
                   verdict_source="recomputed by load_bottleneck (the file predates the verdict fields)")
+
+
+def summary_line(result: BottleneckResult) -> str:
+    """One human-readable line: k*, its depth, S_sem - S_lang with its interval, the pick share, the verdict and the
+    probe's best residual index."""
+    k = result.best_layer
+    line = (f"semantic bottleneck k* = {k} of L = {result.num_layers} ({100 * k / result.num_layers:.0f}% depth; "
+            f"residual index, 0 = embeddings): S_sem - S_lang = {result.diff[k]:.4f} "
+            f"(S_sem {result.s_sem[k]:.4f}, S_lang {result.s_lang[k]:.4f}), "
+            f"{100 * result.confidence:g}% group-bootstrap interval [{result.diff_lo[k]:.4f}, "
+            f"{result.diff_hi[k]:.4f}], picked in {100 * result.pick_share[k]:.0f}% of {result.num_bootstrap} "
+            f"resamples; {result.num_points} texts, {result.num_groups} groups, "
+            f"languages {','.join(result.languages)}, candidates {result.selection_range[0]}.."
+            f"{result.selection_range[1]}")
+    if not result.bottleneck_found:
+        line += "; NO semantic bottleneck found: " + "; ".join(message for _, message in result.reasons)
+    best_probe = result.best_probe_layer
+    if best_probe is not None:
+        line += (f"; probe val AUROC {result.probe_auroc[k]:.3f} at k*, best {result.probe_auroc[best_probe]:.3f} "
+                 f"at residual index {best_probe}")
+    elif result.probe and result.probe.get("reason"):
+        line += f"; probe AUROC unavailable: {result.probe['reason']}"
+    return line
 
 
 def verdict_line(report: Mapping[str, Any]) -> str:

@@ -1,9 +1,10 @@
 """Locate's settings: the one reader and validator of a `configs/locate.py` config (field meanings: that file).
 
 `settings(config) -> LocateSettings` checks every value before any work and names the bad field as
-`config_field("selection.metric")` spells it; `data_settings(config.data)` does the same for the data section
-alone (the corpus loaders accept either). The model itself (`model_path`) is required only when `run` has to
-load it, so `settings` accepts a config without one.
+`config_field("selection.metric")` spells it; `data_settings(config.data)` reads the data section alone (what the
+corpus functions of `lasa_jax.locate.corpus` take). The model fields are `lasa_jax.models.loading.ModelSettings`
+(`read_model_settings`); the model path is required only when `run` has to load the model, so `settings` accepts
+a config without one.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from lasa_jax.infra.errors import InputError, config_field
 from lasa_jax.locate.selection import BOOTSTRAP_MODES
 from lasa_jax.locate.silhouette import METRICS
 from lasa_jax.models.capture import POOLINGS
+from lasa_jax.models.loading import ModelSettings, read_model_settings
 
 DATA_SOURCES = ("default", "jsonl", "hub", "translated_json", "multijail")
 TSNE_MIN_ITER = 250  # sklearn's lower bound for TSNE max_iter
@@ -24,7 +26,7 @@ TSNE_MIN_ITER = 250  # sklearn's lower bound for TSNE max_iter
 
 @dataclasses.dataclass(frozen=True)
 class LocateData:
-    """`config.data`: where the parallel texts come from and which of them are kept (locate_data.py)."""
+    """`config.data`: where the parallel texts come from and which of them are kept (`lasa_jax.locate.corpus`)."""
     source: str
     root: str
     path: str
@@ -63,10 +65,7 @@ class LocateProbe:
 @dataclasses.dataclass(frozen=True)
 class LocateSettings:
     """Everything Locate reads from its config. probe None: the config has no probe section (probe disabled)."""
-    model_path: str
-    dtype: str
-    compute_dtype: str
-    attention_backend: str
+    model: ModelSettings  # model.path "" = none given (run then needs a loaded model)
     seed: int
     pooling: str
     chat_template: bool
@@ -86,7 +85,7 @@ def _fail(field: str, expected: str, value: Any) -> InputError:
     return InputError(f"{config_field(field)} must be {expected}, got {value!r}")
 
 
-def requested_languages(languages: Sequence[str] | str) -> tuple[str, ...]:
+def _data_languages(languages: Sequence[str] | str) -> tuple[str, ...]:
     """data.languages as ISO codes (order kept, duplicates dropped; a comma-separated string is split)."""
     if isinstance(languages, str):
         languages = [part for part in languages.split(",") if part.strip()]
@@ -129,7 +128,7 @@ def data_settings(data) -> LocateData:
         raise _fail("data.min_languages", "at least 2 (a group needs 2 languages to be parallel)", data.min_languages)
     return LocateData(
         source=data.source, root=str(data.root or ""), path=str(data.path or ""),
-        languages=requested_languages(data.languages), min_languages=int(data.min_languages),
+        languages=_data_languages(data.languages), min_languages=int(data.min_languages),
         max_groups_per_source=int(data.max_groups_per_source), splits=tuple(data.splits),
         hub_split=data.hub_split, hub_data_files=str(data.hub_data_files or ""),
         hub_cache_dir=str(data.hub_cache_dir or ""),
@@ -175,6 +174,7 @@ def settings(config) -> LocateSettings:
         raise _fail("max_length", "a positive number of tokens", config.max_length)
     if config.capture_batch_size < 0:
         raise _fail("capture_batch_size", "0 (auto) or a positive number of prompts", config.capture_batch_size)
+    model = read_model_settings(config)
     chat_kwargs = template_kwargs(config)
     data = data_settings(config.data)
     selection = _selection_settings(config.selection)
@@ -183,9 +183,7 @@ def settings(config) -> LocateSettings:
     if config.report.tsne_max_iter < TSNE_MIN_ITER:
         raise _fail("report.tsne_max_iter", f"an iteration count >= {TSNE_MIN_ITER}", config.report.tsne_max_iter)
     return LocateSettings(
-        model_path=str(config.model_path or ""), dtype=config.dtype,
-        compute_dtype=str(config.get("compute_dtype") or ""),
-        attention_backend=str(config.get("attention_backend", "einsum")), seed=int(config.seed), pooling=config.pooling,
+        model=model, seed=int(config.seed), pooling=config.pooling,
         chat_template=bool(config.chat_template), template_kwargs=chat_kwargs, max_length=int(config.max_length),
         capture_batch_size=int(config.capture_batch_size), reuse_activations=bool(config.reuse_activations),
         progress=bool(config.progress), data=data, selection=selection, probe=probe,

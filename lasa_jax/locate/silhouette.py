@@ -1,7 +1,8 @@
 """Silhouette scores on the device: jitted cluster-distance-sum kernels and the public `silhouette_score`.
 
-Part of Stage 1 (Locate, METHOD.md §3, §9.10-11). This module holds the numerics; layer selection with the group
-bootstrap is `lasa_jax.locate.selection`, the report files (bottleneck.json, layers.csv, plots, loading) are
+Locate scores each residual index by two silhouettes of the pooled prompt vectors: S_sem by query group and S_lang
+by language. This module holds the numerics; layer selection with the group bootstrap is
+`lasa_jax.locate.selection`, the report files (bottleneck.json, layers.csv, plots, loading) are
 `lasa_jax.locate.report`; both use the checks and kernels below.
 
 Conventions
@@ -19,10 +20,10 @@ Conventions
 How it is computed (no N x N matrix for cosine)
 -----------------------------------------------
 Everything goes through cluster distance sums S[c, i] = sum_{j in c} d(x_i, x_j) (self pair included).
-- cosine, unit rows u: S[c, i] = |c| - u_i . G_c with G_c = sum_{j in c} u_j (METHOD.md Appendix): one segment sum
-  (k, D) and one (k, D) x (D, N) product, O(N D k). The self pair contributes 1 - u_i . u_i (~0), removed from a_i.
-  Memory is O(N D + k N): a few (k, N) float32 buffers, so it stays small while k << N (N = 20,000, D = 4,096:
-  1.7 GB peak with k = 2,000 groups, 5.1 GB with k = 10,000; measured).
+- cosine, unit rows u: d(x_i, x_j) = 1 - u_i . u_j, so S[c, i] = |c| - u_i . G_c with G_c = sum_{j in c} u_j: one
+  segment sum (k, D) and one (k, D) x (D, N) product, O(N D k). The self pair contributes 1 - u_i . u_i (~0),
+  removed from a_i. Memory is O(N D + k N): a few (k, N) float32 buffers, so it stays small while k << N
+  (N = 20,000, D = 4,096: 1.7 GB peak with k = 2,000 groups, 5.1 GB with k = 10,000; measured).
 - euclidean: row blocks of `block_size` points; each block's (N, block) distance matrix is segment-summed into
   (k, block), so memory is O(N * block_size) (N = 20,000, D = 4,096: x 0.33 GB + a 82 MB block at 1,024).
 Then a_i = (S[A_i, i] - d(x_i, x_i)) / (|A_i| - 1) and b_i = min_{c != A_i, |c| > 0} S[c, i] / |c|; empty label
@@ -273,9 +274,5 @@ def layerwise_silhouette_scores(x_layers: Any, labels: Sequence[Any], metric: st
         return np.asarray(_layerwise_scores_jit(x_layers, codes, **static))
     return np.array([float(jnp.mean(_silhouette_samples_jit(device_chunks(x), codes, **static)))
                      for x in x_layers])
-
-
-
-__all__ = ["METRICS", "layerwise_silhouette_scores", "silhouette_samples", "silhouette_score"]
 
 

@@ -1,16 +1,20 @@
-"""Stage 1 (Locate): find the semantic bottleneck layer k* of a model (METHOD.md §3, §9 items 9-11).
+"""Stage 1 (Locate), the run: find the semantic bottleneck k*, the residual index where prompts cluster by meaning.
 
     result = run(config, workdir)                 # config: configs/locate.py; a StageResult (lasa_jax.stage)
-    result.details                                # the BottleneckResult (`run_locate` returns it directly)
+    result.details                                # the BottleneckResult
 
-The stage contract (`lasa_jax.stage`): NAME = "locate"; `settings(config)` (lasa_jax/locate/settings.py, the only
+The stage contract (`lasa_jax.stage`): NAME = "locate"; `settings(config)` (`lasa_jax.locate.settings`, the only
 reader of the config); `run(config | settings, workdir, mesh=None, model=None)` with outputs {"bottleneck",
 "layers_csv", "plot", "activations"} and summary {"best_layer", "bottleneck_found", "num_layers"};
-`report_lines(stage_dir)` for the pipeline's report.md.
+`report_lines(stage_dir)` for the pipeline's report.md. `run` is the one entry that reads a config; the steps
+below take the typed `LocateSettings`.
+
+k* is chosen as in the paper: at each residual index, S_sem is the silhouette of the pooled prompt vectors grouped
+by query (translations of one prompt), S_lang the silhouette grouped by language; k* maximises S_sem - S_lang.
 
 Steps:
-1. Data (`load_locate_corpus(config.data, seed)`): parallel texts `ParallelText(text, language, group_id, source,
-   label)`, group ids namespaced by source. `data.source`:
+1. Data (`lasa_jax.locate.corpus.locate_corpus_with_notes(settings.data, seed)`): parallel texts
+   `ParallelText(text, language, group_id, source, label)`, group ids namespaced by source. `data.source`:
    - "default": `default_locate_corpus` under `data.root` (FLORES/SIB-200 + PolyRefuse train/val; no MultiJail);
    - "jsonl": a generic JSON Lines file `{text|prompt, language, group_id[, label, source, split]}` at `data.path`
      (e.g. lasa_jax/demo_data/prompts.jsonl); rows whose `split` is not in `data.splits` are dropped, rows without
@@ -37,10 +41,10 @@ Steps:
    template (`chat_template`, `template_kwargs` JSON); at most `max_length` tokens.
 3. Capture: `capture(..., residual_index=None)`, every residual index 0..L in one forward pass per batch, pooled
    (`pooling`: last real token, the paper's feature, or mean) -> float32 (L+1, N, D).
-   Stored through the one activation cache (`lasa_jax.models.activation_cache`) as `<workdir>/activations.npz` (features
-   + per-text columns language, group_id, source, label (-1 = unknown)) with `<workdir>/activations.json` beside
-   it: the cache key (model fingerprint and dtypes, pooling, tokenisation settings, the token ids and the corpus
-   records) and a corpus summary. A rerun whose key matches loads the file instead of running the model
+   Stored through the one activation cache (`lasa_jax.models.activation_cache`) as `<workdir>/activations.npz`
+   (features + per-text columns language, group_id, source, label (-1 = unknown)) with `<workdir>/activations.json`
+   beside it: the cache key (model fingerprint and dtypes, pooling, tokenisation settings, the token ids and the
+   corpus records) and a corpus summary. A rerun whose key matches loads the file instead of running the model
    (`reuse_activations`); files of the earlier cache format are captured again.
 4. Selection (`select_bottleneck_layer`, `config.selection`): argmax over residual indices 1..L (the paper's
    candidates; `selection.include_embeddings` adds 0, `selection.include_final=False` drops L) of S_sem - S_lang
@@ -74,20 +78,18 @@ from lasa_jax.data.parallel import ParallelText
 from lasa_jax.infra import storage
 from lasa_jax.infra.distributed import is_writer
 from lasa_jax.infra.errors import InputError, config_field
-from lasa_jax.locate.corpus import load_locate_corpus, load_parallel_jsonl_split, locate_corpus_with_notes
-from lasa_jax.locate.corpus_filters import corpus_summary
+from lasa_jax.locate.corpus import corpus_summary, locate_corpus_with_notes
 from lasa_jax.locate.probe import ProbeResult, layer_probe_auroc
-from lasa_jax.locate.report import BOTTLENECK_FILE, load_bottleneck, probe_line, write_bottleneck_report
+from lasa_jax.locate.report import BOTTLENECK_FILE, load_bottleneck, probe_line, summary_line, write_bottleneck_report
 from lasa_jax.locate.selection import BottleneckResult, select_bottleneck_layer
-from lasa_jax.locate.settings import DATA_SOURCES, LocateSettings, parse_tsne_layers, settings
+from lasa_jax.locate.settings import LocateSettings, parse_tsne_layers, settings
 from lasa_jax.models import activation_cache
 from lasa_jax.models.capture import capture, default_batch_size, tokenize_prompts
-from lasa_jax.models.loading import ModelSettings, load_model, load_tokenizer
-from lasa_jax.stage import StageResult, as_settings
+from lasa_jax.models.loading import load_model, load_tokenizer
+from lasa_jax.stage import StageResult, as_settings, report_link
 
-__all__ = ["ACTIVATIONS_FILE", "ACTIVATIONS_META_FILE", "DATA_SOURCES", "NAME", "UNKNOWN_LABEL", "LocateSettings",
-           "load_locate_corpus", "load_parallel_jsonl_split", "locate_activations", "locate_corpus_with_notes",
-           "locate_probe", "parse_tsne_layers", "report_lines", "run", "run_locate", "settings", "summary_line"]
+__all__ = ["ACTIVATIONS_FILE", "ACTIVATIONS_META_FILE", "NAME", "UNKNOWN_LABEL", "locate_activations", "locate_probe",
+           "report_lines", "run", "settings"]
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +115,10 @@ def _columns(records: Sequence[ParallelText]) -> dict[str, np.ndarray]:
             "label": np.array([UNKNOWN_LABEL if r.label is None else r.label for r in records], np.int32)}
 
 
-def locate_activations(config_or_settings, workdir: str | os.PathLike, model, tokenizer,
+def locate_activations(s: LocateSettings, workdir: str | os.PathLike, model, tokenizer,
                        records: Sequence[ParallelText]) -> np.ndarray:
     """(L+1, N, D) float32 pooled features of `records` (module docstring, steps 2-3), reused from `workdir` when
     the stored key matches, else captured and stored (process 0)."""
-    s = as_settings(config_or_settings, LocateSettings, settings)
     token_ids = tokenize_prompts(tokenizer, [r.text for r in records], use_chat_template=s.chat_template,
                                  max_length=s.max_length, template_kwargs=s.template_kwargs)
     description = activation_cache.key_description(
@@ -151,32 +152,8 @@ def locate_activations(config_or_settings, workdir: str | os.PathLike, model, to
 # ------------------------------------------------------------------------------------------------------ the stage
 
 
-def summary_line(result: BottleneckResult) -> str:
-    """One human-readable line: k*, its depth, S_sem - S_lang with its interval, the pick share, the verdict and the
-    probe's best residual index."""
-    k = result.best_layer
-    line = (f"semantic bottleneck k* = {k} of L = {result.num_layers} ({100 * k / result.num_layers:.0f}% depth; "
-            f"residual index, 0 = embeddings): S_sem - S_lang = {result.diff[k]:.4f} "
-            f"(S_sem {result.s_sem[k]:.4f}, S_lang {result.s_lang[k]:.4f}), "
-            f"{100 * result.confidence:g}% group-bootstrap interval [{result.diff_lo[k]:.4f}, "
-            f"{result.diff_hi[k]:.4f}], picked in {100 * result.pick_share[k]:.0f}% of {result.num_bootstrap} "
-            f"resamples; {result.num_points} texts, {result.num_groups} groups, "
-            f"languages {','.join(result.languages)}, candidates {result.selection_range[0]}.."
-            f"{result.selection_range[1]}")
-    if not result.bottleneck_found:
-        line += "; NO semantic bottleneck found: " + "; ".join(message for _, message in result.reasons)
-    best_probe = result.best_probe_layer
-    if best_probe is not None:
-        line += (f"; probe val AUROC {result.probe_auroc[k]:.3f} at k*, best {result.probe_auroc[best_probe]:.3f} "
-                 f"at residual index {best_probe}")
-    elif result.probe and result.probe.get("reason"):
-        line += f"; probe AUROC unavailable: {result.probe['reason']}"
-    return line
-
-
-def locate_probe(config_or_settings, features: np.ndarray, records: Sequence[ParallelText]) -> ProbeResult:
+def locate_probe(s: LocateSettings, features: np.ndarray, records: Sequence[ParallelText]) -> ProbeResult:
     """The per-residual-index probe AUROC of step 5 (module docstring) for the captured `features` (L+1, N, D)."""
-    s = as_settings(config_or_settings, LocateSettings, settings)
     labels = np.array([UNKNOWN_LABEL if r.label is None else r.label for r in records], np.int32)
     if s.probe is None or not s.probe.enabled:
         return ProbeResult(None, f"disabled ({config_field('probe.enabled')}=False)", {})
@@ -211,8 +188,8 @@ def _model_and_tokenizer(s: LocateSettings, mesh, model):
     """The given model (or `model_path` loaded on `mesh`) and its tokenizer (from `model_path` or the model's
     `source_path`)."""
     if model is None:
-        model = load_model(ModelSettings(s.model_path, s.dtype, s.compute_dtype, s.attention_backend), mesh)
-    tokenizer_path = s.model_path or model.source_path
+        model = load_model(s.model, mesh)
+    tokenizer_path = s.model.path or model.source_path
     if not tokenizer_path:
         raise InputError(f"{config_field('model_path')} is required to load the tokenizer of the given model")
     return model, load_tokenizer(str(tokenizer_path))
@@ -224,7 +201,7 @@ def run(config_or_settings, workdir: str | os.PathLike, mesh=None, model=None) -
     model: an already loaded `Decoder` (e.g. from a pipeline); None loads `model_path` on `mesh`.
     """
     s = as_settings(config_or_settings, LocateSettings, settings)
-    if model is None and not s.model_path:  # before any work
+    if model is None and not s.model.path:  # before any work
         raise InputError(f"{config_field('model_path')} is required (a local Hugging Face model directory or a "
                          "hub id)")
     workdir = storage.to_path(workdir)
@@ -267,16 +244,9 @@ def _log_verdict(result: BottleneckResult) -> None:
                     result.best_layer)
 
 
-def run_locate(config, workdir: str | os.PathLike, model=None, mesh=None) -> BottleneckResult:
-    """`run(config, workdir, mesh, model).details`: the BottleneckResult (the scripts' and tests' entry point)."""
-    return run(config, workdir, mesh=mesh, model=model).details
-
-
 def report_lines(stage_dir: str | os.PathLike) -> list[str]:
     """The report's Locate lines (markdown): k* with its interval and pick share, the verdict, the probe AUROC
     (when `stage_dir` holds a bottleneck.json), then the links to its files."""
-    from lasa_jax.stage import report_link
-
     links = [f"- {report_link(stage_dir, BOTTLENECK_FILE)}, {report_link(stage_dir, 'layers.csv')}, "
              f"{report_link(stage_dir, 'bottleneck_layers.png')}"]
     if not (storage.to_path(stage_dir) / BOTTLENECK_FILE).is_file():

@@ -1,9 +1,9 @@
 """Token-level chat sequences, built by one code path for KTO training and for inference.
 
-LASA injects a fixed conditional prefix at the start of the assistant turn of prompts flagged unsafe (METHOD.md §5,
-§6). The reference tokenised the prefix alone in training but as part of the template text at inference, cut EOS
-tokens on truncation and appended a second EOS for Qwen (§9 items 13, 15). Here every sequence is a concatenation
-of token ids:
+LASA injects a fixed conditional prefix at the start of the assistant turn of prompts flagged unsafe, in KTO
+training and at inference. The authors' code tokenised the prefix alone in training but as part of the template text
+at inference, cut EOS tokens on truncation and appended a second EOS for Qwen. Here every sequence is a
+concatenation of token ids, identical in training and inference:
 
     prompt part      = template ids (chat template, generation prompt, ends with the assistant header)
                        + prefix ids (the prefix tokenised alone, no special tokens; empty when no prefix)

@@ -6,9 +6,8 @@
 from absl import app, flags
 from ml_collections import config_flags
 
-from lasa_jax.evaluate.runner import run_calibration
-from lasa_jax.infra.cli import run
-from lasa_jax.infra.run import start_run
+from lasa_jax.cli import run, start_run
+from lasa_jax.evaluate.calibrate_judge import run_calibration
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/calibrate_judge.py", "judge calibration config")
 _WORKDIR = flags.DEFINE_string("workdir", "", "output directory (calibration.json, calibration.md)")

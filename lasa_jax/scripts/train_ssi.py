@@ -6,7 +6,7 @@
 --config.residual_index=-1 (the default) reads k* from --config.locate_workdir's bottleneck.json.
 Output: <workdir>/config.json (the resolved run config) and the SSI artifact <workdir>/ssi/.
 """
-from lasa_jax.infra.cli import stage_main
+from lasa_jax.cli import stage_main
 
 if __name__ == "__main__":
     stage_main("lasa_jax.ssi.stage", config_help="Stage 2 config file (configs/ssi.py).")

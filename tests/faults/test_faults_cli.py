@@ -1,4 +1,4 @@
-"""The scripts' error reporting (lasa_jax.infra.cli.run): user errors end stderr with one `error: <message>` line and
+"""The scripts' error reporting (lasa_jax.cli.run): user errors end stderr with one `error: <message>` line and
 exit with status 2; unexpected failures keep their traceback; LASA_JAX_DEBUG=1 / --verbosity=1 show tracebacks for all.
 Every case runs a real script in a subprocess."""
 import os
@@ -104,7 +104,7 @@ def test_output_that_may_not_be_written(tiny_hf_dirs, tmp_path):
 
 
 def test_unexpected_failure_keeps_its_traceback(tmp_path):
-    code = ("from lasa_jax.infra.cli import run\n"
+    code = ("from lasa_jax.cli import run\n"
             "def main(argv):\n    raise RuntimeError('an unexpected bug')\n"
             "run(main)\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},

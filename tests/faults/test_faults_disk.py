@@ -5,12 +5,12 @@ import json
 import os
 import sys
 
-from faults_util import assert_same_tree, file_size_limit, final_files, last_stderr_line, run
+from tests.faults.faults_util import assert_same_tree, file_size_limit, final_files, last_stderr_line, run
 
-WRITE_JSON = ("import sys\nfrom lasa_jax.infra.cli import run\nfrom lasa_jax.infra.storage import atomic_write_json\n"
+WRITE_JSON = ("import sys\nfrom lasa_jax.cli import run\nfrom lasa_jax.infra.storage import atomic_write_json\n"
               "def main(argv):\n    atomic_write_json(sys.argv[1], {'rows': ['x' * 100] * int(sys.argv[2])})\n"
               "run(main)\n")
-EXPORT = ("import sys\nfrom lasa_jax.infra.cli import run\n"
+EXPORT = ("import sys\nfrom lasa_jax.cli import run\n"
           "from lasa_jax.models import from_pretrained, save_pretrained\n"
           "def main(argv):\n"
           "    save_pretrained(from_pretrained(sys.argv[1]), sys.argv[2], max_shard_size='20KB', overwrite=True)\n"

@@ -2,14 +2,15 @@
 point, the same command is rerun, and its outputs must equal those of an uninterrupted run (bit-identical: every
 stage is deterministic on CPU), while every file at a final path right after the kill parses completely (nothing
 half-written is ever read as complete). One seed per stage by default; more seeds are marked slow. KTO's kill -9
-test is tests/train/test_kto_train.py::test_sigterm_then_kill9_then_rerun_gives_bit_identical_parameters."""
+test is tests/kto/test_trainer.py::test_sigterm_then_kill9_then_rerun_gives_bit_identical_parameters."""
 import json
 import os
 import shutil
 import sys
 
 import pytest
-from faults_util import REPO, assert_complete, assert_same_tree, kill_after, kill_points, run, script
+
+from tests.faults.faults_util import REPO, assert_complete, assert_same_tree, kill_after, kill_points, run, script
 
 DEMO_PROMPTS = REPO / "lasa_jax" / "demo_data" / "prompts.jsonl"
 DEMO_LANGUAGES = ("en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv")
@@ -168,7 +169,7 @@ def test_hf_export_survives_kill9(export_stage, seed):
 def test_generation_stops_on_a_full_disk_and_the_rerun_continues(generate_stage):
     """The resume file hits a file-size limit mid-append: one error naming it (exit 2), the finished chunks stay,
     and the rerun without the limit continues to the uninterrupted run's output."""
-    from faults_util import file_size_limit, last_stderr_line
+    from tests.faults.faults_util import file_size_limit, last_stderr_line
 
     workdir = generate_stage.base / "disk_full"
     partial = workdir / "generations.jsonl.partial"

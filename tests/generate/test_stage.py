@@ -40,7 +40,7 @@ def test_load_eval_prompts(shared_data, tmp_path):
 
 def test_generate_stage_baseline_writes_records_and_meta(tiny_hf_dirs, shared_data, tmp_path, eval_prompts,
                                                           generate_config):
-    from lasa_jax.infra.run import start_run
+    from lasa_jax.cli import start_run
 
     jsonl = tmp_path / "prompts.jsonl"
     jsonl.write_text("".join(json.dumps({"id": p.id, "language": p.language, "prompt": p.prompt,
@@ -76,7 +76,7 @@ def test_generate_stage_gated_with_a_real_ssi_artifact(tiny_hf_dirs, llama, tmp_
     the artifact's threshold_logit; prefix_only generates with that base model (model_path may be left empty)."""
     import dataclasses
 
-    from lasa_jax.infra.run import start_run
+    from lasa_jax.cli import start_run
     from lasa_jax.ssi.artifact import SSI, SSIConfig, SSIScorer, save_ssi
     from lasa_jax.ssi.features import tokenization_fingerprint
     from lasa_jax.ssi.mlp import new_classifier

