@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import os
 
-import ml_collections
-
 from lasa_jax.infra import storage
 from lasa_jax.infra.storage import read_json
 from lasa_jax.kto.metric_writer import METRICS_FILE
@@ -25,12 +23,12 @@ from lasa_jax.stage import StageResult, as_settings, report_link
 NAME = "kto"
 
 
-def settings(config: ml_collections.ConfigDict) -> KTOSettings:
+def settings(config) -> KTOSettings:
     """The validated settings of a kto config section (configs/kto.py)."""
     return read_settings(config)
 
 
-def run(config_or_settings: ml_collections.ConfigDict | KTOSettings, workdir: str, mesh=None) -> StageResult:
+def run(config_or_settings, workdir: str, mesh=None) -> StageResult:
     """Train (or resume) KTO in `workdir` on `mesh` (None: `lasa_jax.sharding.make_mesh()` over all devices)."""
     kto_settings = as_settings(config_or_settings, KTOSettings, read_settings)
     if mesh is None:
