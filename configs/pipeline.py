@@ -121,19 +121,20 @@ def smollm2_cpu_budget(c: ml_collections.ConfigDict) -> ml_collections.ConfigDic
     # KTO data: model_type llama selects the WildGuard-labelled answers of Llama-3.1-8B-Instruct (the closest family
     # in the shared data; off-policy for SmolLM2, which has no labelled answers of its own), plus the base model's
     # own benign answers below.
-    # KTO step budget: 20 updates of 4 rows (the CPU preset's batch; 80 rows of the PolyRefuse completions of the
-    # Llama family plus generated benign answers, seed-ordered; ~25 s per update here), max_length 256 (over-long
-    # answers are tail-truncated, not dropped); learning rate 1e-5 with 3 warmup steps (a usual full fine-tuning rate
-    # for a ~100M model: the paper's 1e-6 over 3 epochs is for 7-32B models and would not move this one in 20
-    # updates). Not tuned on results.
+    # KTO step budget: 200 updates of 4 rows (the CPU preset's batch; 800 of the ~3,400 PolyRefuse completions of
+    # the Llama family plus generated benign answers, seed-ordered: less than one epoch), enough for the injection
+    # to be learned or shown not to be; the CPU time it costs is in RESULTS.md (about 25 s per update on an idle
+    # 2-core machine). max_length 256 (over-long answers are tail-truncated, not dropped); learning rate 1e-5 with
+    # 10 warmup steps, then cosine decay (a usual full fine-tuning rate for a ~100M model: the paper's 1e-6 over 3
+    # epochs is for 7-32B models). Not tuned on results.
     c.kto.data.max_length = 256
-    c.kto.train.num_steps = 20
+    c.kto.train.num_steps = 200
     c.kto.train.batch_size = 4
     c.kto.train.grad_accum_steps = 1
     c.kto.train.learning_rate = 1e-5
-    c.kto.train.warmup_steps = 3
+    c.kto.train.warmup_steps = 10
     c.kto.train.log_every_steps = 5
-    c.kto.checkpoint.every_steps = 10
+    c.kto.checkpoint.every_steps = 25
     # benign helpful answers of the base model (desirable rows anchoring helpfulness): 32 PolyRefuse harmless-train
     # prompts, 64 new tokens, generated once and cached
     c.kto.data.benign.max_prompts = 32

@@ -183,7 +183,7 @@ def test_smollm2_real_data_run_config_resolves(tmp_path, monkeypatch, shared_dat
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     config = _load_config("pipeline", "smollm2_135m,cpu")
     assert config.model_path == "asset:smollm2-135m-instruct" and config.residual_index == -1
-    assert config.paper_model == "smollm2_135m" and config.kto.train.num_steps == 20
+    assert config.paper_model == "smollm2_135m" and config.kto.train.num_steps == 200
     config.data_root = str(shared_data)
     stages = stage_configs(config, "/runs/smollm2")
     assert stages["locate"].data.source == "default" and stages["locate"].data.root == str(shared_data)
